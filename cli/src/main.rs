@@ -1,0 +1,76 @@
+//! `flotilla`: the one binary. Each subcommand lives in its own module; this file parses the
+//! command line, sets up logging and threads, and reports errors as one clear sentence.
+
+mod bench;
+mod embed;
+mod generate;
+mod model;
+mod output;
+
+use clap::{Parser, Subcommand};
+use output::OutputFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A bench for small open LLMs on the PCs you already have"
+)]
+struct Cli {
+    /// CPU threads for model work (default: every core but one).
+    #[arg(long, global = true, env = "FLOTILLA_THREADS")]
+    threads: Option<usize>,
+    /// Output format: human-readable text, or JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a language model.
+    Generate(generate::Args),
+    /// Embed texts with an embedding model; prints vectors or similarities.
+    Embed(embed::Args),
+    /// Inspect and convert models.
+    Model {
+        #[command(subcommand)]
+        command: model::Command,
+    },
+    /// Measure speed.
+    Bench {
+        #[command(subcommand)]
+        command: bench::Command,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let threads = cli
+        .threads
+        .unwrap_or_else(flotilla_worker::device::default_threads);
+    flotilla_worker::device::set_threads(threads)?;
+    tracing::debug!(threads, "engine threads");
+    let out = cli.output;
+    match cli.command {
+        Command::Generate(a) => generate::run(a, out),
+        Command::Embed(a) => embed::run(a, out),
+        Command::Model { command } => model::run(command, out),
+        Command::Bench { command } => bench::run(command, out, threads),
+    }
+}

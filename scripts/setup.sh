@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what flotilla needs to build and test on a fresh Debian machine (root, Rust
+# toolchain and Python 3 with pip already there), then fetches the demo models.
+# Idempotent: packages already installed and models already verified are left alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+bash scripts/fetch-models.sh >&2

@@ -1,0 +1,81 @@
+//! Where a model runs: `cpu`, `cuda:N` or `metal:N`, and how many CPU threads it may use.
+//!
+//! An office PC is also somebody's desk. candle's CPU kernels run on rayon's pool, whose
+//! threads spin while waiting for work; when another process holds the cores that spinning
+//! collapses throughput, so by default flotilla leaves one core free.
+
+use crate::error::{Error, Result};
+use candle_core::Device;
+
+/// Parse a `--device` value: `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim();
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((k, n)) => {
+            let n: usize = n.parse().map_err(|_| {
+                Error::input(format!(
+                    "--device {spec}: `{n}` is not a device number (expected e.g. cuda:0)"
+                ))
+            })?;
+            (k, n)
+        }
+        None => (spec, 0),
+    };
+    match kind {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::input(format!(
+                    "--device {spec}: this flotilla was built without the `cuda` feature \
+                     (cargo build --release --features cuda)"
+                )));
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+        "metal" => {
+            if !candle_core::utils::metal_is_available() {
+                return Err(Error::input(format!(
+                    "--device {spec}: this flotilla was built without the `metal` feature \
+                     (cargo build --release --features metal)"
+                )));
+            }
+            Ok(Device::new_metal(ordinal)?)
+        }
+        other => Err(Error::input(format!(
+            "--device {spec}: unknown device kind `{other}` (expected cpu, cuda:N or metal:N)"
+        ))),
+    }
+}
+
+/// The default thread count: every core but one, and at least one.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// Fix the number of CPU threads the engine uses. Call once, before any model work: candle
+/// reads `RAYON_NUM_THREADS` for its matmul parallelism, and rayon's global pool can only be
+/// built once per process (later calls keep the first size and return `false`).
+pub fn set_threads(n: usize) -> Result<bool> {
+    if n == 0 {
+        return Err(Error::input("--threads must be at least 1"));
+    }
+    // Safe here: called at start-up, before the engine spawns threads that read the env.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    Ok(rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .is_ok())
+}
+
+/// A short human name for a device, as shown by `model inspect` and in results.
+pub fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(_) => "cuda".to_string(),
+        Device::Metal(_) => "metal".to_string(),
+    }
+}

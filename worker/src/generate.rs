@@ -1,0 +1,255 @@
+//! Text generation over a [`LanguageModel`]: prompts to token ids, one batched prefill, then
+//! a decode loop that samples each sequence's next token, stops it on EOS, a stop string or
+//! the token budget, and drops finished sequences from the batch.
+
+use crate::chat::ChatMessage;
+use crate::error::{Error, Result};
+use crate::loader::LanguageModel;
+use crate::models::llama::KvCache;
+use crate::sampling::{Sampler, SamplingParams};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// What to generate from: raw text given to the tokenizer as is, or a conversation rendered
+/// with the model's chat template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Eos,
+    StopString,
+    Length,
+}
+
+/// One prompt's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub text: String,
+    /// Generated ids (the EOS token that ended generation included).
+    pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish_reason: FinishReason,
+}
+
+/// Timings of one `generate` call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStats {
+    pub batch_size: usize,
+    pub prefill_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_tokens: usize,
+    pub decode_seconds: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+struct Sequence {
+    index: usize,
+    history: Vec<u32>,
+    generated: Vec<u32>,
+    sampler: Sampler,
+    finish: Option<FinishReason>,
+    text: String,
+}
+
+impl LanguageModel {
+    /// The token ids a prompt becomes. Raw text gets the special tokens the tokenizer's own
+    /// config adds (e.g. BOS); a chat is rendered with the template, which writes its own.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let ids = match prompt {
+            Prompt::Text(text) => {
+                if text.is_empty() {
+                    return Err(Error::input("the prompt is empty"));
+                }
+                self.tokenizer.encode(text, true)?
+            }
+            Prompt::Chat(messages) => {
+                let rendered = self.render_chat(messages, true)?;
+                self.tokenizer.encode(&rendered, false)?
+            }
+        };
+        if ids.is_empty() {
+            return Err(Error::input("the prompt has no tokens"));
+        }
+        Ok(ids)
+    }
+
+    /// Render a conversation with the model's chat template.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            Error::model(
+                &self.info.path,
+                "the model has no chat template (tokenizer.chat_template / chat_template); use a raw prompt",
+            )
+        })?;
+        if messages.iter().all(|m| m.content.is_empty()) {
+            return Err(Error::input("the chat has no text"));
+        }
+        template.render(messages, add_generation_prompt)
+    }
+
+    /// Generate for each prompt, all prompts run together as one batch.
+    pub fn generate(
+        &self,
+        prompts: &[Prompt],
+        params: &SamplingParams,
+    ) -> Result<(Vec<Completion>, GenerationStats)> {
+        let ids = prompts
+            .iter()
+            .map(|p| self.prompt_ids(p))
+            .collect::<Result<Vec<_>>>()?;
+        self.generate_ids(&ids, params)
+    }
+
+    /// Generate from prompts already tokenized.
+    pub fn generate_ids(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+    ) -> Result<(Vec<Completion>, GenerationStats)> {
+        params.validate()?;
+        if prompts.is_empty() {
+            return Ok((Vec::new(), GenerationStats::default()));
+        }
+        let ctx = self.model.config.max_position_embeddings;
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if let Some(p) = prompts.iter().find(|p| p.is_empty()) {
+            let _ = p;
+            return Err(Error::input("a prompt has no tokens"));
+        }
+        if longest >= ctx {
+            return Err(Error::input(format!(
+                "the prompt has {longest} tokens but the model's context is {ctx} tokens"
+            )));
+        }
+        let max_new = params.max_new_tokens.min(ctx - longest);
+        let device = self.model.device().clone();
+        let pad_id = self.tokenizer.eos_ids.first().copied().unwrap_or(0);
+
+        let b = prompts.len();
+        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let mut flat = Vec::with_capacity(b * longest);
+        for (p, &pad) in prompts.iter().zip(&pads) {
+            flat.extend(std::iter::repeat_n(pad_id, pad));
+            flat.extend_from_slice(p);
+        }
+        let mut seqs: Vec<Sequence> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Sequence {
+                index: i,
+                history: p.clone(),
+                generated: Vec::new(),
+                sampler: Sampler::new(params, i),
+                finish: None,
+                text: String::new(),
+            })
+            .collect();
+        let mut cache = KvCache::new(self.model.config.num_layers, pads);
+        let mut stats = GenerationStats {
+            batch_size: b,
+            prefill_tokens: prompts.iter().map(Vec::len).sum(),
+            ..Default::default()
+        };
+
+        let t0 = Instant::now();
+        let input = Tensor::from_vec(flat, (b, longest), &device)?;
+        let logits = self.model.forward(&input, &mut cache, false)?;
+        let mut active: Vec<usize> = (0..b).collect();
+        self.step(&logits, &mut seqs, &active, params, max_new)?;
+        stats.prefill_seconds = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        loop {
+            let keep: Vec<usize> = (0..active.len())
+                .filter(|&k| seqs[active[k]].finish.is_none())
+                .collect();
+            if keep.is_empty() {
+                break;
+            }
+            cache.retain(&keep)?;
+            active = keep.iter().map(|&k| active[k]).collect();
+            let last: Vec<u32> = active
+                .iter()
+                .map(|&i| *seqs[i].generated.last().unwrap_or(&pad_id))
+                .collect();
+            let input = Tensor::from_vec(last, (active.len(), 1), &device)?;
+            let logits = self.model.forward(&input, &mut cache, false)?;
+            stats.decode_tokens += active.len();
+            self.step(&logits, &mut seqs, &active, params, max_new)?;
+        }
+        stats.decode_seconds = t1.elapsed().as_secs_f64();
+        stats.prefill_tokens_per_s = rate(stats.prefill_tokens, stats.prefill_seconds);
+        stats.decode_tokens_per_s = rate(stats.decode_tokens, stats.decode_seconds);
+
+        let completions = seqs
+            .into_iter()
+            .map(|s| Completion {
+                text: s.text,
+                prompt_tokens: prompts[s.index].len(),
+                completion_tokens: s.generated.len(),
+                token_ids: s.generated,
+                finish_reason: s.finish.unwrap_or(FinishReason::Length),
+            })
+            .collect();
+        Ok((completions, stats))
+    }
+
+    /// Sample one token for each active sequence and decide whether it is finished.
+    fn step(
+        &self,
+        logits: &Tensor,
+        seqs: &mut [Sequence],
+        active: &[usize],
+        params: &SamplingParams,
+        max_new: usize,
+    ) -> Result<()> {
+        let rows = logits.to_vec2::<f32>()?;
+        for (row, &i) in rows.into_iter().zip(active) {
+            let seq = &mut seqs[i];
+            let mut row = row;
+            let tok = seq.sampler.sample(&mut row, &seq.history);
+            seq.history.push(tok);
+            seq.generated.push(tok);
+            if !params.ignore_eos && self.tokenizer.eos_ids.contains(&tok) {
+                seq.finish = Some(FinishReason::Eos);
+                let body = &seq.generated[..seq.generated.len() - 1];
+                seq.text = self.tokenizer.decode(body, true)?;
+                continue;
+            }
+            seq.text = self.tokenizer.decode(&seq.generated, true)?;
+            if let Some(cut) = params
+                .stop
+                .iter()
+                .filter_map(|s| seq.text.find(s.as_str()))
+                .min()
+            {
+                seq.text.truncate(cut);
+                seq.finish = Some(FinishReason::StopString);
+            } else if seq.generated.len() >= max_new {
+                seq.finish = Some(FinishReason::Length);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rate(tokens: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        tokens as f64 / seconds
+    } else {
+        0.0
+    }
+}
