@@ -152,17 +152,18 @@ impl ModelConfig {
             .get("model_type")
             .and_then(|x| x.as_str())
             .ok_or_else(|| Error::model(path, "field `model_type` is missing"))?;
-        let architecture =
-            match model_type {
-                "llama" => Architecture::Llama,
-                "qwen2" => Architecture::Qwen2,
-                other => return Err(Error::model(
+        let architecture = match model_type {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            other => {
+                return Err(Error::model(
                     path,
                     format!(
                         "model_type = `{other}` is not supported (flotilla runs llama and qwen2)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let req = |k: &str| -> Result<usize> {
             v.get(k)
                 .and_then(|x| x.as_u64())

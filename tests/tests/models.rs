@@ -1,0 +1,210 @@
+//! A user converts the GGUF demo model to a Hugging Face directory and loads it back; and
+//! hands the loader broken files, which must give clear errors naming the file, not panics.
+
+use candle_core::{Device, Tensor};
+use flotilla_tests::{smollm2, smollm2_path, temp_dir};
+use flotilla_worker::convert::{gguf_to_hf, OutDType};
+use flotilla_worker::models::llama::KvCache;
+use flotilla_worker::{LanguageModel, LoadOptions, Prompt, SamplingParams};
+use std::path::Path;
+
+const TEXT: &str = "The rhinoceros is a large mammal that lives in Africa and Asia. It has thick \
+grey skin and one or two horns on its nose. Rhinos eat grass and leaves, and they spend much \
+of the day resting in mud to keep cool.";
+
+fn top1_per_position(lm: &LanguageModel, ids: &[u32]) -> Vec<u32> {
+    let m = &lm.model;
+    let mut cache = KvCache::new(m.config.num_layers, vec![0]);
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = m.forward(&input, &mut cache, true).unwrap();
+    logits
+        .squeeze(0)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+}
+
+fn load(path: &Path) -> flotilla_worker::Result<LanguageModel> {
+    LanguageModel::load(path.to_str().unwrap(), &LoadOptions::default())
+}
+
+#[test]
+fn converted_hf_directory_agrees_with_the_gguf() {
+    let gguf = smollm2();
+    let dir = temp_dir("convert");
+    let files = gguf_to_hf(&smollm2_path(), dir.path(), OutDType::F32).unwrap();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(files.contains(&dir.path().join(name)), "{name} not written");
+    }
+    let hf = load(dir.path()).unwrap();
+    assert_eq!(hf.info.format, "safetensors");
+    assert_eq!(hf.info.architecture, "llama");
+    assert_eq!(hf.model.config.num_layers, gguf.model.config.num_layers);
+    assert_eq!(hf.info.chat_template, gguf.info.chat_template);
+    assert_eq!(hf.tokenizer.eos_ids, gguf.tokenizer.eos_ids);
+
+    // Same tokens from both tokenizers, same chat rendering.
+    let ids = gguf.tokenizer.encode(TEXT, true).unwrap();
+    assert_eq!(hf.tokenizer.encode(TEXT, true).unwrap(), ids);
+    let chat = [Prompt::Chat(vec![flotilla_worker::ChatMessage::new(
+        "user", "Hello",
+    )])];
+    assert_eq!(
+        hf.prompt_ids(&chat[0]).unwrap(),
+        gguf.prompt_ids(&chat[0]).unwrap()
+    );
+
+    // Dequantized weights, rotate-half RoPE: the top-1 next token agrees almost everywhere.
+    let a = top1_per_position(gguf, &ids);
+    let b = top1_per_position(&hf, &ids);
+    let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    let share = agree as f64 / a.len() as f64;
+    assert!(
+        share >= 0.9,
+        "top-1 agreement {agree}/{} = {share:.2}",
+        a.len()
+    );
+
+    // And it generates the same greedy answer to a plain question.
+    let p = [Prompt::Text("The capital of France is".into())];
+    let params = SamplingParams {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let (x, _) = hf.generate(&p, &params).unwrap();
+    assert!(x[0].text.contains("Paris"), "{:?}", x[0].text);
+}
+
+fn err_of(path: &Path) -> String {
+    match load(path) {
+        Ok(_) => panic!("{} loaded but should not", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn truncated_and_corrupt_gguf_files_are_named_in_clear_errors() {
+    let dir = temp_dir("bad-gguf");
+    let bytes = std::fs::read(smollm2_path()).unwrap();
+
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err_of(&truncated);
+    assert!(
+        e.contains("truncated.gguf") && e.contains("truncated"),
+        "{e}"
+    );
+
+    let header_only = dir.path().join("header.gguf");
+    std::fs::write(&header_only, &bytes[..4096]).unwrap();
+    let e = err_of(&header_only);
+    assert!(e.contains("header.gguf"), "{e}");
+
+    let mut garbage = b"GGUF".to_vec();
+    garbage.extend((0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    let corrupt = dir.path().join("corrupt.gguf");
+    std::fs::write(&corrupt, &garbage).unwrap();
+    let e = err_of(&corrupt);
+    assert!(e.contains("corrupt.gguf"), "{e}");
+
+    let not_gguf = dir.path().join("notes.txt");
+    std::fs::write(&not_gguf, "hello").unwrap();
+    let e = err_of(&not_gguf);
+    assert!(e.contains("notes.txt") && e.contains("not a GGUF"), "{e}");
+
+    let e = err_of(&dir.path().join("missing.gguf"));
+    assert!(
+        e.contains("missing.gguf") && e.contains("no such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn broken_hf_directories_are_named_in_clear_errors() {
+    let dir = temp_dir("bad-hf");
+    let d = dir.path();
+    // No config.json at all.
+    let e = err_of(d);
+    assert!(e.contains("config.json"), "{e}");
+
+    // An architecture flotilla does not run.
+    std::fs::write(
+        d.join("config.json"),
+        r#"{"model_type": "mamba", "hidden_size": 8}"#,
+    )
+    .unwrap();
+    let e = err_of(d);
+    assert!(e.contains("config.json") && e.contains("mamba"), "{e}");
+
+    // A llama config but no tokenizer.
+    std::fs::write(
+        d.join("config.json"),
+        r#"{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "vocab_size": 10}"#,
+    )
+    .unwrap();
+    let e = err_of(d);
+    assert!(e.contains("tokenizer.json"), "{e}");
+
+    // A tokenizer, but a safetensors file cut short.
+    let conv = temp_dir("bad-hf-src");
+    gguf_to_hf(&smollm2_path(), conv.path(), OutDType::F16).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(conv.path().join(f), d.join(f)).unwrap();
+    }
+    let st = std::fs::read(conv.path().join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &st[..st.len() / 3]).unwrap();
+    let e = err_of(d);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn empty_and_overlong_prompts_are_refused_before_running() {
+    let lm = smollm2();
+    let params = SamplingParams::default();
+    let e = lm
+        .generate(&[Prompt::Text(String::new())], &params)
+        .unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+    let long = "word ".repeat(9000);
+    let e = lm.generate(&[Prompt::Text(long)], &params).unwrap_err();
+    assert!(e.to_string().contains("context is 8192"), "{e}");
+    let bad = SamplingParams {
+        top_p: 1.5,
+        ..Default::default()
+    };
+    let e = lm.generate(&[Prompt::Text("hi".into())], &bad).unwrap_err();
+    assert!(e.to_string().contains("top_p"), "{e}");
+}
+
+#[test]
+fn inspect_reports_the_demo_model() {
+    let i = &smollm2().info;
+    assert_eq!(i.format, "gguf");
+    assert_eq!(i.architecture, "llama");
+    assert_eq!(i.context_length, 8192);
+    assert_eq!(i.weight_dtypes.get("Q4_1"), Some(&210));
+    // 134.5 M parameters: 30 layers of 576 wide, a 49152-token vocabulary, tied embeddings.
+    assert!(
+        (134_000_000..136_000_000).contains(&i.parameters),
+        "{}",
+        i.parameters
+    );
+    assert_eq!(i.config.parameter_count(), i.parameters);
+    assert!(i.chat_template.as_deref().unwrap().contains("<|im_start|>"));
+    assert_eq!(
+        i.eos_tokens.first().map(String::as_str),
+        Some("<|endoftext|>")
+    );
+}
