@@ -1,0 +1,76 @@
+//! The `flotilla` binary as a user runs it: JSON output for scripts, clear one-line errors.
+
+use std::process::Command;
+
+fn flotilla(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["--threads", "2"])
+        .args(args)
+        .output()
+        .expect("run flotilla")
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+#[test]
+fn generate_prints_the_documented_json_fields() {
+    let out = flotilla(&[
+        "generate", "--model", "smollm2", "--prompt", "The capital of France is",
+        "--max-tokens", "8", "--output", "json",
+    ]);
+    let v = json(&out);
+    assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 8);
+    assert_eq!(v["prompt_tokens"], 5);
+    assert_eq!(v["completion_tokens"], 8);
+    assert!(v["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn embed_similarity_ranks_a_paraphrase_above_an_unrelated_sentence() {
+    let out = flotilla(&[
+        "embed", "--model", "minilm", "--similarity", "--output", "json",
+        "The cat sits on the mat.", "A cat is sitting on a mat.", "Quarterly revenue grew by twelve percent.",
+    ]);
+    let v = json(&out);
+    let s = &v["similarity"];
+    let para = s[0][1].as_f64().unwrap();
+    let unrelated = s[0][2].as_f64().unwrap();
+    assert!(para > 0.7 && unrelated < 0.3, "{s}");
+}
+
+#[test]
+fn model_inspect_json_names_architecture_and_template() {
+    let v = json(&flotilla(&["model", "inspect", "smollm2", "--output", "json"]));
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["context_length"], 8192);
+    assert!(v["chat_template"].as_str().unwrap().contains("im_start"));
+}
+
+#[test]
+fn bad_flags_and_files_fail_with_one_clear_line() {
+    let out = flotilla(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model.gguf") && err.contains("no such file"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = flotilla(&["generate", "--model", "smollm2", "--prompt", "hi", "--device", "tpu:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--device tpu:0"), "{err}");
+
+    let out = flotilla(&["generate", "--model", "smollm2", "--prompt", ""]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("empty"), "{err}");
+}
