@@ -1,0 +1,91 @@
+//! flotilla tokenizes and decodes SmolLM2 as llama.cpp does.
+//!
+//! `tests/fixtures/llamacpp-smollm2.json` is the recorded output of
+//! `scripts/llamacpp_reference.py` (llama-cpp-python on the same GGUF, default settings): for
+//! each prompt, llama.cpp's prompt token ids and its first greedy token ids. Regenerate it with
+//! that script when the prompts change.
+
+use flotilla_tests::{json_fixture, smollm2};
+use flotilla_worker::SamplingParams;
+
+struct Case {
+    name: String,
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn cases() -> Vec<Case> {
+    let f = json_fixture("llamacpp-smollm2.json");
+    f["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| Case {
+            name: c["name"].as_str().unwrap().to_string(),
+            prompt: c["prompt_text"].as_str().unwrap().to_string(),
+            prompt_ids: ids(&c["prompt_ids"]),
+            greedy_ids: ids(&c["greedy_ids"]),
+        })
+        .collect()
+}
+
+#[test]
+fn prompt_token_ids_equal_llama_cpp() {
+    let lm = smollm2();
+    let cases = cases();
+    assert!(cases.len() >= 7, "fixture has {} cases", cases.len());
+    for c in &cases {
+        let ours = lm.tokenizer.encode(&c.prompt, true).unwrap();
+        assert_eq!(ours, c.prompt_ids, "case {}: {:?}", c.name, c.prompt);
+    }
+}
+
+#[test]
+fn greedy_ids_agree_with_llama_cpp() {
+    let lm = smollm2();
+    let cases = cases();
+    let mut long_agreements = 0;
+    let mut report = Vec::new();
+    for c in &cases {
+        let params = SamplingParams {
+            max_new_tokens: c.greedy_ids.len(),
+            ..Default::default()
+        };
+        let (out, _) = lm.generate_ids(std::slice::from_ref(&c.prompt_ids), &params).unwrap();
+        let ours = &out[0].token_ids;
+        let agree = ours
+            .iter()
+            .zip(&c.greedy_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let possible = ours.len().min(c.greedy_ids.len());
+        report.push(format!("{}: {agree}/{possible}", c.name));
+        // Both stopped at the same EOS early: full agreement counts as long agreement.
+        if agree >= 16 || agree == possible {
+            long_agreements += 1;
+        }
+        assert!(
+            agree >= 8.min(possible),
+            "case {}: only {agree} leading tokens agree\nours:  {:?}\nllama: {:?}",
+            c.name,
+            ours,
+            c.greedy_ids
+        );
+    }
+    eprintln!("leading greedy agreement with llama.cpp: {}", report.join(", "));
+    assert!(
+        long_agreements * 2 > cases.len(),
+        "16+ tokens agree on only {long_agreements} of {} prompts: {}",
+        cases.len(),
+        report.join(", ")
+    );
+}
