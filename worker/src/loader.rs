@@ -105,12 +105,23 @@ fn resolve_hub(id: &str) -> Result<ModelSource> {
             "--model hf:{id}: expected hf:<org>/<name>[@revision]"
         )));
     }
-    let cache = hf_hub::Cache::from_env();
-    let repo = cache.repo(hf_hub::Repo::with_revision(
-        repo_id.clone(),
-        hf_hub::RepoType::Model,
-        revision,
-    ));
+    // HF_HUB_CACHE names the hub folder itself; HF_HOME its parent.
+    let cache = match std::env::var_os("HF_HUB_CACHE") {
+        Some(p) => hf_hub::Cache::new(PathBuf::from(p)),
+        None => hf_hub::Cache::from_env(),
+    };
+    let hub_repo =
+        hf_hub::Repo::with_revision(repo_id.clone(), hf_hub::RepoType::Model, revision.clone());
+    // A commit hash names a snapshot folder directly; a branch or tag goes through refs/.
+    let snapshot = cache
+        .path()
+        .join(hub_repo.folder_name())
+        .join("snapshots")
+        .join(&revision);
+    if snapshot.join("config.json").exists() {
+        return Ok(ModelSource::HfDir(snapshot));
+    }
+    let repo = cache.repo(hub_repo);
     match repo.get("config.json") {
         Some(config) => Ok(ModelSource::HfDir(
             config.parent().map(Path::to_path_buf).unwrap_or_default(),

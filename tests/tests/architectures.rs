@@ -1,0 +1,200 @@
+//! Tiny random llama and qwen2 models written as GGUF (with SmolLM2's real tokenizer), then
+//! converted to Hugging Face directories: both loaders must compute the same logits. This pins
+//! the two RoPE layouts (llama GGUF rows are permuted for interleaved rotation, qwen2's are
+//! not), qwen2's q/k/v biases, and the hub-cache lookup of `hf:` ids.
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use flotilla_tests::{smollm2_path, temp_dir};
+use flotilla_worker::convert::{gguf_to_hf, OutDType};
+use flotilla_worker::loader::read_gguf;
+use flotilla_worker::models::llama::KvCache;
+use flotilla_worker::{LanguageModel, LoadOptions};
+use std::path::Path;
+
+const HIDDEN: usize = 64;
+const FFN: usize = 128;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const LAYERS: usize = 2;
+
+fn rand(shape: &[usize], scale: f64) -> QTensor {
+    let t = (Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap() * scale).unwrap();
+    QTensor::quantize(&t, GgmlDType::F32).unwrap()
+}
+
+fn ones_ish(n: usize) -> QTensor {
+    let t = (Tensor::randn(0f32, 0.1, n, &Device::Cpu).unwrap() + 1.0).unwrap();
+    QTensor::quantize(&t, GgmlDType::F32).unwrap()
+}
+
+/// Write a tiny random model of `arch` to `path`, reusing SmolLM2's tokenizer metadata.
+fn write_tiny_gguf(arch: &str, path: &Path) {
+    let (smol, _) = read_gguf(&smollm2_path()).unwrap();
+    let vocab = smol.metadata["tokenizer.ggml.tokens"]
+        .to_vec()
+        .unwrap()
+        .len();
+    let mut md: Vec<(String, gguf_file::Value)> = smol
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    use gguf_file::Value as V;
+    md.push(("general.architecture".into(), V::String(arch.into())));
+    for (k, v) in [
+        ("block_count", V::U32(LAYERS as u32)),
+        ("embedding_length", V::U32(HIDDEN as u32)),
+        ("feed_forward_length", V::U32(FFN as u32)),
+        ("attention.head_count", V::U32(HEADS as u32)),
+        ("attention.head_count_kv", V::U32(KV_HEADS as u32)),
+        ("context_length", V::U32(256)),
+        ("rope.freq_base", V::F32(10_000.0)),
+        ("attention.layer_norm_rms_epsilon", V::F32(1e-5)),
+    ] {
+        md.push((format!("{arch}.{k}"), v));
+    }
+    let hd = HIDDEN / HEADS;
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        ("token_embd.weight".into(), rand(&[vocab, HIDDEN], 0.5)),
+        ("output_norm.weight".into(), ones_ish(HIDDEN)),
+        ("output.weight".into(), rand(&[vocab, HIDDEN], 0.2)),
+    ];
+    for i in 0..LAYERS {
+        let p = format!("blk.{i}");
+        tensors.push((format!("{p}.attn_norm.weight"), ones_ish(HIDDEN)));
+        tensors.push((format!("{p}.ffn_norm.weight"), ones_ish(HIDDEN)));
+        tensors.push((format!("{p}.attn_q.weight"), rand(&[HIDDEN, HIDDEN], 0.3)));
+        tensors.push((
+            format!("{p}.attn_k.weight"),
+            rand(&[KV_HEADS * hd, HIDDEN], 0.3),
+        ));
+        tensors.push((
+            format!("{p}.attn_v.weight"),
+            rand(&[KV_HEADS * hd, HIDDEN], 0.3),
+        ));
+        tensors.push((
+            format!("{p}.attn_output.weight"),
+            rand(&[HIDDEN, HIDDEN], 0.2),
+        ));
+        tensors.push((format!("{p}.ffn_gate.weight"), rand(&[FFN, HIDDEN], 0.2)));
+        tensors.push((format!("{p}.ffn_up.weight"), rand(&[FFN, HIDDEN], 0.2)));
+        tensors.push((format!("{p}.ffn_down.weight"), rand(&[HIDDEN, FFN], 0.2)));
+        if arch == "qwen2" {
+            tensors.push((format!("{p}.attn_q.bias"), rand(&[HIDDEN], 0.5)));
+            tensors.push((format!("{p}.attn_k.bias"), rand(&[KV_HEADS * hd], 0.5)));
+            tensors.push((format!("{p}.attn_v.bias"), rand(&[KV_HEADS * hd], 0.5)));
+        }
+    }
+    let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+}
+
+fn load(p: &Path) -> LanguageModel {
+    LanguageModel::load(p.to_str().unwrap(), &LoadOptions::default()).unwrap()
+}
+
+fn logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
+    let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    lm.model.forward(&x, &mut cache, true).unwrap()
+}
+
+fn check_arch(arch: &str) {
+    let dir = temp_dir(&format!("tiny-{arch}"));
+    let gguf = dir.path().join("tiny.gguf");
+    write_tiny_gguf(arch, &gguf);
+    let hf_dir = dir.path().join("hf");
+    gguf_to_hf(&gguf, &hf_dir, OutDType::F32).unwrap();
+    let a = load(&gguf);
+    let b = load(&hf_dir);
+    assert_eq!(a.info.architecture, arch);
+    assert_eq!(b.info.architecture, arch);
+    assert_eq!(a.model.config.attention_bias, arch == "qwen2");
+    assert_eq!(b.model.config.attention_bias, arch == "qwen2");
+    let ids = a
+        .tokenizer
+        .encode("Rhinos eat grass and leaves in the savanna at dawn.", false)
+        .unwrap();
+    let (la, lb) = (logits(&a, &ids), logits(&b, &ids));
+    let diff = (la - &lb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = lb
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff < 1e-4 * scale.max(1.0),
+        "{arch}: GGUF and HF logits differ by {diff} (scale {scale})"
+    );
+    // Later positions depend on RoPE: a wrong layout would show up as a large difference.
+    assert!(ids.len() >= 8);
+}
+
+#[test]
+fn tiny_llama_gguf_and_hf_directory_compute_the_same_logits() {
+    check_arch("llama");
+}
+
+#[test]
+fn tiny_qwen2_gguf_and_hf_directory_compute_the_same_logits() {
+    check_arch("qwen2");
+}
+
+#[test]
+fn hub_ids_resolve_from_the_local_hugging_face_cache_only() {
+    let home = temp_dir("hf-home");
+    let repo = home.path().join("hub").join("models--tiny-org--tiny-llama");
+    let snap = repo
+        .join("snapshots")
+        .join("0123456789abcdef0123456789abcdef01234567");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(
+        repo.join("refs").join("main"),
+        "0123456789abcdef0123456789abcdef01234567",
+    )
+    .unwrap();
+    let gguf = home.path().join("tiny.gguf");
+    write_tiny_gguf("llama", &gguf);
+    gguf_to_hf(&gguf, &snap, OutDType::BF16).unwrap();
+
+    std::env::set_var("HF_HOME", home.path());
+    let lm = LanguageModel::load("hf:tiny-org/tiny-llama", &LoadOptions::default()).unwrap();
+    assert_eq!(lm.info.path, snap);
+    assert_eq!(
+        lm.info.weight_dtypes.get("BF16").copied(),
+        Some(2 + 1 + LAYERS * 9)
+    );
+    assert_eq!(lm.model.dtype, DType::F32, "bf16 weights run in f32 on CPU");
+    let by_hash = LanguageModel::load(
+        "hf:tiny-org/tiny-llama@0123456789abcdef0123456789abcdef01234567",
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(by_hash.info.path, snap);
+    let err = LanguageModel::load("hf:tiny-org/not-cached", &LoadOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not in the Hugging Face cache")
+            && msg.contains("huggingface-cli download tiny-org/not-cached"),
+        "{msg}"
+    );
+    let err = LanguageModel::load("hf:no-slash", &LoadOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("hf:<org>/<name>"), "{err}");
+}
