@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# A real Japanese PDF for the document-extraction tests.
+[ -f /usr/share/doc/maint-guide-ja/maint-guide.ja.pdf ] || need+=(maint-guide-ja)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -86,3 +86,12 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The peer projects' published data (`../shared/peer/` beside the checkout).
+pub fn peer_dir(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/peer")
+        .join(name);
+    assert!(p.exists(), "{} is missing: CI has shared/ beside the checkout", p.display());
+    p
+}

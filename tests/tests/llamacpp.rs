@@ -60,7 +60,9 @@ fn greedy_ids_agree_with_llama_cpp() {
             max_new_tokens: c.greedy_ids.len(),
             ..Default::default()
         };
-        let (out, _) = lm.generate_ids(std::slice::from_ref(&c.prompt_ids), &params).unwrap();
+        let (out, _) = lm
+            .generate_ids(std::slice::from_ref(&c.prompt_ids), &params)
+            .unwrap();
         let ours = &out[0].token_ids;
         let agree = ours
             .iter()
@@ -81,7 +83,10 @@ fn greedy_ids_agree_with_llama_cpp() {
             c.greedy_ids
         );
     }
-    eprintln!("leading greedy agreement with llama.cpp: {}", report.join(", "));
+    eprintln!(
+        "leading greedy agreement with llama.cpp: {}",
+        report.join(", ")
+    );
     assert!(
         long_agreements * 2 > cases.len(),
         "16+ tokens agree on only {long_agreements} of {} prompts: {}",

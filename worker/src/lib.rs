@@ -14,6 +14,7 @@
 //! worker processes that pull shards from the coordinator. It owns no scheduling and no
 //! storage of results.
 
+pub mod bench;
 pub mod chat;
 pub mod convert;
 pub mod device;

@@ -1,0 +1,6 @@
+//! The benchmark engine's inputs: case files, document text, chunking. (The runner, prompt
+//! variants, judges and statistics build on these.)
+pub mod chunk;
+pub mod dataset;
+pub mod documents;
+pub mod stats;
