@@ -3,4 +3,5 @@
 pub mod chunk;
 pub mod dataset;
 pub mod documents;
+pub mod metrics;
 pub mod stats;
