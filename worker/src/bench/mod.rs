@@ -4,4 +4,5 @@ pub mod chunk;
 pub mod dataset;
 pub mod documents;
 pub mod metrics;
+pub mod prompts;
 pub mod stats;
