@@ -207,6 +207,59 @@ impl LanguageModel {
         Ok((completions, stats))
     }
 
+    /// Log-probability of each candidate continuation after `prompt` (teacher-forced, one
+    /// batch: the prompt is run once and its cache shared by every candidate).
+    pub fn continuation_logprobs(
+        &self,
+        prompt: &[u32],
+        candidates: &[Vec<u32>],
+    ) -> Result<Vec<f64>> {
+        if prompt.is_empty() || candidates.is_empty() || candidates.iter().any(Vec::is_empty) {
+            return Err(Error::input(
+                "continuation scoring needs a prompt and non-empty candidates",
+            ));
+        }
+        let ctx = self.model.config.max_position_embeddings;
+        let longest = candidates.iter().map(Vec::len).max().unwrap_or(0);
+        if prompt.len() + longest > ctx {
+            return Err(Error::input(format!(
+                "prompt of {} tokens plus a {longest}-token continuation exceeds the context ({ctx})",
+                prompt.len()
+            )));
+        }
+        let device = self.model.device().clone();
+        let mut cache = KvCache::new(self.model.config.num_layers, vec![0]);
+        let input = Tensor::new(prompt, &device)?.unsqueeze(0)?;
+        let first =
+            candle_nn::ops::log_softmax(&self.model.forward(&input, &mut cache, false)?, 1)?
+                .squeeze(0)?
+                .to_vec1::<f32>()?;
+        let mut scores: Vec<f64> = candidates
+            .iter()
+            .map(|c| first[c[0] as usize] as f64)
+            .collect();
+        if longest > 1 {
+            let n = candidates.len();
+            cache.retain(&vec![0; n])?;
+            let pad = self.tokenizer.eos_ids.first().copied().unwrap_or(0);
+            let mut flat = Vec::with_capacity(n * (longest - 1));
+            for c in candidates {
+                for j in 0..longest - 1 {
+                    flat.push(*c.get(j).unwrap_or(&pad));
+                }
+            }
+            let input = Tensor::from_vec(flat, (n, longest - 1), &device)?;
+            let logits = self.model.forward(&input, &mut cache, true)?;
+            let logp = candle_nn::ops::log_softmax(&logits, 2)?.to_vec3::<f32>()?;
+            for (i, c) in candidates.iter().enumerate() {
+                for j in 1..c.len() {
+                    scores[i] += logp[i][j - 1][c[j] as usize] as f64;
+                }
+            }
+        }
+        Ok(scores)
+    }
+
     /// Sample one token for each active sequence and decide whether it is finished.
     fn step(
         &self,

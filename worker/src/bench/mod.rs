@@ -3,6 +3,7 @@
 pub mod chunk;
 pub mod dataset;
 pub mod documents;
+pub mod judge;
 pub mod metrics;
 pub mod prompts;
 pub mod stats;
