@@ -6,4 +6,5 @@ pub mod documents;
 pub mod judge;
 pub mod metrics;
 pub mod prompts;
+pub mod retrieval;
 pub mod stats;

@@ -1,0 +1,57 @@
+//! RAG retrieval on the Flow sample documents with MiniLM: the right passage comes back, and
+//! each document is embedded once (then served from the memory and disk caches).
+
+use flotilla_tests::{minilm, peer_dir, temp_dir};
+use flotilla_worker::bench::documents::load_document;
+use flotilla_worker::bench::retrieval::{recall_at_k, ChunkSettings, Retriever};
+use std::sync::atomic::Ordering;
+
+#[test]
+fn the_relevant_passage_is_retrieved_and_embeddings_are_cached() {
+    let files = peer_dir("flow_benchmark_tools").join("files");
+    let docs = vec![
+        load_document(&files.join("Rhinoceros_Wikipedia.pdf")).unwrap(),
+        load_document(&files.join("Jane_Gilbert_resume.docx")).unwrap(),
+    ];
+    let cache = temp_dir("emb-cache");
+    let r = Retriever::new(
+        minilm(),
+        ChunkSettings::default(),
+        Some(cache.path().to_path_buf()),
+    );
+    let hits = r
+        .retrieve("When did the Floridaceras go extinct?", &docs, 4)
+        .unwrap();
+    assert_eq!(hits.len(), 4);
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    assert_eq!(
+        recall_at_k(&hits, &["Floridaceras".to_string()]),
+        Some(1.0),
+        "{hits:#?}"
+    );
+    let hits = r
+        .retrieve("What software is the candidate proficient in?", &docs, 3)
+        .unwrap();
+    assert!(
+        hits[0].document.ends_with("Jane_Gilbert_resume.docx"),
+        "{hits:#?}"
+    );
+    assert_eq!(
+        r.embedded_count.load(Ordering::Relaxed),
+        2,
+        "each document embedded once"
+    );
+
+    // A new run finds the embeddings on disk.
+    let again = Retriever::new(
+        minilm(),
+        ChunkSettings::default(),
+        Some(cache.path().to_path_buf()),
+    );
+    let hits2 = again
+        .retrieve("What software is the candidate proficient in?", &docs, 3)
+        .unwrap();
+    assert_eq!(again.embedded_count.load(Ordering::Relaxed), 0);
+    assert_eq!(hits2, hits);
+    assert_eq!(recall_at_k(&hits, &[]), None);
+}
