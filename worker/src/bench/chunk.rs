@@ -27,13 +27,15 @@ fn sentences(chars: &[char]) -> Vec<(usize, usize)> {
             let mut end = i + 1;
             // Keep closing quotes/brackets and trailing whitespace with the sentence.
             while end < chars.len()
-                && (chars[end].is_whitespace() || matches!(chars[end], '"' | '\'' | '」' | '』' | ')' | '）'))
+                && (chars[end].is_whitespace()
+                    || matches!(chars[end], '"' | '\'' | '」' | '』' | ')' | '）'))
             {
                 end += 1;
             }
             // "3.5" or "e.g." inside a sentence: a '.' followed directly by a letter or digit
             // does not end it.
-            if chars[i] == '.' && end == i + 1 && end < chars.len() && chars[end].is_alphanumeric() {
+            if chars[i] == '.' && end == i + 1 && end < chars.len() && chars[end].is_alphanumeric()
+            {
                 i += 1;
                 continue;
             }
@@ -110,7 +112,10 @@ mod tests {
         assert!(chunks.len() >= 3, "{chunks:?}");
         for c in &chunks {
             assert!(c.text.chars().count() <= 40, "{c:?}");
-            assert!(c.text.ends_with('.'), "chunk does not end at a sentence: {c:?}");
+            assert!(
+                c.text.ends_with('.'),
+                "chunk does not end at a sentence: {c:?}"
+            );
         }
         // Consecutive chunks share a sentence.
         assert!(chunks[1].start < chunks[0].end, "{chunks:?}");
@@ -124,7 +129,10 @@ mod tests {
         let text = "東京は日本の首都です。富士山は日本で一番高い山です。京都には古い寺がたくさんあります。";
         let chunks = chunk_text(text, 30, 0);
         assert_eq!(chunks.len(), 2, "{chunks:?}");
-        assert_eq!(chunks[0].text, "東京は日本の首都です。富士山は日本で一番高い山です。");
+        assert_eq!(
+            chunks[0].text,
+            "東京は日本の首都です。富士山は日本で一番高い山です。"
+        );
         assert_eq!(chunks[1].text, "京都には古い寺がたくさんあります。");
     }
 
@@ -132,7 +140,10 @@ mod tests {
     fn decimals_do_not_end_sentences_and_long_sentences_are_cut() {
         let text = "It went extinct 16.3 million years ago. ".to_string() + &"x".repeat(250);
         let chunks = chunk_text(&text, 100, 10);
-        assert!(chunks[0].text.contains("16.3 million years ago."), "{chunks:?}");
+        assert!(
+            chunks[0].text.contains("16.3 million years ago."),
+            "{chunks:?}"
+        );
         assert!(chunks.iter().all(|c| c.text.chars().count() <= 100));
         let covered: usize = chunks.last().unwrap().end;
         assert_eq!(covered, text.chars().count());

@@ -171,17 +171,35 @@ pub fn load_dataset(path: &Path, documents_dir: Option<&Path>) -> Result<Dataset
     let mut seen = std::collections::HashSet::new();
     for c in &ds.cases {
         if !seen.insert(c.id.clone()) {
-            return Err(Error::model(path, format!("case id `{}` appears twice", c.id)));
+            return Err(Error::model(
+                path,
+                format!("case id `{}` appears twice", c.id),
+            ));
         }
     }
     Ok(ds)
 }
 
-fn flotilla_case(v: serde_json::Value, stem: &str, n: usize, docs: &Path) -> std::result::Result<Case, String> {
+fn flotilla_case(
+    v: serde_json::Value,
+    stem: &str,
+    n: usize,
+    docs: &Path,
+) -> std::result::Result<Case, String> {
     let l: FlotillaLine = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    let task = Task::parse(&l.task)
-        .ok_or_else(|| format!("field `task`: `{}` is not rag, document or criteria", l.task))?;
-    check_case(task, &l.query, l.reference_answer.as_deref(), &l.documents, l.criteria.as_deref())?;
+    let task = Task::parse(&l.task).ok_or_else(|| {
+        format!(
+            "field `task`: `{}` is not rag, document or criteria",
+            l.task
+        )
+    })?;
+    check_case(
+        task,
+        &l.query,
+        l.reference_answer.as_deref(),
+        &l.documents,
+        l.criteria.as_deref(),
+    )?;
     Ok(Case {
         id: l.id.unwrap_or_else(|| format!("{stem}:{n}")),
         task,
@@ -195,7 +213,12 @@ fn flotilla_case(v: serde_json::Value, stem: &str, n: usize, docs: &Path) -> std
     })
 }
 
-fn flow_case(v: serde_json::Value, stem: &str, n: usize, docs: &Path) -> std::result::Result<Case, String> {
+fn flow_case(
+    v: serde_json::Value,
+    stem: &str,
+    n: usize,
+    docs: &Path,
+) -> std::result::Result<Case, String> {
     let l: FlowLine = serde_json::from_value(v).map_err(|e| e.to_string())?;
     let has = |label: &str| l.labels.iter().any(|x| x == label);
     let task = if has("criteria") {
@@ -209,13 +232,20 @@ fn flow_case(v: serde_json::Value, stem: &str, n: usize, docs: &Path) -> std::re
         (Some(a), _) => Some(a.clone()),
         (None, Some(f)) => {
             let p = docs.join(f);
-            Some(std::fs::read_to_string(&p).map_err(|e| {
-                format!("field `reference_answer_file`: {}: {e}", p.display())
-            })?)
+            Some(
+                std::fs::read_to_string(&p)
+                    .map_err(|e| format!("field `reference_answer_file`: {}: {e}", p.display()))?,
+            )
         }
         (None, None) => None,
     };
-    check_case(task, &l.query, reference_answer.as_deref(), &l.extras.documents, l.extras.criteria.as_deref())?;
+    check_case(
+        task,
+        &l.query,
+        reference_answer.as_deref(),
+        &l.extras.documents,
+        l.extras.criteria.as_deref(),
+    )?;
     let language = ["en", "ja"]
         .iter()
         .find(|x| has(x))
@@ -245,9 +275,10 @@ fn check_case(
         return Err("field `query` is empty".into());
     }
     match task {
-        Task::Rag | Task::Document if documents.is_empty() => {
-            Err(format!("a {} case needs at least one document", task.name()))
-        }
+        Task::Rag | Task::Document if documents.is_empty() => Err(format!(
+            "a {} case needs at least one document",
+            task.name()
+        )),
         Task::Rag | Task::Document if reference.is_none() => Err(format!(
             "a {} case needs `reference_answer` (or Flow's `reference_answer_file`)",
             task.name()

@@ -31,8 +31,9 @@ pub fn load_document(path: &Path) -> Result<Document> {
         "pdf" => pdf_text(path)?,
         "docx" => docx_text(path, &bytes)?,
         "html" | "htm" => html_text(path, &bytes)?,
-        "txt" | "md" | "markdown" | "text" | "" => String::from_utf8(bytes)
-            .map_err(|_| Error::model(path, "is not UTF-8 text"))?,
+        "txt" | "md" | "markdown" | "text" | "" => {
+            String::from_utf8(bytes).map_err(|_| Error::model(path, "is not UTF-8 text"))?
+        }
         other => {
             return Err(Error::model(
                 path,
@@ -41,7 +42,10 @@ pub fn load_document(path: &Path) -> Result<Document> {
         }
     };
     if text.trim().is_empty() {
-        return Err(Error::model(path, "no text could be extracted from this document"));
+        return Err(Error::model(
+            path,
+            "no text could be extracted from this document",
+        ));
     }
     Ok(Document {
         path: path.to_path_buf(),
@@ -68,7 +72,10 @@ fn pdf_text(path: &Path) -> Result<String> {
     match result {
         Ok(Ok(text)) => Ok(collapse_spaces(&text)),
         Ok(Err(e)) => Err(Error::model(path, format!("unreadable PDF: {e}"))),
-        Err(_) => Err(Error::model(path, "unreadable PDF (the PDF parser failed on it)")),
+        Err(_) => Err(Error::model(
+            path,
+            "unreadable PDF (the PDF parser failed on it)",
+        )),
     }
 }
 

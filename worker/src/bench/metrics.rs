@@ -36,7 +36,10 @@ fn normalize(text: &str) -> String {
 fn tokens(text: &str, language: &str) -> Vec<String> {
     let n = normalize(text);
     if language == "ja" {
-        n.chars().filter(|c| !c.is_whitespace()).map(String::from).collect()
+        n.chars()
+            .filter(|c| !c.is_whitespace())
+            .map(String::from)
+            .collect()
     } else {
         n.split_whitespace().map(String::from).collect()
     }
@@ -47,7 +50,11 @@ pub fn token_f1(answer: &str, reference: &str, language: &str) -> f64 {
     let a = tokens(answer, language);
     let r = tokens(reference, language);
     if a.is_empty() || r.is_empty() {
-        return if a.is_empty() && r.is_empty() { 1.0 } else { 0.0 };
+        return if a.is_empty() && r.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
     }
     let mut counts: HashMap<&str, i64> = HashMap::new();
     for t in &r {
@@ -72,7 +79,9 @@ pub fn token_f1(answer: &str, reference: &str, language: &str) -> f64 {
 
 fn url_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r#"(?i)\b(?:https?://|www\.)[^\s<>"'\)\]\}]+"#).expect("url regex"))
+    RE.get_or_init(|| {
+        Regex::new(r#"(?i)\b(?:https?://|www\.)[^\s<>"'\)\]\}]+"#).expect("url regex")
+    })
 }
 
 fn number_re() -> &'static Regex {
@@ -88,7 +97,10 @@ fn clean_url(u: &str) -> String {
 
 /// URLs in `answer` that do not occur in `sources` (the documents and the prompt).
 pub fn fabricated_urls(answer: &str, sources: &str) -> Vec<String> {
-    let known: Vec<String> = url_re().find_iter(sources).map(|m| clean_url(m.as_str())).collect();
+    let known: Vec<String> = url_re()
+        .find_iter(sources)
+        .map(|m| clean_url(m.as_str()))
+        .collect();
     let mut out: Vec<String> = url_re()
         .find_iter(answer)
         .map(|m| clean_url(m.as_str()))
@@ -116,8 +128,10 @@ fn norm_number(s: &str) -> String {
 /// Numbers in `answer` that occur nowhere in `sources`. Whole numbers below 10 are ignored:
 /// they are list markers and counts far more often than facts.
 pub fn fabricated_numbers(answer: &str, sources: &str) -> Vec<String> {
-    let known: std::collections::HashSet<String> =
-        number_re().find_iter(sources).map(|m| norm_number(m.as_str())).collect();
+    let known: std::collections::HashSet<String> = number_re()
+        .find_iter(sources)
+        .map(|m| norm_number(m.as_str()))
+        .collect();
     let mut out = Vec::new();
     for m in number_re().find_iter(answer) {
         let n = norm_number(m.as_str());
@@ -130,11 +144,21 @@ pub fn fabricated_numbers(answer: &str, sources: &str) -> Vec<String> {
 }
 
 /// All metrics for one answer.
-pub fn score(answer: &str, reference: Option<&str>, pattern: Option<&Regex>, sources: &str, language: &str) -> Metrics {
+pub fn score(
+    answer: &str,
+    reference: Option<&str>,
+    pattern: Option<&Regex>,
+    sources: &str,
+    language: &str,
+) -> Metrics {
     Metrics {
-        exact_match: reference.map(|r| normalize(r) == normalize(answer)).unwrap_or(false),
+        exact_match: reference
+            .map(|r| normalize(r) == normalize(answer))
+            .unwrap_or(false),
         regex_match: pattern.map(|p| p.is_match(answer)),
-        token_f1: reference.map(|r| token_f1(answer, r, language)).unwrap_or(0.0),
+        token_f1: reference
+            .map(|r| token_f1(answer, r, language))
+            .unwrap_or(0.0),
         fabricated_urls: fabricated_urls(answer, sources),
         fabricated_numbers: fabricated_numbers(answer, sources),
     }
@@ -158,9 +182,18 @@ mod tests {
     fn urls_and_numbers_not_in_the_sources_are_fabricated() {
         let sources = "See https://example.org/rhino for more. Floridaceras died 16.3 million years ago; 1,200 remain.";
         let answer = "Per https://example.org/rhino, and www.fake-source.com/x. It was 16.30 million years; 1200 remain, 45 zoos, 3 species.";
-        assert_eq!(fabricated_urls(answer, sources), vec!["www.fake-source.com/x"]);
+        assert_eq!(
+            fabricated_urls(answer, sources),
+            vec!["www.fake-source.com/x"]
+        );
         assert_eq!(fabricated_numbers(answer, sources), vec!["45"]);
-        let m = score("16.3 million years", Some("16.3 million years."), Some(&Regex::new(r"16\.3").unwrap()), sources, "en");
+        let m = score(
+            "16.3 million years",
+            Some("16.3 million years."),
+            Some(&Regex::new(r"16\.3").unwrap()),
+            sources,
+            "en",
+        );
         assert!(m.exact_match && m.regex_match == Some(true) && m.token_f1 == 1.0);
     }
 }

@@ -34,7 +34,9 @@ impl Variant {
             "structured" => Variant::Structured,
             "structured_constrained" => Variant::StructuredConstrained,
             other => match other.strip_prefix("custom:") {
-                Some(path) if !path.is_empty() => Variant::Custom { template: path.to_string() },
+                Some(path) if !path.is_empty() => Variant::Custom {
+                    template: path.to_string(),
+                },
                 _ => {
                     return Err(Error::input(format!(
                         "unknown prompt variant `{other}` (expected query_first, query_last, \
@@ -80,7 +82,8 @@ pub struct BuiltPrompt {
 
 const SYSTEM: &str = "You answer questions using only the provided documents. If the documents \
 do not contain the answer, say so. Do not invent facts, numbers or URLs.";
-const SYSTEM_JA: &str = "提供された文書のみを使って質問に答えてください。文書に答えがない場合はそう述べてください。\
+const SYSTEM_JA: &str =
+    "提供された文書のみを使って質問に答えてください。文書に答えがない場合はそう述べてください。\
 事実、数値、URLを作り出さないでください。";
 
 pub const ANSWER_MARKER: &str = "[[ ## answer ## ]]";
@@ -121,9 +124,16 @@ fn structured_user(i: &PromptInputs, strict: bool) -> String {
 
 /// Build the prompt for `variant`. `strict` is the retry after a structured parse failure.
 pub fn build(variant: &Variant, i: &PromptInputs, strict: bool) -> Result<BuiltPrompt> {
-    let system = if i.language == "ja" { SYSTEM_JA } else { SYSTEM };
+    let system = if i.language == "ja" {
+        SYSTEM_JA
+    } else {
+        SYSTEM
+    };
     let plain = |user: String| BuiltPrompt {
-        messages: vec![ChatMessage::new("system", system), ChatMessage::new("user", user)],
+        messages: vec![
+            ChatMessage::new("system", system),
+            ChatMessage::new("user", user),
+        ],
         assistant_prefix: None,
         stop: Vec::new(),
     };
@@ -153,17 +163,18 @@ pub fn build(variant: &Variant, i: &PromptInputs, strict: bool) -> Result<BuiltP
             stop: vec![COMPLETED_MARKER.to_string(), "[[ ##".to_string()],
         },
         Variant::Custom { template } => {
-            let source = std::fs::read_to_string(template)
-                .map_err(|e| Error::io(template, e))?;
+            let source = std::fs::read_to_string(template).map_err(|e| Error::io(template, e))?;
             let mut env = minijinja::Environment::new();
             env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
             env.add_template("custom", &source)
                 .map_err(|e| Error::Template(format!("{template}: {e}")))?;
             let text = env
                 .get_template("custom")
-                .and_then(|t| t.render(minijinja::context! {
-                    question => i.question, context => i.context, language => i.language,
-                }))
+                .and_then(|t| {
+                    t.render(minijinja::context! {
+                        question => i.question, context => i.context, language => i.language,
+                    })
+                })
                 .map_err(|e| Error::Template(format!("{template}: {e}")))?;
             plain(text)
         }
@@ -197,7 +208,11 @@ mod tests {
     use super::*;
 
     fn inputs() -> PromptInputs<'static> {
-        PromptInputs { question: "What do rhinos eat?", context: "Rhinos eat grass.", language: "en" }
+        PromptInputs {
+            question: "What do rhinos eat?",
+            context: "Rhinos eat grass.",
+            language: "en",
+        }
     }
 
     #[test]
@@ -213,9 +228,14 @@ mod tests {
     fn structured_replies_parse_or_say_why_not() {
         let reply = "[[ ## answer ## ]]\nGrass and leaves.\n\n[[ ## completed ## ]]";
         assert_eq!(parse_structured(reply, false).unwrap(), "Grass and leaves.");
-        assert!(parse_structured("They eat grass.", false).unwrap_err().contains("marker"));
+        assert!(parse_structured("They eat grass.", false)
+            .unwrap_err()
+            .contains("marker"));
         assert!(parse_structured("[[ ## answer ## ]]\n\n[[ ## completed ## ]]", false).is_err());
-        assert_eq!(parse_structured("Grass.\n[[ ## completed", true).unwrap(), "Grass.");
+        assert_eq!(
+            parse_structured("Grass.\n[[ ## completed", true).unwrap(),
+            "Grass."
+        );
         let strict = build(&Variant::Structured, &inputs(), true).unwrap();
         assert!(strict.messages[1].content.contains("could not be read"));
         let c = build(&Variant::StructuredConstrained, &inputs(), false).unwrap();
@@ -226,7 +246,14 @@ mod tests {
     fn unknown_variants_and_bad_templates_are_named() {
         let e = Variant::parse("query_middle").unwrap_err().to_string();
         assert!(e.contains("query_middle"), "{e}");
-        let e = build(&Variant::Custom { template: "/no/such.jinja".into() }, &inputs(), false).unwrap_err();
+        let e = build(
+            &Variant::Custom {
+                template: "/no/such.jinja".into(),
+            },
+            &inputs(),
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("/no/such.jinja"), "{e}");
     }
 }

@@ -73,7 +73,13 @@ fn bootstrap_means(xs: &[f64], rng: &mut StdRng) -> Vec<f64> {
 pub fn summarize(scores: &[f64], seed: u64) -> Summary {
     let n = scores.len();
     if n == 0 {
-        return Summary { n, mean: f64::NAN, std: 0.0, ci_low: f64::NAN, ci_high: f64::NAN };
+        return Summary {
+            n,
+            mean: f64::NAN,
+            std: 0.0,
+            ci_low: f64::NAN,
+            ci_high: f64::NAN,
+        };
     }
     let means = bootstrap_means(scores, &mut StdRng::seed_from_u64(seed));
     Summary {
@@ -134,7 +140,11 @@ mod tests {
         assert!((s.std - 2.138089935).abs() < 1e-6);
         assert!(s.ci_low < 5.0 && s.ci_high > 5.0);
         assert!(s.ci_low > 3.0 && s.ci_high < 7.0, "{s:?}");
-        assert_eq!(s, summarize(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0], 1), "seeded");
+        assert_eq!(
+            s,
+            summarize(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0], 1),
+            "seeded"
+        );
         let c = summarize(&[3.0; 5], 1);
         assert_eq!((c.ci_low, c.ci_high, c.std), (3.0, 3.0, 0.0));
     }
@@ -142,14 +152,22 @@ mod tests {
     #[test]
     fn a_consistent_improvement_is_significant_and_noise_is_not() {
         let a: Vec<f64> = (0..30).map(|i| 5.0 + (i % 5) as f64 * 0.5).collect();
-        let b: Vec<f64> = a.iter().enumerate().map(|(i, x)| x + 1.0 + (i % 3) as f64 * 0.1).collect();
+        let b: Vec<f64> = a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x + 1.0 + (i % 3) as f64 * 0.1)
+            .collect();
         let c = compare_paired(&a, &b, 7).unwrap();
         assert!((c.delta - 1.1).abs() < 0.01, "{c:?}");
         assert!(c.ci_low > 0.9 && c.ci_high < 1.3, "{c:?}");
         assert!(c.p_value < 0.001, "{c:?}");
         assert!((c.percent_change.unwrap() - 100.0 * c.delta / c.mean_a).abs() < 1e-9);
 
-        let noise: Vec<f64> = a.iter().enumerate().map(|(i, x)| if i % 2 == 0 { x + 0.5 } else { x - 0.5 }).collect();
+        let noise: Vec<f64> = a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| if i % 2 == 0 { x + 0.5 } else { x - 0.5 })
+            .collect();
         let c = compare_paired(&a, &noise, 7).unwrap();
         assert!(c.delta.abs() < 1e-9 && c.p_value > 0.5, "{c:?}");
         assert!(c.ci_low < 0.0 && c.ci_high > 0.0);
