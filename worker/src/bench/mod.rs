@@ -7,4 +7,5 @@ pub mod judge;
 pub mod metrics;
 pub mod prompts;
 pub mod retrieval;
+pub mod runner;
 pub mod stats;

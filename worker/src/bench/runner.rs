@@ -1,0 +1,378 @@
+//! Running a model over benchmark cases: for each case and prompt variant, build the context
+//! (retrieved chunks for RAG, the whole document for document analysis, with a visible
+//! truncation policy when it does not fit), generate, parse structured answers, judge, and
+//! compute the deterministic metrics. A case that fails (a missing or unreadable document) is
+//! recorded with its error; the others still run.
+
+use super::dataset::{Case, Task};
+use super::documents::{load_document, Document};
+use super::judge::{jury_score, JudgeInput, LocalJudge, Scale, Verdict};
+use super::metrics::{score, Metrics};
+use super::prompts::{build, parse_structured, PromptInputs, Variant};
+use super::retrieval::{recall_at_k, Hit, Retriever};
+use crate::error::{Error, Result};
+use crate::loader::LanguageModel;
+use crate::sampling::SamplingParams;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to do with a document longer than the model's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the beginning.
+    Head,
+    /// Keep the beginning and the end, with a visible `[...]` between.
+    HeadTail,
+}
+
+impl Truncation {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "head" => Ok(Truncation::Head),
+            "head_tail" => Ok(Truncation::HeadTail),
+            other => Err(Error::input(format!(
+                "--truncation {other}: expected head or head_tail"
+            ))),
+        }
+    }
+}
+
+/// A recorded truncation: never a silent cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TruncationRecord {
+    pub policy: Truncation,
+    pub original_tokens: usize,
+    pub kept_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalSettings {
+    pub model_label: String,
+    pub adapter_label: String,
+    pub variants: Vec<Variant>,
+    pub top_k: usize,
+    pub truncation: Truncation,
+    pub sampling: SamplingParams,
+    pub scale: Scale,
+    pub judge_explanation_tokens: usize,
+}
+
+/// Everything about one case under one configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub case_id: String,
+    pub task: Task,
+    pub language: String,
+    pub model: String,
+    pub adapter: String,
+    pub variant: String,
+    pub query: String,
+    pub reference_answer: Option<String>,
+    pub prompt: String,
+    pub raw_answer: String,
+    pub answer: String,
+    pub hits: Vec<Hit>,
+    pub recall_at_k: Option<f64>,
+    pub truncation: Option<TruncationRecord>,
+    /// Structured variants: why the first reply did not parse, if it did not.
+    pub parse_error: Option<String>,
+    pub parse_retried: bool,
+    pub verdicts: Vec<Verdict>,
+    /// Mean of the valid judge ratings (None: no valid rating).
+    pub score: Option<f64>,
+    pub metrics: Metrics,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub latency_s: f64,
+    /// Set when the case could not run; nothing else is meaningful then.
+    pub error: Option<String>,
+}
+
+/// A judge used by the runner.
+pub enum Judge<'a> {
+    Local(LocalJudge<'a>),
+}
+
+impl Judge<'_> {
+    fn verdict(&self, input: &JudgeInput) -> Result<Verdict> {
+        match self {
+            Judge::Local(j) => j.judge(input),
+        }
+    }
+}
+
+/// Runs cases; holds the document and retrieval caches for a whole run.
+pub struct Runner<'a> {
+    pub model: &'a LanguageModel,
+    pub retriever: Option<&'a Retriever<'a>>,
+    pub judges: Vec<Judge<'a>>,
+    pub settings: EvalSettings,
+    documents: HashMap<PathBuf, std::result::Result<Document, String>>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(
+        model: &'a LanguageModel,
+        retriever: Option<&'a Retriever<'a>>,
+        judges: Vec<Judge<'a>>,
+        settings: EvalSettings,
+    ) -> Self {
+        Self {
+            model,
+            retriever,
+            judges,
+            settings,
+            documents: HashMap::new(),
+        }
+    }
+
+    fn documents(&mut self, case: &Case) -> std::result::Result<Vec<Document>, String> {
+        let mut out = Vec::new();
+        for p in &case.documents {
+            let entry = self
+                .documents
+                .entry(p.clone())
+                .or_insert_with(|| load_document(p).map_err(|e| e.to_string()));
+            out.push(entry.clone()?);
+        }
+        Ok(out)
+    }
+
+    /// Run every case under every variant, calling `progress` after each.
+    pub fn run(
+        &mut self,
+        cases: &[Case],
+        mut progress: impl FnMut(&CaseResult),
+    ) -> Vec<CaseResult> {
+        let mut results = Vec::new();
+        let variants = self.settings.variants.clone();
+        for case in cases {
+            // Criteria cases grade the case's own text: one result, whatever the variant.
+            let vs: Vec<Variant> = if case.task == Task::Criteria {
+                vec![variants[0].clone()]
+            } else {
+                variants.clone()
+            };
+            for v in &vs {
+                let r = self.run_case(case, v);
+                progress(&r);
+                results.push(r);
+            }
+        }
+        results
+    }
+
+    fn blank(&self, case: &Case, variant: &Variant) -> CaseResult {
+        CaseResult {
+            case_id: case.id.clone(),
+            task: case.task,
+            language: case.language.clone(),
+            model: self.settings.model_label.clone(),
+            adapter: self.settings.adapter_label.clone(),
+            variant: if case.task == Task::Criteria {
+                "criteria".into()
+            } else {
+                variant.name()
+            },
+            query: case.query.clone(),
+            reference_answer: case.reference_answer.clone(),
+            prompt: String::new(),
+            raw_answer: String::new(),
+            answer: String::new(),
+            hits: Vec::new(),
+            recall_at_k: None,
+            truncation: None,
+            parse_error: None,
+            parse_retried: false,
+            verdicts: Vec::new(),
+            score: None,
+            metrics: Metrics::default(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency_s: 0.0,
+            error: None,
+        }
+    }
+
+    fn run_case(&mut self, case: &Case, variant: &Variant) -> CaseResult {
+        let mut r = self.blank(case, variant);
+        if let Err(e) = self.try_run_case(case, variant, &mut r) {
+            r.error = Some(e.to_string());
+        }
+        r
+    }
+
+    fn try_run_case(&mut self, case: &Case, variant: &Variant, r: &mut CaseResult) -> Result<()> {
+        let t0 = Instant::now();
+        if case.task == Task::Criteria {
+            let rubric = case.criteria.as_deref().unwrap_or_default();
+            r.answer = case.query.clone();
+            r.verdicts = self.judge_all(&JudgeInput::Criteria {
+                text: &case.query,
+                rubric,
+            })?;
+            r.score = jury_score(&r.verdicts);
+            r.latency_s = t0.elapsed().as_secs_f64();
+            return Ok(());
+        }
+        let docs = self.documents(case).map_err(Error::Input)?;
+        let context = match case.task {
+            Task::Rag => {
+                let retriever = self.retriever.ok_or_else(|| {
+                    Error::input("RAG cases need an embedding model (--embedder)")
+                })?;
+                r.hits = retriever.retrieve(&case.query, &docs, self.settings.top_k)?;
+                r.recall_at_k = recall_at_k(&r.hits, &case.gold_passages);
+                r.hits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| format!("[{}] {}", i + 1, h.text))
+                    .collect::<Vec<_>>()
+                    .join("\n\n")
+            }
+            _ => {
+                let whole = docs
+                    .iter()
+                    .map(|d| d.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+                let (text, record) = self.fit_document(case, variant, &whole)?;
+                r.truncation = record;
+                text
+            }
+        };
+        let inputs = PromptInputs {
+            question: &case.query,
+            context: &context,
+            language: &case.language,
+        };
+        let (prompt, raw, ptoks, ctoks) = self.answer(variant, &inputs, false)?;
+        r.prompt = prompt;
+        r.raw_answer = raw.clone();
+        r.prompt_tokens = ptoks;
+        r.completion_tokens = ctoks;
+        r.answer = raw.trim().to_string();
+        if variant.is_structured() {
+            let prefixed = matches!(variant, Variant::StructuredConstrained);
+            match parse_structured(&raw, prefixed) {
+                Ok(a) => r.answer = a,
+                Err(e) => {
+                    r.parse_error = Some(e);
+                    r.parse_retried = true;
+                    let (_, raw2, p2, c2) = self.answer(variant, &inputs, true)?;
+                    r.prompt_tokens += p2;
+                    r.completion_tokens += c2;
+                    r.raw_answer = format!("{raw}\n--- retry ---\n{raw2}");
+                    // Still unparseable: judge the raw text, the failure stays recorded.
+                    r.answer =
+                        parse_structured(&raw2, false).unwrap_or_else(|_| raw2.trim().to_string());
+                }
+            }
+        }
+        let reference = case.reference_answer.as_deref().unwrap_or_default();
+        r.verdicts = self.judge_all(&JudgeInput::Reference {
+            question: &case.query,
+            reference,
+            answer: &r.answer,
+        })?;
+        r.score = jury_score(&r.verdicts);
+        let sources = format!(
+            "{}\n{}\n{}",
+            r.prompt,
+            docs.iter()
+                .map(|d| d.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            case.query
+        );
+        r.metrics = score(
+            &r.answer,
+            case.reference_answer.as_deref(),
+            None,
+            &sources,
+            &case.language,
+        );
+        r.latency_s = t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn judge_all(&self, input: &JudgeInput) -> Result<Vec<Verdict>> {
+        self.judges.iter().map(|j| j.verdict(input)).collect()
+    }
+
+    /// Generate an answer; returns (rendered prompt, reply text, prompt tokens, completion tokens).
+    fn answer(
+        &self,
+        variant: &Variant,
+        inputs: &PromptInputs,
+        strict: bool,
+    ) -> Result<(String, String, usize, usize)> {
+        let built = build(variant, inputs, strict)?;
+        let mut prompt = self.model.render_chat(&built.messages, true)?;
+        if let Some(p) = &built.assistant_prefix {
+            prompt.push_str(p);
+        }
+        let ids = self.model.tokenizer.encode(&prompt, false)?;
+        let mut params = self.settings.sampling.clone();
+        params.stop.extend(built.stop.iter().cloned());
+        let (out, _) = self
+            .model
+            .generate_ids(std::slice::from_ref(&ids), &params)?;
+        let c = &out[0];
+        Ok((prompt, c.text.clone(), c.prompt_tokens, c.completion_tokens))
+    }
+
+    /// The document text that fits the context next to the prompt and the answer budget.
+    fn fit_document(
+        &self,
+        case: &Case,
+        variant: &Variant,
+        text: &str,
+    ) -> Result<(String, Option<TruncationRecord>)> {
+        let lm = self.model;
+        let ctx = lm.model.config.max_position_embeddings;
+        let inputs = PromptInputs {
+            question: &case.query,
+            context: "",
+            language: &case.language,
+        };
+        let built = build(variant, &inputs, true)?;
+        let overhead = lm
+            .tokenizer
+            .encode(&lm.render_chat(&built.messages, true)?, false)?
+            .len()
+            + 16;
+        let budget = ctx.saturating_sub(overhead + self.settings.sampling.max_new_tokens);
+        let ids = lm.tokenizer.encode(text, false)?;
+        if ids.len() <= budget {
+            return Ok((text.to_string(), None));
+        }
+        if budget < 32 {
+            return Err(Error::input(format!(
+                "the model's context ({ctx} tokens) leaves no room for the document"
+            )));
+        }
+        let kept = match self.settings.truncation {
+            Truncation::Head => lm.tokenizer.decode(&ids[..budget], false)?,
+            Truncation::HeadTail => {
+                let half = (budget - 8) / 2;
+                format!(
+                    "{}\n[...]\n{}",
+                    lm.tokenizer.decode(&ids[..half], false)?,
+                    lm.tokenizer.decode(&ids[ids.len() - half..], false)?
+                )
+            }
+        };
+        Ok((
+            kept,
+            Some(TruncationRecord {
+                policy: self.settings.truncation,
+                original_tokens: ids.len(),
+                kept_tokens: budget,
+            }),
+        ))
+    }
+}
