@@ -3,6 +3,7 @@
 
 mod bench;
 mod embed;
+mod eval;
 mod generate;
 mod model;
 mod output;
@@ -33,6 +34,8 @@ enum Command {
     Generate(generate::Args),
     /// Embed texts with an embedding model; prints vectors or similarities.
     Embed(embed::Args),
+    /// Run a model over benchmark cases: generate, judge, score, compare variants.
+    Eval(eval::Args),
     /// Inspect and convert models.
     Model {
         #[command(subcommand)]
@@ -70,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a, out),
         Command::Embed(a) => embed::run(a, out),
+        Command::Eval(a) => eval::run(a, out),
         Command::Model { command } => model::run(command, out),
         Command::Bench { command } => bench::run(command, out, threads),
     }

@@ -6,6 +6,7 @@ pub mod documents;
 pub mod judge;
 pub mod metrics;
 pub mod prompts;
+pub mod report;
 pub mod retrieval;
 pub mod runner;
 pub mod stats;

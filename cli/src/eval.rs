@@ -1,0 +1,232 @@
+//! `flotilla eval`: a model over benchmark cases, in-process, with judges and statistics;
+//! writes the results folder and prints the tables.
+
+use crate::output::{bar, print_json, spinner, OutputFormat};
+use anyhow::Context;
+use flotilla_worker::bench::dataset::{load_dataset, Case, Task};
+use flotilla_worker::bench::judge::{LocalJudge, Scale};
+use flotilla_worker::bench::prompts::Variant;
+use flotilla_worker::bench::report::{build_report, markdown, write_outputs};
+use flotilla_worker::bench::retrieval::{ChunkSettings, Retriever};
+use flotilla_worker::bench::runner::{EvalSettings, Judge, Runner, Truncation};
+use flotilla_worker::loader::flotilla_home;
+use flotilla_worker::{device, EmbeddingModel, LanguageModel, LoadOptions, SamplingParams};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model under test (GGUF, HF directory, hf:org/name, or a demo alias).
+    #[arg(long)]
+    pub model: String,
+    /// Case file (Flow or flotilla JSONL); repeat for several.
+    #[arg(long, required = true)]
+    pub dataset: Vec<PathBuf>,
+    /// Folder the cases' documents are in (default: each case file's folder).
+    #[arg(long)]
+    pub documents: Option<PathBuf>,
+    /// Only these tasks (rag, document, criteria); repeatable.
+    #[arg(long)]
+    pub task: Vec<String>,
+    /// Prompt variants (query_first, query_last, structured, structured_constrained,
+    /// custom:FILE.jinja); repeatable; the first is the baseline of the comparisons.
+    #[arg(long, default_values_t = vec!["query_last".to_string()])]
+    pub variant: Vec<String>,
+    /// Judge models (repeat for a jury); `self` is the model under test.
+    #[arg(long, default_values_t = vec!["self".to_string()])]
+    pub judge: Vec<String>,
+    /// Rating scale: 0-10, or 1-10 as Flow Benchmark Tools uses.
+    #[arg(long, default_value = "0-10")]
+    pub scale: String,
+    /// Embedding model for RAG retrieval.
+    #[arg(long, default_value = "minilm")]
+    pub embedder: String,
+    #[arg(long, default_value_t = 4)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 800)]
+    pub chunk_size: usize,
+    #[arg(long, default_value_t = 160)]
+    pub chunk_overlap: usize,
+    /// What to do with a document longer than the context: head or head_tail.
+    #[arg(long, default_value = "head_tail")]
+    pub truncation: String,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 96)]
+    pub judge_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Results folder.
+    #[arg(long, default_value = "flotilla-results")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn parse_scale(s: &str) -> anyhow::Result<Scale> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("--scale {s}: expected MIN-MAX, e.g. 0-10"))?;
+    let scale = Scale {
+        min: a.trim().parse().with_context(|| format!("--scale {s}"))?,
+        max: b.trim().parse().with_context(|| format!("--scale {s}"))?,
+    };
+    anyhow::ensure!(
+        scale.min < scale.max && scale.max <= 100,
+        "--scale {s}: MIN must be below MAX (at most 100)"
+    );
+    Ok(scale)
+}
+
+pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
+    // Validate everything before loading a model.
+    let variants = a
+        .variant
+        .iter()
+        .map(|v| Variant::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    for v in &variants {
+        if let Variant::Custom { template } = v {
+            anyhow::ensure!(
+                std::path::Path::new(template).exists(),
+                "--variant custom:{template}: no such file"
+            );
+        }
+    }
+    let tasks = a
+        .task
+        .iter()
+        .map(|t| {
+            Task::parse(t)
+                .with_context(|| format!("--task {t}: expected rag, document or criteria"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let scale = parse_scale(&a.scale)?;
+    let truncation = Truncation::parse(&a.truncation)?;
+    let mut cases: Vec<Case> = Vec::new();
+    for d in &a.dataset {
+        let ds = load_dataset(d, a.documents.as_deref())?;
+        for e in &ds.errors {
+            tracing::warn!("{e}");
+            eprintln!("warning: skipped {e}");
+        }
+        cases.extend(
+            ds.cases
+                .into_iter()
+                .filter(|c| tasks.is_empty() || tasks.contains(&c.task)),
+        );
+    }
+    anyhow::ensure!(!cases.is_empty(), "no cases to run in {:?}", a.dataset);
+
+    let device = device::parse_device(&a.device)?;
+    let opts = LoadOptions { device };
+    let pb = spinner(format!("loading {}", a.model));
+    let model =
+        LanguageModel::load(&a.model, &opts).with_context(|| format!("--model {}", a.model))?;
+    let mut judge_models = Vec::new();
+    for j in &a.judge {
+        if j != "self" && j != &a.model {
+            judge_models.push((
+                j.clone(),
+                LanguageModel::load(j, &opts).with_context(|| format!("--judge {j}"))?,
+            ));
+        }
+    }
+    let embedder = if cases.iter().any(|c| c.task == Task::Rag) {
+        Some(
+            EmbeddingModel::load(&a.embedder, &opts)
+                .with_context(|| format!("--embedder {}", a.embedder))?,
+        )
+    } else {
+        None
+    };
+    pb.finish_and_clear();
+    let retriever = embedder.as_ref().map(|e| {
+        Retriever::new(
+            e,
+            ChunkSettings {
+                size: a.chunk_size,
+                overlap: a.chunk_overlap,
+            },
+            Some(flotilla_home().join("cache").join("embeddings")),
+        )
+    });
+    let judges: Vec<Judge> = a
+        .judge
+        .iter()
+        .map(|j| {
+            let m = if j == "self" || j == &a.model {
+                &model
+            } else {
+                &judge_models
+                    .iter()
+                    .find(|(n, _)| n == j)
+                    .expect("loaded above")
+                    .1
+            };
+            Judge::Local(LocalJudge {
+                name: j.clone(),
+                model: m,
+                scale,
+                max_explanation_tokens: a.judge_tokens,
+            })
+        })
+        .collect();
+    let settings = EvalSettings {
+        model_label: a.model.clone(),
+        adapter_label: "base".into(),
+        variants: variants.clone(),
+        top_k: a.top_k,
+        truncation,
+        sampling: SamplingParams {
+            max_new_tokens: a.max_tokens,
+            seed: a.seed,
+            ..Default::default()
+        },
+        scale,
+        judge_explanation_tokens: a.judge_tokens,
+    };
+    let total: usize = cases
+        .iter()
+        .map(|c| {
+            if c.task == Task::Criteria {
+                1
+            } else {
+                variants.len()
+            }
+        })
+        .sum();
+    let pb = bar(total as u64, "eval");
+    let mut runner = Runner::new(&model, retriever.as_ref(), judges, settings);
+    let results = runner.run(&cases, |r| {
+        pb.set_message(format!("{} {}", r.case_id, r.variant));
+        pb.inc(1);
+    });
+    pb.finish_and_clear();
+    let baseline = variants[0].name();
+    let report = build_report(
+        &results,
+        a.seed,
+        scale,
+        &[("variant", baseline.as_str()), ("adapter", "base")],
+    );
+    let files = write_outputs(&a.out, &report, &results)?;
+    match out {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "out": a.out, "files": files,
+            "configurations": report.configurations, "comparisons": report.comparisons,
+            "failed_cases": results.iter().filter(|r| r.error.is_some()).map(|r| serde_json::json!({"case_id": r.case_id, "error": r.error})).collect::<Vec<_>>(),
+        }))?,
+        OutputFormat::Text => {
+            print!("{}", markdown(&report));
+            for r in results.iter().filter(|r| r.error.is_some()) {
+                eprintln!(
+                    "case {} failed: {}",
+                    r.case_id,
+                    r.error.as_deref().unwrap_or_default()
+                );
+            }
+            eprintln!("results written to {}", a.out.display());
+        }
+    }
+    Ok(())
+}
