@@ -5,6 +5,7 @@ use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
 use flotilla_worker::bench::dataset::{load_dataset, Case, Task};
 use flotilla_worker::bench::judge::{LocalJudge, Scale};
+use flotilla_worker::bench::openai::EndpointJudge;
 use flotilla_worker::bench::prompts::Variant;
 use flotilla_worker::bench::report::{build_report, markdown, write_outputs};
 use flotilla_worker::bench::retrieval::{ChunkSettings, Retriever};
@@ -31,7 +32,9 @@ pub struct Args {
     /// custom:FILE.jinja); repeatable; the first is the baseline of the comparisons.
     #[arg(long, default_values_t = vec!["query_last".to_string()])]
     pub variant: Vec<String>,
-    /// Judge models (repeat for a jury); `self` is the model under test.
+    /// Judges (repeat for a jury): `self` (the model under test), a model path or alias, or
+    /// an OpenAI-compatible endpoint `openai:MODEL@BASE_URL` (API key from
+    /// FLOTILLA_JUDGE_API_KEY, if set).
     #[arg(long, default_values_t = vec!["self".to_string()])]
     pub judge: Vec<String>,
     /// Rating scale: 0-10, or 1-10 as Flow Benchmark Tools uses.
@@ -124,7 +127,12 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         LanguageModel::load(&a.model, &opts).with_context(|| format!("--model {}", a.model))?;
     let mut judge_models = Vec::new();
     for j in &a.judge {
-        if j != "self" && j != &a.model {
+        if j.starts_with("openai:") {
+            anyhow::ensure!(
+                EndpointJudge::parse(j, scale, a.judge_tokens).is_some(),
+                "--judge {j}: expected openai:MODEL@BASE_URL, e.g. openai:smollm2@http://127.0.0.1:8080/v1"
+            );
+        } else if j != "self" && j != &a.model {
             judge_models.push((
                 j.clone(),
                 LanguageModel::load(j, &opts).with_context(|| format!("--judge {j}"))?,
@@ -154,6 +162,9 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         .judge
         .iter()
         .map(|j| {
+            if let Some(e) = EndpointJudge::parse(j, scale, a.judge_tokens) {
+                return Judge::Endpoint(e);
+            }
             let m = if j == "self" || j == &a.model {
                 &model
             } else {

@@ -7,6 +7,7 @@ mod eval;
 mod generate;
 mod model;
 mod output;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use output::OutputFormat;
@@ -41,6 +42,8 @@ enum Command {
         #[command(subcommand)]
         command: model::Command,
     },
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(serve::Args),
     /// Measure speed.
     Bench {
         #[command(subcommand)]
@@ -74,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a, out),
         Command::Embed(a) => embed::run(a, out),
         Command::Eval(a) => eval::run(a, out),
+        Command::Serve(a) => serve::run(a),
         Command::Model { command } => model::run(command, out),
         Command::Bench { command } => bench::run(command, out, threads),
     }

@@ -18,7 +18,11 @@ fn flotilla(args: &[&str]) -> std::process::Output {
 }
 
 fn ok_json(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
@@ -38,15 +42,35 @@ fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
     let flow = repo().join("../shared/peer/flow_benchmark_tools");
     let out = tmp("flow");
     let v = ok_json(&flotilla(&[
-        "eval", "--model", "smollm2", "--judge", "self", "--scale", "1-10",
-        "--dataset", flow.join("rag_benchmark.jsonl").to_str().unwrap(),
-        "--dataset", flow.join("criteria_benchmark.jsonl").to_str().unwrap(),
-        "--documents", flow.join("files").to_str().unwrap(),
-        "--max-tokens", "48", "--judge-tokens", "24",
-        "--out", out.to_str().unwrap(), "--output", "json",
+        "eval",
+        "--model",
+        "smollm2",
+        "--judge",
+        "self",
+        "--scale",
+        "1-10",
+        "--dataset",
+        flow.join("rag_benchmark.jsonl").to_str().unwrap(),
+        "--dataset",
+        flow.join("criteria_benchmark.jsonl").to_str().unwrap(),
+        "--documents",
+        flow.join("files").to_str().unwrap(),
+        "--max-tokens",
+        "48",
+        "--judge-tokens",
+        "24",
+        "--out",
+        out.to_str().unwrap(),
+        "--output",
+        "json",
     ]));
     assert_eq!(v["failed_cases"].as_array().unwrap().len(), 0, "{v}");
-    for f in ["results.json", "flow_results.json", "cases.jsonl", "report.md"] {
+    for f in [
+        "results.json",
+        "flow_results.json",
+        "cases.jsonl",
+        "report.md",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let cases = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
@@ -63,10 +87,16 @@ fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
     let flow_out = read_json(&out.join("flow_results.json"));
     let runs = flow_out["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "one run per configuration (rag, criteria)");
-    let total: usize = runs.iter().map(|r| r["benchmark_outputs"].as_array().unwrap().len()).sum();
+    let total: usize = runs
+        .iter()
+        .map(|r| r["benchmark_outputs"].as_array().unwrap().len())
+        .sum();
     assert_eq!(total, 7);
     let e = &runs[0]["benchmark_outputs"][0]["evaluations"][0];
-    assert_eq!((e["rating_min"].as_u64(), e["rating_max"].as_u64()), (Some(1), Some(10)));
+    assert_eq!(
+        (e["rating_min"].as_u64(), e["rating_max"].as_u64()),
+        (Some(1), Some(10))
+    );
     assert!(e["rating"].as_i64().is_some() && e["test_answer"].is_string());
     assert!(runs[0]["metrics"]["mean_rating"].is_number());
     let results = read_json(&out.join("results.json"));
@@ -80,24 +110,58 @@ fn shipped_english_japanese_benchmark_compares_four_variants() {
     let out = tmp("enja");
     let template = format!("custom:{}", bench.join("answer.jinja").display());
     let v = ok_json(&flotilla(&[
-        "eval", "--model", "smollm2", "--dataset", bench.join("cases.jsonl").to_str().unwrap(),
-        "--variant", "query_first", "--variant", "query_last", "--variant", "structured", "--variant", &template,
-        "--max-tokens", "48", "--judge-tokens", "24", "--out", out.to_str().unwrap(), "--output", "json",
+        "eval",
+        "--model",
+        "smollm2",
+        "--dataset",
+        bench.join("cases.jsonl").to_str().unwrap(),
+        "--variant",
+        "query_first",
+        "--variant",
+        "query_last",
+        "--variant",
+        "structured",
+        "--variant",
+        &template,
+        "--max-tokens",
+        "48",
+        "--judge-tokens",
+        "24",
+        "--out",
+        out.to_str().unwrap(),
+        "--output",
+        "json",
     ]));
     let configs = v["configurations"].as_array().unwrap();
     assert_eq!(configs.len(), 16, "4 variants x (rag, document) x (en, ja)");
-    assert!(configs.iter().any(|c| c["language"] == "ja" && c["task"] == "document"));
+    assert!(configs
+        .iter()
+        .any(|c| c["language"] == "ja" && c["task"] == "document"));
     let comparisons = v["comparisons"].as_array().unwrap();
-    let pooled: Vec<&serde_json::Value> = comparisons.iter().filter(|c| c["a"]["task"] == "all").collect();
-    assert_eq!(pooled.len(), 3, "three variants against query_first, pooled");
+    let pooled: Vec<&serde_json::Value> = comparisons
+        .iter()
+        .filter(|c| c["a"]["task"] == "all")
+        .collect();
+    assert_eq!(
+        pooled.len(),
+        3,
+        "three variants against query_first, pooled"
+    );
     for c in &pooled {
         assert_eq!(c["n"], 4);
-        let (lo, hi, d) = (c["ci_low"].as_f64().unwrap(), c["ci_high"].as_f64().unwrap(), c["delta"].as_f64().unwrap());
+        let (lo, hi, d) = (
+            c["ci_low"].as_f64().unwrap(),
+            c["ci_high"].as_f64().unwrap(),
+            c["delta"].as_f64().unwrap(),
+        );
         assert!(lo <= d && d <= hi, "{c}");
         assert!((0.0..=1.0).contains(&c["p_value"].as_f64().unwrap()));
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("query_last vs query_first | smollm2 / all / all | 4 |"), "{report}");
+    assert!(
+        report.contains("query_last vs query_first | smollm2 / all / all | 4 |"),
+        "{report}"
+    );
     // Japanese text reaches the prompt intact.
     let cases = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
     assert!(cases.contains("宝永噴火"));
@@ -109,9 +173,25 @@ fn same_seed_same_inputs_give_byte_identical_scores() {
     let run = |tag: &str| {
         let out = tmp(tag);
         ok_json(&flotilla(&[
-            "eval", "--model", "smollm2", "--dataset", bench.join("cases.jsonl").to_str().unwrap(),
-            "--task", "rag", "--variant", "query_last", "--max-tokens", "32", "--judge-tokens", "16",
-            "--seed", "5", "--out", out.to_str().unwrap(), "--output", "json",
+            "eval",
+            "--model",
+            "smollm2",
+            "--dataset",
+            bench.join("cases.jsonl").to_str().unwrap(),
+            "--task",
+            "rag",
+            "--variant",
+            "query_last",
+            "--max-tokens",
+            "32",
+            "--judge-tokens",
+            "16",
+            "--seed",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+            "--output",
+            "json",
         ]));
         let mut v = read_json(&out.join("results.json"));
         v.as_object_mut().unwrap().remove("timings");
@@ -126,7 +206,11 @@ fn same_seed_same_inputs_give_byte_identical_scores() {
 fn broken_cases_fail_alone_and_bad_flags_fail_before_loading() {
     let dir = tmp("broken");
     std::fs::write(dir.join("ok.txt"), "The harbour opens at 9:00 every day.").unwrap();
-    std::fs::write(dir.join("broken.pdf"), b"%PDF-1.4\nthis is not really a pdf\n%%EOF").unwrap();
+    std::fs::write(
+        dir.join("broken.pdf"),
+        b"%PDF-1.4\nthis is not really a pdf\n%%EOF",
+    )
+    .unwrap();
     let cases = dir.join("cases.jsonl");
     std::fs::write(
         &cases,
@@ -141,20 +225,61 @@ fn broken_cases_fail_alone_and_bad_flags_fail_before_loading() {
     .unwrap();
     let out = dir.join("out");
     let o = flotilla(&[
-        "eval", "--model", "smollm2", "--dataset", cases.to_str().unwrap(), "--max-tokens", "24",
-        "--judge-tokens", "16", "--out", out.to_str().unwrap(), "--output", "json",
+        "eval",
+        "--model",
+        "smollm2",
+        "--dataset",
+        cases.to_str().unwrap(),
+        "--max-tokens",
+        "24",
+        "--judge-tokens",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+        "--output",
+        "json",
     ]);
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(stderr.contains("cases.jsonl:4"), "malformed line reported: {stderr}");
+    assert!(
+        stderr.contains("cases.jsonl:4"),
+        "malformed line reported: {stderr}"
+    );
     let v = ok_json(&o);
-    let failed: Vec<String> = v["failed_cases"].as_array().unwrap().iter().map(|f| f.to_string()).collect();
+    let failed: Vec<String> = v["failed_cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
     assert_eq!(failed.len(), 2, "{failed:?}");
-    assert!(failed[0].contains("missing") && failed[0].contains("nope.txt"), "{failed:?}");
-    assert!(failed[1].contains("bad-pdf") && failed[1].contains("broken.pdf"), "{failed:?}");
+    assert!(
+        failed[0].contains("missing") && failed[0].contains("nope.txt"),
+        "{failed:?}"
+    );
+    assert!(
+        failed[1].contains("bad-pdf") && failed[1].contains("broken.pdf"),
+        "{failed:?}"
+    );
     let good = v["configurations"][0].clone();
-    assert_eq!((good["cases"].as_u64(), good["errors"].as_u64(), good["n"].as_u64()), (Some(3), Some(2), Some(1)), "{good}");
+    assert_eq!(
+        (
+            good["cases"].as_u64(),
+            good["errors"].as_u64(),
+            good["n"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{good}"
+    );
 
-    let o = flotilla(&["eval", "--model", "smollm2", "--dataset", cases.to_str().unwrap(), "--variant", "query_middle"]);
+    let o = flotilla(&[
+        "eval",
+        "--model",
+        "smollm2",
+        "--dataset",
+        cases.to_str().unwrap(),
+        "--variant",
+        "query_middle",
+    ]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("query_middle"), "{e}");
 }

@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod documents;
 pub mod judge;
 pub mod metrics;
+pub mod openai;
 pub mod prompts;
 pub mod report;
 pub mod retrieval;

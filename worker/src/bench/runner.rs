@@ -94,12 +94,14 @@ pub struct CaseResult {
 /// A judge used by the runner.
 pub enum Judge<'a> {
     Local(LocalJudge<'a>),
+    Endpoint(super::openai::EndpointJudge),
 }
 
 impl Judge<'_> {
     fn verdict(&self, input: &JudgeInput) -> Result<Verdict> {
         match self {
             Judge::Local(j) => j.judge(input),
+            Judge::Endpoint(j) => Ok(j.judge(input)),
         }
     }
 }

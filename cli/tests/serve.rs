@@ -1,0 +1,183 @@
+//! `flotilla serve` as an OpenAI-compatible endpoint on loopback, used by `flotilla eval` as a
+//! remote judge; and an endpoint that is down, which fails ratings, not the run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "--threads",
+            "2",
+            "serve",
+            "--model",
+            "smollm2",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key-env",
+            "TEST_SERVE_KEY",
+        ])
+        .env("TEST_SERVE_KEY", "s3cret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start flotilla serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected: {line:?}"))
+        .to_string();
+    Server { child, base }
+}
+
+/// A bare HTTP/1.1 POST over a real socket; returns (status, body).
+fn post(base: &str, path: &str, body: &str, key: Option<&str>) -> (u16, String) {
+    let hostport = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    let mut s = TcpStream::connect(hostport).unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST /v1{path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_chat_completions_and_judges_for_eval() {
+    let server = serve();
+    let req = r#"{"model": "smollm2", "messages": [{"role": "user", "content": "What is 2 + 2? Answer with one number."}], "max_tokens": 16}"#;
+    let (status, body) = post(&server.base, "/chat/completions", req, None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(&server.base, "/chat/completions", req, Some("s3cret"));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value =
+        serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains('4'),
+        "{v}"
+    );
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    let (status, _) = post(
+        &server.base,
+        "/chat/completions",
+        &req.replace("smollm2", "gpt-9"),
+        Some("s3cret"),
+    );
+    assert_eq!(status, 404);
+
+    let bench =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/benchmarks/en-ja/cases.jsonl");
+    let out = std::env::temp_dir().join(format!("flotilla-serve-eval-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "--threads",
+            "2",
+            "eval",
+            "--model",
+            "smollm2",
+            "--task",
+            "document",
+            "--max-tokens",
+            "24",
+            "--judge-tokens",
+            "48",
+        ])
+        .args([
+            "--dataset",
+            bench.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .args(["--judge", &format!("openai:smollm2@{}", server.base)])
+        .env("FLOTILLA_JUDGE_API_KEY", "s3cret")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cases = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
+    for line in cases.lines() {
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        let v = &c["verdicts"][0];
+        assert!(v["judge"].as_str().unwrap().starts_with("openai:smollm2@"));
+        // A remote judge's reply is parsed; a valid rating or a recorded reason, never silence.
+        assert!(v["rating"].is_number() || v["error"].is_string(), "{v}");
+        assert!(!v["raw"].as_str().unwrap().is_empty(), "{v}");
+    }
+}
+
+#[test]
+fn a_judge_endpoint_that_is_down_is_recorded_per_case_and_the_run_completes() {
+    let bench =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/benchmarks/en-ja/cases.jsonl");
+    let out = std::env::temp_dir().join(format!("flotilla-down-eval-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "--threads",
+            "2",
+            "eval",
+            "--model",
+            "smollm2",
+            "--task",
+            "document",
+            "--max-tokens",
+            "16",
+        ])
+        .args([
+            "--dataset",
+            bench.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .args(["--judge", "openai:any@http://127.0.0.1:9/v1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for c in v["configurations"].as_array().unwrap() {
+        assert_eq!(c["invalid_ratings"], c["cases"], "{c}");
+    }
+    let cases = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
+    assert!(
+        cases.contains("unreachable") && cases.contains("after 3 retries"),
+        "{cases}"
+    );
+}
