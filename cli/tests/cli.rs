@@ -18,15 +18,25 @@ fn json(out: &std::process::Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
 #[test]
 fn generate_prints_the_documented_json_fields() {
     let out = flotilla(&[
-        "generate", "--model", "smollm2", "--prompt", "The capital of France is",
-        "--max-tokens", "8", "--output", "json",
+        "generate",
+        "--model",
+        "smollm2",
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--output",
+        "json",
     ]);
     let v = json(&out);
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
@@ -40,8 +50,15 @@ fn generate_prints_the_documented_json_fields() {
 #[test]
 fn embed_similarity_ranks_a_paraphrase_above_an_unrelated_sentence() {
     let out = flotilla(&[
-        "embed", "--model", "minilm", "--similarity", "--output", "json",
-        "The cat sits on the mat.", "A cat is sitting on a mat.", "Quarterly revenue grew by twelve percent.",
+        "embed",
+        "--model",
+        "minilm",
+        "--similarity",
+        "--output",
+        "json",
+        "The cat sits on the mat.",
+        "A cat is sitting on a mat.",
+        "Quarterly revenue grew by twelve percent.",
     ]);
     let v = json(&out);
     let s = &v["similarity"];
@@ -52,7 +69,9 @@ fn embed_similarity_ranks_a_paraphrase_above_an_unrelated_sentence() {
 
 #[test]
 fn model_inspect_json_names_architecture_and_template() {
-    let v = json(&flotilla(&["model", "inspect", "smollm2", "--output", "json"]));
+    let v = json(&flotilla(&[
+        "model", "inspect", "smollm2", "--output", "json",
+    ]));
     assert_eq!(v["architecture"], "llama");
     assert_eq!(v["context_length"], 8192);
     assert!(v["chat_template"].as_str().unwrap().contains("im_start"));
@@ -60,15 +79,29 @@ fn model_inspect_json_names_architecture_and_template() {
 
 #[test]
 fn bad_flags_and_files_fail_with_one_clear_line() {
-    let out = flotilla(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"]);
+    let out = flotilla(&[
+        "generate",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "hi",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/model.gguf") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/model.gguf") && err.contains("no such file"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
-    let out = flotilla(&["generate", "--model", "smollm2", "--prompt", "hi", "--device", "tpu:0"]);
+    let out = flotilla(&[
+        "generate", "--model", "smollm2", "--prompt", "hi", "--device", "tpu:0",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--device tpu:0"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--device tpu:0"),
+        "{err}"
+    );
 
     let out = flotilla(&["generate", "--model", "smollm2", "--prompt", ""]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -165,6 +165,12 @@ fn shipped_english_japanese_benchmark_compares_four_variants() {
     // Japanese text reaches the prompt intact.
     let cases = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
     assert!(cases.contains("宝永噴火"));
+    let library = cases
+        .lines()
+        .find(|l| l.contains("\"en-library-hours\""))
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_str(library).unwrap();
+    assert!(c["metrics"]["regex_match"].is_boolean(), "{c}");
 }
 
 #[test]

@@ -53,6 +53,9 @@ pub struct Case {
     /// Passages a correct retrieval must find (for recall@k).
     pub gold_passages: Vec<String>,
     pub tags: Vec<String>,
+    /// A regex a correct answer matches (the `regex_match` metric).
+    #[serde(default)]
+    pub answer_regex: Option<String>,
 }
 
 /// A line that could not become a case.
@@ -109,6 +112,7 @@ struct FlotillaLine {
     gold_passages: Vec<String>,
     #[serde(default)]
     tags: Vec<String>,
+    answer_regex: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +204,9 @@ fn flotilla_case(
         &l.documents,
         l.criteria.as_deref(),
     )?;
+    if let Some(re) = &l.answer_regex {
+        regex::Regex::new(re).map_err(|e| format!("field `answer_regex`: {e}"))?;
+    }
     Ok(Case {
         id: l.id.unwrap_or_else(|| format!("{stem}:{n}")),
         task,
@@ -210,6 +217,7 @@ fn flotilla_case(
         criteria: l.criteria,
         gold_passages: l.gold_passages,
         tags: l.tags,
+        answer_regex: l.answer_regex,
     })
 }
 
@@ -261,6 +269,7 @@ fn flow_case(
         criteria: l.extras.criteria,
         gold_passages: Vec::new(),
         tags: l.labels,
+        answer_regex: None,
     })
 }
 

@@ -290,10 +290,14 @@ impl<'a> Runner<'a> {
                 .join("\n"),
             case.query
         );
+        let pattern = case
+            .answer_regex
+            .as_deref()
+            .and_then(|re| regex::Regex::new(re).ok());
         r.metrics = score(
             &r.answer,
             case.reference_answer.as_deref(),
-            None,
+            pattern.as_ref(),
             &sources,
             &case.language,
         );
