@@ -21,6 +21,7 @@ pub mod device;
 pub mod embed;
 pub mod error;
 pub mod generate;
+pub mod kernels;
 pub mod loader;
 pub mod models;
 pub mod sampling;

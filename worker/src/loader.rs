@@ -355,6 +355,18 @@ fn linear_from_qtensor(w: QTensor, bias: Option<Tensor>, device: &Device) -> Res
             let w = w.dequantize(device)?;
             Linear::Dense(candle_nn::Linear::new(w, bias))
         }
+        dt if device.is_cpu() && crate::kernels::QuantMatrix::supports(dt) => {
+            match crate::kernels::QuantMatrix::from_qtensor(&w)? {
+                Some(q) => Linear::Kernel {
+                    weight: Arc::new(q),
+                    bias,
+                },
+                None => Linear::Quantized {
+                    weight: QMatMul::from_arc(Arc::new(w))?,
+                    bias,
+                },
+            }
+        }
         _ => Linear::Quantized {
             weight: QMatMul::from_arc(Arc::new(w))?,
             bias,

@@ -22,6 +22,11 @@ pub enum Linear {
         bias: Option<Tensor>,
     },
     Dense(candle_nn::Linear),
+    /// Q4_0 / Q4_1 / Q8_0 on CPU: flotilla's own SIMD kernels ([`crate::kernels`]).
+    Kernel {
+        weight: std::sync::Arc<crate::kernels::QuantMatrix>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Linear {
@@ -35,6 +40,13 @@ impl Linear {
                 }
             }
             Linear::Dense(l) => l.forward(x)?,
+            Linear::Kernel { weight, bias } => {
+                let y = x.contiguous()?.apply_op1_no_bwd(weight.as_ref())?;
+                match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
         })
     }
 }
