@@ -97,13 +97,14 @@ fn load(p: &Path) -> LanguageModel {
     LanguageModel::load(p.to_str().unwrap(), &LoadOptions::default()).unwrap()
 }
 
+/// All-position logits in full f32 attention (GGUF models otherwise round attention to f16
+/// like llama.cpp, which a bit-level comparison with the HF path must switch off).
 fn logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
-    let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
-    let x = Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    lm.model.forward(&x, &mut cache, true).unwrap()
+    let mut model = (*lm.model).clone();
+    model.f16_attention = false;
+    let mut cache = KvCache::new(model.config.num_layers, vec![0]);
+    let x = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    model.forward(&x, &mut cache, true).unwrap()
 }
 
 fn check_arch(arch: &str) {

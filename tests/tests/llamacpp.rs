@@ -4,9 +4,17 @@
 //! `scripts/llamacpp_reference.py` (llama-cpp-python on the same GGUF, default settings): for
 //! each prompt, llama.cpp's prompt token ids and its first greedy token ids. Regenerate it with
 //! that script when the prompts change.
+//!
+//! flotilla's GGUF attention rounds to f16 as llama.cpp's KV cache does; with it, most prompts
+//! agree on all 32 tokens. Remaining early divergences must be near-ties (see NEAR_TIE).
 
+use candle_core::{Device, Tensor};
 use flotilla_tests::{json_fixture, smollm2};
+use flotilla_worker::models::llama::KvCache;
 use flotilla_worker::SamplingParams;
+
+/// Logit gap under which two tokens count as tied: Q4_1 rounding moves logits by about this.
+const NEAR_TIE: f32 = 0.25;
 
 struct Case {
     name: String,
@@ -55,6 +63,7 @@ fn greedy_ids_agree_with_llama_cpp() {
     let cases = cases();
     let mut long_agreements = 0;
     let mut report = Vec::new();
+    let mut short = Vec::new();
     for c in &cases {
         let params = SamplingParams {
             max_new_tokens: c.greedy_ids.len(),
@@ -70,23 +79,50 @@ fn greedy_ids_agree_with_llama_cpp() {
             .take_while(|(a, b)| a == b)
             .count();
         let possible = ours.len().min(c.greedy_ids.len());
-        report.push(format!("{}: {agree}/{possible}", c.name));
         // Both stopped at the same EOS early: full agreement counts as long agreement.
         if agree >= 16 || agree == possible {
             long_agreements += 1;
         }
-        assert!(
-            agree >= 8.min(possible),
-            "case {}: only {agree} leading tokens agree\nours:  {:?}\nllama: {:?}",
-            c.name,
-            ours,
-            c.greedy_ids
-        );
+        // An early divergence is allowed only at a near-tie: after llama.cpp's tokens so far,
+        // its choice must be within NEAR_TIE logits of our top token. A forward-pass or
+        // tokenizer bug shows up as a large margin.
+        let margin = if agree < possible {
+            let mut ids = c.prompt_ids.clone();
+            ids.extend(&c.greedy_ids[..agree]);
+            let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
+            let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits = lm
+                .model
+                .forward(&x, &mut cache, false)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let top = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            top - logits[c.greedy_ids[agree] as usize]
+        } else {
+            0.0
+        };
+        report.push(format!(
+            "{}: {agree}/{possible} (margin at divergence {margin:.3})",
+            c.name
+        ));
+        if agree < 8.min(possible) && margin > NEAR_TIE {
+            short.push(format!(
+                "case {}: only {agree} leading tokens agree\nours:  {:?}\nllama: {:?}",
+                c.name, ours, c.greedy_ids
+            ));
+        }
     }
     eprintln!(
         "leading greedy agreement with llama.cpp: {}",
         report.join(", ")
     );
+    assert!(short.is_empty(), "{}", short.join("\n"));
     assert!(
         long_agreements * 2 > cases.len(),
         "16+ tokens agree on only {long_agreements} of {} prompts: {}",

@@ -298,7 +298,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     // llama.cpp's converter permutes llama q/k rows for interleaved rotation; qwen2 keeps the
     // Hugging Face (rotate-half) layout.
     let interleaved = config.architecture == Architecture::Llama;
-    let model = Llama::new(
+    let mut model = Llama::new(
         config.clone(),
         embed,
         blocks,
@@ -308,6 +308,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
         freq_factors.as_deref(),
         dtype,
     )?;
+    model.f16_attention = true;
     let template_src = content
         .metadata
         .get("tokenizer.chat_template")

@@ -81,6 +81,10 @@ pub struct Llama {
     sin: Tensor,
     /// Activation dtype (f32 on CPU).
     pub dtype: DType,
+    /// Round queries, keys, values and attention weights to f16, as llama.cpp's f16 KV cache
+    /// and f16 attention matmuls do. Set for GGUF models, so greedy decoding follows
+    /// llama.cpp through near-ties; off for Hugging Face weights (transformers keeps f32).
+    pub f16_attention: bool,
 }
 
 /// The per-request state of a forward pass: cached keys and values for every layer, and for
@@ -202,6 +206,7 @@ impl Llama {
             lm_head,
             rope_interleaved,
             dtype,
+            f16_attention: false,
         })
     }
 
@@ -331,6 +336,14 @@ impl Llama {
                 candle_nn::rotary_emb::rope(&k, cos, sin)?,
             )
         };
+        let f16 = self.f16_attention && q.dtype() == DType::F32;
+        let r16 =
+            |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?) };
+        let (q, k, v) = if f16 {
+            (r16(q)?, r16(k)?, r16(v.contiguous()?)?)
+        } else {
+            (q, k, v)
+        };
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (
                 Tensor::cat(&[&pk, &k], 2)?.contiguous()?,
@@ -350,6 +363,7 @@ impl Llama {
             None => att.to_dtype(DType::F32)?,
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
+        let att = if f16 { r16(att)? } else { att };
         let y = att.matmul(&v)?;
         let y = y
             .transpose(1, 2)?
