@@ -56,8 +56,10 @@ pub fn default_threads() -> usize {
         .max(1)
 }
 
+static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+
 /// Fix the number of CPU threads the engine uses. Call once, before any model work: candle
-/// reads `RAYON_NUM_THREADS` for its matmul parallelism, and rayon's global pool can only be
+/// reads `RAYON_NUM_THREADS` for its matmul parallelism, and the engine's pool can only be
 /// built once per process (later calls keep the first size and return `false`).
 pub fn set_threads(n: usize) -> Result<bool> {
     if n == 0 {
@@ -65,10 +67,22 @@ pub fn set_threads(n: usize) -> Result<bool> {
     }
     // Safe here: called at start-up, before the engine spawns threads that read the env.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    Ok(rayon::ThreadPoolBuilder::new()
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
-        .build_global()
-        .is_ok())
+        .thread_name(|i| format!("flotilla-engine-{i}"))
+        .build()
+        .map_err(|e| Error::input(format!("--threads {n}: {e}")))?;
+    Ok(POOL.set(pool).is_ok())
+}
+
+/// Run model work on the engine's thread pool. A forward pass is hundreds of small parallel
+/// operations; from inside the pool each one is picked up by already-running workers, where a
+/// caller outside it would hand every operation over and sleep until it is done.
+pub fn in_engine_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match POOL.get() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
 }
 
 /// A short human name for a device, as shown by `model inspect` and in results.

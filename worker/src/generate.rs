@@ -119,6 +119,14 @@ impl LanguageModel {
         prompts: &[Vec<u32>],
         params: &SamplingParams,
     ) -> Result<(Vec<Completion>, GenerationStats)> {
+        crate::device::in_engine_pool(|| self.generate_ids_in_pool(prompts, params))
+    }
+
+    fn generate_ids_in_pool(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+    ) -> Result<(Vec<Completion>, GenerationStats)> {
         params.validate()?;
         if prompts.is_empty() {
             return Ok((Vec::new(), GenerationStats::default()));
@@ -210,6 +218,14 @@ impl LanguageModel {
     /// Log-probability of each candidate continuation after `prompt` (teacher-forced, one
     /// batch: the prompt is run once and its cache shared by every candidate).
     pub fn continuation_logprobs(
+        &self,
+        prompt: &[u32],
+        candidates: &[Vec<u32>],
+    ) -> Result<Vec<f64>> {
+        crate::device::in_engine_pool(|| self.continuation_logprobs_in_pool(prompt, candidates))
+    }
+
+    fn continuation_logprobs_in_pool(
         &self,
         prompt: &[u32],
         candidates: &[Vec<u32>],

@@ -353,18 +353,25 @@ impl Llama {
         };
         *cache = Some((k.clone(), v.clone()));
 
+        // Grouped-query attention without copying keys and values per query head: the query
+        // heads of one kv group are stacked along the sequence axis, (b, kv, rep*t, d).
         let rep = cfg.num_heads / cfg.num_kv_heads;
-        let k = repeat_kv(&k, rep)?;
-        let v = repeat_kv(&v, rep)?;
+        let s_len = k.dim(2)?;
+        let qg = q.reshape((b, cfg.num_kv_heads, rep * t, cfg.head_dim))?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = (qg.matmul(&k.t()?)? * scale)?
+            .to_dtype(DType::F32)?
+            .reshape((b, cfg.num_heads, t, s_len))?;
         let att = match mask {
-            Some(m) => att.to_dtype(DType::F32)?.broadcast_add(m)?,
-            None => att.to_dtype(DType::F32)?,
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
         let att = if f16 { r16(att)? } else { att };
-        let y = att.matmul(&v)?;
+        let y = att
+            .reshape((b, cfg.num_kv_heads, rep * t, s_len))?
+            .matmul(&v)?
+            .reshape((b, cfg.num_heads, t, cfg.head_dim))?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, cfg.num_heads * cfg.head_dim))?;
@@ -376,17 +383,6 @@ impl Llama {
         let y = blk.down_proj.forward(&(gate * up)?)?;
         Ok((x + y)?)
     }
-}
-
-/// (b, kv_heads, s, d) -> (b, kv_heads * rep, s, d), each kv head repeated for its query group.
-pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, kv, rep, s, d))?
-        .reshape((b, kv * rep, s, d))?)
 }
 
 /// Logits' argmax along the last dimension, as u32 ids.
