@@ -49,7 +49,7 @@ fi
 
 flotilla_json="$("$FLOTILLA_BIN" bench generate --model "$MODEL" \
   --prompt-tokens "$PROMPT_TOKENS" --decode-tokens "$DECODE_TOKENS" \
-  --threads "$THREADS" --runs "$RUNS" --output json | tail -n 1)"
+  --threads "$THREADS" --runs "$RUNS" --output json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))')"
 llamacpp_json="$("$LLAMACPP_VENV/bin/python" scripts/bench/llamacpp_bench.py --model "$MODEL" \
   --prompt-tokens "$PROMPT_TOKENS" --decode-tokens "$DECODE_TOKENS" \
   --threads "$THREADS" --runs "$RUNS" | tail -n 1)"

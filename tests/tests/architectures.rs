@@ -103,7 +103,10 @@ fn logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
     let mut model = (*lm.model).clone();
     model.f16_attention = false;
     let mut cache = KvCache::new(model.config.num_layers, vec![0]);
-    let x = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     model.forward(&x, &mut cache, true).unwrap()
 }
 
@@ -198,4 +201,63 @@ fn hub_ids_resolve_from_the_local_hugging_face_cache_only() {
     );
     let err = LanguageModel::load("hf:no-slash", &LoadOptions::default()).unwrap_err();
     assert!(err.to_string().contains("hf:<org>/<name>"), "{err}");
+}
+
+#[test]
+fn sharded_safetensors_directories_load_like_single_files() {
+    let dir = temp_dir("sharded");
+    let gguf = dir.path().join("tiny.gguf");
+    write_tiny_gguf("qwen2", &gguf);
+    let single = dir.path().join("single");
+    gguf_to_hf(&gguf, &single, OutDType::F32).unwrap();
+    // Split model.safetensors into two shards plus the index transformers writes.
+    let sharded = dir.path().join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(single.join(f), sharded.join(f)).unwrap();
+    }
+    let all =
+        candle_core::safetensors::load(single.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let shard: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, sharded.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), serde_json::json!(file));
+        }
+    }
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let (a, b) = (load(&single), load(&sharded));
+    let ids = a.tokenizer.encode("Two shards, one model.", false).unwrap();
+    let diff = (logits(&a, &ids) - logits(&b, &ids))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    // A shard named in the index but missing is named in the error.
+    std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = LanguageModel::load(sharded.to_str().unwrap(), &LoadOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("model-00002-of-00002.safetensors"),
+        "{err}"
+    );
 }
