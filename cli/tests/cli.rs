@@ -1,29 +1,8 @@
 //! The `flotilla` binary as a user runs it: JSON output for scripts, clear one-line errors.
 
-use std::process::Command;
+mod common;
 
-fn flotilla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["--threads", "2"])
-        .args(args)
-        .output()
-        .expect("run flotilla")
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
+use common::{flotilla, ok_json as json};
 
 #[test]
 fn generate_prints_the_documented_json_fields() {

@@ -2,39 +2,13 @@
 //! end, the shipped English + Japanese benchmark under four prompt variants, reproducible
 //! scores, and broken inputs that fail one case rather than the run.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn flotilla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["--threads", "2"])
-        .args(args)
-        .output()
-        .expect("run flotilla")
-}
-
-fn ok_json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
+use common::{flotilla, ok_json, repo, tmp};
+use std::path::Path;
 
 fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flotilla-eval-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
