@@ -3,6 +3,10 @@ use flotilla_worker::{chat::single_turn, LanguageModel, LoadOptions, Prompt};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(
+        args.len() >= 3,
+        "usage: cargo run -p flotilla-worker --example tokens MODEL TEXT [--chat]"
+    );
     let lm = LanguageModel::load(&args[1], &LoadOptions::default())?;
     let prompt = if args.get(3).map(String::as_str) == Some("--chat") {
         Prompt::Chat(single_turn(None, &args[2]))

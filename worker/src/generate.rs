@@ -133,8 +133,7 @@ impl LanguageModel {
         }
         let ctx = self.model.config.max_position_embeddings;
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        if let Some(p) = prompts.iter().find(|p| p.is_empty()) {
-            let _ = p;
+        if prompts.iter().any(Vec::is_empty) {
             return Err(Error::input("a prompt has no tokens"));
         }
         if longest >= ctx {

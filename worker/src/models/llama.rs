@@ -119,7 +119,9 @@ impl KvCache {
         self.pads.len()
     }
 
-    /// Keep only the sequences at `keep` (indices into the current batch), in that order.
+    /// Keep the sequences at `keep` (indices into the current batch), in that order: drops
+    /// finished sequences, and with repeated indices forks one prefix for several
+    /// continuations (continuation scoring).
     pub fn retain(&mut self, keep: &[usize]) -> Result<()> {
         if keep.len() == self.pads.len() {
             return Ok(());
