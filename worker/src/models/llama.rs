@@ -281,7 +281,15 @@ impl Llama {
             .reshape((b, t, cfg.hidden_size))?
             .to_dtype(self.dtype)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block_forward(block, &x, &cos, &sin, mask.as_ref(), &mut cache.layers[i])?;
+            x = self.block_forward(
+                block,
+                &x,
+                &cos,
+                &sin,
+                mask.as_ref(),
+                &mut cache.layers[i],
+                past,
+            )?;
         }
         cache.len = total;
 
@@ -307,6 +315,7 @@ impl Llama {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut Option<(Tensor, Tensor)>,
+        past: usize,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, t, _) = x.dims3()?;
@@ -346,14 +355,7 @@ impl Llama {
         } else {
             (q, k, v)
         };
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (
-                Tensor::cat(&[&pk, &k], 2)?.contiguous()?,
-                Tensor::cat(&[&pv, &v], 2)?.contiguous()?,
-            ),
-            None => (k, v.contiguous()?),
-        };
-        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = append_kv(cache, &k, &v, past, cfg.max_position_embeddings)?;
 
         // Grouped-query attention without copying keys and values per query head: the query
         // heads of one kv group are stacked along the sequence axis, (b, kv, rep*t, d).
@@ -385,6 +387,42 @@ impl Llama {
         let y = blk.down_proj.forward(&(gate * up)?)?;
         Ok((x + y)?)
     }
+}
+
+/// Positions a KV buffer grows by when full: one copy of the cache every this many decode steps,
+/// and little memory held beyond what is used (batches of long prompts stay under budget).
+const KV_GROWTH: usize = 64;
+
+/// Write this step's keys and values into the layer's cache buffers, in place, and return views
+/// of everything cached so far: a decode step copies its own token's keys and values, not the
+/// whole cache.
+fn append_kv(
+    slot: &mut Option<(Tensor, Tensor)>,
+    k: &Tensor,
+    v: &Tensor,
+    past: usize,
+    max_len: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (b, h, t, d) = k.dims4()?;
+    let need = past + t;
+    let (kb, vb) = match slot.take() {
+        Some((kb, vb)) if kb.dim(2)? >= need => (kb, vb),
+        old => {
+            let cap = (need + KV_GROWTH).min(max_len.max(need));
+            let kb = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+            let vb = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
+            if let (Some((ok, ov)), true) = (old, past > 0) {
+                kb.slice_set(&ok.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
+                vb.slice_set(&ov.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
+            }
+            (kb, vb)
+        }
+    };
+    kb.slice_set(&k.contiguous()?, 2, past)?;
+    vb.slice_set(&v.contiguous()?, 2, past)?;
+    let views = (kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?);
+    *slot = Some((kb, vb));
+    Ok(views)
 }
 
 /// Logits' argmax along the last dimension, as u32 ids.
