@@ -92,6 +92,10 @@ pub fn peer_dir(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/peer")
         .join(name);
-    assert!(p.exists(), "{} is missing: CI has shared/ beside the checkout", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: CI has shared/ beside the checkout",
+        p.display()
+    );
     p
 }
