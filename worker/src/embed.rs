@@ -95,6 +95,10 @@ impl EmbeddingModel {
 
     /// One L2-normalised vector per text.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        crate::device::in_engine_pool(|| self.embed_in_pool(texts))
+    }
+
+    fn embed_in_pool(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
