@@ -65,6 +65,13 @@ pub struct Args {
     pub device: String,
 }
 
+/// Where a `--judge` comes from.
+enum JudgeSpec {
+    Endpoint(EndpointJudge),
+    ModelUnderTest,
+    Local(LanguageModel),
+}
+
 fn parse_scale(s: &str) -> anyhow::Result<Scale> {
     let (a, b) = s
         .split_once('-')
@@ -125,19 +132,21 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     let pb = spinner(format!("loading {}", a.model));
     let model =
         LanguageModel::load(&a.model, &opts).with_context(|| format!("--model {}", a.model))?;
-    let mut judge_models = Vec::new();
+    // Each --judge resolved once: an endpoint, the model under test, or a model of its own.
+    let mut judge_specs = Vec::new();
     for j in &a.judge {
-        if j.starts_with("openai:") {
-            anyhow::ensure!(
-                EndpointJudge::parse(j, scale, a.judge_tokens).is_some(),
-                "--judge {j}: expected openai:MODEL@BASE_URL, e.g. openai:smollm2@http://127.0.0.1:8080/v1"
-            );
-        } else if j != "self" && j != &a.model {
-            judge_models.push((
-                j.clone(),
-                LanguageModel::load(j, &opts).with_context(|| format!("--judge {j}"))?,
-            ));
-        }
+        let spec = if j.starts_with("openai:") {
+            JudgeSpec::Endpoint(EndpointJudge::parse(j, scale, a.judge_tokens).with_context(|| {
+                format!(
+                    "--judge {j}: expected openai:MODEL@BASE_URL, e.g. openai:smollm2@http://127.0.0.1:8080/v1"
+                )
+            })?)
+        } else if j == "self" || j == &a.model {
+            JudgeSpec::ModelUnderTest
+        } else {
+            JudgeSpec::Local(LanguageModel::load(j, &opts).with_context(|| format!("--judge {j}"))?)
+        };
+        judge_specs.push((j.clone(), spec));
     }
     let embedder = if cases.iter().any(|c| c.task == Task::Rag) {
         Some(
@@ -158,25 +167,17 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             Some(flotilla_home().join("cache").join("embeddings")),
         )
     });
-    let judges: Vec<Judge> = a
-        .judge
+    let judges: Vec<Judge> = judge_specs
         .iter()
-        .map(|j| {
-            if let Some(e) = EndpointJudge::parse(j, scale, a.judge_tokens) {
-                return Judge::Endpoint(e);
-            }
-            let m = if j == "self" || j == &a.model {
-                &model
-            } else {
-                &judge_models
-                    .iter()
-                    .find(|(n, _)| n == j)
-                    .expect("loaded above")
-                    .1
+        .map(|(name, spec)| {
+            let model = match spec {
+                JudgeSpec::Endpoint(e) => return Judge::Endpoint(e.clone()),
+                JudgeSpec::ModelUnderTest => &model,
+                JudgeSpec::Local(m) => m,
             };
             Judge::Local(LocalJudge {
-                name: j.clone(),
-                model: m,
+                name: name.clone(),
+                model,
                 scale,
                 max_explanation_tokens: a.judge_tokens,
             })

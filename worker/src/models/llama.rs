@@ -123,7 +123,7 @@ impl KvCache {
     /// finished sequences, and with repeated indices forks one prefix for several
     /// continuations (continuation scoring).
     pub fn retain(&mut self, keep: &[usize]) -> Result<()> {
-        if keep.len() == self.pads.len() {
+        if keep.iter().copied().eq(0..self.pads.len()) {
             return Ok(());
         }
         let device = self
@@ -428,4 +428,35 @@ fn append_kv(
 /// Logits' argmax along the last dimension, as u32 ids.
 pub fn argmax_last(logits: &Tensor) -> Result<Vec<u32>> {
     Ok(logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retain_reorders_drops_and_forks_sequences() {
+        let mut c = KvCache::new(1, vec![0, 3, 5]);
+        let k = Tensor::arange(0f32, 3.0, &Device::Cpu)
+            .unwrap()
+            .reshape((3, 1, 1, 1))
+            .unwrap();
+        c.layers[0] = Some((k.clone(), k));
+        c.retain(&[2, 1, 0]).unwrap();
+        assert_eq!(
+            c.pads,
+            vec![5, 3, 0],
+            "a same-length permutation must not be skipped"
+        );
+        let (k, _) = c.layers[0].as_ref().unwrap();
+        assert_eq!(
+            k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![2.0, 1.0, 0.0]
+        );
+        c.retain(&[1]).unwrap();
+        assert_eq!(c.pads, vec![3]);
+        c.retain(&[0, 0]).unwrap();
+        assert_eq!(c.pads, vec![3, 3]);
+        assert_eq!(c.layers[0].as_ref().unwrap().0.dims4().unwrap().0, 2);
+    }
 }
