@@ -75,6 +75,49 @@ fn post(base: &str, path: &str, body: &str, key: Option<&str>) -> (u16, String) 
     (status, body)
 }
 
+/// `flotilla eval` on the shipped benchmark's document cases with one `--judge`; returns the
+/// process output and the results folder.
+fn eval_documents(
+    tag: &str,
+    judge: &str,
+    key: Option<&str>,
+    max_tokens: &str,
+) -> (std::process::Output, PathBuf) {
+    let bench =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/benchmarks/en-ja/cases.jsonl");
+    let out = std::env::temp_dir().join(format!("flotilla-{tag}-eval-{}", std::process::id()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.args([
+        "--threads",
+        "2",
+        "eval",
+        "--model",
+        "smollm2",
+        "--task",
+        "document",
+    ])
+    .args([
+        "--max-tokens",
+        max_tokens,
+        "--judge-tokens",
+        "48",
+        "--judge",
+        judge,
+    ])
+    .args([
+        "--dataset",
+        bench.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    if let Some(k) = key {
+        cmd.env("FLOTILLA_JUDGE_API_KEY", k);
+    }
+    (cmd.output().unwrap(), out)
+}
+
 #[test]
 fn serve_answers_chat_completions_and_judges_for_eval() {
     let server = serve();
@@ -101,35 +144,8 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
     );
     assert_eq!(status, 404);
 
-    let bench =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/benchmarks/en-ja/cases.jsonl");
-    let out = std::env::temp_dir().join(format!("flotilla-serve-eval-{}", std::process::id()));
-    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args([
-            "--threads",
-            "2",
-            "eval",
-            "--model",
-            "smollm2",
-            "--task",
-            "document",
-            "--max-tokens",
-            "24",
-            "--judge-tokens",
-            "48",
-        ])
-        .args([
-            "--dataset",
-            bench.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--output",
-            "json",
-        ])
-        .args(["--judge", &format!("openai:smollm2@{}", server.base)])
-        .env("FLOTILLA_JUDGE_API_KEY", "s3cret")
-        .output()
-        .unwrap();
+    let judge = format!("openai:smollm2@{}", server.base);
+    let (o, out) = eval_documents("serve", &judge, Some("s3cret"), "24");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cases = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
     for line in cases.lines() {
@@ -144,32 +160,7 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
 
 #[test]
 fn a_judge_endpoint_that_is_down_is_recorded_per_case_and_the_run_completes() {
-    let bench =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/benchmarks/en-ja/cases.jsonl");
-    let out = std::env::temp_dir().join(format!("flotilla-down-eval-{}", std::process::id()));
-    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args([
-            "--threads",
-            "2",
-            "eval",
-            "--model",
-            "smollm2",
-            "--task",
-            "document",
-            "--max-tokens",
-            "16",
-        ])
-        .args([
-            "--dataset",
-            bench.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--output",
-            "json",
-        ])
-        .args(["--judge", "openai:any@http://127.0.0.1:9/v1"])
-        .output()
-        .unwrap();
+    let (o, out) = eval_documents("down", "openai:any@http://127.0.0.1:9/v1", None, "16");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for c in v["configurations"].as_array().unwrap() {

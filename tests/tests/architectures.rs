@@ -110,6 +110,16 @@ fn logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
     model.forward(&x, &mut cache, true).unwrap()
 }
 
+/// Largest absolute value in a tensor.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn check_arch(arch: &str) {
     let dir = temp_dir(&format!("tiny-{arch}"));
     let gguf = dir.path().join("tiny.gguf");
@@ -127,21 +137,8 @@ fn check_arch(arch: &str) {
         .encode("Rhinos eat grass and leaves in the savanna at dawn.", false)
         .unwrap();
     let (la, lb) = (logits(&a, &ids), logits(&b, &ids));
-    let diff = (la - &lb)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = lb
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs(&(la - &lb).unwrap());
+    let scale = max_abs(&lb);
     assert!(
         diff < 1e-4 * scale.max(1.0),
         "{arch}: GGUF and HF logits differ by {diff} (scale {scale})"
@@ -244,14 +241,7 @@ fn sharded_safetensors_directories_load_like_single_files() {
     .unwrap();
     let (a, b) = (load(&single), load(&sharded));
     let ids = a.tokenizer.encode("Two shards, one model.", false).unwrap();
-    let diff = (logits(&a, &ids) - logits(&b, &ids))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs(&(logits(&a, &ids) - logits(&b, &ids)).unwrap());
     assert_eq!(diff, 0.0);
     // A shard named in the index but missing is named in the error.
     std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();

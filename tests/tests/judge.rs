@@ -6,6 +6,12 @@ use flotilla_tests::smollm2;
 use flotilla_worker::bench::judge::{JudgeInput, LocalJudge, Scale};
 use flotilla_worker::models::llama::KvCache;
 
+const PARIS: JudgeInput<'static> = JudgeInput::Reference {
+    question: "What is the capital of France?",
+    reference: "Paris is the capital of France.",
+    answer: "The capital of France is Paris.",
+};
+
 #[test]
 fn local_judge_always_gives_a_rating_in_the_scale() {
     let judge = LocalJudge {
@@ -14,13 +20,7 @@ fn local_judge_always_gives_a_rating_in_the_scale() {
         scale: Scale::FLOW,
         max_explanation_tokens: 48,
     };
-    let good = judge
-        .judge(&JudgeInput::Reference {
-            question: "What is the capital of France?",
-            reference: "Paris is the capital of France.",
-            answer: "The capital of France is Paris.",
-        })
-        .unwrap();
+    let good = judge.judge(&PARIS).unwrap();
     let crit = judge
         .judge(&JudgeInput::Criteria {
             text: "If Tom buys 5 bananas, and then Jim steals 3, how many bananas does Jim have?",
@@ -36,13 +36,7 @@ fn local_judge_always_gives_a_rating_in_the_scale() {
         assert!(v.error.is_none());
     }
     // Deterministic: the same input gives the same verdict.
-    let again = judge
-        .judge(&JudgeInput::Reference {
-            question: "What is the capital of France?",
-            reference: "Paris is the capital of France.",
-            answer: "The capital of France is Paris.",
-        })
-        .unwrap();
+    let again = judge.judge(&PARIS).unwrap();
     assert_eq!(again, good);
 }
 
