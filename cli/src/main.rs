@@ -2,6 +2,7 @@
 //! command line, sets up logging and threads, and reports errors as one clear sentence.
 
 mod bench;
+mod dataset;
 mod embed;
 mod eval;
 mod generate;
@@ -49,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: bench::Command,
     },
+    /// Build fine-tuning datasets.
+    Dataset {
+        #[command(subcommand)]
+        command: dataset::Command,
+    },
 }
 
 fn main() {
@@ -80,5 +86,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Model { command } => model::run(command, out),
         Command::Bench { command } => bench::run(command, out, threads),
+        Command::Dataset { command } => dataset::run(command, out),
     }
 }

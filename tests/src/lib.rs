@@ -4,6 +4,9 @@
 //! The demo models come from `scripts/fetch-models.sh` (the test command runs it). A test
 //! that finds them missing fails with that instruction rather than skipping.
 
+pub mod etcd;
+pub mod tiny;
+
 use flotilla_worker::{EmbeddingModel, LanguageModel, LoadOptions};
 use std::path::PathBuf;
 use std::sync::OnceLock;

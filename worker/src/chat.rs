@@ -23,6 +23,7 @@ impl ChatMessage {
 }
 
 /// A compiled chat template plus the special-token texts it may refer to.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,

@@ -59,14 +59,12 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((out, inp))?)
 }
 
-/// Convert `gguf` into a Hugging Face directory at `out`; returns the files written.
-pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<Vec<PathBuf>> {
+/// The tensors of a GGUF model, dequantized to f32 and named and laid out as in a Hugging Face
+/// checkpoint (llama q/k rows un-permuted). Training and adapter merging start from these.
+pub fn gguf_hf_tensors(gguf: &Path) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let (content, mut reader) = read_gguf(gguf)?;
     let config = ModelConfig::from_gguf(&content, gguf)?;
-    let tokenizer = TextTokenizer::from_gguf(&content, gguf)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cpu = Device::Cpu;
-
     let mut read = |name: &str| -> Result<Tensor> {
         let q = content
             .tensor(&mut reader, name, &cpu)
@@ -99,6 +97,16 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<Vec<PathBu
     if !config.tie_word_embeddings {
         tensors.insert("lm_head.weight".into(), read("output.weight")?);
     }
+    Ok((config, tensors))
+}
+
+/// Convert `gguf` into a Hugging Face directory at `out`; returns the files written.
+pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<Vec<PathBuf>> {
+    let (tensors_config, tensors) = gguf_hf_tensors(gguf)?;
+    let (content, mut reader) = read_gguf(gguf)?;
+    let config = tensors_config;
+    let tokenizer = TextTokenizer::from_gguf(&content, gguf)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let tensors = tensors
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(dtype.dtype())?)))

@@ -24,8 +24,11 @@ pub mod generate;
 pub mod kernels;
 pub mod loader;
 pub mod models;
+pub mod node;
+pub mod registry;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use embed::EmbeddingModel;

@@ -3,6 +3,11 @@
 //! truncation policy when it does not fit), generate, parse structured answers, judge, and
 //! compute the deterministic metrics. A case that fails (a missing or unreadable document) is
 //! recorded with its error; the others still run.
+//!
+//! Generation and judging are two steps: [`Runner::generate`] answers cases and computes the
+//! metrics (no verdicts), [`judge_result`] adds the jury's verdicts and score to such a
+//! result. A cluster runs them as separate shards, possibly on different workers;
+//! [`Runner::run`] (`flotilla eval`) does both, case by case.
 
 use super::dataset::{Case, Task};
 use super::documents::{load_document, Document};
@@ -143,28 +148,53 @@ impl<'a> Runner<'a> {
         Ok(out)
     }
 
-    /// Run every case under every variant, calling `progress` after each.
+    /// Run every case under every variant, generating and judging, calling `progress` after
+    /// each.
     pub fn run(
         &mut self,
         cases: &[Case],
         mut progress: impl FnMut(&CaseResult),
     ) -> Vec<CaseResult> {
         let mut results = Vec::new();
-        let variants = self.settings.variants.clone();
         for case in cases {
-            // Criteria cases grade the case's own text: one result, whatever the variant.
-            let vs: Vec<Variant> = if case.task == Task::Criteria {
-                vec![variants[0].clone()]
-            } else {
-                variants.clone()
-            };
-            for v in &vs {
-                let r = self.run_case(case, v);
+            for v in self.variants_for(case) {
+                let t0 = Instant::now();
+                let mut r = self.generate_case(case, &v);
+                judge_result(&self.judges, &mut r, case.criteria.as_deref());
+                r.latency_s = t0.elapsed().as_secs_f64();
                 progress(&r);
                 results.push(r);
             }
         }
         results
+    }
+
+    /// The generation step alone: every case under every variant, answered and measured
+    /// (metrics, tokens, latency) but not judged: `verdicts` stay empty and `score` none.
+    /// Criteria cases have nothing to generate; their result carries the text to judge.
+    pub fn generate(
+        &mut self,
+        cases: &[Case],
+        mut progress: impl FnMut(&CaseResult),
+    ) -> Vec<CaseResult> {
+        let mut results = Vec::new();
+        for case in cases {
+            for v in self.variants_for(case) {
+                let r = self.generate_case(case, &v);
+                progress(&r);
+                results.push(r);
+            }
+        }
+        results
+    }
+
+    /// Criteria cases grade the case's own text: one result, whatever the variant.
+    fn variants_for(&self, case: &Case) -> Vec<Variant> {
+        if case.task == Task::Criteria {
+            vec![self.settings.variants[0].clone()]
+        } else {
+            self.settings.variants.clone()
+        }
     }
 
     fn blank(&self, case: &Case, variant: &Variant) -> CaseResult {
@@ -199,25 +229,24 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn run_case(&mut self, case: &Case, variant: &Variant) -> CaseResult {
+    fn generate_case(&mut self, case: &Case, variant: &Variant) -> CaseResult {
         let mut r = self.blank(case, variant);
-        if let Err(e) = self.try_run_case(case, variant, &mut r) {
+        if let Err(e) = self.try_generate_case(case, variant, &mut r) {
             r.error = Some(e.to_string());
         }
         r
     }
 
-    fn try_run_case(&mut self, case: &Case, variant: &Variant, r: &mut CaseResult) -> Result<()> {
+    fn try_generate_case(
+        &mut self,
+        case: &Case,
+        variant: &Variant,
+        r: &mut CaseResult,
+    ) -> Result<()> {
         let t0 = Instant::now();
         if case.task == Task::Criteria {
-            let rubric = case.criteria.as_deref().unwrap_or_default();
+            // Nothing to generate: the judge reads the case's text against its rubric.
             r.answer = case.query.clone();
-            r.verdicts = self.judge_all(&JudgeInput::Criteria {
-                text: &case.query,
-                rubric,
-            })?;
-            r.score = jury_score(&r.verdicts);
-            r.latency_s = t0.elapsed().as_secs_f64();
             return Ok(());
         }
         let docs = self.documents(case).map_err(Error::Input)?;
@@ -274,13 +303,6 @@ impl<'a> Runner<'a> {
                 }
             }
         }
-        let reference = case.reference_answer.as_deref().unwrap_or_default();
-        r.verdicts = self.judge_all(&JudgeInput::Reference {
-            question: &case.query,
-            reference,
-            answer: &r.answer,
-        })?;
-        r.score = jury_score(&r.verdicts);
         let sources = format!(
             "{}\n{}\n{}",
             r.prompt,
@@ -303,10 +325,6 @@ impl<'a> Runner<'a> {
         );
         r.latency_s = t0.elapsed().as_secs_f64();
         Ok(())
-    }
-
-    fn judge_all(&self, input: &JudgeInput) -> Result<Vec<Verdict>> {
-        self.judges.iter().map(|j| j.verdict(input)).collect()
     }
 
     /// Generate an answer; returns (rendered prompt, reply text, prompt tokens, completion tokens).
@@ -380,5 +398,38 @@ impl<'a> Runner<'a> {
                 kept_tokens: budget,
             }),
         ))
+    }
+}
+
+/// The judging step: the jury's verdicts on a generated result, and its score.
+///
+/// A criteria case (`criteria` is its rubric) is judged as its own text against the rubric;
+/// any other case as its answer against the reference answer. A result whose generation
+/// failed is left as it is; a judge that fails records its error on the result.
+pub fn judge_result(judges: &[Judge], r: &mut CaseResult, criteria: Option<&str>) {
+    if r.error.is_some() {
+        return;
+    }
+    let input = match (r.task, criteria) {
+        (Task::Criteria, rubric) => JudgeInput::Criteria {
+            text: &r.query,
+            rubric: rubric.unwrap_or_default(),
+        },
+        _ => JudgeInput::Reference {
+            question: &r.query,
+            reference: r.reference_answer.as_deref().unwrap_or_default(),
+            answer: &r.answer,
+        },
+    };
+    match judges
+        .iter()
+        .map(|j| j.verdict(&input))
+        .collect::<Result<Vec<_>>>()
+    {
+        Ok(verdicts) => {
+            r.score = jury_score(&verdicts);
+            r.verdicts = verdicts;
+        }
+        Err(e) => r.error = Some(e.to_string()),
     }
 }

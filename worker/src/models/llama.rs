@@ -27,6 +27,14 @@ pub enum Linear {
         weight: std::sync::Arc<crate::kernels::QuantMatrix>,
         bias: Option<Tensor>,
     },
+    /// A base projection plus an unmerged LoRA update: `base(x) + scale * (x A^T) B^T`, with
+    /// A (rank, in) and B (out, rank).
+    Lora {
+        base: Box<Linear>,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+    },
 }
 
 impl Linear {
@@ -40,6 +48,13 @@ impl Linear {
                 }
             }
             Linear::Dense(l) => l.forward(x)?,
+            Linear::Lora { base, a, b, scale } => {
+                let y = base.forward(x)?;
+                let xa = x.to_dtype(a.dtype())?.broadcast_matmul(&a.t()?)?;
+                let up = (xa.broadcast_matmul(&b.t()?)? * *scale)?;
+                let up = up.to_dtype(y.dtype())?;
+                (y + up)?
+            }
             Linear::Kernel { weight, bias } => {
                 let y = x.contiguous()?.apply_op1_no_bwd(weight.as_ref())?;
                 match bias {
@@ -145,7 +160,7 @@ impl KvCache {
     }
 }
 
-fn rope_tables(
+pub(crate) fn rope_tables(
     cfg: &ModelConfig,
     freq_factors: Option<&[f32]>,
     device: &Device,

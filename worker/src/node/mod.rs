@@ -1,0 +1,3 @@
+//! The worker process (being written).
+
+pub mod spec;

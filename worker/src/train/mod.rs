@@ -1,0 +1,23 @@
+//! LoRA fine-tuning on one worker.
+//!
+//! - [`data`] turns chat / prompt-completion JSONL into token batches with a loss mask on the
+//!   assistant tokens (padding or packing, seeded shuffling, a resumable position).
+//! - [`lora`] holds the adapter: configuration, PEFT layout on disk, merge.
+//! - [`model`] is a differentiable llama / qwen2 forward whose projections carry LoRA; it uses
+//!   only ops that record a backward (candle's fused rms_norm, softmax_last_dim, rope and
+//!   quantized matmul record none).
+//! - [`trainer`] runs AdamW with warmup + cosine, accumulation, clipping, checkpoints, resume.
+
+pub mod data;
+pub mod apply;
+pub mod config;
+pub mod lora;
+pub mod model;
+pub mod optim;
+pub mod trainer;
+pub mod weights;
+
+pub use config::{LoraSettings, TargetModule, TrainConfig};
+pub use apply::{apply_adapter, load_with_adapter, merge_to_hf_dir};
+pub use lora::{LoraAdapter, LoraKey};
+pub use trainer::{train, TrainEvent, TrainSummary, Trainer};

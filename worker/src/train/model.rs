@@ -1,0 +1,420 @@
+//! The differentiable llama / qwen2 forward used for training, beside the inference one in
+//! [`crate::models::llama`] and sharing its configuration and RoPE tables.
+//!
+//! Every op here records a backward. candle 0.11's fused `rms_norm`, `softmax_last_dim`,
+//! `rope*` and quantized matmul record none (backward succeeds, the gradient is silently
+//! missing), so this file spells them out with primitive ops: RMS norm from `sqr`/`mean`/
+//! `sqrt`, softmax as `candle_nn::ops::softmax` over the last dimension, rotate-half RoPE
+//! from `narrow`/`cat`. Base weights are plain tensors (frozen, dequantized); only the LoRA
+//! matrices are [`Var`]s.
+//!
+//! Frozen projections go through [`FrozenMatmul`], a custom op whose backward returns the
+//! input gradient only: candle's matmul backward always computes the weight gradient too,
+//! a full extra matmul per projection (and per lm_head) that training would throw away.
+
+use super::config::{LoraSettings, TargetModule};
+use super::data::Batch;
+use super::lora::{LoraAdapter, LoraKey};
+use super::weights::BaseWeights;
+use crate::error::{Error, Result};
+use crate::models::config::ModelConfig;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+/// `x (n, in) @ w^T (in, out)` with a backward for `x` only (`w` is frozen).
+struct FrozenMatmul {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let data = storage.as_slice::<f32>()?;
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input not contiguous".into()))?;
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        let v = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(v), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.w)?))
+    }
+}
+
+/// `x @ w^T` for a frozen `w`; `x` is (n, in).
+fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?)
+    } else {
+        // Other devices: a plain matmul (its weight gradient is computed and dropped).
+        Ok(x.matmul(&w.t()?)?)
+    }
+}
+
+/// One LoRA pair: `A` (rank, in) and `B` (out, rank).
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    pub a: Var,
+    pub b: Var,
+}
+
+/// A frozen projection, optionally carrying LoRA.
+#[derive(Debug, Clone)]
+pub struct TrainLinear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraPair>,
+}
+
+impl TrainLinear {
+    /// `x` is (n, in); returns (n, out). `dropout` is a 0/1-scaled mask for the LoRA input.
+    fn forward(&self, x: &Tensor, scaling: f64, dropout: Option<&Tensor>) -> Result<Tensor> {
+        let mut y = frozen_matmul(x, &self.weight)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xin = match dropout {
+                Some(m) => (x * m)?,
+                None => x.clone(),
+            };
+            let down = xin.matmul(&l.a.as_tensor().t()?)?;
+            let up = down.matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (up * scaling)?)?;
+        }
+        Ok(y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TrainBlock {
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    proj: BTreeMap<TargetModule, TrainLinear>,
+}
+
+/// A llama / qwen2 model whose projections carry LoRA adapters.
+pub struct TrainModel {
+    pub config: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<TrainBlock>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    pub lora: LoraSettings,
+    scaling: f64,
+    modules: Vec<TargetModule>,
+}
+
+/// PEFT's default initialisation of `A`: kaiming-uniform with a = sqrt(5), i.e. uniform in
+/// +-1/sqrt(in_features).
+fn init_a(rank: usize, inp: usize, rng: &mut rand::rngs::StdRng, device: &Device) -> Result<Tensor> {
+    let bound = 1.0 / (inp as f32).sqrt();
+    let v: Vec<f32> = (0..rank * inp)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    Ok(Tensor::from_vec(v, (rank, inp), device)?)
+}
+
+/// RMS norm with primitive ops (the fused one records no backward).
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+/// Rotate-half RoPE (Hugging Face layout); `cos`/`sin` are (b, 1, t, d/2).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Ok(Tensor::cat(&[a, b], D::Minus1)?)
+}
+
+impl TrainModel {
+    /// Build from dense base weights, with fresh adapters (A as PEFT initialises it, B zero)
+    /// drawn from `seed`.
+    pub fn new(mut base: BaseWeights, lora: &LoraSettings, seed: u64) -> Result<Self> {
+        let modules = lora.modules()?;
+        let cfg = base.config.clone();
+        let device = base.get("model.embed_tokens.weight")?.device().clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut proj = BTreeMap::new();
+            for m in TargetModule::ALL {
+                let weight = base.take(&format!("{p}.{}.weight", m.path()))?;
+                let bias = base.tensors.remove(&format!("{p}.{}.bias", m.path()));
+                let (out, inp) = weight.dims2()?;
+                let lora_pair = if modules.contains(&m) {
+                    let a = init_a(lora.rank, inp, &mut rng, &device)?;
+                    let b = Tensor::zeros((out, lora.rank), DType::F32, &device)?;
+                    Some(LoraPair {
+                        a: Var::from_tensor(&a)?,
+                        b: Var::from_tensor(&b)?,
+                    })
+                } else {
+                    None
+                };
+                proj.insert(
+                    m,
+                    TrainLinear {
+                        weight,
+                        bias,
+                        lora: lora_pair,
+                    },
+                );
+            }
+            blocks.push(TrainBlock {
+                attn_norm: base.take(&format!("{p}.input_layernorm.weight"))?,
+                ffn_norm: base.take(&format!("{p}.post_attention_layernorm.weight"))?,
+                proj,
+            });
+        }
+        let embed = base.take("model.embed_tokens.weight")?;
+        let norm = base.take("model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            base.take("lm_head.weight")?
+        };
+        let (cos, sin) =
+            crate::models::llama::rope_tables(&cfg, base.freq_factors.as_deref(), &device)?;
+        Ok(Self {
+            config: cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            scaling: lora.scaling(),
+            lora: lora.clone(),
+            modules,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// The LoRA variables in a fixed order (layer, then module; A before B).
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (m, lin) in &b.proj {
+                if let Some(l) = &lin.lora {
+                    let key = LoraKey {
+                        layer: i,
+                        module: *m,
+                    };
+                    out.push((key.peft_name("lora_A"), l.a.clone()));
+                    out.push((key.peft_name("lora_B"), l.b.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The adapter as it stands, for saving or inference.
+    pub fn adapter(&self, base_model: &str) -> Result<LoraAdapter> {
+        let mut weights = BTreeMap::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (m, lin) in &b.proj {
+                if let Some(l) = &lin.lora {
+                    weights.insert(
+                        LoraKey {
+                            layer: i,
+                            module: *m,
+                        },
+                        (l.a.as_tensor().copy()?, l.b.as_tensor().copy()?),
+                    );
+                }
+            }
+        }
+        Ok(LoraAdapter::new(&self.lora, base_model, weights))
+    }
+
+    /// Overwrite the LoRA variables with `adapter`'s (a checkpoint being resumed); shapes and
+    /// modules must match.
+    pub fn load_adapter(&self, adapter: &LoraAdapter) -> Result<()> {
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (m, lin) in &b.proj {
+                let key = LoraKey {
+                    layer: i,
+                    module: *m,
+                };
+                match (&lin.lora, adapter.weights.get(&key)) {
+                    (Some(l), Some((a, bb))) => {
+                        l.a.set(&a.to_device(self.device())?)?;
+                        l.b.set(&bb.to_device(self.device())?)?;
+                    }
+                    (None, None) => {}
+                    _ => {
+                        return Err(Error::input(format!(
+                            "adapter does not match the training config at layer {i} {}",
+                            m.name()
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Target modules carrying LoRA.
+    pub fn modules(&self) -> &[TargetModule] {
+        &self.modules
+    }
+
+    /// Final hidden states for a batch, (rows * seq, hidden). `dropout_seed` draws LoRA
+    /// dropout masks (none when the config's dropout is 0 or the seed is `None`, as in eval).
+    pub fn hidden(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
+        let cfg = &self.config;
+        let dev = self.device().clone();
+        let (b, t) = (batch.rows, batch.seq_len);
+        let n = b * t;
+        let ids = Tensor::from_slice(&batch.input_ids, n, &dev)?;
+        let mut x = self.embed.index_select(&ids, 0)?; // (n, h)
+
+        // Rotary tables per token position, (b, 1, t, d/2).
+        let pos = Tensor::from_slice(&batch.positions, n, &dev)?;
+        let half = cfg.head_dim / 2;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+
+        // Causal mask within each segment, (b, 1, t, t).
+        let mut mask = vec![0f32; b * t * t];
+        for r in 0..b {
+            let seg = &batch.segments[r * t..(r + 1) * t];
+            for i in 0..t {
+                for j in 0..t {
+                    if j > i || seg[i] != seg[j] {
+                        mask[(r * t + i) * t + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev)?;
+
+        let heads = cfg.num_heads;
+        let kv = cfg.num_kv_heads;
+        let group = heads / kv;
+        let hd = cfg.head_dim;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut rng = dropout_seed
+            .filter(|_| self.lora.dropout > 0.0)
+            .map(rand::rngs::SmallRng::seed_from_u64);
+        let p = self.lora.dropout;
+        let mut drop_mask = |rows: usize, cols: usize| -> Result<Option<Tensor>> {
+            let Some(rng) = rng.as_mut() else {
+                return Ok(None);
+            };
+            let keep = 1.0 / (1.0 - p);
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+                .collect();
+            Ok(Some(Tensor::from_vec(v, (rows, cols), &dev)?))
+        };
+
+        for blk in &self.blocks {
+            let h = rms_norm(&x, &blk.attn_norm, cfg.rms_norm_eps)?;
+            let proj = |m: TargetModule, inp: &Tensor, d: Option<&Tensor>| -> Result<Tensor> {
+                blk.proj[&m].forward(inp, self.scaling, d)
+            };
+            let hid = h.dim(1)?;
+            let dq = drop_mask(n, hid)?;
+            let dk = drop_mask(n, hid)?;
+            let dv = drop_mask(n, hid)?;
+            let q = proj(TargetModule::QProj, &h, dq.as_ref())?
+                .reshape((b, t, heads, hd))?
+                .transpose(1, 2)?;
+            let k = proj(TargetModule::KProj, &h, dk.as_ref())?
+                .reshape((b, t, kv, hd))?
+                .transpose(1, 2)?;
+            let v = proj(TargetModule::VProj, &h, dv.as_ref())?
+                .reshape((b, t, kv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let q = rope(&q.contiguous()?, &cos, &sin)?;
+            let k = rope(&k.contiguous()?, &cos, &sin)?;
+            // Grouped-query attention without copying keys: the `group` query heads sharing a
+            // key head are stacked along the time axis.
+            let q = q.reshape((b, kv, group * t, hd))?;
+            let scores = (q.matmul(&k.t()?)? * scale)?
+                .reshape((b, heads, t, t))?
+                .broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let o = probs
+                .reshape((b, kv, group * t, t))?
+                .matmul(&v)?
+                .reshape((b, heads, t, hd))?
+                .transpose(1, 2)?
+                .reshape((n, heads * hd))?;
+            let d_o = drop_mask(n, heads * hd)?;
+            x = (x + proj(TargetModule::OProj, &o, d_o.as_ref())?)?;
+
+            let h2 = rms_norm(&x, &blk.ffn_norm, cfg.rms_norm_eps)?;
+            let dg = drop_mask(n, hid)?;
+            let du = drop_mask(n, hid)?;
+            let g = proj(TargetModule::GateProj, &h2, dg.as_ref())?.silu()?;
+            let u = proj(TargetModule::UpProj, &h2, du.as_ref())?;
+            let gu = (g * u)?;
+            let dd = drop_mask(n, gu.dim(1)?)?;
+            x = (x + proj(TargetModule::DownProj, &gu, dd.as_ref())?)?;
+        }
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    /// Logits (n, vocab) for the given hidden rows.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        frozen_matmul(hidden, &self.lm_head)
+    }
+
+    /// Summed negative log-likelihood of the batch's target tokens, and the loss to
+    /// backpropagate: that sum divided by `normalizer` (the target tokens of the whole
+    /// accumulated step). Only rows with a target reach the lm_head.
+    pub fn loss(
+        &self,
+        batch: &Batch,
+        normalizer: f64,
+        dropout_seed: Option<u64>,
+    ) -> Result<(Tensor, f64)> {
+        let dev = self.device().clone();
+        let rows: Vec<u32> = batch
+            .loss_mask
+            .iter()
+            .enumerate()
+            .filter(|(_, &m)| m > 0.0)
+            .map(|(i, _)| i as u32)
+            .collect();
+        if rows.is_empty() {
+            return Err(Error::input("a training batch has no target tokens"));
+        }
+        let targets: Vec<u32> = rows.iter().map(|&i| batch.targets[i as usize]).collect();
+        let weights: Vec<f32> = rows.iter().map(|&i| batch.loss_mask[i as usize]).collect();
+        let hidden = self.hidden(batch, dropout_seed)?;
+        let idx = Tensor::from_vec(rows.clone(), rows.len(), &dev)?;
+        let picked = hidden.index_select(&idx, 0)?;
+        let logits = self.logits(&picked)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let tgt = Tensor::from_vec(targets, (rows.len(), 1), &dev)?;
+        let w = Tensor::from_vec(weights, rows.len(), &dev)?;
+        let nll = logp.gather(&tgt, 1)?.squeeze(1)?.neg()?;
+        let sum = (nll * w)?.sum_all()?;
+        let total = sum.to_scalar::<f32>()? as f64;
+        Ok(((sum / normalizer)?, total))
+    }
+}
