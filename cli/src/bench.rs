@@ -10,6 +10,11 @@ use std::time::Instant;
 pub enum Command {
     /// Prefill / decode tokens per second for a fixed prompt length.
     Generate(GenerateArgs),
+    /// One LoRA training step (forward, backward, AdamW) on a fixed batch.
+    Train(crate::bench_train::TrainArgs),
+    /// No-op shards through a real coordinator to simulated workers over loopback gRPC:
+    /// shards/s and assignment latency.
+    Dispatch(DispatchArgs),
 }
 
 #[derive(clap::Args)]
@@ -39,7 +44,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Peak resident memory of this process, from /proc (Linux), in MiB.
-fn peak_rss_mib() -> Option<f64> {
+pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -47,7 +52,14 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 pub fn run(cmd: Command, out: OutputFormat, threads: usize) -> anyhow::Result<()> {
-    let Command::Generate(a) = cmd;
+    match cmd {
+        Command::Generate(a) => generate(a, out, threads),
+        Command::Train(a) => crate::bench_train::run(a, out, threads),
+        Command::Dispatch(a) => dispatch(a, out),
+    }
+}
+
+fn generate(a: GenerateArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()> {
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(a.prompt_tokens >= 1, "--prompt-tokens must be at least 1");
     anyhow::ensure!(a.decode_tokens >= 2, "--decode-tokens must be at least 2");
@@ -108,6 +120,46 @@ pub fn run(cmd: Command, out: OutputFormat, threads: usize) -> anyhow::Result<()
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => {
             for (k, v) in report.as_object().into_iter().flatten() {
+                println!("{k:28} {v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct DispatchArgs {
+    /// Simulated workers, each with its own connection and Work stream.
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 20_000)]
+    pub shards: usize,
+    /// Slots each simulated worker announces.
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+}
+
+fn dispatch(a: DispatchArgs, out: OutputFormat) -> anyhow::Result<()> {
+    let pb = crate::output::spinner(format!(
+        "dispatching {} no-op shards to {} workers",
+        a.shards, a.workers
+    ));
+    let opts = flotilla_coordinator::bench::DispatchOptions {
+        workers: a.workers,
+        shards: a.shards,
+        slots: a.slots,
+        data_dir: None,
+    };
+    let report = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(flotilla_coordinator::bench::dispatch(opts))?;
+    pb.finish_and_clear();
+    let v = serde_json::to_value(&report)?;
+    match out {
+        OutputFormat::Json => print_json(&v)?,
+        OutputFormat::Text => {
+            for (k, v) in v.as_object().into_iter().flatten() {
                 println!("{k:28} {v}");
             }
         }

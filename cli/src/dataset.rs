@@ -11,7 +11,9 @@ use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
 use flotilla_worker::bench::dataset::{load_dataset, Case, Task};
 use flotilla_worker::bench::documents::{load_document, Document};
-use flotilla_worker::bench::prompts::{build, PromptInputs, Variant, ANSWER_MARKER, COMPLETED_MARKER};
+use flotilla_worker::bench::prompts::{
+    build, PromptInputs, Variant, ANSWER_MARKER, COMPLETED_MARKER,
+};
 use flotilla_worker::bench::retrieval::{ChunkSettings, Retriever};
 use flotilla_worker::bench::runner::Truncation;
 use flotilla_worker::loader::flotilla_home;
@@ -245,11 +247,14 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
             context: &context,
             language: &case.language,
         };
-        let built = build(&variant, &inputs, false)
-            .with_context(|| format!("case {}: prompt", case.id))?;
+        let built =
+            build(&variant, &inputs, false).with_context(|| format!("case {}: prompt", case.id))?;
         let reference = case.reference_answer.as_deref().unwrap_or_default().trim();
         let mut messages = built.messages;
-        messages.push(ChatMessage::new("assistant", assistant_turn(&variant, reference)));
+        messages.push(ChatMessage::new(
+            "assistant",
+            assistant_turn(&variant, reference),
+        ));
         examples.push(Example {
             id: case.id.clone(),
             messages,
@@ -272,6 +277,26 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
     let manifest_path = a.out.join("manifest.json");
     write_jsonl(&train_path, &train)?;
     write_jsonl(&heldout_path, &heldout)?;
+    // The held-out cases themselves, in the benchmark's format with absolute document paths,
+    // so `flotilla eval --dataset OUT/heldout-cases.jsonl` measures an adapter on exactly the
+    // cases it never saw.
+    let heldout_cases_path = a.out.join("heldout-cases.jsonl");
+    {
+        let held: std::collections::HashSet<&str> = heldout.iter().map(|e| e.id.as_str()).collect();
+        let mut text = String::new();
+        for c in cases.iter().filter(|c| held.contains(c.id.as_str())) {
+            let mut c = c.clone();
+            for d in c.documents.iter_mut() {
+                if let Ok(abs) = d.canonicalize() {
+                    *d = abs;
+                }
+            }
+            text.push_str(&serde_json::to_string(&c)?);
+            text.push('\n');
+        }
+        std::fs::write(&heldout_cases_path, text)
+            .with_context(|| format!("cannot write {}", heldout_cases_path.display()))?;
+    }
 
     let mut groups: BTreeMap<String, BTreeMap<&str, usize>> = BTreeMap::new();
     for (split, list) in [("train", &train), ("heldout", &heldout)] {
@@ -303,15 +328,22 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         "truncated": truncated,
         "bad_lines": bad_lines,
     });
-    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)? + "\n")
-        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
-    tracing::info!(train = train.len(), heldout = heldout.len(), "fine-tuning set written");
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+    tracing::info!(
+        train = train.len(),
+        heldout = heldout.len(),
+        "fine-tuning set written"
+    );
 
     match out {
         OutputFormat::Json => {
             let mut v = manifest;
             v["out"] = serde_json::json!(a.out);
-            v["files"] = serde_json::json!([train_path, heldout_path, manifest_path]);
+            v["files"] = serde_json::json!([train_path, heldout_path, heldout_cases_path, manifest_path]);
             print_json(&v)?;
         }
         OutputFormat::Text => {
@@ -327,7 +359,11 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
                 println!("  skipped {}: {}", s.id, s.reason);
             }
             if !truncated.is_empty() {
-                println!("  documents cut to {} characters: {}", a.max_document_chars, truncated.join(", "));
+                println!(
+                    "  documents cut to {} characters: {}",
+                    a.max_document_chars,
+                    truncated.join(", ")
+                );
             }
             println!("written to {}", a.out.display());
         }
@@ -368,7 +404,11 @@ fn fit_chars(text: &str, max: usize, policy: Truncation) -> (String, bool) {
 /// Hold out `fraction` of each (task, language) group, seeded, so every group the benchmark
 /// measures is represented in both halves when it has two cases or more. Both halves keep the
 /// benchmark's order.
-fn stratified_split(examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+fn stratified_split(
+    examples: Vec<Example>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>) {
     let mut groups: BTreeMap<(Task, String), Vec<(usize, Example)>> = BTreeMap::new();
     for (i, e) in examples.into_iter().enumerate() {
         groups.entry(e.group.clone()).or_default().push((i, e));

@@ -58,11 +58,31 @@ pub struct Args {
     pub judge_tokens: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// LoRA adapters (PEFT directories) to evaluate, unmerged on the model; `base` is the model
+    /// without one. Repeat to compare: `--adapter base --adapter runs/lora/adapter` runs both
+    /// and reports the paired difference. Judges always use the base model.
+    #[arg(long, default_values_t = vec!["base".to_string()])]
+    pub adapter: Vec<String>,
     /// Results folder.
     #[arg(long, default_value = "flotilla-results")]
     pub out: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// How an adapter directory is named in results: its folder name, or the run folder's name
+/// when the adapter sits in `RUN/adapter` as `flotilla train` writes it.
+fn adapter_label(dir: &std::path::Path) -> String {
+    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().to_string());
+    match name(dir).as_deref() {
+        Some("adapter") => dir
+            .parent()
+            .and_then(name)
+            .map(|p| format!("{p}/adapter"))
+            .unwrap_or_else(|| "adapter".into()),
+        Some(n) => n.to_string(),
+        None => dir.display().to_string(),
+    }
 }
 
 /// Where a `--judge` comes from.
@@ -183,6 +203,18 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             })
         })
         .collect();
+    // The model under test once per --adapter (unmerged adapters share the base weights).
+    let mut under_test: Vec<(String, LanguageModel)> = Vec::new();
+    for ad in &a.adapter {
+        if ad == "base" {
+            under_test.push(("base".into(), model.clone()));
+        } else {
+            let dir = std::path::Path::new(ad);
+            let lm = flotilla_worker::train::load_with_adapter(&model, dir)
+                .with_context(|| format!("--adapter {ad}"))?;
+            under_test.push((adapter_label(dir), lm));
+        }
+    }
     let settings = EvalSettings {
         model_label: a.model.clone(),
         adapter_label: "base".into(),
@@ -207,19 +239,25 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             }
         })
         .sum();
-    let pb = bar(total as u64, "eval");
-    let mut runner = Runner::new(&model, retriever.as_ref(), judges, settings);
-    let results = runner.run(&cases, |r| {
-        pb.set_message(format!("{} {}", r.case_id, r.variant));
-        pb.inc(1);
-    });
+    let pb = bar((total * under_test.len()) as u64, "eval");
+    let mut results = Vec::new();
+    for (label, lm) in &under_test {
+        let mut settings = settings.clone();
+        settings.adapter_label = label.clone();
+        let mut runner = Runner::new(lm, retriever.as_ref(), judges.clone(), settings);
+        results.extend(runner.run(&cases, |r| {
+            pb.set_message(format!("{} {} {}", r.case_id, r.variant, r.adapter));
+            pb.inc(1);
+        }));
+    }
     pb.finish_and_clear();
+    let base_label = under_test[0].0.clone();
     let baseline = variants[0].name();
     let report = build_report(
         &results,
         a.seed,
         scale,
-        &[("variant", baseline.as_str()), ("adapter", "base")],
+        &[("variant", baseline.as_str()), ("adapter", base_label.as_str())],
     );
     let files = write_outputs(&a.out, &report, &results)?;
     match out {

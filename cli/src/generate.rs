@@ -36,6 +36,9 @@ pub struct Args {
     /// Stop when the text contains this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+    /// A LoRA adapter (PEFT directory) to apply, unmerged.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
     /// cpu, cuda:N or metal:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -44,8 +47,12 @@ pub struct Args {
 pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     let device = device::parse_device(&a.device)?;
     let pb = spinner(format!("loading {}", a.model));
-    let lm = LanguageModel::load(&a.model, &LoadOptions { device })
+    let mut lm = LanguageModel::load(&a.model, &LoadOptions { device })
         .with_context(|| format!("--model {}", a.model))?;
+    if let Some(dir) = &a.adapter {
+        lm = flotilla_worker::train::load_with_adapter(&lm, dir)
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+    }
     pb.set_message("generating");
     let prompts: Vec<Prompt> = a
         .prompt

@@ -1,7 +1,10 @@
 //! `flotilla`: the one binary. Each subcommand lives in its own module; this file parses the
 //! command line, sets up logging and threads, and reports errors as one clear sentence.
 
+mod adapter;
 mod bench;
+mod bench_train;
+mod cluster;
 mod dataset;
 mod embed;
 mod eval;
@@ -9,6 +12,7 @@ mod generate;
 mod model;
 mod output;
 mod serve;
+mod train;
 
 use clap::{Parser, Subcommand};
 use output::OutputFormat;
@@ -50,11 +54,31 @@ enum Command {
         #[command(subcommand)]
         command: bench::Command,
     },
+    /// Fine-tune a model with LoRA (see docs/TRAINING.md).
+    Train(train::Args),
+    /// Inspect LoRA adapters and merge them into their base model.
+    Adapter {
+        #[command(subcommand)]
+        command: adapter::Command,
+    },
     /// Build fine-tuning datasets.
     Dataset {
         #[command(subcommand)]
         command: dataset::Command,
     },
+    /// Run a sweep on this machine: coordinator and workers in one process (no etcd).
+    Run(cluster::run::Args),
+    /// Serve sweeps to workers (leader election and membership in etcd).
+    Coordinator(cluster::coordinator::Args),
+    /// Register this machine and run shards for the coordinator.
+    Worker(cluster::worker::Args),
+    /// Submit, follow, cancel sweeps on a coordinator and read their results.
+    Sweep {
+        #[command(subcommand)]
+        command: cluster::sweep::Command,
+    },
+    /// List the cluster's workers and what they have.
+    Workers(cluster::workers::Args),
 }
 
 fn main() {
@@ -87,5 +111,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model { command } => model::run(command, out),
         Command::Bench { command } => bench::run(command, out, threads),
         Command::Dataset { command } => dataset::run(command, out),
+        Command::Train(a) => train::run(a, out),
+        Command::Adapter { command } => adapter::run(command, out),
+        Command::Run(a) => cluster::run::run(a, out),
+        Command::Coordinator(a) => cluster::coordinator::run(a, out),
+        Command::Worker(a) => cluster::worker::run(a, out),
+        Command::Sweep { command } => cluster::sweep::run(command, out),
+        Command::Workers(a) => cluster::workers::run(a, out),
     }
 }

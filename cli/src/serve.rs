@@ -24,6 +24,9 @@ pub struct Args {
     /// Name the model is served under (default: the --model value).
     #[arg(long)]
     pub served_name: Option<String>,
+    /// A LoRA adapter (PEFT directory) to serve on the model, unmerged.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -164,8 +167,12 @@ async fn chat(
 pub fn run(a: Args) -> anyhow::Result<()> {
     use anyhow::Context;
     let device = device::parse_device(&a.device)?;
-    let model = LanguageModel::load(&a.model, &LoadOptions { device })
+    let mut model = LanguageModel::load(&a.model, &LoadOptions { device })
         .with_context(|| format!("--model {}", a.model))?;
+    if let Some(dir) = &a.adapter {
+        model = flotilla_worker::train::load_with_adapter(&model, dir)
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+    }
     let api_key = match &a.api_key_env {
         Some(var) => Some(
             std::env::var(var)

@@ -77,12 +77,17 @@ fn shipped_benchmark_becomes_a_split_chat_set_in_eval_style() {
         .unwrap();
     let m = library["messages"].as_array().unwrap();
     assert_eq!(
-        m.iter().map(|x| x["role"].as_str().unwrap()).collect::<Vec<_>>(),
+        m.iter()
+            .map(|x| x["role"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["system", "user", "assistant"]
     );
     let user = m[1]["content"].as_str().unwrap();
     assert!(user.starts_with("Documents:\n[1] "), "{user}");
-    assert!(user.contains("closed on Sundays and Mondays"), "retrieval found the passage: {user}");
+    assert!(
+        user.contains("closed on Sundays and Mondays"),
+        "retrieval found the passage: {user}"
+    );
     assert!(user.ends_with(
         "Question: On which days is the Harbor Street Library closed?\nAnswer the question using the documents."
     ));
@@ -93,8 +98,14 @@ fn shipped_benchmark_becomes_a_split_chat_set_in_eval_style() {
         .find(|e| e["id"] == "ja-tea-first")
         .unwrap();
     let user = tea["messages"][1]["content"].as_str().unwrap();
-    assert!(user.contains("一番茶は4月下旬から5月にかけて摘まれ"), "the whole document: {user}");
-    assert!(tea["messages"][0]["content"].as_str().unwrap().contains("文書"));
+    assert!(
+        user.contains("一番茶は4月下旬から5月にかけて摘まれ"),
+        "the whole document: {user}"
+    );
+    assert!(tea["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("文書"));
 
     // The same seed gives the same split; another seed another.
     let again = tmp("ds-enja-again");
@@ -202,7 +213,19 @@ fn cases_without_a_reference_answer_are_skipped_and_counted() {
         .iter()
         .map(|s| s["reason"].as_str().unwrap())
         .collect();
-    assert!(reasons.iter().any(|r| r.contains("criteria")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("missing.txt")), "{reasons:?}");
-    assert_eq!((v["counts"]["train"].as_u64(), v["counts"]["heldout"].as_u64()), (Some(1), Some(1)));
+    assert!(
+        reasons.iter().any(|r| r.contains("criteria")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("missing.txt")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        (
+            v["counts"]["train"].as_u64(),
+            v["counts"]["heldout"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
 }

@@ -84,7 +84,7 @@ fn eval_documents(
     max_tokens: &str,
 ) -> (std::process::Output, PathBuf) {
     let bench =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/benchmarks/en-ja/cases.jsonl");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/benchmarks/en-ja/smoke.jsonl");
     let out = std::env::temp_dir().join(format!("flotilla-{tag}-eval-{}", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
     cmd.args([

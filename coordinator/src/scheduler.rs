@@ -830,7 +830,7 @@ mod tests {
         s.add_job("sw", job("b", "m", 1, &["a"]));
         worker(&mut s, "w", &[], 1);
         let mut ch = Vec::new();
-        let mut attempt = |s: &mut Scheduler, ch: &mut Vec<Change>| s.pick("w", 1, ch).remove(0).1;
+        let attempt = |s: &mut Scheduler, ch: &mut Vec<Change>| s.pick("w", 1, ch).remove(0).1;
         // Two infrastructure failures and one task failure: still within both budgets.
         for kind in [FailureKind::Infrastructure, FailureKind::Task, FailureKind::Infrastructure] {
             let a = attempt(&mut s, &mut ch);

@@ -3,12 +3,10 @@
 //! the two RoPE layouts (llama GGUF rows are permuted for interleaved rotation, qwen2's are
 //! not), qwen2's q/k/v biases, and the hub-cache lookup of `hf:` ids.
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use flotilla_tests::temp_dir;
-use flotilla_tests::tiny::write_tiny_gguf;
+use flotilla_tests::tiny::{write_tiny_gguf, LAYERS};
 use flotilla_worker::convert::{gguf_to_hf, OutDType};
-use flotilla_worker::loader::read_gguf;
 use flotilla_worker::models::llama::KvCache;
 use flotilla_worker::{LanguageModel, LoadOptions};
 use std::path::Path;

@@ -73,18 +73,14 @@ fn variant_of_smollm2(template: bool, context: Option<usize>) -> LanguageModel {
     };
     if template {
         LanguageModel {
-            template: m
-                .info
-                .chat_template
-                .as_deref()
-                .map(|s| {
-                    flotilla_worker::ChatTemplate::new(
-                        s,
-                        m.tokenizer.bos_token.as_deref(),
-                        m.tokenizer.eos_token.as_deref(),
-                    )
-                    .unwrap()
-                }),
+            template: m.info.chat_template.as_deref().map(|s| {
+                flotilla_worker::ChatTemplate::new(
+                    s,
+                    m.tokenizer.bos_token.as_deref(),
+                    m.tokenizer.eos_token.as_deref(),
+                )
+                .unwrap()
+            }),
             ..model
         }
     } else {
@@ -138,7 +134,10 @@ fn every_assistant_turn_of_a_conversation_is_a_target_including_japanese() {
     let e = &tokenize(&records, m)[0];
     assert_eq!(
         target_runs(e, m),
-        ["3776メートルです。<|im_end|>", "1707年の宝永噴火です。<|im_end|>"]
+        [
+            "3776メートルです。<|im_end|>",
+            "1707年の宝永噴火です。<|im_end|>"
+        ]
     );
 }
 
@@ -148,10 +147,16 @@ fn a_prompt_completion_record_is_a_one_turn_chat_with_a_template_and_plain_text_
     let e = &tokenize(&[completion(1, "Name a primary colour.", "Red.")], m)[0];
     assert_eq!(target_runs(e, m), ["Red.<|im_end|>"]);
     let text = m.tokenizer.decode(&e.ids, false).unwrap();
-    assert!(text.contains("<|im_start|>user\nName a primary colour.<|im_end|>"), "{text}");
+    assert!(
+        text.contains("<|im_start|>user\nName a primary colour.<|im_end|>"),
+        "{text}"
+    );
 
     let plain = variant_of_smollm2(false, None);
-    let e = &tokenize(&[completion(1, "The capital of France is", " Paris.")], &plain)[0];
+    let e = &tokenize(
+        &[completion(1, "The capital of France is", " Paris.")],
+        &plain,
+    )[0];
     let eos = plain.tokenizer.eos_token.clone().unwrap();
     assert_eq!(target_runs(e, &plain), [format!(" Paris.{eos}")]);
     assert_eq!(
@@ -168,7 +173,10 @@ fn a_prompt_completion_record_is_a_one_turn_chat_with_a_template_and_plain_text_
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("data/train.jsonl:7: a chat record needs the model's chat template"), "{err}");
+    assert!(
+        err.contains("data/train.jsonl:7: a chat record needs the model's chat template"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -192,7 +200,11 @@ fn a_sequence_longer_than_the_limit_or_the_context_is_caught_before_training() {
     let err = tokenize_records(&records, &small, 4096, Path::new("train.jsonl"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("train.jsonl:2:") && err.contains("longer than the model's context (64 tokens)"), "{err}");
+    assert!(
+        err.contains("train.jsonl:2:")
+            && err.contains("longer than the model's context (64 tokens)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -234,14 +246,15 @@ fn a_file_of_both_forms_becomes_batches_whose_targets_are_assistant_tokens() {
             .map(|(t, _)| *t)
             .collect();
         let decoded = m.tokenizer.decode(&predicted, false).unwrap();
-        for answer in ["4<|im_end|>", "Hi!<|im_end|>", "どういたしまして。<|im_end|>"] {
+        for answer in [
+            "4<|im_end|>",
+            "Hi!<|im_end|>",
+            "どういたしまして。<|im_end|>",
+        ] {
             assert!(decoded.contains(answer), "{decoded}");
         }
     }
     let held = eval_batches(&examples, 2, 512);
     assert_eq!(held.len(), 2);
-    assert_eq!(
-        held.iter().map(|b| b.target_tokens).sum::<usize>(),
-        targets
-    );
+    assert_eq!(held.iter().map(|b| b.target_tokens).sum::<usize>(), targets);
 }

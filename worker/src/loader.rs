@@ -152,7 +152,8 @@ pub struct ModelInfo {
     pub eos_tokens: Vec<String>,
 }
 
-/// A language model with everything needed to talk to it.
+/// A language model with everything needed to talk to it. Cloning shares the weights.
+#[derive(Clone)]
 pub struct LanguageModel {
     pub model: Arc<Llama>,
     pub tokenizer: TextTokenizer,

@@ -102,6 +102,20 @@ pub enum Judge<'a> {
     Endpoint(super::openai::EndpointJudge),
 }
 
+impl Clone for Judge<'_> {
+    fn clone(&self) -> Self {
+        match self {
+            Judge::Local(j) => Judge::Local(LocalJudge {
+                name: j.name.clone(),
+                model: j.model,
+                scale: j.scale,
+                max_explanation_tokens: j.max_explanation_tokens,
+            }),
+            Judge::Endpoint(e) => Judge::Endpoint(e.clone()),
+        }
+    }
+}
+
 impl Judge<'_> {
     fn verdict(&self, input: &JudgeInput) -> Result<Verdict> {
         match self {

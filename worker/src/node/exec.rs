@@ -18,7 +18,7 @@ use crate::bench::prompts::Variant;
 use crate::bench::retrieval::Retriever;
 use crate::bench::runner::{judge_result, CaseResult, EvalSettings, Judge, Runner};
 use crate::error::Error;
-use crate::loader::{flotilla_home, LanguageModel};
+use crate::loader::LanguageModel;
 use candle_core::Device;
 use flotilla_proto::v1::FileRef;
 use sha2::{Digest, Sha256};
@@ -73,6 +73,8 @@ pub struct ShardContext<'a> {
     pub files: &'a [FileRef],
     /// A scratch folder for what the shard writes (a trained adapter).
     pub scratch: &'a Path,
+    /// Where document chunk embeddings are cached between shards (none: in memory only).
+    pub embeddings_cache: Option<&'a Path>,
     pub cancel: &'a AtomicBool,
     /// Called with (done, total) as work units finish.
     pub progress: &'a (dyn Fn(u32, u32) + Sync),
@@ -213,7 +215,7 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<ShardOutput, Shar
         Retriever::new(
             e,
             spec.retrieval.chunks,
-            Some(flotilla_home().join("cache").join("embeddings")),
+            ctx.embeddings_cache.map(Path::to_path_buf),
         )
     });
     let settings = EvalSettings {
@@ -320,10 +322,12 @@ fn train(spec: TrainShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError
         if let TrainEvent::Step(step) = event {
             (ctx.progress)(step.step as u32, step.total_steps as u32);
         }
+        // Returning false stops training between steps: the shard was cancelled.
+        !ctx.cancel.load(Ordering::Relaxed)
     };
-    // Training cannot stop between steps yet: a cancelled training runs to its end and its
-    // result is dropped (checked below).
-    let summary = crate::train::train(&config, &spec.model, &out, false, ctx.device, &mut on_event)?;
+    let trained = crate::train::train(&config, &spec.model, &out, false, ctx.device, &mut on_event);
+    ctx.check_cancel()?;
+    let summary = trained?;
     ctx.check_cancel()?;
     let mut uploads = Vec::new();
     let entries = std::fs::read_dir(&summary.adapter).map_err(|e| {
@@ -364,6 +368,7 @@ mod tests {
             root: &root,
             files: &[],
             scratch: &root,
+            embeddings_cache: None,
             cancel: &flag,
             progress: &|_, _| {},
         };

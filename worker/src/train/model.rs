@@ -383,15 +383,23 @@ impl TrainModel {
         frozen_matmul(hidden, &self.lm_head)
     }
 
-    /// Summed negative log-likelihood of the batch's target tokens, and the loss to
-    /// backpropagate: that sum divided by `normalizer` (the target tokens of the whole
+    /// Summed negative log-likelihood of the batch's target tokens, and a scalar whose
+    /// gradient is that of the sum divided by `normalizer` (the target tokens of the whole
     /// accumulated step). Only rows with a target reach the lm_head.
+    ///
+    /// The cross-entropy over the vocabulary is not recorded as a graph: for each chunk of
+    /// rows it computes the logits, the loss and their gradient `(softmax - onehot) * w / N`
+    /// directly, multiplies back through the frozen lm_head, and returns the surrogate
+    /// `sum(hidden * grad)`, whose gradient with respect to the hidden states is exactly that.
+    /// The (rows x vocab) logits then live one chunk at a time instead of five times over for
+    /// every op of a recorded log-softmax. The scalar's value is not the loss; the sum is.
     pub fn loss(
         &self,
         batch: &Batch,
         normalizer: f64,
         dropout_seed: Option<u64>,
     ) -> Result<(Tensor, f64)> {
+        use rayon::prelude::*;
         let dev = self.device().clone();
         let rows: Vec<u32> = batch
             .loss_mask
@@ -403,18 +411,51 @@ impl TrainModel {
         if rows.is_empty() {
             return Err(Error::input("a training batch has no target tokens"));
         }
-        let targets: Vec<u32> = rows.iter().map(|&i| batch.targets[i as usize]).collect();
-        let weights: Vec<f32> = rows.iter().map(|&i| batch.loss_mask[i as usize]).collect();
         let hidden = self.hidden(batch, dropout_seed)?;
         let idx = Tensor::from_vec(rows.clone(), rows.len(), &dev)?;
         let picked = hidden.index_select(&idx, 0)?;
-        let logits = self.logits(&picked)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let tgt = Tensor::from_vec(targets, (rows.len(), 1), &dev)?;
-        let w = Tensor::from_vec(weights, rows.len(), &dev)?;
-        let nll = logp.gather(&tgt, 1)?.squeeze(1)?.neg()?;
-        let sum = (nll * w)?.sum_all()?;
-        let total = sum.to_scalar::<f32>()? as f64;
-        Ok(((sum / normalizer)?, total))
+        let fixed = picked.detach();
+        let vocab = self.lm_head.dim(0)?;
+        let mut total = 0f64;
+        let mut grads = Vec::new();
+        const CHUNK: usize = 256;
+        for start in (0..rows.len()).step_by(CHUNK) {
+            let len = CHUNK.min(rows.len() - start);
+            let h = fixed.narrow(0, start, len)?;
+            let logits = h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+            let mut data = logits.flatten_all()?.to_vec1::<f32>()?;
+            let spans: Vec<(u32, f32)> = rows[start..start + len]
+                .iter()
+                .map(|&r| (batch.targets[r as usize], batch.loss_mask[r as usize]))
+                .collect();
+            let scale = 1.0 / normalizer as f32;
+            let nll: f64 = data
+                .par_chunks_mut(vocab)
+                .zip(spans.par_iter())
+                .map(|(row, &(target, w))| {
+                    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let target_logit = row[target as usize];
+                    let mut sum = 0f64;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x as f64;
+                    }
+                    let nll = sum.ln() - (target_logit - max) as f64;
+                    let s = w * scale;
+                    let k = (s as f64 / sum) as f32;
+                    for x in row.iter_mut() {
+                        *x *= k;
+                    }
+                    row[target as usize] -= s;
+                    nll * w as f64
+                })
+                .sum();
+            total += nll;
+            let g = Tensor::from_vec(data, (len, vocab), &dev)?;
+            grads.push(g.matmul(&self.lm_head)?);
+        }
+        let g = Tensor::cat(&grads, 0)?;
+        let surrogate = (picked * g)?.sum_all()?;
+        Ok((surrogate, total))
     }
 }

@@ -136,6 +136,12 @@ pub fn prepare_data(
 impl Trainer {
     /// Load the model named `model_spec`, tokenize the data and set up a fresh run.
     pub fn new(cfg: &TrainConfig, model_spec: &str, device: &Device) -> Result<Self> {
+        if cfg.precision == super::config::Precision::Bf16 {
+            return Err(Error::input(
+                "precision: bf16 base weights are not built yet; use auto or f32 (LoRA weights \
+                 and optimizer state are f32 either way)",
+            ));
+        }
         let lm = LanguageModel::load(model_spec, &LoadOptions::default())?;
         let (train, eval) = prepare_data(cfg, &lm)?;
         let pad = lm

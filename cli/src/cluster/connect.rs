@@ -1,0 +1,129 @@
+//! Finding and reaching a coordinator: `--coordinator ADDR`, or `--etcd URLS` to read the
+//! elected coordinator's address from its leader key; the shared token from `--token-file`
+//! or `FLOTILLA_TOKEN`; TLS from `--tls-ca` (and `--tls-cert`/`--tls-key` for mutual TLS).
+
+use anyhow::{bail, Context, Result};
+use flotilla_coordinator::client::{Client, ClientTls};
+use flotilla_worker::node::client::{endpoint_url, read_token_file};
+use flotilla_worker::registry::{EtcdRegistry, Registry};
+use std::path::PathBuf;
+
+/// How a command proves itself to the coordinator.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AuthArgs {
+    /// File whose first line is the cluster's shared token (or set FLOTILLA_TOKEN).
+    #[arg(long, env = "FLOTILLA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed the coordinator's TLS certificate (turns TLS on).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a coordinator that requires mutual TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    /// The token: `--token-file`, else `FLOTILLA_TOKEN`, else none.
+    pub fn token(&self) -> Result<Option<String>> {
+        if let Some(f) = &self.token_file {
+            return Ok(Some(read_token_file(f)?));
+        }
+        Ok(std::env::var("FLOTILLA_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
+    }
+
+    /// The token, required (servers and workers).
+    pub fn require_token(&self, command: &str) -> Result<String> {
+        match self.token()? {
+            Some(t) => Ok(t),
+            None => bail!(
+                "{command} needs the cluster's shared token: --token-file FILE or FLOTILLA_TOKEN"
+            ),
+        }
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some()
+    }
+
+    /// TLS settings for the worker agent's client.
+    pub fn worker_tls(&self) -> flotilla_worker::node::client::ClientTls {
+        flotilla_worker::node::client::ClientTls {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
+
+    fn client_tls(&self) -> Result<Option<ClientTls>> {
+        if !self.tls_enabled() {
+            return Ok(None);
+        }
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+        };
+        let ca_pem = match &self.tls_ca {
+            Some(p) => Some(read(p, "TLS CA (--tls-ca)")?),
+            None => bail!("--tls-cert needs --tls-ca (the CA that signed the coordinator's certificate)"),
+        };
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some((read(c, "TLS certificate")?, read(k, "TLS key")?)),
+            _ => None,
+        };
+        Ok(Some(ClientTls {
+            ca_pem,
+            identity,
+            domain: None,
+        }))
+    }
+}
+
+/// Where the coordinator is.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// The coordinator's address (host:port or URL).
+    #[arg(long, env = "FLOTILLA_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// etcd endpoints, comma-separated (http://host:2379), to find the elected coordinator.
+    #[arg(long, env = "FLOTILLA_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+impl ConnectArgs {
+    /// The coordinator's URL: as given, or read from the leader key in etcd.
+    pub async fn address(&self) -> Result<String> {
+        let tls = self.auth.tls_enabled();
+        if let Some(a) = &self.coordinator {
+            return Ok(endpoint_url(a, tls));
+        }
+        if self.etcd.is_empty() {
+            bail!("say where the coordinator is: --coordinator HOST:PORT or --etcd http://HOST:2379");
+        }
+        let registry = EtcdRegistry::connect(&self.etcd).await?;
+        match registry.leader().await? {
+            Some(a) => Ok(endpoint_url(&a, tls)),
+            None => bail!(
+                "no coordinator is elected in etcd at {} (is `flotilla coordinator` running?)",
+                self.etcd.join(",")
+            ),
+        }
+    }
+
+    /// A client of the coordinator.
+    pub async fn connect(&self) -> Result<Client> {
+        let address = self.address().await?;
+        Client::connect_with(&address, self.auth.token()?, self.auth.client_tls()?).await
+    }
+}
+
+/// A gRPC error as one sentence for people.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", flotilla_worker::node::client::explain(&status))
+}

@@ -1,0 +1,258 @@
+//! Sweeps, workers and results for people (tables) and scripts (JSON), and the results
+//! folder a finished sweep leaves behind: the same files `flotilla eval` writes, plus the
+//! trained adapters.
+
+use anyhow::{Context, Result};
+use flotilla_coordinator::client::Client;
+use flotilla_proto::v1 as pb;
+use flotilla_worker::bench::report::{write_outputs, Report};
+use flotilla_worker::bench::runner::CaseResult;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+pub fn sweep_state(state: i32) -> &'static str {
+    match pb::SweepState::try_from(state).unwrap_or(pb::SweepState::Unspecified) {
+        pb::SweepState::Unspecified => "unknown",
+        pb::SweepState::Queued => "queued",
+        pb::SweepState::Running => "running",
+        pb::SweepState::Succeeded => "succeeded",
+        pb::SweepState::Failed => "failed",
+        pb::SweepState::Cancelled => "cancelled",
+    }
+}
+
+pub fn job_state(state: i32) -> &'static str {
+    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
+        pb::JobState::Unspecified => "unknown",
+        pb::JobState::Blocked => "blocked",
+        pb::JobState::Ready => "ready",
+        pb::JobState::Running => "running",
+        pb::JobState::Succeeded => "succeeded",
+        pb::JobState::Failed => "failed",
+        pb::JobState::Cancelled => "cancelled",
+    }
+}
+
+/// Whether a sweep has ended (succeeded, failed or cancelled).
+pub fn is_final(state: i32) -> bool {
+    matches!(
+        pb::SweepState::try_from(state),
+        Ok(pb::SweepState::Succeeded | pb::SweepState::Failed | pb::SweepState::Cancelled)
+    )
+}
+
+pub fn status_json(s: &pb::SweepStatus) -> Value {
+    json!({
+        "sweep_id": s.sweep_id,
+        "name": s.name,
+        "state": sweep_state(s.state),
+        "shards_total": s.shards_total,
+        "shards_done": s.shards_done,
+        "shards_running": s.shards_running,
+        "shards_failed": s.shards_failed,
+        "error": (!s.error.is_empty()).then_some(&s.error),
+        "created_unix_ms": s.created_unix_ms,
+        "updated_unix_ms": s.updated_unix_ms,
+        "jobs": s.jobs.iter().map(|j| json!({
+            "job_id": j.job_id,
+            "kind": j.kind,
+            "label": j.label,
+            "state": job_state(j.state),
+            "shards_total": j.shards_total,
+            "shards_done": j.shards_done,
+            "shards_running": j.shards_running,
+            "shards_failed": j.shards_failed,
+            "depends_on": j.depends_on,
+            "error": (!j.error.is_empty()).then_some(&j.error),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One line per sweep.
+pub fn sweeps_text(sweeps: &[pb::SweepStatus]) -> String {
+    if sweeps.is_empty() {
+        return "no sweeps\n".into();
+    }
+    let mut out = format!("{:<28} {:<24} {:<10} {:>13}\n", "SWEEP", "NAME", "STATE", "SHARDS");
+    for s in sweeps {
+        out.push_str(&format!(
+            "{:<28} {:<24} {:<10} {:>13}\n",
+            s.sweep_id,
+            s.name,
+            sweep_state(s.state),
+            format!("{}/{}", s.shards_done, s.shards_total)
+        ));
+    }
+    out
+}
+
+/// A sweep and its jobs.
+pub fn status_text(s: &pb::SweepStatus) -> String {
+    let mut out = format!(
+        "sweep {} ({}): {}, {}/{} shards done, {} running, {} failed\n",
+        s.sweep_id,
+        s.name,
+        sweep_state(s.state),
+        s.shards_done,
+        s.shards_total,
+        s.shards_running,
+        s.shards_failed
+    );
+    if !s.error.is_empty() {
+        out.push_str(&format!("error: {}\n", s.error));
+    }
+    for j in &s.jobs {
+        out.push_str(&format!(
+            "  {:<9} {:<10} {:>9}  {}{}\n",
+            j.kind,
+            job_state(j.state),
+            format!("{}/{}", j.shards_done, j.shards_total),
+            j.label,
+            if j.error.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", j.error)
+            }
+        ));
+    }
+    out
+}
+
+fn gib(bytes: u64) -> String {
+    if bytes == 0 {
+        "-".into()
+    } else {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    }
+}
+
+pub fn workers_json(workers: &[pb::WorkerInfo]) -> Value {
+    Value::Array(
+        workers
+            .iter()
+            .map(|w| {
+                let c = w.capabilities.clone().unwrap_or_default();
+                json!({
+                    "worker_id": w.worker_id,
+                    "connected": w.connected,
+                    "running": w.running,
+                    "shards_completed": w.shards_completed,
+                    "units_per_second": w.units_per_second,
+                    "last_seen_unix_ms": w.last_seen_unix_ms,
+                    "capabilities": {
+                        "device": c.device, "gpu_name": c.gpu_name,
+                        "gpu_memory_bytes": c.gpu_memory_bytes, "ram_bytes": c.ram_bytes,
+                        "cores": c.cores, "models_cached": c.models_cached,
+                        "models_loaded": c.models_loaded, "slots": c.slots,
+                        "version": c.version, "hostname": c.hostname,
+                    },
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn workers_text(workers: &[pb::WorkerInfo]) -> String {
+    if workers.is_empty() {
+        return "no workers\n".into();
+    }
+    let mut out = format!(
+        "{:<24} {:<16} {:<8} {:<22} {:>9} {:>5} {:>7} {:>6} {:>8}  {}\n",
+        "WORKER", "HOST", "DEVICE", "GPU", "RAM", "SLOTS", "RUNNING", "DONE", "UNITS/S", "LOADED"
+    );
+    for w in workers {
+        let c = w.capabilities.clone().unwrap_or_default();
+        let gpu = if c.gpu_name.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{} {}", c.gpu_name, gib(c.gpu_memory_bytes))
+        };
+        out.push_str(&format!(
+            "{:<24} {:<16} {:<8} {:<22} {:>9} {:>5} {:>7} {:>6} {:>8.2}  {}{}\n",
+            w.worker_id,
+            c.hostname,
+            c.device,
+            gpu,
+            gib(c.ram_bytes),
+            c.slots,
+            w.running,
+            w.shards_completed,
+            w.units_per_second,
+            if c.models_loaded.is_empty() {
+                "-".to_string()
+            } else {
+                c.models_loaded.join(",")
+            },
+            if w.connected { "" } else { "  (registered, not connected)" }
+        ));
+    }
+    out
+}
+
+/// A sweep's results, read back into the engine's types.
+pub struct Results {
+    pub raw: pb::SweepResults,
+    pub report: Report,
+    pub cases: Vec<CaseResult>,
+}
+
+pub async fn fetch_results(client: &Client, sweep_id: &str) -> Result<Results> {
+    let raw = client
+        .grpc()
+        .get_results(pb::SweepRef {
+            sweep_id: sweep_id.to_string(),
+        })
+        .await
+        .map_err(super::connect::status_error)?
+        .into_inner();
+    let report: Report = serde_json::from_slice(&raw.report_json)
+        .context("the coordinator's report is not valid results JSON")?;
+    let cases = String::from_utf8_lossy(&raw.cases_jsonl)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("the coordinator's cases.jsonl line {}", i + 1))
+        })
+        .collect::<Result<Vec<CaseResult>>>()?;
+    Ok(Results { raw, report, cases })
+}
+
+/// Writes the results folder: `results.json`, `flow_results.json`, `cases.jsonl`,
+/// `report.md` (as `flotilla eval` does) and each trained adapter under `adapters/`.
+pub async fn write_results(client: &Client, results: &Results, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = write_outputs(out, &results.report, &results.cases)
+        .with_context(|| format!("cannot write the results folder {}", out.display()))?;
+    for a in &results.raw.adapters {
+        let Some(artifact) = &a.artifact else { continue };
+        let rel = flotilla_worker::node::artifacts::sweep_path(&a.path)?;
+        let dest = out.join(rel);
+        client
+            .download(artifact, &dest)
+            .await
+            .with_context(|| format!("downloading adapter file {}", a.path))?;
+        files.push(dest);
+    }
+    Ok(files)
+}
+
+/// What `results` and `run` print as JSON.
+pub fn results_json(results: &Results, out: Option<&Path>, files: &[PathBuf]) -> Value {
+    json!({
+        "sweep_id": results.raw.sweep_id,
+        "state": sweep_state(results.raw.state),
+        "out": out,
+        "files": files,
+        "configurations": results.report.configurations,
+        "comparisons": results.report.comparisons,
+        "adapters": results.raw.adapters.iter().map(|a| json!({
+            "path": a.path,
+            "sha256": a.artifact.as_ref().map(|x| x.sha256.clone()),
+            "size": a.artifact.as_ref().map(|x| x.size),
+        })).collect::<Vec<_>>(),
+        "failed_cases": results.cases.iter().filter(|r| r.error.is_some())
+            .map(|r| json!({"case_id": r.case_id, "model": r.model, "adapter": r.adapter,
+                "variant": r.variant, "error": r.error}))
+            .collect::<Vec<_>>(),
+    })
+}

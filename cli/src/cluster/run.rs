@@ -1,0 +1,207 @@
+//! `flotilla run SWEEP.yaml`: a whole sweep on this machine, no etcd, no cluster.
+//!
+//! Embedded mode is the cluster in one process, not a shortcut around it: a coordinator on a
+//! loopback port (with a fresh random token), an in-memory registry in place of etcd, and N
+//! workers that register, open Work streams over real gRPC, download the sweep's files by
+//! hash and run shards exactly as `flotilla worker` does. So a sweep gives the same results
+//! here as on a cluster with the same seed, and what works here works there.
+
+use super::progress::follow;
+use super::render::{fetch_results, results_json, sweep_state, write_results};
+use crate::output::{print_json, spinner, OutputFormat};
+use anyhow::{bail, Context, Result};
+use flotilla_coordinator::client::Client;
+use flotilla_coordinator::sweep::{ModelCheck, Sweep};
+use flotilla_coordinator::{serve, CoordinatorConfig};
+use flotilla_proto::v1 as pb;
+use flotilla_worker::loader::LoadOptions;
+use flotilla_worker::node::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
+use flotilla_worker::registry::{MemoryRegistry, Registry};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The sweep file (YAML; see docs/SWEEPS.md and examples/).
+    pub sweep: PathBuf,
+    /// In-process workers.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// Shards each worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Device for the workers' models: cpu, cuda:N, metal:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Keep the coordinator's state here (default: a temporary folder, removed at the end).
+    /// Run again with the same folder to continue an interrupted sweep.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Results folder (default: flotilla-results/<sweep name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Models kept loaded between shards (shared by the in-process workers).
+    #[arg(long, default_value_t = 3)]
+    pub keep_models: usize,
+}
+
+/// A data folder removed when dropped, unless the user chose it.
+struct DataDir {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn random_token() -> String {
+    (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect()
+}
+
+pub fn run(a: Args, out: OutputFormat) -> Result<()> {
+    if a.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if a.slots == 0 {
+        bail!("--slots must be at least 1");
+    }
+    // Every problem in the sweep file, before anything starts.
+    let sweep = Sweep::load(&a.sweep, ModelCheck::Local).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let device = flotilla_worker::device::parse_device(&a.device)?;
+    let results_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("flotilla-results").join(&sweep.name));
+    let data = match &a.data_dir {
+        Some(p) => DataDir {
+            path: p.clone(),
+            temporary: false,
+        },
+        None => DataDir {
+            path: std::env::temp_dir().join(format!(
+                "flotilla-run-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            )),
+            temporary: true,
+        },
+    };
+    std::fs::create_dir_all(&data.path)
+        .with_context(|| format!("--data-dir {}: cannot create it", data.path.display()))?;
+
+    super::runtime()?.block_on(async {
+        let token = random_token();
+        let registry = Arc::new(MemoryRegistry::new());
+        let mut config = CoordinatorConfig::new(
+            "127.0.0.1:0".parse().expect("a loopback address"),
+            &data.path,
+            registry.clone(),
+        );
+        config.token = Some(token.clone());
+        config.heartbeat = Duration::from_millis(500);
+        let coordinator = serve(config).await?;
+        let address = format!("http://{}", coordinator.local_addr());
+        tracing::info!(%address, "embedded coordinator");
+
+        // The workers share one model cache: N workers on one machine load each model once.
+        let models = Arc::new(ModelCache::new(LoadOptions { device: device.clone() }, a.keep_models));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::new();
+        for i in 1..=a.workers {
+            let id = format!("local-{i}");
+            let config = AgentConfig {
+                worker_id: id.clone(),
+                coordinator: CoordinatorAddress::Direct(address.clone()),
+                registry: Some(registry.clone() as Arc<dyn Registry>),
+                token: token.clone(),
+                tls: Default::default(),
+                slots: a.slots,
+                device_name: a.device.clone(),
+                device: device.clone(),
+                models: models.clone(),
+                cache_dir: data.path.join("worker-cache"),
+                work_dir: data.path.join("work").join(&id),
+                max_backoff: Duration::from_secs(1),
+            };
+            let mut stop = stop_rx.clone();
+            workers.push(tokio::spawn(run_worker(config, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })));
+        }
+
+        let outcome = async {
+            let client = Client::connect(&address, Some(token.clone())).await?;
+            let pb = spinner(format!("uploading the files of {}", a.sweep.display()));
+            let submitted = client.submit_file_checked(&a.sweep, ModelCheck::Local).await;
+            pb.finish_and_clear();
+            let submitted = submitted?;
+            tracing::info!(sweep = submitted.sweep_id, "submitted");
+            let status = tokio::select! {
+                s = follow(&client, &submitted.sweep_id) => s?,
+                _ = super::shutdown_signal() => {
+                    let _ = client.grpc().cancel_sweep(pb::SweepRef { sweep_id: submitted.sweep_id.clone() }).await;
+                    bail!("interrupted: sweep {} cancelled", submitted.sweep_id);
+                }
+            };
+            let results = fetch_results(&client, &status.sweep_id).await?;
+            let files = write_results(&client, &results, &results_dir).await?;
+            Ok::<_, anyhow::Error>((status, results, files))
+        }
+        .await;
+
+        let _ = stop_tx.send(true);
+        for w in workers {
+            match tokio::time::timeout(Duration::from_secs(5), w).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %format!("{e:#}"), "a worker failed"),
+                Ok(_) => {}
+                Err(_) => tracing::warn!("a worker did not stop within 5 s"),
+            }
+        }
+        coordinator.shutdown().await;
+
+        let (status, results, files) = outcome?;
+        match out {
+            OutputFormat::Json => {
+                let mut v = results_json(&results, Some(&results_dir), &files);
+                v["name"] = serde_json::json!(status.name);
+                v["error"] = serde_json::json!((!status.error.is_empty()).then_some(&status.error));
+                print_json(&v)?;
+            }
+            OutputFormat::Text => {
+                print!("{}", results.raw.report_markdown);
+                for r in results.cases.iter().filter(|r| r.error.is_some()) {
+                    eprintln!(
+                        "case {} ({} / {} / {}) failed: {}",
+                        r.case_id,
+                        r.model,
+                        r.adapter,
+                        r.variant,
+                        r.error.as_deref().unwrap_or_default()
+                    );
+                }
+                eprintln!("results written to {}", results_dir.display());
+            }
+        }
+        if status.state != pb::SweepState::Succeeded as i32 {
+            bail!(
+                "sweep {} {}{}",
+                status.sweep_id,
+                sweep_state(status.state),
+                if status.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", status.error)
+                }
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,110 @@
+//! `flotilla worker`: register this machine and run shards until stopped (Ctrl-C, SIGTERM).
+//!
+//! `--etcd` registers the worker (a lease-bound key with its capabilities) and finds the
+//! coordinator through the leader key; `--coordinator` connects to a fixed address instead
+//! (with or without `--etcd`).
+
+use super::connect::AuthArgs;
+use crate::output::{print_json, OutputFormat};
+use anyhow::{bail, Result};
+use flotilla_worker::loader::{flotilla_home, LoadOptions};
+use flotilla_worker::node::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
+use flotilla_worker::registry::{EtcdRegistry, Registry};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// etcd endpoints, comma-separated (http://host:2379): register here and find the
+    /// coordinator's address under its leader key.
+    #[arg(long, env = "FLOTILLA_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The coordinator's address (host:port or URL), instead of the leader key.
+    #[arg(long, env = "FLOTILLA_COORDINATOR")]
+    pub coordinator: Option<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Device to run models on: cpu, cuda:N, metal:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Shards to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// This worker's id (default: host name and process id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Models kept loaded between shards (least recently used out first).
+    #[arg(long, default_value_t = 2)]
+    pub keep_models: usize,
+    /// Downloads, embedding cache and scratch space (default: $FLOTILLA_HOME/worker).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Time-to-live of this worker's etcd lease (seconds): how soon the coordinator notices
+    /// the machine is gone if it dies without a word.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl_s: u64,
+}
+
+pub fn run(a: Args, out: OutputFormat) -> Result<()> {
+    if a.etcd.is_empty() && a.coordinator.is_none() {
+        bail!("say where the cluster is: --etcd http://HOST:2379 (or --coordinator HOST:PORT)");
+    }
+    if a.slots == 0 {
+        bail!("--slots must be at least 1");
+    }
+    let token = a.auth.token()?.unwrap_or_else(|| {
+        eprintln!("warning: no token (--token-file or FLOTILLA_TOKEN); the coordinator will refuse this worker unless it runs without one");
+        String::new()
+    });
+    let device = flotilla_worker::device::parse_device(&a.device)?;
+    let id = a.id.clone().unwrap_or_else(|| {
+        let host = flotilla_worker::node::capabilities::hostname();
+        let host = if host.is_empty() { "worker".into() } else { host };
+        format!("{host}-{}", std::process::id())
+    });
+    let work_dir = a
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| flotilla_home().join("worker"));
+    super::runtime()?.block_on(async move {
+        let registry: Option<Arc<dyn Registry>> = if a.etcd.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                EtcdRegistry::connect(&a.etcd)
+                    .await?
+                    .with_ttl(Duration::from_secs(a.lease_ttl_s)),
+            ))
+        };
+        let coordinator = match (&a.coordinator, &registry) {
+            (Some(addr), _) => CoordinatorAddress::Direct(addr.clone()),
+            (None, Some(r)) => CoordinatorAddress::Leader(r.clone()),
+            (None, None) => unreachable!("checked above"),
+        };
+        let config = AgentConfig {
+            worker_id: id.clone(),
+            coordinator,
+            registry,
+            token,
+            tls: a.auth.worker_tls(),
+            slots: a.slots,
+            device_name: a.device.clone(),
+            device: device.clone(),
+            models: Arc::new(ModelCache::new(LoadOptions { device }, a.keep_models)),
+            cache_dir: work_dir.join("cache"),
+            work_dir: work_dir.join("shards").join(&id),
+            max_backoff: Duration::from_secs(5),
+        };
+        match out {
+            OutputFormat::Json => print_json(&serde_json::json!({
+                "event": "started", "worker_id": id, "device": a.device, "slots": a.slots,
+            }))?,
+            OutputFormat::Text => eprintln!(
+                "worker {id} on {} with {} slot(s); Ctrl-C stops it",
+                a.device, a.slots
+            ),
+        }
+        run_worker(config, super::shutdown_signal()).await
+    })
+}

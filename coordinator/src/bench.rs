@@ -1,0 +1,268 @@
+//! `flotilla bench dispatch`: how fast a real coordinator hands out shards. No-op shards go
+//! through a coordinator on a loopback port to simulated workers — in-process tonic clients,
+//! each on its own connection and `Work` stream, answering every assignment at once — so the
+//! figures are the coordinator's own cost: scheduling, SQLite commits, gRPC.
+
+use crate::client::Client;
+use crate::server::{serve, CoordinatorConfig};
+use crate::sweep::Retries;
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::coordinator_message::Kind as Out;
+use flotilla_proto::v1::worker_message::Kind as In;
+use flotilla_worker::node::spec::NoopShard;
+use flotilla_worker::registry::MemoryRegistry;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DispatchOptions {
+    pub workers: usize,
+    pub shards: usize,
+    /// Slots each simulated worker announces.
+    pub slots: u32,
+    /// Where the coordinator keeps its state (a temporary folder when None).
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        Self {
+            workers: 64,
+            shards: 20_000,
+            slots: 4,
+            data_dir: None,
+        }
+    }
+}
+
+/// The figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchReport {
+    pub workers: usize,
+    pub shards: usize,
+    pub slots: u32,
+    pub seconds: f64,
+    pub shards_per_second: f64,
+    /// From a worker's ask to the assignment arriving, in milliseconds.
+    pub assignment_latency_p50_ms: f64,
+    pub assignment_latency_p99_ms: f64,
+    pub assignment_latency_max_ms: f64,
+    /// Results acknowledged as stored (must equal `shards`).
+    pub results_stored: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// One simulated worker: asks, answers each assignment with a result at once, asks again.
+/// Returns (assignment latencies in ms, results acknowledged).
+async fn worker(
+    address: String,
+    token: String,
+    id: String,
+    slots: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<f64>> {
+    let client = Client::connect(&address, Some(token)).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::WorkerMessage>();
+    let send = |k: In| {
+        let _ = tx.send(pb::WorkerMessage { kind: Some(k) });
+    };
+    send(In::Hello(pb::Hello {
+        worker_id: id.clone(),
+        capabilities: Some(pb::Capabilities {
+            slots,
+            device: "cpu".into(),
+            ..Default::default()
+        }),
+    }));
+    let mut inbound = client
+        .grpc()
+        .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut latencies = Vec::new();
+    // Assignments not yet answered and acknowledged: a slot is free again at its ack.
+    let mut outstanding: u32 = 0;
+    let mut asked_at: Option<Instant> = None;
+    let ask = |asked_at: &mut Option<Instant>, free: u32| {
+        if free > 0 {
+            *asked_at = Some(Instant::now());
+            send(In::Ask(pb::WorkRequest {
+                free_slots: free,
+                models_loaded: Vec::new(),
+            }));
+        }
+    };
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    // The stream ends with an error when the coordinator stops first.
+                    Err(e) if *stop.borrow() => { tracing::debug!(error = %e, "stream ended"); break }
+                    Err(e) => return Err(e.into()),
+                };
+                match msg.kind {
+                    Some(Out::Welcome(_)) => ask(&mut asked_at, slots),
+                    Some(Out::Assign(a)) => {
+                        outstanding += 1;
+                        if let Some(t) = asked_at.take() {
+                            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        let result = serde_json::to_vec(&flotilla_worker::node::spec::NoopResult {
+                            worker_id: id.clone(),
+                        })?;
+                        send(In::Result(pb::ShardResult {
+                            shard_id: a.shard_id,
+                            attempt: a.attempt,
+                            result_json: result,
+                            artifacts: Vec::new(),
+                            seconds: 0.0,
+                            units: 1,
+                        }));
+                    }
+                    Some(Out::Ack(_)) => {
+                        outstanding = outstanding.saturating_sub(1);
+                        ask(&mut asked_at, slots - outstanding);
+                    }
+                    _ => {}
+                }
+            }
+            _ = stop.changed() => break,
+            _ = heartbeat.tick() => {
+                // Idle workers re-ask: that is their heartbeat.
+                if outstanding < slots {
+                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new() }));
+                }
+            }
+        }
+    }
+    Ok(latencies)
+}
+
+/// Run the benchmark.
+pub async fn dispatch(opts: DispatchOptions) -> anyhow::Result<DispatchReport> {
+    anyhow::ensure!(opts.workers >= 1, "--workers must be at least 1");
+    anyhow::ensure!(opts.shards >= 1, "--shards must be at least 1");
+    anyhow::ensure!(opts.slots >= 1, "--slots must be at least 1");
+    let tmp;
+    let data_dir = match &opts.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = TempDir::new()?;
+            tmp.0.clone()
+        }
+    };
+    let token = format!("bench-{}", std::process::id());
+    let mut config = CoordinatorConfig::new(
+        "127.0.0.1:0".parse()?,
+        &data_dir,
+        Arc::new(MemoryRegistry::new()),
+    );
+    config.token = Some(token.clone());
+    let coordinator = serve(config).await?;
+    let address = format!("http://{}", coordinator.local_addr());
+    let core = coordinator.core().clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut handles = Vec::new();
+    for i in 0..opts.workers {
+        handles.push(tokio::spawn(worker(
+            address.clone(),
+            token.clone(),
+            format!("sim-{i:03}"),
+            opts.slots,
+            stopped.clone(),
+        )));
+    }
+    // Let every worker connect and wait for work, so the clock measures dispatch only.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while core.workers().iter().filter(|w| w.connected).count() < opts.workers {
+        anyhow::ensure!(Instant::now() < deadline, "the simulated workers did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let specs = vec![NoopShard::default(); opts.shards];
+    let mut changes = core.subscribe();
+    let t0 = Instant::now();
+    let sweep = core.submit_noop("bench-dispatch", specs, Retries::default()).await?;
+    loop {
+        let st = core
+            .status(&sweep)
+            .ok_or_else(|| anyhow::anyhow!("the benchmark sweep vanished"))?;
+        if st.state != pb::SweepState::Queued as i32 && st.state != pb::SweepState::Running as i32 {
+            anyhow::ensure!(
+                st.state == pb::SweepState::Succeeded as i32,
+                "the benchmark sweep ended as {:?}: {}",
+                st.state,
+                st.error
+            );
+            break;
+        }
+        changes.changed().await?;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    let mut latencies = Vec::new();
+    for h in handles {
+        match tokio::time::timeout(Duration::from_secs(5), h).await {
+            Ok(Ok(Ok(l))) => latencies.extend(l),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "a simulated worker failed"),
+            _ => tracing::warn!("a simulated worker did not stop"),
+        }
+    }
+    let id = sweep.clone();
+    let stored: i64 = core
+        .store
+        .call(move |c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM results r JOIN shards s ON s.id = r.shard_id
+                 WHERE s.sweep_id = ?1",
+                rusqlite::params![id],
+                |r| r.get(0),
+            )?)
+        })
+        .await?;
+    coordinator.shutdown().await;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Ok(DispatchReport {
+        workers: opts.workers,
+        shards: opts.shards,
+        slots: opts.slots,
+        seconds,
+        shards_per_second: opts.shards as f64 / seconds,
+        assignment_latency_p50_ms: percentile(&latencies, 0.50),
+        assignment_latency_p99_ms: percentile(&latencies, 0.99),
+        assignment_latency_max_ms: latencies.last().copied().unwrap_or(0.0),
+        results_stored: stored as usize,
+    })
+}
+
+/// A temporary folder removed on drop (no extra dependency for one use).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        let p = std::env::temp_dir().join(format!(
+            "flotilla-bench-dispatch-{}-{}",
+            std::process::id(),
+            crate::store::now_ms()
+        ));
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,297 @@
+//! Sweep files: the shipped examples pass validation; broken files get one error per problem
+//! with its line; a submitted sweep becomes the jobs DAG, and its results aggregate into the
+//! report.
+
+mod common;
+
+use common::*;
+use flotilla_coordinator::sweep::{self, AdapterSource, FileRoot, ModelCheck, Sweep};
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::worker_message::Kind as In;
+use flotilla_worker::bench::judge::Verdict;
+use flotilla_worker::bench::runner::CaseResult;
+use flotilla_worker::node::spec::{
+    GenerateResult, GenerateShard, JudgeResult, JudgeShard, TrainResult, TrainShard,
+};
+use std::path::{Path, PathBuf};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+#[test]
+fn the_quickstart_is_the_whole_matrix_on_smollm2_and_validates_with_local_models() {
+    let s = Sweep::load(&examples().join("quickstart.yaml"), ModelCheck::Local)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.models.len(), 1);
+    assert_eq!(s.variants, ["query_first", "query_last", "structured"]);
+    assert_eq!(s.adapters.len(), 2);
+    assert!(matches!(s.adapters[1].source, AdapterSource::Train(_)));
+    let cells = s.cells(&FileRoot::local(examples())).unwrap();
+    let cell_names: Vec<String> = cells
+        .iter()
+        .map(|c| format!("{} {}", c.task.name(), c.language))
+        .collect();
+    assert_eq!(cell_names, ["rag en", "rag ja", "document en", "document ja"]);
+    assert!(cells.iter().all(|c| c.cases.len() == 2));
+    // What the CLI uploads: the case file, every document, the training data.
+    let files = s.local_files(&FileRoot::local(examples())).unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    assert!(paths.contains(&"benchmarks/en-ja/cases.jsonl"));
+    assert!(paths.contains(&"benchmarks/en-ja/documents/fuji-ja.txt"));
+    assert!(paths.contains(&"train/en-ja-lora.jsonl"));
+}
+
+#[test]
+fn the_seed_study_validates_without_its_models_on_this_machine() {
+    let path = examples().join("seed-study.yaml");
+    let s = Sweep::load(&path, ModelCheck::Syntax).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.models.len(), 3);
+    assert!(s.models.iter().all(|m| m.model.starts_with("hf:")));
+    // Checked against local models, only the missing models are reported.
+    let e = Sweep::load(&path, ModelCheck::Local).unwrap_err();
+    assert!(e.errors.iter().all(|e| e.message.contains("hf:")), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "\
+name: broken
+models:
+  - smollm3
+  - hf:Qwen
+variants: [query_first, query_middle]
+adapters: []
+datasets:
+  - cases: missing/cases.jsonl
+    tasks: [rag, summary]
+    limt: 2
+judge:
+  scale: 10-0
+generation:
+  max_tokens: -1
+colour: blue
+";
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let e = Sweep::load(&path, ModelCheck::Syntax).unwrap_err();
+    let text = e.to_string();
+    let expect = [
+        (3, "unknown model `smollm3`"),
+        (4, "not a hub id"),
+        (5, "unknown prompt variant `query_middle`"),
+        (6, "`adapters` is empty"),
+        (9, "unknown task `summary`"),
+        (10, "unknown key `limt`"),
+        (12, "judge.scale"),
+        (14, "generation.max_tokens"),
+        (15, "unknown key `colour`"),
+    ];
+    for (line, needle) in expect {
+        assert!(
+            e.errors.iter().any(|x| x.line == line && x.message.contains(needle)),
+            "no error at line {line} containing {needle:?} in:\n{text}"
+        );
+        assert!(text.contains(&format!("broken.yaml:{line}: ")), "{text}");
+    }
+    assert_eq!(e.errors.len(), expect.len(), "{text}");
+
+    // Shape is fine, but files and cases are not: those are reported together too.
+    let yaml = "\
+models: [smollm2]
+variants: [query_last, custom:nope.jinja]
+adapters:
+  - base
+  - name: mine
+    path: adapters/mine
+datasets:
+  - cases: cases.jsonl
+";
+    std::fs::write(dir.path().join("cases.jsonl"), "{\"task\": \"rag\", \"query\": \"q\"}\nnot json\n").unwrap();
+    std::fs::write(&path, yaml).unwrap();
+    let e = Sweep::load(&path, ModelCheck::Syntax).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("template nope.jinja does not exist"), "{text}");
+    assert!(text.contains("broken.yaml:5: adapter `mine`"), "{text}");
+    assert!(text.contains("cases.jsonl:1: a rag case needs at least one document"), "{text}");
+    assert!(text.contains("cases.jsonl:2: not valid JSON"), "{text}");
+}
+
+#[test]
+fn syntax_errors_and_empty_files_are_one_clear_error() {
+    let e = sweep::parse("models: [smollm2\n", Path::new("s.yaml")).unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    assert!(e.to_string().contains("s.yaml:2: not valid YAML"), "{e}");
+    let e = sweep::parse("", Path::new("s.yaml")).unwrap_err();
+    assert!(e.to_string().contains("s.yaml: the sweep file is empty"), "{e}");
+}
+
+fn judged(mut r: CaseResult, score: f64) -> CaseResult {
+    r.verdicts = vec![Verdict {
+        judge: "smollm2".into(),
+        rating: Some(score),
+        geval: Some(score),
+        explanation: "ok".into(),
+        raw: format!("ok\nRating: [[{score}]]"),
+        error: None,
+    }];
+    r.score = Some(score);
+    r
+}
+
+/// The quickstart through a real coordinator, with a test worker standing in for the engine:
+/// the DAG holds (train before the LoRA's generate jobs, generate before judge), the adapter
+/// reaches the jobs that use it, and the results aggregate into one report.
+#[tokio::test]
+async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path()).await;
+    let client = client(&c).await;
+    let st = client.submit_file(&examples().join("quickstart.yaml")).await.unwrap();
+    // 1 train + (3 variants x 2 adapters x 4 cells) generate + as many judge jobs.
+    assert_eq!(st.jobs.len(), 1 + 24 + 24, "{:#?}", st.jobs.len());
+    assert_eq!(st.jobs.iter().filter(|j| j.state == pb::JobState::Blocked as i32).count(), 12 + 24);
+
+    let mut w = TestWorker::connect(&c, "w", &["smollm2"]).await;
+    let mut order = Vec::new();
+    let adapter = b"fake adapter weights".to_vec();
+    let adapter_ref = client.upload_bytes(&adapter).await.unwrap();
+    loop {
+        w.ask(1);
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(2), w.recv()).await;
+        let Ok(flotilla_proto::v1::coordinator_message::Kind::Assign(a)) = msg else { break };
+        order.push(a.kind.clone());
+        match a.kind.as_str() {
+            "train" => {
+                let spec: TrainShard = serde_json::from_slice(&a.spec_json).unwrap();
+                assert_eq!(spec.model, "smollm2");
+                assert_eq!(spec.config["data"], "train/en-ja-lora.jsonl");
+                assert_eq!(spec.config["seed"], 7);
+                assert!(a.files.iter().any(|f| f.path == "train/en-ja-lora.jsonl"));
+                let result = TrainResult { metrics: serde_json::json!({"final_loss": 1.5}) };
+                w.result_raw(
+                    &a.shard_id,
+                    &a.attempt,
+                    serde_json::to_value(result).unwrap(),
+                    vec![pb::FileRef {
+                        path: "adapter_model.safetensors".into(),
+                        artifact: Some(adapter_ref.clone()),
+                    }],
+                );
+            }
+            "generate" => {
+                let spec: GenerateShard = serde_json::from_slice(&a.spec_json).unwrap();
+                assert_eq!(spec.cases.len(), 2);
+                for case in &spec.cases {
+                    for d in &case.documents {
+                        assert!(a.files.iter().any(|f| Path::new(&f.path) == d), "{d:?} in files");
+                    }
+                }
+                if let Some(ad) = &spec.adapter {
+                    let want = format!("{}/adapter_model.safetensors", ad.dir);
+                    assert!(a.files.iter().any(|f| f.path == want), "adapter file {want} in {:?}", a.files);
+                }
+                let cases = spec
+                    .cases
+                    .iter()
+                    .map(|case| blank(case, &spec))
+                    .collect();
+                w.result(&a, serde_json::to_value(GenerateResult { cases }).unwrap());
+            }
+            "judge" => {
+                let spec: JudgeShard = serde_json::from_slice(&a.spec_json).unwrap();
+                assert_eq!(spec.items.len(), 2);
+                // The LoRA scores one point more, everywhere.
+                let cases = spec
+                    .items
+                    .into_iter()
+                    .map(|i| {
+                        let s = if i.result.adapter == "lora" { 6.0 } else { 5.0 };
+                        let bump = i.result.case_id.len() as f64 % 2.0;
+                        judged(i.result, s + bump)
+                    })
+                    .collect();
+                w.result(&a, serde_json::to_value(JudgeResult { cases }).unwrap());
+            }
+            other => panic!("unexpected kind {other}"),
+        }
+        assert!(w.ack().await.accepted);
+    }
+    assert_eq!(order[0], "train", "the model's train job is the first job: {order:?}");
+    // One shard per generate and judge job (2 cases, shard_size 2).
+    assert_eq!(order.len(), 1 + 24 + 24, "every shard ran once");
+    let st = wait_end(&c, &st.sweep_id).await;
+    assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{}", st.error);
+
+    let results = client
+        .grpc()
+        .get_results(pb::SweepRef { sweep_id: st.sweep_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let report: serde_json::Value = serde_json::from_slice(&results.report_json).unwrap();
+    assert_eq!(report["configurations"].as_array().unwrap().len(), 24);
+    let lora_vs_base = report["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["axis"] == "adapter")
+        .count();
+    assert!(lora_vs_base > 0, "paired comparisons base vs LoRA");
+    assert_eq!(String::from_utf8(results.cases_jsonl).unwrap().lines().count(), 48);
+    assert!(results.report_markdown.contains("Paired comparisons"));
+    assert_eq!(results.adapters.len(), 1);
+    assert_eq!(results.adapters[0].path, "adapters/lora/smollm2/adapter_model.safetensors");
+    c.shutdown().await;
+}
+
+fn blank(case: &flotilla_worker::bench::dataset::Case, spec: &GenerateShard) -> CaseResult {
+    CaseResult {
+        case_id: case.id.clone(),
+        task: case.task,
+        language: case.language.clone(),
+        model: spec.model_label.clone(),
+        adapter: spec.adapter.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| "base".into()),
+        variant: spec.variant.clone(),
+        query: case.query.clone(),
+        reference_answer: case.reference_answer.clone(),
+        prompt: "p".into(),
+        raw_answer: "a".into(),
+        answer: "a".into(),
+        hits: Vec::new(),
+        recall_at_k: None,
+        truncation: None,
+        parse_error: None,
+        parse_retried: false,
+        verdicts: Vec::new(),
+        score: None,
+        metrics: Default::default(),
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        latency_s: 0.0,
+        error: None,
+    }
+}
+
+#[tokio::test]
+async fn a_sweep_with_problems_is_refused_whole_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path()).await;
+    let e = client(&c)
+        .await
+        .grpc()
+        .submit_sweep(pb::SubmitSweepRequest {
+            yaml: "models: [smollm2]\nvariants: [nope]\ndatasets:\n  - cases: c.jsonl\n".into(),
+            source_path: "s.yaml".into(),
+            files: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("s.yaml:2: unknown prompt variant `nope`"), "{}", e.message());
+    // Nothing was queued.
+    assert!(c.core().list().is_empty());
+    let _ = In::Ask(Default::default());
+    c.shutdown().await;
+}

@@ -1,0 +1,230 @@
+//! The worker agent (`flotilla_worker::node`) against a real coordinator on a loopback port,
+//! with no-op shards so every test takes seconds: work shared out and stored once, a
+//! coordinator restart survived, a cancel honoured at once, failures reported by kind, a
+//! refused token ending the agent with a clear error.
+
+use flotilla_coordinator::sweep::Retries;
+use flotilla_coordinator::{serve, CoordinatorConfig, RunningCoordinator};
+use flotilla_proto::v1 as pb;
+use flotilla_worker::loader::LoadOptions;
+use flotilla_worker::node::spec::NoopShard;
+use flotilla_worker::node::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
+use flotilla_worker::registry::{MemoryRegistry, Registry};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const TOKEN: &str = "agent-test-token";
+
+async fn coordinator(dir: &Path, listen: SocketAddr, registry: Arc<MemoryRegistry>) -> RunningCoordinator {
+    let mut config = CoordinatorConfig::new(listen, dir, registry);
+    config.token = Some(TOKEN.into());
+    config.heartbeat = Duration::from_millis(200);
+    serve(config).await.expect("the coordinator starts")
+}
+
+/// An in-process worker; stopped when `stop` turns true.
+fn worker(
+    dir: &Path,
+    id: &str,
+    address: String,
+    registry: Arc<MemoryRegistry>,
+    token: &str,
+    slots: u32,
+    stop: &watch::Receiver<bool>,
+) -> JoinHandle<anyhow::Result<()>> {
+    let config = AgentConfig {
+        worker_id: id.into(),
+        coordinator: CoordinatorAddress::Direct(address),
+        registry: Some(registry as Arc<dyn Registry>),
+        token: token.into(),
+        tls: Default::default(),
+        slots,
+        device_name: "cpu".into(),
+        device: candle_core::Device::Cpu,
+        models: Arc::new(ModelCache::new(LoadOptions::default(), 1)),
+        cache_dir: dir.join("cache"),
+        work_dir: dir.join("work").join(id),
+        max_backoff: Duration::from_millis(500),
+    };
+    let mut stop = stop.clone();
+    tokio::spawn(run_worker(config, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }))
+}
+
+fn noops(n: usize, sleep_ms: u64) -> Vec<NoopShard> {
+    vec![
+        NoopShard {
+            units: 1,
+            sleep_ms,
+            fail: None
+        };
+        n
+    ]
+}
+
+async fn wait_end(c: &RunningCoordinator, sweep: &str, within: Duration) -> pb::SweepStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = c.core().status(sweep).expect("the sweep exists");
+        if st.state >= pb::SweepState::Succeeded as i32 {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "the sweep did not end within {within:?}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn agents_share_the_work_and_every_result_is_stored_once() {
+    let dir = flotilla_tests::temp_dir("agent-share");
+    let registry = Arc::new(MemoryRegistry::new());
+    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let address = format!("http://{}", c.local_addr());
+    let (stop_tx, stop) = watch::channel(false);
+    let agents: Vec<_> = (1..=2)
+        .map(|i| worker(dir.path(), &format!("w{i}"), address.clone(), registry.clone(), TOKEN, 2, &stop))
+        .collect();
+    // Both register in the registry.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while registry.workers().await.unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the workers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let sweep = c.core().submit_noop("shared", noops(40, 10), Retries::default()).await.unwrap();
+    let st = wait_end(&c, &sweep, Duration::from_secs(30)).await;
+    assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{st:?}");
+    assert_eq!((st.shards_done, st.shards_failed), (40, 0));
+    let workers = c.core().workers();
+    assert_eq!(workers.iter().map(|w| w.shards_completed).sum::<u64>(), 40);
+    assert!(workers.iter().all(|w| w.shards_completed > 0), "{workers:?}");
+
+    stop_tx.send(true).unwrap();
+    for a in agents {
+        a.await.unwrap().unwrap();
+    }
+    // Stopped workers deregister.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !registry.workers().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the stopped workers are still registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_reconnect_when_the_coordinator_restarts_and_the_sweep_completes() {
+    let dir = flotilla_tests::temp_dir("agent-restart");
+    let registry = Arc::new(MemoryRegistry::new());
+    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let addr = c.local_addr();
+    let (stop_tx, stop) = watch::channel(false);
+    let agent = worker(dir.path(), "w1", format!("http://{addr}"), registry.clone(), TOKEN, 1, &stop);
+
+    let sweep = c.core().submit_noop("restart", noops(12, 100), Retries::default()).await.unwrap();
+    wait_until(Duration::from_secs(20), "three shards done", || {
+        c.core().status(&sweep).unwrap().shards_done >= 3
+    })
+    .await;
+    c.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Same port, same data folder: the agent finds it again by itself.
+    let c = coordinator(dir.path(), addr, Arc::new(MemoryRegistry::new())).await;
+    let st = wait_end(&c, &sweep, Duration::from_secs(30)).await;
+    assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{st:?}");
+    assert_eq!(st.shards_done, 12);
+    stop_tx.send(true).unwrap();
+    agent.await.unwrap().unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_shard_frees_its_slot_at_once() {
+    let dir = flotilla_tests::temp_dir("agent-cancel");
+    let registry = Arc::new(MemoryRegistry::new());
+    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let (stop_tx, stop) = watch::channel(false);
+    let agent = worker(dir.path(), "w1", format!("http://{}", c.local_addr()), registry, TOKEN, 1, &stop);
+
+    // One slot, taken by a shard that would sleep for a minute.
+    let slow = c.core().submit_noop("slow", noops(1, 60_000), Retries::default()).await.unwrap();
+    wait_until(Duration::from_secs(10), "the slow shard running", || {
+        c.core().workers().iter().any(|w| w.running == 1)
+    })
+    .await;
+    c.core().cancel(&slow).await.unwrap();
+
+    // The next sweep runs now, not in a minute.
+    let quick = c.core().submit_noop("quick", noops(1, 0), Retries::default()).await.unwrap();
+    let st = wait_end(&c, &quick, Duration::from_secs(5)).await;
+    assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{st:?}");
+    assert_eq!(
+        c.core().status(&slow).unwrap().state,
+        pb::SweepState::Cancelled as i32
+    );
+    stop_tx.send(true).unwrap();
+    agent.await.unwrap().unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn task_failures_are_reported_with_their_message() {
+    let dir = flotilla_tests::temp_dir("agent-fail");
+    let registry = Arc::new(MemoryRegistry::new());
+    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let (stop_tx, stop) = watch::channel(false);
+    let agent = worker(dir.path(), "w1", format!("http://{}", c.local_addr()), registry, TOKEN, 1, &stop);
+
+    let bad = NoopShard {
+        units: 0,
+        sleep_ms: 0,
+        fail: Some("case 7 is unreadable".into()),
+    };
+    let retries = Retries {
+        task: 1,
+        infrastructure: 3,
+    };
+    let sweep = c.core().submit_noop("failing", vec![bad], retries).await.unwrap();
+    let st = wait_end(&c, &sweep, Duration::from_secs(10)).await;
+    assert_eq!(st.state, pb::SweepState::Failed as i32, "{st:?}");
+    let said = format!("{} {:?}", st.error, st.jobs.iter().map(|j| &j.error).collect::<Vec<_>>());
+    assert!(said.contains("case 7 is unreadable"), "{said}");
+    stop_tx.send(true).unwrap();
+    agent.await.unwrap().unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_token_ends_the_agent_with_a_clear_error() {
+    let dir = flotilla_tests::temp_dir("agent-token");
+    let registry = Arc::new(MemoryRegistry::new());
+    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let agent = worker(dir.path(), "w1", format!("http://{}", c.local_addr()), registry.clone(), "wrong", 1, &stop);
+    let err = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("the agent gives up")
+        .unwrap()
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("refused the token"), "{err:#}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !registry.workers().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the refused worker is still registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.shutdown().await;
+}
