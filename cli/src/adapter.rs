@@ -34,10 +34,19 @@ pub fn run(cmd: Command, out: OutputFormat) -> anyhow::Result<()> {
             modules.sort();
             modules.dedup();
             let layers = a.weights.keys().map(|k| k.layer).max().map(|l| l + 1);
+            // Ranks as stored (rank_pattern may give modules their own).
+            let mut ranks: Vec<usize> = a
+                .weights
+                .values()
+                .filter_map(|(a, _)| a.dims2().ok().map(|(r, _)| r))
+                .collect();
+            ranks.sort();
+            ranks.dedup();
             let report = serde_json::json!({
                 "dir": dir,
                 "base_model": a.config.base_model_name_or_path,
                 "r": a.config.r,
+                "ranks": ranks,
                 "lora_alpha": a.config.lora_alpha,
                 "lora_dropout": a.config.lora_dropout,
                 "use_rslora": a.config.use_rslora,

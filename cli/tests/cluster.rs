@@ -42,7 +42,8 @@ fn run(args: &[&str]) -> Output {
 fn run_within(args: &[&str], limit: Duration) -> Output {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let base = std::env::temp_dir().join(format!("flotilla-cluster-out-{}-{n}", std::process::id()));
+    let base =
+        std::env::temp_dir().join(format!("flotilla-cluster-out-{}-{n}", std::process::id()));
     let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
     let mut child = cmd(args)
         .stdin(Stdio::null())
@@ -138,7 +139,12 @@ fn logs(procs: &[&Proc]) -> String {
 }
 
 /// Polls `f` until it gives a value, or panics with `what` and the processes' logs.
-fn wait_for<T>(within: Duration, what: &str, procs: &[&Proc], mut f: impl FnMut() -> Option<T>) -> T {
+fn wait_for<T>(
+    within: Duration,
+    what: &str,
+    procs: &[&Proc],
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
@@ -153,7 +159,13 @@ fn wait_for<T>(within: Duration, what: &str, procs: &[&Proc], mut f: impl FnMut(
 
 /// The benchmark and the sweep: two short English documents, `cases` cases (RAG and
 /// document), and with `lora` a two-step LoRA trained by the sweep.
-fn write_sweep(dir: &Path, cases: usize, variants: &[&str], lora: bool, shard_size: usize) -> PathBuf {
+fn write_sweep(
+    dir: &Path,
+    cases: usize,
+    variants: &[&str],
+    lora: bool,
+    shard_size: usize,
+) -> PathBuf {
     let docs = dir.join("docs");
     std::fs::create_dir_all(&docs).unwrap();
     std::fs::write(
@@ -169,10 +181,34 @@ fn write_sweep(dir: &Path, cases: usize, variants: &[&str], lora: bool, shard_si
     )
     .unwrap();
     let all = [
-        ("ferry-trips", "rag", "How many times a day does the Aurora cross the bay?", "Six times a day.", "ferry"),
-        ("garden-roses", "document", "How many kinds of roses does the garden have?", "300 kinds.", "garden"),
-        ("garden-price", "rag", "How much does entry to the Willow Garden cost for adults?", "4 euros.", "garden"),
-        ("ferry-pier", "document", "From which pier does the first crossing leave?", "Pier 3.", "ferry"),
+        (
+            "ferry-trips",
+            "rag",
+            "How many times a day does the Aurora cross the bay?",
+            "Six times a day.",
+            "ferry",
+        ),
+        (
+            "garden-roses",
+            "document",
+            "How many kinds of roses does the garden have?",
+            "300 kinds.",
+            "garden",
+        ),
+        (
+            "garden-price",
+            "rag",
+            "How much does entry to the Willow Garden cost for adults?",
+            "4 euros.",
+            "garden",
+        ),
+        (
+            "ferry-pier",
+            "document",
+            "From which pier does the first crossing leave?",
+            "Pier 3.",
+            "ferry",
+        ),
     ];
     let lines: Vec<String> = all[..cases]
         .iter()
@@ -185,7 +221,10 @@ fn write_sweep(dir: &Path, cases: usize, variants: &[&str], lora: bool, shard_si
     std::fs::write(dir.join("cases.jsonl"), lines.join("\n") + "\n").unwrap();
     let train: Vec<String> = [
         ("When does the garden open?", "At 9."),
-        ("How many passengers does the ferry carry?", "120 passengers."),
+        (
+            "How many passengers does the ferry carry?",
+            "120 passengers.",
+        ),
         ("Where is the tea house?", "By the pond."),
         ("How many bicycles fit on the ferry?", "20 bicycles."),
     ]
@@ -366,10 +405,15 @@ impl Cluster {
     /// Waits until every worker is connected to the coordinator.
     fn wait_ready(&self) {
         let n = self.workers.len();
-        wait_for(Duration::from_secs(120), "the workers to connect", &self.procs(), || {
-            let ws = self.workers_json()?;
-            (ws.iter().filter(|w| w["connected"] == true).count() >= n).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(120),
+            "the workers to connect",
+            &self.procs(),
+            || {
+                let ws = self.workers_json()?;
+                (ws.iter().filter(|w| w["connected"] == true).count() >= n).then_some(())
+            },
+        );
     }
 
     fn submit(&self, sweep: &Path) -> String {
@@ -410,7 +454,10 @@ fn read_cases(p: &Path) -> Vec<Value> {
 fn assert_scored_exactly_once(cases: &[Value], expected: usize) {
     let mut seen = BTreeMap::new();
     for c in cases {
-        let key = format!("{} {} {} {}", c["case_id"], c["model"], c["adapter"], c["variant"]);
+        let key = format!(
+            "{} {} {} {}",
+            c["case_id"], c["model"], c["adapter"], c["variant"]
+        );
         *seen.entry(key).or_insert(0) += 1;
         assert!(c["error"].is_null(), "case failed: {c:#}");
         assert!(
@@ -450,7 +497,10 @@ fn a_cluster_of_processes_gives_the_same_results_as_an_embedded_run() {
     let a = read_json(&embedded.join("results.json"));
     let b = read_json(&distributed.join("results.json"));
     for key in ["configurations", "comparisons", "case_scores"] {
-        assert_eq!(a[key], b[key], "{key} differ between embedded and cluster runs");
+        assert_eq!(
+            a[key], b[key],
+            "{key} differ between embedded and cluster runs"
+        );
     }
     // 2 cases x 2 variants x {base, lora}, each judged once.
     assert_scored_exactly_once(&read_cases(&distributed.join("cases.jsonl")), 8);
@@ -479,13 +529,18 @@ fn a_worker_killed_mid_shard_loses_nothing_and_doubles_nothing() {
     let id = cluster.submit(&sweep);
 
     // Find a worker in the middle of a shard and kill it without a word.
-    let victim = wait_for(Duration::from_secs(180), "a worker running a shard", &cluster.procs(), || {
-        cluster
-            .workers_json()?
-            .iter()
-            .find(|w| w["running"].as_u64().unwrap_or(0) > 0)
-            .map(|w| w["worker_id"].as_str().unwrap().to_string())
-    });
+    let victim = wait_for(
+        Duration::from_secs(180),
+        "a worker running a shard",
+        &cluster.procs(),
+        || {
+            cluster
+                .workers_json()?
+                .iter()
+                .find(|w| w["running"].as_u64().unwrap_or(0) > 0)
+                .map(|w| w["worker_id"].as_str().unwrap().to_string())
+        },
+    );
     cluster.workers.get_mut(&victim).unwrap().kill();
 
     cluster.watch(&id);
@@ -508,10 +563,15 @@ fn a_coordinator_killed_mid_sweep_and_restarted_loses_nothing_and_doubles_nothin
     let mut cluster = Cluster::start(&dir, 2);
     let id = cluster.submit(&sweep);
 
-    wait_for(Duration::from_secs(300), "a first shard done", &cluster.procs(), || {
-        let s = cluster.status(&id)?;
-        (s["shards_done"].as_u64().unwrap_or(0) >= 1 && s["state"] == "running").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(300),
+        "a first shard done",
+        &cluster.procs(),
+        || {
+            let s = cluster.status(&id)?;
+            (s["shards_done"].as_u64().unwrap_or(0) >= 1 && s["state"] == "running").then_some(())
+        },
+    );
     cluster.coordinator.as_mut().unwrap().kill();
     // Same port and data folder; it waits for the dead leader's key to expire.
     cluster.coordinator = Some(cluster.spawn_coordinator("coordinator-2"));
@@ -551,9 +611,12 @@ fn a_wrong_token_is_refused_to_workers_and_a_missing_one_to_clients() {
         }
         run(&args)
     };
-    wait_for(Duration::from_secs(60), "the coordinator", &[&coordinator], || {
-        listed(Some(&token)).status.success().then_some(())
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the coordinator",
+        &[&coordinator],
+        || listed(Some(&token)).status.success().then_some(()),
+    );
 
     // A client without a token is refused, and told why.
     let out = listed(None);
@@ -581,7 +644,56 @@ fn a_wrong_token_is_refused_to_workers_and_a_missing_one_to_clients() {
         .wait_exit(Duration::from_secs(60))
         .unwrap_or_else(|| panic!("the worker kept running\n{}", worker.log()));
     assert!(!status.success());
-    assert!(worker.log().contains("refused the token"), "{}", worker.log());
+    assert!(
+        worker.log().contains("refused the token"),
+        "{}",
+        worker.log()
+    );
     let v = ok_json(&listed(Some(&token)));
     assert_eq!(v, serde_json::json!([]), "the intruder is not a worker");
+}
+
+#[test]
+fn cluster_commands_refuse_bad_input_with_one_clear_line() {
+    let dir = tmp("cluster-bad-input");
+    let stderr = |out: &Output| {
+        assert!(!out.status.success(), "expected a failure");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+
+    // A sweep file that does not exist, and one with a mistake: named, with its line.
+    let missing = dir.join("missing.yaml");
+    let err = stderr(&run(&["run", missing.to_str().unwrap()]));
+    assert!(err.contains("missing.yaml"), "{err}");
+    let sweep = write_sweep(&dir, 1, &["query_last"], false, 1);
+    let text = std::fs::read_to_string(&sweep)
+        .unwrap()
+        .replace("seed: 11", "seed: 11\nsede: 3");
+    std::fs::write(&sweep, text).unwrap();
+    let err = stderr(&run(&["run", sweep.to_str().unwrap()]));
+    assert!(
+        err.contains("sweep.yaml:3") && err.contains("sede"),
+        "{err}"
+    );
+
+    // Where is the cluster?
+    let err = stderr(&run(&["worker", "--token-file", "x"]));
+    assert!(err.contains("--etcd"), "{err}");
+    let err = stderr(&run(&["sweep", "status"]));
+    assert!(err.contains("--coordinator"), "{err}");
+    let err = stderr(&run(&[
+        "workers",
+        "--coordinator",
+        "127.0.0.1:1",
+        "--token-file",
+        "/nonexistent/token",
+    ]));
+    assert!(err.contains("/nonexistent/token"), "{err}");
+    // A coordinator needs a token.
+    let err = stderr(&run(&[
+        "coordinator",
+        "--data-dir",
+        dir.join("d").to_str().unwrap(),
+    ]));
+    assert!(err.contains("token"), "{err}");
 }

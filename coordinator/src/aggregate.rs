@@ -80,17 +80,18 @@ pub async fn load(core: &Core, sweep_id: &str) -> Result<Option<SweepOutcome>, S
 
 /// The report over a sweep's judged cases.
 pub fn report(outcome: &SweepOutcome) -> Report {
-    let (seed, scale, variant, adapter) = match outcome.record.as_ref().and_then(|r| r.sweep.as_ref()) {
-        Some(s) => {
-            let v = &s.variants[0];
-            let v = match v.strip_prefix("custom:") {
-                Some(t) => format!("custom:{}", file_key(t)),
-                None => v.clone(),
-            };
-            (s.seed, s.judge.scale, v, s.baseline_adapter().to_string())
-        }
-        None => (0, Scale::default(), String::new(), "base".to_string()),
-    };
+    let (seed, scale, variant, adapter) =
+        match outcome.record.as_ref().and_then(|r| r.sweep.as_ref()) {
+            Some(s) => {
+                let v = &s.variants[0];
+                let v = match v.strip_prefix("custom:") {
+                    Some(t) => format!("custom:{}", file_key(t)),
+                    None => v.clone(),
+                };
+                (s.seed, s.judge.scale, v, s.baseline_adapter().to_string())
+            }
+            None => (0, Scale::default(), String::new(), "base".to_string()),
+        };
     build_report(
         &outcome.cases,
         seed,

@@ -51,7 +51,9 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 }
 
 fn valid_sha(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The blob folder.
@@ -183,7 +185,10 @@ mod tests {
         let e = up.finish().unwrap_err().to_string();
         assert!(e.contains("corrupt upload"), "{e}");
         assert!(!store.exists(&wrong));
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         assert!(store.begin("../etc/passwd", 1).is_err());
     }
 }

@@ -45,7 +45,8 @@ pub struct DispatchReport {
     pub slots: u32,
     pub seconds: f64,
     pub shards_per_second: f64,
-    /// From a worker's ask to the assignment arriving, in milliseconds.
+    /// From a worker's ask to the assignment arriving, in milliseconds (each worker's first
+    /// ask, made before the sweep existed, is left out).
     pub assignment_latency_p50_ms: f64,
     pub assignment_latency_p99_ms: f64,
     pub assignment_latency_max_ms: f64,
@@ -92,6 +93,7 @@ async fn worker(
     // Assignments not yet answered and acknowledged: a slot is free again at its ack.
     let mut outstanding: u32 = 0;
     let mut asked_at: Option<Instant> = None;
+    let mut first_seen = false;
     let ask = |asked_at: &mut Option<Instant>, free: u32| {
         if free > 0 {
             *asked_at = Some(Instant::now());
@@ -116,8 +118,12 @@ async fn worker(
                     Some(Out::Welcome(_)) => ask(&mut asked_at, slots),
                     Some(Out::Assign(a)) => {
                         outstanding += 1;
+                        // The first ask waited for the sweep to be submitted: not a sample.
                         if let Some(t) = asked_at.take() {
-                            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                            if first_seen {
+                                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                            }
+                            first_seen = true;
                         }
                         let result = serde_json::to_vec(&flotilla_worker::node::spec::NoopResult {
                             worker_id: id.clone(),
@@ -133,7 +139,7 @@ async fn worker(
                     }
                     Some(Out::Ack(_)) => {
                         outstanding = outstanding.saturating_sub(1);
-                        ask(&mut asked_at, slots - outstanding);
+                        ask(&mut asked_at, slots.saturating_sub(outstanding));
                     }
                     _ => {}
                 }
@@ -187,13 +193,18 @@ pub async fn dispatch(opts: DispatchOptions) -> anyhow::Result<DispatchReport> {
     // Let every worker connect and wait for work, so the clock measures dispatch only.
     let deadline = Instant::now() + Duration::from_secs(30);
     while core.workers().iter().filter(|w| w.connected).count() < opts.workers {
-        anyhow::ensure!(Instant::now() < deadline, "the simulated workers did not connect");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the simulated workers did not connect"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let specs = vec![NoopShard::default(); opts.shards];
     let mut changes = core.subscribe();
     let t0 = Instant::now();
-    let sweep = core.submit_noop("bench-dispatch", specs, Retries::default()).await?;
+    let sweep = core
+        .submit_noop("bench-dispatch", specs, Retries::default())
+        .await?;
     loop {
         let st = core
             .status(&sweep)

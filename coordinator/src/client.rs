@@ -153,7 +153,9 @@ impl Client {
             .upload_artifact(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .map_err(|s| anyhow::anyhow!("{}: upload refused: {}", path.display(), s.message()))?;
-        reader.await?.with_context(|| format!("{}", path.display()))?;
+        reader
+            .await?
+            .with_context(|| format!("{}", path.display()))?;
         Ok(r.into_inner())
     }
 

@@ -14,7 +14,9 @@
 
 use crate::artifacts::ArtifactStore;
 use crate::plan::{self, FileEntry, JobMeta, PlannedJob};
-use crate::scheduler::{Change, FailureKind, NewJob, NewShard, Scheduler, SweepMem, Verdict, WorkerMem};
+use crate::scheduler::{
+    Change, FailureKind, NewJob, NewShard, Scheduler, SweepMem, Verdict, WorkerMem,
+};
 use crate::store::{self, now_ms, state::*, Store, StoreError, StoreResult};
 use crate::sweep::{Retries, Sweep};
 use flotilla_proto::v1 as pb;
@@ -273,7 +275,8 @@ impl Core {
             return Err(Status::invalid_argument("hello.worker_id is empty"));
         }
         let id = hello.worker_id.clone();
-        self.disconnect(&id, None, "the worker connected again").await;
+        self.disconnect(&id, None, "the worker connected again")
+            .await;
         let conn = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let caps = hello.capabilities.unwrap_or_default();
         lock(&self.senders).insert(id.clone(), (conn, tx));
@@ -285,7 +288,9 @@ impl Core {
 
     /// Is this still the worker's live stream?
     pub fn is_current(&self, worker: &str, conn: u64) -> bool {
-        lock(&self.senders).get(worker).is_some_and(|(c, _)| *c == conn)
+        lock(&self.senders)
+            .get(worker)
+            .is_some_and(|(c, _)| *c == conn)
     }
 
     /// Drop a worker's stream (`conn`: only that one; None: whichever is live) and requeue
@@ -299,7 +304,10 @@ impl Core {
             }
             {
                 let mut senders = lock(&self.senders);
-                if senders.get(worker).is_some_and(|(c, _)| conn.is_none_or(|x| x == *c)) {
+                if senders
+                    .get(worker)
+                    .is_some_and(|(c, _)| conn.is_none_or(|x| x == *c))
+                {
                     senders.remove(worker);
                 }
             }
@@ -333,7 +341,8 @@ impl Core {
             if w.connection != conn {
                 return None;
             }
-            w.waiting = free;
+            // Never more than the slots it announced: a confused worker cannot take the queue.
+            w.waiting = free.min(w.capabilities.slots.max(1));
             if !models_loaded.is_empty() {
                 w.models_loaded = models_loaded;
             }
@@ -472,7 +481,10 @@ impl Core {
         };
         let ready = |a: pb::Ack| -> Pending<pb::Ack> { Box::pin(std::future::ready(a)) };
         let Ok(attempt) = r.attempt.parse::<u32>() else {
-            return ready(ack(false, format!("`{}` is not an attempt token", r.attempt)));
+            return ready(ack(
+                false,
+                format!("`{}` is not an attempt token", r.attempt),
+            ));
         };
         let mut artifacts = Vec::new();
         for a in &r.artifacts {
@@ -705,7 +717,9 @@ impl Core {
         retries: Retries,
     ) -> Result<String, StoreError> {
         if specs.is_empty() {
-            return Err(StoreError::Other("a no-op sweep needs at least one shard".into()));
+            return Err(StoreError::Other(
+                "a no-op sweep needs at least one shard".into(),
+            ));
         }
         let seq = self.next_sweep_seq().await?;
         let sweep_id = format!("{}-{seq}", slug(name));
@@ -936,7 +950,13 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
                     "UPDATE shards SET state = ?2, worker_id = '', task_failures = ?3,
                         infra_failures = ?4, error = ?5 WHERE id = ?1",
                 )?
-                .execute(params![shard, READY, task_failures, infra_failures, outcome])?;
+                .execute(params![
+                    shard,
+                    READY,
+                    task_failures,
+                    infra_failures,
+                    outcome
+                ])?;
                 end_attempt(c, shard, *attempt, outcome, now)?;
             }
             Change::ShardFailed {
@@ -950,7 +970,13 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
                     "UPDATE shards SET state = ?2, worker_id = '', task_failures = ?3,
                         infra_failures = ?4, error = ?5 WHERE id = ?1",
                 )?
-                .execute(params![shard, FAILED, task_failures, infra_failures, error])?;
+                .execute(params![
+                    shard,
+                    FAILED,
+                    task_failures,
+                    infra_failures,
+                    error
+                ])?;
                 end_attempt(c, shard, *attempt, error, now)?;
             }
             Change::ShardCancelled { shard } => {
@@ -988,7 +1014,13 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
     Ok(())
 }
 
-fn end_attempt(c: &Connection, shard: &str, attempt: u32, outcome: &str, now: i64) -> StoreResult<()> {
+fn end_attempt(
+    c: &Connection,
+    shard: &str,
+    attempt: u32,
+    outcome: &str,
+    now: i64,
+) -> StoreResult<()> {
     c.prepare_cached(
         "UPDATE attempts SET ended_ms = ?3, outcome = ?4 WHERE shard_id = ?1 AND attempt = ?2",
     )?

@@ -113,7 +113,9 @@ pub fn plan(
         // Training first, so eval jobs can name their train job.
         let mut trained: HashMap<String, String> = HashMap::new();
         for a in &sweep.adapters {
-            let AdapterSource::Train(block) = &a.source else { continue };
+            let AdapterSource::Train(block) = &a.source else {
+                continue;
+            };
             let mut config = block.clone();
             let mut shard_files = Vec::new();
             for key in ["data", "eval_data"] {
@@ -186,7 +188,8 @@ pub fn plan(
                     if cell.task == Task::Criteria && (vi > 0 || a.name != baseline_adapter) {
                         continue;
                     }
-                    let cell_label = format!("{} {} {}", cell.dataset, cell.task.name(), cell.language);
+                    let cell_label =
+                        format!("{} {} {}", cell.dataset, cell.task.name(), cell.language);
                     let label = format!("{} / {} / {} / {}", m.name, a.name, variant, cell_label);
                     let (gid, gseq) = new_id();
                     let mut gshards = Vec::new();
@@ -240,7 +243,11 @@ pub fn plan(
                         .iter()
                         .map(|j| JudgeModel {
                             name: j.clone(),
-                            model: if j == "self" { m.model.clone() } else { j.clone() },
+                            model: if j == "self" {
+                                m.model.clone()
+                            } else {
+                                j.clone()
+                            },
                         })
                         .collect();
                     let judge_model = judges
@@ -292,8 +299,8 @@ pub fn finalize(conn: &Connection, job_id: &str) -> StoreResult<()> {
         params![job_id],
         |r| r.get(0),
     )?;
-    let meta: JobMeta = serde_json::from_str(&meta)
-        .map_err(|e| sql_err(format!("job {job_id}: bad meta: {e}")))?;
+    let meta: JobMeta =
+        serde_json::from_str(&meta).map_err(|e| sql_err(format!("job {job_id}: bad meta: {e}")))?;
     match meta {
         JobMeta::Generate {
             train_job: Some(train_job),

@@ -313,7 +313,12 @@ impl Scheduler {
 
     /// Up to `n` shards for `worker_id`: `(shard, attempt, job)`. The shards are marked
     /// running under their new attempt numbers.
-    pub fn pick(&mut self, worker_id: &str, n: u32, changes: &mut Vec<Change>) -> Vec<(String, u32, String)> {
+    pub fn pick(
+        &mut self,
+        worker_id: &str,
+        n: u32,
+        changes: &mut Vec<Change>,
+    ) -> Vec<(String, u32, String)> {
         let mut out = Vec::new();
         let Some(worker) = self.workers.get(worker_id) else {
             return out;
@@ -327,7 +332,9 @@ impl Scheduler {
         let mut candidates: Vec<(bool, usize, String)> = Vec::new();
         let mut i = 0;
         for sid in &self.order {
-            let Some(sweep) = self.sweeps.get(sid) else { continue };
+            let Some(sweep) = self.sweeps.get(sid) else {
+                continue;
+            };
             if terminal(sweep.state) {
                 continue;
             }
@@ -478,7 +485,9 @@ impl Scheduler {
 
     /// After the store made an unblocked job's specs complete: queue its shards.
     pub fn mark_ready(&mut self, job_id: &str) {
-        let Some(job) = self.jobs.get_mut(job_id) else { return };
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
         if job.state != BLOCKED {
             return;
         }
@@ -575,7 +584,9 @@ impl Scheduler {
 
     /// Fail a job and, transitively, every job that depends on it.
     fn fail_job(&mut self, job_id: &str, error: &str, changes: &mut Vec<Change>) {
-        let Some(job) = self.jobs.get_mut(job_id) else { return };
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
         if terminal(job.state) {
             return;
         }
@@ -588,13 +599,19 @@ impl Scheduler {
             error: error.to_string(),
         });
         for d in job.dependents.clone() {
-            self.fail_job(&d, &format!("depends on job {job_id}, which failed"), changes);
+            self.fail_job(
+                &d,
+                &format!("depends on job {job_id}, which failed"),
+                changes,
+            );
         }
     }
 
     /// End the sweep when every job has ended.
     fn check_sweep(&mut self, sweep_id: &str, changes: &mut Vec<Change>) {
-        let Some(sweep) = self.sweeps.get(sweep_id) else { return };
+        let Some(sweep) = self.sweeps.get(sweep_id) else {
+            return;
+        };
         if terminal(sweep.state) {
             return;
         }
@@ -800,7 +817,11 @@ mod tests {
         let ids: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
         assert_eq!(ids, ["b.s0", "b.s1", "a.s0"]);
         assert_eq!(got[0].1, 1, "first attempt is 1");
-        assert_eq!(ch.len(), 4, "three assignments and the sweep starting: {ch:?}");
+        assert_eq!(
+            ch.len(),
+            4,
+            "three assignments and the sweep starting: {ch:?}"
+        );
     }
 
     #[test]
@@ -816,9 +837,17 @@ mod tests {
         assert!(s.drop_worker("w1", None, "stream dropped", &mut ch));
         let (_, second, _) = s.pick("w2", 1, &mut ch).remove(0);
         assert_eq!(second, first + 1);
-        assert!(matches!(s.succeed(&shard, first, 1, 1.0, &mut ch), Verdict::Refused(r) if r.contains("superseded")));
-        assert_eq!(s.succeed(&shard, second, 1, 1.0, &mut ch), Verdict::Accepted);
-        assert_eq!(s.succeed(&shard, second, 1, 1.0, &mut ch), Verdict::Duplicate);
+        assert!(
+            matches!(s.succeed(&shard, first, 1, 1.0, &mut ch), Verdict::Refused(r) if r.contains("superseded"))
+        );
+        assert_eq!(
+            s.succeed(&shard, second, 1, 1.0, &mut ch),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            s.succeed(&shard, second, 1, 1.0, &mut ch),
+            Verdict::Duplicate
+        );
         assert_eq!(s.sweeps["sw"].state, SUCCEEDED);
     }
 
@@ -832,7 +861,11 @@ mod tests {
         let mut ch = Vec::new();
         let attempt = |s: &mut Scheduler, ch: &mut Vec<Change>| s.pick("w", 1, ch).remove(0).1;
         // Two infrastructure failures and one task failure: still within both budgets.
-        for kind in [FailureKind::Infrastructure, FailureKind::Task, FailureKind::Infrastructure] {
+        for kind in [
+            FailureKind::Infrastructure,
+            FailureKind::Task,
+            FailureKind::Infrastructure,
+        ] {
             let a = attempt(&mut s, &mut ch);
             assert_eq!(s.fail("a.s0", a, kind, "x", &mut ch), Verdict::Accepted);
             assert_eq!(s.shards["a.s0"].state, READY);
@@ -845,7 +878,11 @@ mod tests {
         assert_eq!(s.jobs["b"].state, FAILED);
         assert!(s.jobs["b"].error.contains("depends on job a"));
         assert_eq!(s.sweeps["sw"].state, FAILED);
-        assert!(s.sweeps["sw"].error.contains("bad case file"), "{}", s.sweeps["sw"].error);
+        assert!(
+            s.sweeps["sw"].error.contains("bad case file"),
+            "{}",
+            s.sweeps["sw"].error
+        );
     }
 
     #[test]
@@ -860,7 +897,10 @@ mod tests {
         assert_eq!(got.len(), 1, "eval waits for train");
         s.succeed("train.s0", got[0].1, 1, 1.0, &mut ch);
         assert!(ch.contains(&Change::Unblocked { job: "eval".into() }));
-        assert!(s.pick("w", 4, &mut ch).is_empty(), "not ready until the store finalised it");
+        assert!(
+            s.pick("w", 4, &mut ch).is_empty(),
+            "not ready until the store finalised it"
+        );
         s.mark_ready("eval");
         assert_eq!(s.pick("w", 4, &mut ch).len(), 2);
     }

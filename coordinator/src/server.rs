@@ -45,7 +45,11 @@ pub struct CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// Defaults: no token, no TLS, heartbeat 1 s, timeout 10 s.
-    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>, registry: Arc<dyn Registry>) -> Self {
+    pub fn new(
+        listen: SocketAddr,
+        data_dir: impl Into<PathBuf>,
+        registry: Arc<dyn Registry>,
+    ) -> Self {
         Self {
             listen,
             advertise: None,
@@ -123,7 +127,11 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<RunningCoordinat
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let advertised = config
         .advertise
         .clone()
@@ -142,7 +150,11 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<RunningCoordinat
         while let Some(ev) = events.recv().await {
             if let WorkerEvent::Down(id) = ev {
                 watcher
-                    .disconnect(&id, None, "its registry key is gone (lease expired or deleted)")
+                    .disconnect(
+                        &id,
+                        None,
+                        "its registry key is gone (lease expired or deleted)",
+                    )
                     .await;
             }
         }
@@ -176,13 +188,12 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<RunningCoordinat
     }
     let (stop, stopped) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tokio::spawn(
-        builder
-            .add_service(grpc)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }),
-    );
+    let server = tokio::spawn(builder.add_service(grpc).serve_with_incoming_shutdown(
+        incoming,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Ok(RunningCoordinator {
         addr,
         advertised,

@@ -81,12 +81,21 @@ fn not_found(sweep: &str) -> Status {
 /// Best-effort reading of a registry entry's capabilities JSON.
 fn capabilities_from_json(json: &str) -> pb::Capabilities {
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or_default();
     let list = |k: &str| -> Vec<String> {
         v.get(k)
             .and_then(|x| x.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     pb::Capabilities {
@@ -109,10 +118,15 @@ impl pb::coordinator_server::Coordinator for Service {
         &self,
         req: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::SweepStatus>, Status> {
-        Ok(Response::new(submit_sweep(&self.core, req.into_inner()).await?))
+        Ok(Response::new(
+            submit_sweep(&self.core, req.into_inner()).await?,
+        ))
     }
 
-    async fn get_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::SweepStatus>, Status> {
+    async fn get_sweep(
+        &self,
+        req: Request<pb::SweepRef>,
+    ) -> Result<Response<pb::SweepStatus>, Status> {
         let id = req.into_inner().sweep_id;
         self.core
             .status(&id)
@@ -228,7 +242,11 @@ impl pb::coordinator_server::Coordinator for Service {
             crate::artifacts::ArtifactError::Refused(m) => Status::invalid_argument(m),
             other => Status::internal(other.to_string()),
         };
-        let mut up = self.core.artifacts.begin(&art.sha256, art.size).map_err(refuse)?;
+        let mut up = self
+            .core
+            .artifacts
+            .begin(&art.sha256, art.size)
+            .map_err(refuse)?;
         up.write(&first.data).map_err(refuse)?;
         while let Some(chunk) = chunks.message().await? {
             up.write(&chunk.data).map_err(refuse)?;
@@ -264,8 +282,9 @@ impl pb::coordinator_server::Coordinator for Service {
             .artifacts
             .path(&art.sha256)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut file = std::fs::File::open(&path)
-            .map_err(|_| Status::not_found(format!("artifact {} is not stored here", art.sha256)))?;
+        let mut file = std::fs::File::open(&path).map_err(|_| {
+            Status::not_found(format!("artifact {} is not stored here", art.sha256))
+        })?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let (tx, rx) = mpsc::channel(4);
         let reference = pb::ArtifactRef {

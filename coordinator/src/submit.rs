@@ -18,7 +18,10 @@ fn refused(e: SweepErrors) -> Status {
 }
 
 /// Validate, plan and queue a sweep.
-pub async fn submit_sweep(core: &Core, req: pb::SubmitSweepRequest) -> Result<pb::SweepStatus, Status> {
+pub async fn submit_sweep(
+    core: &Core,
+    req: pb::SubmitSweepRequest,
+) -> Result<pb::SweepStatus, Status> {
     let source = if req.source_path.is_empty() {
         "sweep.yaml".to_string()
     } else {

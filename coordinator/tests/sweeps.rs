@@ -32,7 +32,10 @@ fn the_quickstart_is_the_whole_matrix_on_smollm2_and_validates_with_local_models
         .iter()
         .map(|c| format!("{} {}", c.task.name(), c.language))
         .collect();
-    assert_eq!(cell_names, ["rag en", "rag ja", "document en", "document ja"]);
+    assert_eq!(
+        cell_names,
+        ["rag en", "rag ja", "document en", "document ja"]
+    );
     assert!(cells.iter().all(|c| c.cases.len() == 2));
     // What the CLI uploads: the case file, every document, the training data.
     let files = s.local_files(&FileRoot::local(examples())).unwrap();
@@ -90,7 +93,9 @@ colour: blue
     ];
     for (line, needle) in expect {
         assert!(
-            e.errors.iter().any(|x| x.line == line && x.message.contains(needle)),
+            e.errors
+                .iter()
+                .any(|x| x.line == line && x.message.contains(needle)),
             "no error at line {line} containing {needle:?} in:\n{text}"
         );
         assert!(text.contains(&format!("broken.yaml:{line}: ")), "{text}");
@@ -108,13 +113,23 @@ adapters:
 datasets:
   - cases: cases.jsonl
 ";
-    std::fs::write(dir.path().join("cases.jsonl"), "{\"task\": \"rag\", \"query\": \"q\"}\nnot json\n").unwrap();
+    std::fs::write(
+        dir.path().join("cases.jsonl"),
+        "{\"task\": \"rag\", \"query\": \"q\"}\nnot json\n",
+    )
+    .unwrap();
     std::fs::write(&path, yaml).unwrap();
     let e = Sweep::load(&path, ModelCheck::Syntax).unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("template nope.jinja does not exist"), "{text}");
+    assert!(
+        text.contains("template nope.jinja does not exist"),
+        "{text}"
+    );
     assert!(text.contains("broken.yaml:5: adapter `mine`"), "{text}");
-    assert!(text.contains("cases.jsonl:1: a rag case needs at least one document"), "{text}");
+    assert!(
+        text.contains("cases.jsonl:1: a rag case needs at least one document"),
+        "{text}"
+    );
     assert!(text.contains("cases.jsonl:2: not valid JSON"), "{text}");
 }
 
@@ -124,7 +139,10 @@ fn syntax_errors_and_empty_files_are_one_clear_error() {
     assert_eq!(e.errors.len(), 1);
     assert!(e.to_string().contains("s.yaml:2: not valid YAML"), "{e}");
     let e = sweep::parse("", Path::new("s.yaml")).unwrap_err();
-    assert!(e.to_string().contains("s.yaml: the sweep file is empty"), "{e}");
+    assert!(
+        e.to_string().contains("s.yaml: the sweep file is empty"),
+        "{e}"
+    );
 }
 
 fn judged(mut r: CaseResult, score: f64) -> CaseResult {
@@ -148,10 +166,19 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
     let client = client(&c).await;
-    let st = client.submit_file(&examples().join("quickstart.yaml")).await.unwrap();
+    let st = client
+        .submit_file(&examples().join("quickstart.yaml"))
+        .await
+        .unwrap();
     // 1 train + (3 variants x 2 adapters x 4 cells) generate + as many judge jobs.
     assert_eq!(st.jobs.len(), 1 + 24 + 24, "{:#?}", st.jobs.len());
-    assert_eq!(st.jobs.iter().filter(|j| j.state == pb::JobState::Blocked as i32).count(), 12 + 24);
+    assert_eq!(
+        st.jobs
+            .iter()
+            .filter(|j| j.state == pb::JobState::Blocked as i32)
+            .count(),
+        12 + 24
+    );
 
     let mut w = TestWorker::connect(&c, "w", &["smollm2"]).await;
     let mut order = Vec::new();
@@ -160,7 +187,9 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
     loop {
         w.ask(1);
         let msg = tokio::time::timeout(std::time::Duration::from_secs(2), w.recv()).await;
-        let Ok(flotilla_proto::v1::coordinator_message::Kind::Assign(a)) = msg else { break };
+        let Ok(flotilla_proto::v1::coordinator_message::Kind::Assign(a)) = msg else {
+            break;
+        };
         order.push(a.kind.clone());
         match a.kind.as_str() {
             "train" => {
@@ -169,7 +198,9 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
                 assert_eq!(spec.config["data"], "train/en-ja-lora.jsonl");
                 assert_eq!(spec.config["seed"], 7);
                 assert!(a.files.iter().any(|f| f.path == "train/en-ja-lora.jsonl"));
-                let result = TrainResult { metrics: serde_json::json!({"final_loss": 1.5}) };
+                let result = TrainResult {
+                    metrics: serde_json::json!({"final_loss": 1.5}),
+                };
                 w.result_raw(
                     &a.shard_id,
                     &a.attempt,
@@ -185,18 +216,21 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
                 assert_eq!(spec.cases.len(), 2);
                 for case in &spec.cases {
                     for d in &case.documents {
-                        assert!(a.files.iter().any(|f| Path::new(&f.path) == d), "{d:?} in files");
+                        assert!(
+                            a.files.iter().any(|f| Path::new(&f.path) == d),
+                            "{d:?} in files"
+                        );
                     }
                 }
                 if let Some(ad) = &spec.adapter {
                     let want = format!("{}/adapter_model.safetensors", ad.dir);
-                    assert!(a.files.iter().any(|f| f.path == want), "adapter file {want} in {:?}", a.files);
+                    assert!(
+                        a.files.iter().any(|f| f.path == want),
+                        "adapter file {want} in {:?}",
+                        a.files
+                    );
                 }
-                let cases = spec
-                    .cases
-                    .iter()
-                    .map(|case| blank(case, &spec))
-                    .collect();
+                let cases = spec.cases.iter().map(|case| blank(case, &spec)).collect();
                 w.result(&a, serde_json::to_value(GenerateResult { cases }).unwrap());
             }
             "judge" => {
@@ -218,7 +252,10 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
         }
         assert!(w.ack().await.accepted);
     }
-    assert_eq!(order[0], "train", "the model's train job is the first job: {order:?}");
+    assert_eq!(
+        order[0], "train",
+        "the model's train job is the first job: {order:?}"
+    );
     // One shard per generate and judge job (2 cases, shard_size 2).
     assert_eq!(order.len(), 1 + 24 + 24, "every shard ran once");
     let st = wait_end(&c, &st.sweep_id).await;
@@ -226,7 +263,9 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
 
     let results = client
         .grpc()
-        .get_results(pb::SweepRef { sweep_id: st.sweep_id.clone() })
+        .get_results(pb::SweepRef {
+            sweep_id: st.sweep_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -239,10 +278,19 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
         .filter(|c| c["axis"] == "adapter")
         .count();
     assert!(lora_vs_base > 0, "paired comparisons base vs LoRA");
-    assert_eq!(String::from_utf8(results.cases_jsonl).unwrap().lines().count(), 48);
+    assert_eq!(
+        String::from_utf8(results.cases_jsonl)
+            .unwrap()
+            .lines()
+            .count(),
+        48
+    );
     assert!(results.report_markdown.contains("Paired comparisons"));
     assert_eq!(results.adapters.len(), 1);
-    assert_eq!(results.adapters[0].path, "adapters/lora/smollm2/adapter_model.safetensors");
+    assert_eq!(
+        results.adapters[0].path,
+        "adapters/lora/smollm2/adapter_model.safetensors"
+    );
     c.shutdown().await;
 }
 
@@ -252,7 +300,11 @@ fn blank(case: &flotilla_worker::bench::dataset::Case, spec: &GenerateShard) -> 
         task: case.task,
         language: case.language.clone(),
         model: spec.model_label.clone(),
-        adapter: spec.adapter.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| "base".into()),
+        adapter: spec
+            .adapter
+            .as_ref()
+            .map(|a| a.name.clone())
+            .unwrap_or_else(|| "base".into()),
         variant: spec.variant.clone(),
         query: case.query.clone(),
         reference_answer: case.reference_answer.clone(),
@@ -289,7 +341,12 @@ async fn a_sweep_with_problems_is_refused_whole_with_every_problem() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("s.yaml:2: unknown prompt variant `nope`"), "{}", e.message());
+    assert!(
+        e.message()
+            .contains("s.yaml:2: unknown prompt variant `nope`"),
+        "{}",
+        e.message()
+    );
     // Nothing was queued.
     assert!(c.core().list().is_empty());
     let _ = In::Ask(Default::default());

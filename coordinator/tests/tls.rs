@@ -10,12 +10,21 @@ use flotilla_proto::v1 as pb;
 use std::path::Path;
 
 fn pem(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)).unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name),
+    )
+    .unwrap()
 }
 
 async fn list(address: &str, tls: Option<ClientTls>) -> anyhow::Result<pb::ListSweepsResponse> {
     let client = Client::connect_with(address, Some(TOKEN.into()), tls).await?;
-    Ok(client.grpc().list_sweeps(pb::ListSweepsRequest {}).await?.into_inner())
+    Ok(client
+        .grpc()
+        .list_sweeps(pb::ListSweepsRequest {})
+        .await?
+        .into_inner())
 }
 
 #[tokio::test]
@@ -37,7 +46,9 @@ async fn clients_that_trust_the_ca_connect_over_tls() {
     };
     list(&https, Some(trusting)).await.unwrap();
     // Plain HTTP/2 to a TLS port fails.
-    assert!(list(&format!("http://{}", c.local_addr()), None).await.is_err());
+    assert!(list(&format!("http://{}", c.local_addr()), None)
+        .await
+        .is_err());
     c.shutdown().await;
 }
 

@@ -16,7 +16,10 @@ fn noops(n: usize) -> Vec<NoopShard> {
     vec![NoopShard::default(); n]
 }
 
-async fn stored_results(c: &flotilla_coordinator::RunningCoordinator, sweep: &str) -> Vec<(String, i64)> {
+async fn stored_results(
+    c: &flotilla_coordinator::RunningCoordinator,
+    sweep: &str,
+) -> Vec<(String, i64)> {
     let id = sweep.to_string();
     c.core()
         .store
@@ -38,14 +41,20 @@ async fn stored_results(c: &flotilla_coordinator::RunningCoordinator, sweep: &st
 async fn a_sweep_of_noop_shards_runs_across_workers_and_every_result_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
-    let sweep = c.core().submit_noop("three workers", noops(30), Retries::default()).await.unwrap();
+    let sweep = c
+        .core()
+        .submit_noop("three workers", noops(30), Retries::default())
+        .await
+        .unwrap();
     let mut ws = Vec::new();
     for i in 0..3 {
         ws.push(TestWorker::connect(&c, &format!("w{i}"), &[]).await);
     }
     let mut tasks = Vec::new();
     for mut w in ws {
-        tasks.push(tokio::spawn(async move { w.drain(Duration::from_millis(500)).await }));
+        tasks.push(tokio::spawn(async move {
+            w.drain(Duration::from_millis(500)).await
+        }));
     }
     let mut total = 0;
     for t in tasks {
@@ -62,8 +71,21 @@ async fn a_sweep_of_noop_shards_runs_across_workers_and_every_result_is_stored_o
     let distinct: HashSet<&String> = rows.iter().map(|r| &r.0).collect();
     assert_eq!(distinct.len(), 30);
     // Workers are listed with their completed shards.
-    let listed = client(&c).await.grpc().list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner();
-    assert_eq!(listed.workers.iter().map(|w| w.shards_completed).sum::<u64>(), 30);
+    let listed = client(&c)
+        .await
+        .grpc()
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .workers
+            .iter()
+            .map(|w| w.shards_completed)
+            .sum::<u64>(),
+        30
+    );
     c.shutdown().await;
 }
 
@@ -71,7 +93,11 @@ async fn a_sweep_of_noop_shards_runs_across_workers_and_every_result_is_stored_o
 async fn a_dropped_stream_requeues_and_its_late_result_is_refused_while_duplicates_are_noops() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
-    let sweep = c.core().submit_noop("fencing", noops(1), Retries::default()).await.unwrap();
+    let sweep = c
+        .core()
+        .submit_noop("fencing", noops(1), Retries::default())
+        .await
+        .unwrap();
     let mut a = TestWorker::connect(&c, "a", &[]).await;
     a.ask(1);
     let first = a.assignment().await;
@@ -95,29 +121,51 @@ async fn a_dropped_stream_requeues_and_its_late_result_is_refused_while_duplicat
     b.result(&second, serde_json::json!({"worker_id": "b"}));
     let dup = b.ack().await;
     assert!(dup.accepted && dup.reason.contains("duplicate"), "{dup:?}");
-    assert_eq!(wait_end(&c, &sweep).await.state, pb::SweepState::Succeeded as i32);
-    assert_eq!(stored_results(&c, &sweep).await, vec![(first.shard_id.clone(), 2)]);
+    assert_eq!(
+        wait_end(&c, &sweep).await.state,
+        pb::SweepState::Succeeded as i32
+    );
+    assert_eq!(
+        stored_results(&c, &sweep).await,
+        vec![(first.shard_id.clone(), 2)]
+    );
     c.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_silent_worker_is_dropped_after_the_heartbeat_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let c = start_with(dir.path(), |cfg| cfg.heartbeat_timeout = Duration::from_millis(600)).await;
-    let sweep = c.core().submit_noop("heartbeat", noops(1), Retries::default()).await.unwrap();
+    let c = start_with(dir.path(), |cfg| {
+        cfg.heartbeat_timeout = Duration::from_millis(600)
+    })
+    .await;
+    let sweep = c
+        .core()
+        .submit_noop("heartbeat", noops(1), Retries::default())
+        .await
+        .unwrap();
     let mut silent = TestWorker::connect(&c, "silent", &[]).await;
     silent.ask(1);
     let a1 = silent.assignment().await;
     // It says nothing more; after the timeout its stream is closed with a reason.
     let end = silent.closed_with().await;
-    assert!(end.as_deref().unwrap_or_default().contains("heartbeat"), "{end:?}");
+    assert!(
+        end.as_deref().unwrap_or_default().contains("heartbeat"),
+        "{end:?}"
+    );
     let mut w = TestWorker::connect(&c, "alive", &[]).await;
     w.ask(1);
     let a2 = w.assignment().await;
-    assert_eq!((a2.shard_id.as_str(), a2.attempt.as_str()), (a1.shard_id.as_str(), "2"));
+    assert_eq!(
+        (a2.shard_id.as_str(), a2.attempt.as_str()),
+        (a1.shard_id.as_str(), "2")
+    );
     w.result(&a2, serde_json::json!({}));
     assert!(w.ack().await.accepted);
-    assert_eq!(wait_end(&c, &sweep).await.state, pb::SweepState::Succeeded as i32);
+    assert_eq!(
+        wait_end(&c, &sweep).await.state,
+        pb::SweepState::Succeeded as i32
+    );
     c.shutdown().await;
 }
 
@@ -125,7 +173,11 @@ async fn a_silent_worker_is_dropped_after_the_heartbeat_timeout() {
 async fn a_restarted_coordinator_continues_the_sweep_and_refuses_results_from_before() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
-    let sweep = c.core().submit_noop("restart", noops(6), Retries::default()).await.unwrap();
+    let sweep = c
+        .core()
+        .submit_noop("restart", noops(6), Retries::default())
+        .await
+        .unwrap();
     let mut w = TestWorker::connect(&c, "w", &[]).await;
     for _ in 0..3 {
         w.ask(1);
@@ -140,7 +192,10 @@ async fn a_restarted_coordinator_continues_the_sweep_and_refuses_results_from_be
     c.shutdown().await;
 
     let c = start(dir.path()).await;
-    let st = c.core().status(&sweep).expect("the sweep survived the restart");
+    let st = c
+        .core()
+        .status(&sweep)
+        .expect("the sweep survived the restart");
     assert_eq!(st.shards_done, 3);
     let mut w = TestWorker::connect(&c, "w", &[]).await;
     // The attempt from before the restart is no longer current.
@@ -148,11 +203,17 @@ async fn a_restarted_coordinator_continues_the_sweep_and_refuses_results_from_be
     let ack = w.ack().await;
     assert!(!ack.accepted, "{ack:?}");
     assert_eq!(w.drain(Duration::from_millis(500)).await, 3);
-    assert_eq!(wait_end(&c, &sweep).await.state, pb::SweepState::Succeeded as i32);
+    assert_eq!(
+        wait_end(&c, &sweep).await.state,
+        pb::SweepState::Succeeded as i32
+    );
     let rows = stored_results(&c, &sweep).await;
     assert_eq!(rows.len(), 6, "nothing lost, nothing doubled: {rows:?}");
     let again: Vec<_> = rows.iter().filter(|r| r.0 == running.shard_id).collect();
-    assert_eq!(again[0].1, 2, "the interrupted shard's result is from its second attempt");
+    assert_eq!(
+        again[0].1, 2,
+        "the interrupted shard's result is from its second attempt"
+    );
     c.shutdown().await;
 }
 
@@ -160,8 +221,15 @@ async fn a_restarted_coordinator_continues_the_sweep_and_refuses_results_from_be
 async fn task_failures_are_retried_within_budget_then_fail_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
-    let retries = Retries { task: 1, infrastructure: 0 };
-    let sweep = c.core().submit_noop("budget", noops(1), retries).await.unwrap();
+    let retries = Retries {
+        task: 1,
+        infrastructure: 0,
+    };
+    let sweep = c
+        .core()
+        .submit_noop("budget", noops(1), retries)
+        .await
+        .unwrap();
     let mut w = TestWorker::connect(&c, "w", &[]).await;
     for (i, expect_state) in [(1, pb::SweepState::Running), (2, pb::SweepState::Failed)] {
         w.ask(1);
@@ -188,8 +256,14 @@ async fn callers_without_the_right_token_are_refused() {
     let c = start(dir.path()).await;
     let address = format!("http://{}", c.local_addr());
     for token in [None, Some("wrong".to_string())] {
-        let client = flotilla_coordinator::client::Client::connect(&address, token.clone()).await.unwrap();
-        let e = client.grpc().list_sweeps(pb::ListSweepsRequest {}).await.unwrap_err();
+        let client = flotilla_coordinator::client::Client::connect(&address, token.clone())
+            .await
+            .unwrap();
+        let e = client
+            .grpc()
+            .list_sweeps(pb::ListSweepsRequest {})
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{token:?}: {e:?}");
         let (_tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::WorkerMessage>();
         let e = client
@@ -199,7 +273,12 @@ async fn callers_without_the_right_token_are_refused() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
     }
-    assert!(client(&c).await.grpc().list_sweeps(pb::ListSweepsRequest {}).await.is_ok());
+    assert!(client(&c)
+        .await
+        .grpc()
+        .list_sweeps(pb::ListSweepsRequest {})
+        .await
+        .is_ok());
     c.shutdown().await;
 }
 
@@ -219,15 +298,25 @@ async fn artifacts_round_trip_in_chunks_and_corrupt_uploads_are_refused() {
     // An upload whose content does not match the announced hash is refused and not kept.
     let claimed = flotilla_coordinator::artifacts::sha256_hex(b"the real thing");
     let chunk = pb::ArtifactChunk {
-        artifact: Some(pb::ArtifactRef { sha256: claimed.clone(), size: 14 }),
+        artifact: Some(pb::ArtifactRef {
+            sha256: claimed.clone(),
+            size: 14,
+        }),
         data: b"the fake thing".to_vec(),
     };
-    let e = client.grpc().upload_artifact(tokio_stream::iter(vec![chunk])).await.unwrap_err();
+    let e = client
+        .grpc()
+        .upload_artifact(tokio_stream::iter(vec![chunk]))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("corrupt upload"), "{}", e.message());
     let e = client
         .grpc()
-        .download_artifact(pb::ArtifactRef { sha256: claimed, size: 14 })
+        .download_artifact(pb::ArtifactRef {
+            sha256: claimed,
+            size: 14,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
@@ -238,14 +327,20 @@ async fn artifacts_round_trip_in_chunks_and_corrupt_uploads_are_refused() {
 async fn cancelling_a_sweep_tells_the_workers_and_refuses_their_results() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
-    let sweep = c.core().submit_noop("cancel", noops(3), Retries::default()).await.unwrap();
+    let sweep = c
+        .core()
+        .submit_noop("cancel", noops(3), Retries::default())
+        .await
+        .unwrap();
     let mut w = TestWorker::connect(&c, "w", &[]).await;
     w.ask(1);
     let a = w.assignment().await;
     let st = client(&c)
         .await
         .grpc()
-        .cancel_sweep(pb::SweepRef { sweep_id: sweep.clone() })
+        .cancel_sweep(pb::SweepRef {
+            sweep_id: sweep.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -261,14 +356,15 @@ async fn cancelling_a_sweep_tells_the_workers_and_refuses_their_results() {
 
 #[tokio::test]
 async fn the_dispatch_benchmark_stores_every_shard_once() {
-    let report = flotilla_coordinator::bench::dispatch(flotilla_coordinator::bench::DispatchOptions {
-        workers: 4,
-        shards: 200,
-        slots: 2,
-        data_dir: None,
-    })
-    .await
-    .unwrap();
+    let report =
+        flotilla_coordinator::bench::dispatch(flotilla_coordinator::bench::DispatchOptions {
+            workers: 4,
+            shards: 200,
+            slots: 2,
+            data_dir: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(report.results_stored, 200);
     assert!(report.shards_per_second > 0.0);
     assert!(report.assignment_latency_p99_ms >= report.assignment_latency_p50_ms);

@@ -115,7 +115,10 @@ fn greedy(lm: &LanguageModel, prompt_ids: &[u32], n: usize) -> Vec<u32> {
 /// Next-token logits after `ids`.
 fn next_logits(lm: &LanguageModel, ids: &[u32]) -> Vec<f32> {
     let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
-    let x = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     lm.model
         .forward(&x, &mut cache, false)
         .unwrap()
@@ -205,7 +208,11 @@ fn peft_adapter_loads_as_saved() {
     ranks.sort();
     assert_eq!(
         ranks,
-        [("down_proj".to_string(), 2), ("q_proj".to_string(), 4), ("v_proj".to_string(), 4)]
+        [
+            ("down_proj".to_string(), 2),
+            ("q_proj".to_string(), 4),
+            ("v_proj".to_string(), 4)
+        ]
     );
     // Scaling: alpha / r, with down_proj's own rank and layer 5 v_proj's own alpha (16).
     let scale = |layer: usize, name: &str| {
@@ -220,18 +227,28 @@ fn peft_adapter_loads_as_saved() {
     assert_eq!(scale(0, "down_proj"), 4.0);
     assert_eq!(scale(4, "v_proj"), 2.0);
     assert_eq!(scale(5, "v_proj"), 4.0);
-    assert_eq!(scale(15, "v_proj"), 2.0, "`layers.5.` must not match layer 15");
+    assert_eq!(
+        scale(15, "v_proj"),
+        2.0,
+        "`layers.5.` must not match layer 15"
+    );
 }
 
 #[test]
 fn next_token_logits_equal_peft() {
     let lm = with_fixture_adapter();
+    let mut worst = 0f32;
     for c in cases() {
         let logits = next_logits(lm, &c.prompt_ids);
         let ours = top_k(&logits, 5);
-        assert_eq!(ours[0], c.top5_ids[0], "case {}: top-1 differs: ours {ours:?}, PEFT {:?}", c.name, c.top5_ids);
+        assert_eq!(
+            ours[0], c.top5_ids[0],
+            "case {}: top-1 differs: ours {ours:?}, PEFT {:?}",
+            c.name, c.top5_ids
+        );
         for (id, want) in c.top5_ids.iter().zip(&c.top5_logits) {
             let got = logits[*id as usize];
+            worst = worst.max((got - want).abs());
             assert!(
                 (got - want).abs() < LOGIT_TOL,
                 "case {}: logit of {id} is {got}, PEFT's {want}",
@@ -239,6 +256,7 @@ fn next_token_logits_equal_peft() {
             );
         }
     }
+    eprintln!("next-token top-5 logits: largest difference from PEFT {worst:.5}");
 }
 
 #[test]
@@ -251,7 +269,14 @@ fn greedy_generations_equal_peft() {
     let cases = cases();
     for c in &cases {
         let ours = greedy(lm, &c.prompt_ids, c.greedy_ids.len().max(24));
-        let (line, same) = check_greedy(lm, c, &ours, &c.greedy_ids, Some(&c.greedy_gaps), &mut failures);
+        let (line, same) = check_greedy(
+            lm,
+            c,
+            &ours,
+            &c.greedy_ids,
+            Some(&c.greedy_gaps),
+            &mut failures,
+        );
         full += same as usize;
         report.push(line);
         // The base model without the adapter must follow transformers too (so a mismatch
@@ -284,13 +309,30 @@ fn adapter_changes_the_output() {
         changed += (a != b) as usize;
         let la = next_logits(lm, &c.prompt_ids);
         let lb = next_logits(base, &c.prompt_ids);
-        let diff = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(diff > 0.1, "case {}: the adapter moves no logit by more than {diff}", c.name);
+        let diff = la
+            .iter()
+            .zip(&lb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff > 0.1,
+            "case {}: the adapter moves no logit by more than {diff}",
+            c.name
+        );
     }
     // In PEFT's own run the adapter changed all but one generation.
-    let peft_changed = cases.iter().filter(|c| c.greedy_ids != c.base_greedy_ids).count();
-    assert!(peft_changed >= 3, "fixture: the adapter changes only {peft_changed} generations");
-    assert_eq!(changed, peft_changed, "flotilla's adapter changes {changed} generations, PEFT's {peft_changed}");
+    let peft_changed = cases
+        .iter()
+        .filter(|c| c.greedy_ids != c.base_greedy_ids)
+        .count();
+    assert!(
+        peft_changed >= 3,
+        "fixture: the adapter changes only {peft_changed} generations"
+    );
+    assert_eq!(
+        changed, peft_changed,
+        "flotilla's adapter changes {changed} generations, PEFT's {peft_changed}"
+    );
 }
 
 /// Merged into the weights (`flotilla adapter merge`), the PEFT adapter gives PEFT's greedy
@@ -309,7 +351,14 @@ fn merged_peft_adapter_generates_as_peft() {
     let mut report = Vec::new();
     for c in cases() {
         let ours = greedy(&merged, &c.prompt_ids, c.greedy_ids.len().max(24));
-        let (line, _) = check_greedy(&merged, &c, &ours, &c.greedy_ids, Some(&c.greedy_gaps), &mut failures);
+        let (line, _) = check_greedy(
+            &merged,
+            &c,
+            &ours,
+            &c.greedy_ids,
+            Some(&c.greedy_gaps),
+            &mut failures,
+        );
         report.push(line);
     }
     eprintln!("merged: greedy agreement with PEFT: {}", report.join(", "));
@@ -346,13 +395,22 @@ fn unsupported_peft_features_are_refused() {
             .unwrap_or_else(|| panic!("{tag}: the edited adapter loaded"));
         let msg = format!("{err:#}");
         for w in words {
-            assert!(msg.contains(w), "{tag}: message {msg:?} does not mention {w:?}");
+            assert!(
+                msg.contains(w),
+                "{tag}: message {msg:?} does not mention {w:?}"
+            );
         }
         // Through the model loader too (what --adapter does).
-        let err = load_with_adapter(hf_base(), dir.path()).err().expect("refused");
+        let err = load_with_adapter(hf_base(), dir.path())
+            .err()
+            .expect("refused");
         assert!(format!("{err:#}").contains(words[0]), "{tag}: {err:#}");
     };
-    refused("peft-dora", &|c| c["use_dora"] = true.into(), &["use_dora", "DoRA"]);
+    refused(
+        "peft-dora",
+        &|c| c["use_dora"] = true.into(),
+        &["use_dora", "DoRA"],
+    );
     refused("peft-bias", &|c| c["bias"] = "all".into(), &["bias"]);
     refused(
         "peft-modules-to-save",
@@ -368,6 +426,9 @@ fn unsupported_peft_features_are_refused() {
         dir.path().join("adapter_config.json"),
     )
     .unwrap();
-    let msg = format!("{:#}", LoraAdapter::load(dir.path()).err().expect("refused"));
+    let msg = format!(
+        "{:#}",
+        LoraAdapter::load(dir.path()).err().expect("refused")
+    );
     assert!(msg.contains("adapter_model.safetensors"), "{msg}");
 }

@@ -3,9 +3,7 @@
 //! again by itself.
 
 use flotilla_tests::etcd::Etcd;
-use flotilla_worker::registry::{
-    EtcdRegistry, Registry, WorkerEntry, WorkerEvent, WORKERS_PREFIX,
-};
+use flotilla_worker::registry::{EtcdRegistry, Registry, WorkerEntry, WorkerEvent, WORKERS_PREFIX};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -47,7 +45,13 @@ async fn workers_appear_and_disappear_with_their_registrations() {
     let late = reg.register_worker("pc-2", "{}".into()).await.unwrap();
     assert!(matches!(next(&mut events, Duration::from_secs(5)).await,
         WorkerEvent::Up(e) if e.id == "pc-2"));
-    let ids: Vec<String> = reg.workers().await.unwrap().into_iter().map(|w| w.id).collect();
+    let ids: Vec<String> = reg
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
     assert_eq!(ids, ["pc-1", "pc-2"]);
 
     // A worker that stops cleanly revokes its lease: gone at once, not after the TTL.
@@ -57,8 +61,18 @@ async fn workers_appear_and_disappear_with_their_registrations() {
         WorkerEvent::Down("pc-1".into())
     );
     assert!(late.is_held());
-    let ids: Vec<String> = reg.workers().await.unwrap().into_iter().map(|w| w.id).collect();
+    let ids: Vec<String> = reg
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
     assert_eq!(ids, ["pc-2"]);
+
+    // A process about to exit releases its key and waits until it is gone.
+    late.release().await;
+    assert!(reg.workers().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -73,7 +87,10 @@ async fn a_crashed_worker_disappears_when_its_lease_expires() {
     let crashed = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let registration = rt.block_on(async {
-            let reg = EtcdRegistry::connect(&endpoints).await.unwrap().with_ttl(TTL);
+            let reg = EtcdRegistry::connect(&endpoints)
+                .await
+                .unwrap()
+                .with_ttl(TTL);
             reg.register_worker("pc-doomed", "{}".into()).await.unwrap()
         });
         rt.shutdown_background();
@@ -106,7 +123,10 @@ async fn a_worker_whose_lease_is_lost_registers_again() {
         .register_worker("pc-3", r#"{"slots":2}"#.into())
         .await
         .unwrap();
-    assert!(matches!(next(&mut events, Duration::from_secs(5)).await, WorkerEvent::Up(_)));
+    assert!(matches!(
+        next(&mut events, Duration::from_secs(5)).await,
+        WorkerEvent::Up(_)
+    ));
 
     // Someone (an operator, a partition longer than the TTL) ends the lease.
     let mut client = reg.client();
@@ -149,17 +169,27 @@ async fn a_worker_whose_lease_is_lost_registers_again() {
 async fn one_coordinator_leads_at_a_time_and_workers_find_its_address() {
     let etcd = Etcd::start();
     let reg = registry(&etcd).await;
-    assert_eq!(reg.leader().await.unwrap(), None, "no leader before any election");
+    assert_eq!(
+        reg.leader().await.unwrap(),
+        None,
+        "no leader before any election"
+    );
 
     let first = reg.lead("10.0.0.1:7070").await.unwrap();
-    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("10.0.0.1:7070"));
+    assert_eq!(
+        reg.leader().await.unwrap().as_deref(),
+        Some("10.0.0.1:7070")
+    );
 
     // A second coordinator waits while the first leads.
     let standby = registry(&etcd).await;
     let second = tokio::spawn(async move { standby.lead("10.0.0.2:7070").await.unwrap() });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!second.is_finished(), "two leaders at once");
-    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("10.0.0.1:7070"));
+    assert_eq!(
+        reg.leader().await.unwrap().as_deref(),
+        Some("10.0.0.1:7070")
+    );
 
     // The first steps down; the standby takes over and publishes its address.
     drop(first);
@@ -168,7 +198,10 @@ async fn one_coordinator_leads_at_a_time_and_workers_find_its_address() {
         .expect("the standby is elected")
         .unwrap();
     assert!(second.is_held());
-    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("10.0.0.2:7070"));
+    assert_eq!(
+        reg.leader().await.unwrap().as_deref(),
+        Some("10.0.0.2:7070")
+    );
 }
 
 #[tokio::test]

@@ -19,7 +19,11 @@ use tokio::task::JoinHandle;
 
 const TOKEN: &str = "agent-test-token";
 
-async fn coordinator(dir: &Path, listen: SocketAddr, registry: Arc<MemoryRegistry>) -> RunningCoordinator {
+async fn coordinator(
+    dir: &Path,
+    listen: SocketAddr,
+    registry: Arc<MemoryRegistry>,
+) -> RunningCoordinator {
     let mut config = CoordinatorConfig::new(listen, dir, registry);
     config.token = Some(TOKEN.into());
     config.heartbeat = Duration::from_millis(200);
@@ -74,7 +78,10 @@ async fn wait_end(c: &RunningCoordinator, sweep: &str, within: Duration) -> pb::
         if st.state >= pb::SweepState::Succeeded as i32 {
             return st;
         }
-        assert!(Instant::now() < deadline, "the sweep did not end within {within:?}: {st:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the sweep did not end within {within:?}: {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -95,7 +102,17 @@ async fn agents_share_the_work_and_every_result_is_stored_once() {
     let address = format!("http://{}", c.local_addr());
     let (stop_tx, stop) = watch::channel(false);
     let agents: Vec<_> = (1..=2)
-        .map(|i| worker(dir.path(), &format!("w{i}"), address.clone(), registry.clone(), TOKEN, 2, &stop))
+        .map(|i| {
+            worker(
+                dir.path(),
+                &format!("w{i}"),
+                address.clone(),
+                registry.clone(),
+                TOKEN,
+                2,
+                &stop,
+            )
+        })
         .collect();
     // Both register in the registry.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -104,13 +121,20 @@ async fn agents_share_the_work_and_every_result_is_stored_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let sweep = c.core().submit_noop("shared", noops(40, 10), Retries::default()).await.unwrap();
+    let sweep = c
+        .core()
+        .submit_noop("shared", noops(40, 10), Retries::default())
+        .await
+        .unwrap();
     let st = wait_end(&c, &sweep, Duration::from_secs(30)).await;
     assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{st:?}");
     assert_eq!((st.shards_done, st.shards_failed), (40, 0));
     let workers = c.core().workers();
     assert_eq!(workers.iter().map(|w| w.shards_completed).sum::<u64>(), 40);
-    assert!(workers.iter().all(|w| w.shards_completed > 0), "{workers:?}");
+    assert!(
+        workers.iter().all(|w| w.shards_completed > 0),
+        "{workers:?}"
+    );
 
     stop_tx.send(true).unwrap();
     for a in agents {
@@ -119,7 +143,10 @@ async fn agents_share_the_work_and_every_result_is_stored_once() {
     // Stopped workers deregister.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !registry.workers().await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the stopped workers are still registered");
+        assert!(
+            Instant::now() < deadline,
+            "the stopped workers are still registered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     c.shutdown().await;
@@ -132,9 +159,21 @@ async fn agents_reconnect_when_the_coordinator_restarts_and_the_sweep_completes(
     let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
     let addr = c.local_addr();
     let (stop_tx, stop) = watch::channel(false);
-    let agent = worker(dir.path(), "w1", format!("http://{addr}"), registry.clone(), TOKEN, 1, &stop);
+    let agent = worker(
+        dir.path(),
+        "w1",
+        format!("http://{addr}"),
+        registry.clone(),
+        TOKEN,
+        1,
+        &stop,
+    );
 
-    let sweep = c.core().submit_noop("restart", noops(12, 100), Retries::default()).await.unwrap();
+    let sweep = c
+        .core()
+        .submit_noop("restart", noops(12, 100), Retries::default())
+        .await
+        .unwrap();
     wait_until(Duration::from_secs(20), "three shards done", || {
         c.core().status(&sweep).unwrap().shards_done >= 3
     })
@@ -158,10 +197,22 @@ async fn a_cancelled_shard_frees_its_slot_at_once() {
     let registry = Arc::new(MemoryRegistry::new());
     let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
     let (stop_tx, stop) = watch::channel(false);
-    let agent = worker(dir.path(), "w1", format!("http://{}", c.local_addr()), registry, TOKEN, 1, &stop);
+    let agent = worker(
+        dir.path(),
+        "w1",
+        format!("http://{}", c.local_addr()),
+        registry,
+        TOKEN,
+        1,
+        &stop,
+    );
 
     // One slot, taken by a shard that would sleep for a minute.
-    let slow = c.core().submit_noop("slow", noops(1, 60_000), Retries::default()).await.unwrap();
+    let slow = c
+        .core()
+        .submit_noop("slow", noops(1, 60_000), Retries::default())
+        .await
+        .unwrap();
     wait_until(Duration::from_secs(10), "the slow shard running", || {
         c.core().workers().iter().any(|w| w.running == 1)
     })
@@ -169,7 +220,11 @@ async fn a_cancelled_shard_frees_its_slot_at_once() {
     c.core().cancel(&slow).await.unwrap();
 
     // The next sweep runs now, not in a minute.
-    let quick = c.core().submit_noop("quick", noops(1, 0), Retries::default()).await.unwrap();
+    let quick = c
+        .core()
+        .submit_noop("quick", noops(1, 0), Retries::default())
+        .await
+        .unwrap();
     let st = wait_end(&c, &quick, Duration::from_secs(5)).await;
     assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{st:?}");
     assert_eq!(
@@ -187,7 +242,15 @@ async fn task_failures_are_reported_with_their_message() {
     let registry = Arc::new(MemoryRegistry::new());
     let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
     let (stop_tx, stop) = watch::channel(false);
-    let agent = worker(dir.path(), "w1", format!("http://{}", c.local_addr()), registry, TOKEN, 1, &stop);
+    let agent = worker(
+        dir.path(),
+        "w1",
+        format!("http://{}", c.local_addr()),
+        registry,
+        TOKEN,
+        1,
+        &stop,
+    );
 
     let bad = NoopShard {
         units: 0,
@@ -198,10 +261,18 @@ async fn task_failures_are_reported_with_their_message() {
         task: 1,
         infrastructure: 3,
     };
-    let sweep = c.core().submit_noop("failing", vec![bad], retries).await.unwrap();
+    let sweep = c
+        .core()
+        .submit_noop("failing", vec![bad], retries)
+        .await
+        .unwrap();
     let st = wait_end(&c, &sweep, Duration::from_secs(10)).await;
     assert_eq!(st.state, pb::SweepState::Failed as i32, "{st:?}");
-    let said = format!("{} {:?}", st.error, st.jobs.iter().map(|j| &j.error).collect::<Vec<_>>());
+    let said = format!(
+        "{} {:?}",
+        st.error,
+        st.jobs.iter().map(|j| &j.error).collect::<Vec<_>>()
+    );
     assert!(said.contains("case 7 is unreadable"), "{said}");
     stop_tx.send(true).unwrap();
     agent.await.unwrap().unwrap();
@@ -214,7 +285,15 @@ async fn a_refused_token_ends_the_agent_with_a_clear_error() {
     let registry = Arc::new(MemoryRegistry::new());
     let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
     let (_stop_tx, stop) = watch::channel(false);
-    let agent = worker(dir.path(), "w1", format!("http://{}", c.local_addr()), registry.clone(), "wrong", 1, &stop);
+    let agent = worker(
+        dir.path(),
+        "w1",
+        format!("http://{}", c.local_addr()),
+        registry.clone(),
+        "wrong",
+        1,
+        &stop,
+    );
     let err = tokio::time::timeout(Duration::from_secs(10), agent)
         .await
         .expect("the agent gives up")
@@ -223,7 +302,10 @@ async fn a_refused_token_ends_the_agent_with_a_clear_error() {
     assert!(format!("{err:#}").contains("refused the token"), "{err:#}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !registry.workers().await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the refused worker is still registered");
+        assert!(
+            Instant::now() < deadline,
+            "the refused worker is still registered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     c.shutdown().await;

@@ -85,6 +85,8 @@ pub struct Registration {
     key: String,
     held: watch::Receiver<bool>,
     stop: Option<oneshot::Sender<()>>,
+    /// The keep-alive task, which revokes the lease when stopped.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Registration {
@@ -104,6 +106,17 @@ impl Registration {
     /// another coordinator may have taken over.
     pub async fn lost(&mut self) {
         let _ = self.held.wait_for(|held| !held).await;
+    }
+
+    /// Gives the key up now and waits (up to 3 s) until it is gone, so a process about to
+    /// exit leaves no key waiting for its lease to expire.
+    pub async fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
     }
 }
 
@@ -200,7 +213,7 @@ impl Registry for MemoryRegistry {
         let inner = self.inner.clone();
         let id = id.to_string();
         let key = format!("{WORKERS_PREFIX}{id}");
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // Report an expiry injected by `expire_worker` while waiting to be dropped.
             let mut stopped = stopped;
             loop {
@@ -223,6 +236,7 @@ impl Registry for MemoryRegistry {
             key,
             held,
             stop: Some(stop),
+            task: Some(task),
         })
     }
 
@@ -280,7 +294,7 @@ impl Registry for MemoryRegistry {
         let (_held_tx, held) = watch::channel(true);
         let (stop, stopped) = oneshot::channel::<()>();
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _held_tx = _held_tx;
             let _ = stopped.await;
             let mut s = inner.state.lock().expect("registry state");
@@ -293,6 +307,7 @@ impl Registry for MemoryRegistry {
             key: format!("{LEADER_ELECTION}/{generation:x}"),
             held,
             stop: Some(stop),
+            task: Some(task),
         })
     }
 
@@ -376,11 +391,12 @@ impl EtcdRegistry {
         let (lease, key) = kind.acquire(&mut client, self.ttl).await?;
         let (held_tx, held) = watch::channel(true);
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(run_session(client, kind, self.ttl, lease, held_tx, stopped));
+        let task = tokio::spawn(run_session(client, kind, self.ttl, lease, held_tx, stopped));
         Ok(Registration {
             key,
             held,
             stop: Some(stop),
+            task: Some(task),
         })
     }
 }
@@ -672,7 +688,9 @@ async fn watch_loop(
             match EtcdRegistry::snapshot(&mut client).await {
                 Ok((now, rev)) => {
                     for id in known.keys() {
-                        if !now.contains_key(id) && tx.send(WorkerEvent::Down(id.clone())).await.is_err() {
+                        if !now.contains_key(id)
+                            && tx.send(WorkerEvent::Down(id.clone())).await.is_err()
+                        {
                             return;
                         }
                     }
@@ -711,7 +729,10 @@ mod tests {
     #[tokio::test]
     async fn memory_registry_reports_workers_coming_and_going() {
         let reg = MemoryRegistry::new();
-        let a = reg.register_worker("a", "{\"slots\":1}".into()).await.unwrap();
+        let a = reg
+            .register_worker("a", "{\"slots\":1}".into())
+            .await
+            .unwrap();
         let mut events = reg.watch_workers().await.unwrap();
         assert_eq!(
             next(&mut events).await,
@@ -743,7 +764,10 @@ mod tests {
         let r2 = reg.clone();
         let second = tokio::spawn(async move { r2.lead("127.0.0.1:2").await.unwrap() });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!second.is_finished(), "a second leader while the first holds");
+        assert!(
+            !second.is_finished(),
+            "a second leader while the first holds"
+        );
         drop(first);
         let _second = tokio::time::timeout(Duration::from_secs(2), second)
             .await

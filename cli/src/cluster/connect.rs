@@ -69,7 +69,9 @@ impl AuthArgs {
         };
         let ca_pem = match &self.tls_ca {
             Some(p) => Some(read(p, "TLS CA (--tls-ca)")?),
-            None => bail!("--tls-cert needs --tls-ca (the CA that signed the coordinator's certificate)"),
+            None => bail!(
+                "--tls-cert needs --tls-ca (the CA that signed the coordinator's certificate)"
+            ),
         };
         let identity = match (&self.tls_cert, &self.tls_key) {
             (Some(c), Some(k)) => Some((read(c, "TLS certificate")?, read(k, "TLS key")?)),
@@ -104,7 +106,9 @@ impl ConnectArgs {
             return Ok(endpoint_url(a, tls));
         }
         if self.etcd.is_empty() {
-            bail!("say where the coordinator is: --coordinator HOST:PORT or --etcd http://HOST:2379");
+            bail!(
+                "say where the coordinator is: --coordinator HOST:PORT or --etcd http://HOST:2379"
+            );
         }
         let registry = EtcdRegistry::connect(&self.etcd).await?;
         match registry.leader().await? {

@@ -106,7 +106,10 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
         config.heartbeat = Duration::from_millis(a.heartbeat_ms.max(50));
         config.heartbeat_timeout = Duration::from_secs(a.heartbeat_timeout_s.max(1));
         if !a.etcd.is_empty() {
-            eprintln!("campaigning for the leader key in etcd ({})", a.etcd.join(","));
+            eprintln!(
+                "campaigning for the leader key in etcd ({})",
+                a.etcd.join(",")
+            );
         }
         let coordinator = serve(config).await?;
         match out {

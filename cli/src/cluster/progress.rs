@@ -79,7 +79,9 @@ pub async fn follow(client: &Client, sweep_id: &str) -> Result<pb::SweepStatus> 
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
             Err(status) if status.code() == tonic::Code::Unavailable => {
-                if failing_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(60) {
+                if failing_since.get_or_insert_with(Instant::now).elapsed()
+                    > Duration::from_secs(60)
+                {
                     break Err(super::connect::status_error(status));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -73,7 +73,10 @@ pub fn sweeps_text(sweeps: &[pb::SweepStatus]) -> String {
     if sweeps.is_empty() {
         return "no sweeps\n".into();
     }
-    let mut out = format!("{:<28} {:<24} {:<10} {:>13}\n", "SWEEP", "NAME", "STATE", "SHARDS");
+    let mut out = format!(
+        "{:<28} {:<24} {:<10} {:>13}\n",
+        "SWEEP", "NAME", "STATE", "SHARDS"
+    );
     for s in sweeps {
         out.push_str(&format!(
             "{:<28} {:<24} {:<10} {:>13}\n",
@@ -183,7 +186,11 @@ pub fn workers_text(workers: &[pb::WorkerInfo]) -> String {
             } else {
                 c.models_loaded.join(",")
             },
-            if w.connected { "" } else { "  (registered, not connected)" }
+            if w.connected {
+                ""
+            } else {
+                "  (registered, not connected)"
+            }
         ));
     }
     out
@@ -212,7 +219,8 @@ pub async fn fetch_results(client: &Client, sweep_id: &str) -> Result<Results> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("the coordinator's cases.jsonl line {}", i + 1))
+            serde_json::from_str(l)
+                .with_context(|| format!("the coordinator's cases.jsonl line {}", i + 1))
         })
         .collect::<Result<Vec<CaseResult>>>()?;
     Ok(Results { raw, report, cases })
@@ -224,7 +232,9 @@ pub async fn write_results(client: &Client, results: &Results, out: &Path) -> Re
     let mut files = write_outputs(out, &results.report, &results.cases)
         .with_context(|| format!("cannot write the results folder {}", out.display()))?;
     for a in &results.raw.adapters {
-        let Some(artifact) = &a.artifact else { continue };
+        let Some(artifact) = &a.artifact else {
+            continue;
+        };
         let rel = flotilla_worker::node::artifacts::sweep_path(&a.path)?;
         let dest = out.join(rel);
         client

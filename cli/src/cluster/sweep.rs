@@ -3,8 +3,7 @@
 use super::connect::{status_error, ConnectArgs};
 use super::progress::follow;
 use super::render::{
-    fetch_results, results_json, status_json, status_text, sweep_state, sweeps_text,
-    write_results,
+    fetch_results, results_json, status_json, status_text, sweep_state, sweeps_text, write_results,
 };
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::{bail, Result};
@@ -162,11 +161,15 @@ pub fn run(command: Command, out: OutputFormat) -> Result<()> {
                     None => Vec::new(),
                 };
                 match out {
-                    OutputFormat::Json => print_json(&results_json(&results, dir.as_deref(), &files)),
+                    OutputFormat::Json => {
+                        print_json(&results_json(&results, dir.as_deref(), &files))
+                    }
                     OutputFormat::Text => {
                         let state = sweep_state(results.raw.state);
                         if state != "succeeded" {
-                            eprintln!("note: sweep {sweep_id} is {state}; these results are partial");
+                            eprintln!(
+                                "note: sweep {sweep_id} is {state}; these results are partial"
+                            );
                         }
                         print!("{}", results.raw.report_markdown);
                         if let Some(d) = dir {

@@ -60,7 +60,11 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
     let device = flotilla_worker::device::parse_device(&a.device)?;
     let id = a.id.clone().unwrap_or_else(|| {
         let host = flotilla_worker::node::capabilities::hostname();
-        let host = if host.is_empty() { "worker".into() } else { host };
+        let host = if host.is_empty() {
+            "worker".into()
+        } else {
+            host
+        };
         format!("{host}-{}", std::process::id())
     });
     let work_dir = a

@@ -155,7 +155,10 @@ impl Sweep {
             let needs_embedder = self.datasets.iter().any(|d| d.tasks.contains(&Task::Rag));
             if needs_embedder {
                 if let Err(e) = resolve(&self.retrieval.embedder) {
-                    err(0, format!("retrieval.embedder `{}`: {e}", self.retrieval.embedder));
+                    err(
+                        0,
+                        format!("retrieval.embedder `{}`: {e}", self.retrieval.embedder),
+                    );
                 }
             }
         }
@@ -175,7 +178,10 @@ impl Sweep {
                         if !dir.join(f).is_file() {
                             err(
                                 a.line,
-                                format!("adapter `{}`: {d} has no {f} (expected a PEFT folder)", a.name),
+                                format!(
+                                    "adapter `{}`: {d} has no {f} (expected a PEFT folder)",
+                                    a.name
+                                ),
                             );
                         }
                     }
@@ -253,7 +259,11 @@ impl Sweep {
                 }
                 for doc in &c.documents {
                     if !doc.is_file() {
-                        missing.push(format!("case `{}`: document {} does not exist", c.id, root.key_of(doc)));
+                        missing.push(format!(
+                            "case `{}`: document {} does not exist",
+                            c.id,
+                            root.key_of(doc)
+                        ));
                     }
                 }
                 c.documents = c
@@ -310,7 +320,11 @@ impl Sweep {
                         "dataset `{}`: no case in {} matches tasks [{}] and languages [{}]",
                         d.name,
                         d.cases,
-                        d.tasks.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
+                        d.tasks
+                            .iter()
+                            .map(|t| t.name())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         d.languages.join(", ")
                     ),
                 });
@@ -437,7 +451,10 @@ mod tests {
 
     #[test]
     fn keys_never_escape_their_folder() {
-        assert_eq!(file_key("benchmarks/en-ja/cases.jsonl"), "benchmarks/en-ja/cases.jsonl");
+        assert_eq!(
+            file_key("benchmarks/en-ja/cases.jsonl"),
+            "benchmarks/en-ja/cases.jsonl"
+        );
         assert_eq!(file_key("./a/../b/c.txt"), "b/c.txt");
         assert_eq!(file_key("../data/x.jsonl"), "_up_/data/x.jsonl");
         assert_eq!(file_key("../../x"), "_up_/_up_/x");
@@ -456,6 +473,8 @@ mod tests {
         assert!(model_syntax("hf:meta-llama/Llama-3.1-8B-Instruct@main").is_ok());
         assert!(model_syntax("models/x.gguf").is_ok());
         assert!(model_syntax("hf:Qwen").unwrap_err().contains("hub id"));
-        assert!(model_syntax("smollm3").unwrap_err().contains("unknown model `smollm3`"));
+        assert!(model_syntax("smollm3")
+            .unwrap_err()
+            .contains("unknown model `smollm3`"));
     }
 }

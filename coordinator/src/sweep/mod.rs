@@ -59,7 +59,11 @@ pub struct SweepErrors {
 impl std::fmt::Display for SweepErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.errors.len();
-        write!(f, "{n} problem{} in the sweep", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} problem{} in the sweep",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;
         }
@@ -318,14 +322,21 @@ pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
 
 fn parse_models(r: &mut Reader, node: &Node) -> Vec<ModelEntry> {
     let mut out: Vec<ModelEntry> = Vec::new();
-    for (i, item) in r.list(node, "models").unwrap_or_default().into_iter().enumerate() {
+    for (i, item) in r
+        .list(node, "models")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let what = format!("models[{i}]");
         let entry = match &item.value {
             Value::Map(_) => {
                 let Some(f) = r.map(item, &what, &["name", "model"]) else {
                     continue;
                 };
-                let model = f.require(r, "model").and_then(|n| r.string(n, &f.path("model")));
+                let model = f
+                    .require(r, "model")
+                    .and_then(|n| r.string(n, &f.path("model")));
                 let name = f.get("name").and_then(|n| r.string(n, &f.path("name")));
                 model.map(|m| ModelEntry {
                     name: name.unwrap_or_else(|| m.clone()),
@@ -344,7 +355,10 @@ fn parse_models(r: &mut Reader, node: &Node) -> Vec<ModelEntry> {
             r.error(item.line, format!("{what}: {e}"));
         }
         if out.iter().any(|m| m.name == entry.name) {
-            r.error(item.line, format!("model name `{}` is used twice", entry.name));
+            r.error(
+                item.line,
+                format!("model name `{}` is used twice", entry.name),
+            );
         }
         out.push(entry);
     }
@@ -353,7 +367,12 @@ fn parse_models(r: &mut Reader, node: &Node) -> Vec<ModelEntry> {
 
 fn parse_adapters(r: &mut Reader, node: &Node) -> Vec<AdapterEntry> {
     let mut out: Vec<AdapterEntry> = Vec::new();
-    for (i, item) in r.list(node, "adapters").unwrap_or_default().into_iter().enumerate() {
+    for (i, item) in r
+        .list(node, "adapters")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let what = format!("adapters[{i}]");
         let entry = match &item.value {
             Value::Str(s) if s == "base" || s == "none" => Some(AdapterEntry {
@@ -375,10 +394,15 @@ fn parse_adapters(r: &mut Reader, node: &Node) -> Vec<AdapterEntry> {
                 let Some(f) = r.map(item, &what, &["name", "path", "train"]) else {
                     continue;
                 };
-                let name = f.require(r, "name").and_then(|n| r.string(n, &f.path("name")));
+                let name = f
+                    .require(r, "name")
+                    .and_then(|n| r.string(n, &f.path("name")));
                 let source = match (f.get("path"), f.get("train")) {
                     (Some(_), Some(_)) => {
-                        r.error(item.line, format!("{what}: give `path` or `train`, not both"));
+                        r.error(
+                            item.line,
+                            format!("{what}: give `path` or `train`, not both"),
+                        );
                         None
                     }
                     (Some(p), None) => r.string(p, &f.path("path")).map(AdapterSource::Dir),
@@ -410,7 +434,10 @@ fn parse_adapters(r: &mut Reader, node: &Node) -> Vec<AdapterEntry> {
                 match (name, source) {
                     (Some(name), Some(source)) => {
                         if source != AdapterSource::None && name == "base" {
-                            r.error(item.line, format!("{what}: the name `base` means no adapter"));
+                            r.error(
+                                item.line,
+                                format!("{what}: the name `base` means no adapter"),
+                            );
                         }
                         Some(AdapterEntry {
                             name,
@@ -424,7 +451,10 @@ fn parse_adapters(r: &mut Reader, node: &Node) -> Vec<AdapterEntry> {
         };
         let Some(entry) = entry else { continue };
         if out.iter().any(|a| a.name == entry.name) {
-            r.error(item.line, format!("adapter name `{}` is used twice", entry.name));
+            r.error(
+                item.line,
+                format!("adapter name `{}` is used twice", entry.name),
+            );
         }
         out.push(entry);
     }
@@ -465,7 +495,12 @@ fn parse_datasets(
     languages: &[String],
 ) -> Vec<DatasetEntry> {
     let mut out: Vec<DatasetEntry> = Vec::new();
-    for (i, item) in r.list(node, "datasets").unwrap_or_default().into_iter().enumerate() {
+    for (i, item) in r
+        .list(node, "datasets")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let what = format!("datasets[{i}]");
         let Some(f) = r.map(
             item,
@@ -474,7 +509,9 @@ fn parse_datasets(
         ) else {
             continue;
         };
-        let Some(cases) = f.require(r, "cases").and_then(|n| r.string(n, &f.path("cases")))
+        let Some(cases) = f
+            .require(r, "cases")
+            .and_then(|n| r.string(n, &f.path("cases")))
         else {
             continue;
         };
@@ -487,7 +524,9 @@ fn parse_datasets(
                 .unwrap_or("dataset")
                 .to_string(),
         };
-        let documents = f.get("documents").and_then(|n| r.string(n, &f.path("documents")));
+        let documents = f
+            .get("documents")
+            .and_then(|n| r.string(n, &f.path("documents")));
         let tasks = match f.get("tasks") {
             Some(n) => parse_tasks(r, n, &f.path("tasks")),
             None => tasks.to_vec(),
@@ -589,7 +628,11 @@ pub fn parse_scale(s: &str) -> Result<Scale, String> {
     Ok(scale)
 }
 
-fn parse_generation(r: &mut Reader, node: Option<&Node>, seed: u64) -> (SamplingParams, Truncation) {
+fn parse_generation(
+    r: &mut Reader,
+    node: Option<&Node>,
+    seed: u64,
+) -> (SamplingParams, Truncation) {
     let mut p = SamplingParams {
         max_new_tokens: 256,
         seed,

@@ -125,7 +125,10 @@ fn convert(
             return Err(SweepError {
                 file: file.to_path_buf(),
                 line,
-                message: format!("YAML tags (`{}{}`) are not supported", tag.handle, tag.suffix),
+                message: format!(
+                    "YAML tags (`{}{}`) are not supported",
+                    tag.handle, tag.suffix
+                ),
             })
         }
         YamlDataOwned::Alias(_) => {
@@ -175,12 +178,7 @@ impl Reader {
 
     /// The entries of a mapping; every key not in `allowed` is an error (`what` names the
     /// mapping, e.g. `datasets[0]`).
-    pub fn map<'n>(
-        &mut self,
-        node: &'n Node,
-        what: &str,
-        allowed: &[&str],
-    ) -> Option<Fields<'n>> {
+    pub fn map<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
         let Value::Map(entries) = &node.value else {
             self.error(
                 node.line,
@@ -362,10 +360,18 @@ mod tests {
         assert_eq!(m[0].0, "name");
         assert_eq!(m[0].1, 1);
         assert_eq!(m[1].1, 2);
-        let Value::Seq(items) = &m[1].2.value else { panic!() };
+        let Value::Seq(items) = &m[1].2.value else {
+            panic!()
+        };
         assert_eq!(items[0].line, 3);
         assert_eq!(items[1].line, 4);
-        assert_eq!(m[2].2, Node { line: 5, value: Value::Int(7) });
+        assert_eq!(
+            m[2].2,
+            Node {
+                line: 5,
+                value: Value::Int(7)
+            }
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub async fn start(data_dir: &Path) -> RunningCoordinator {
     start_with(data_dir, |_| {}).await
 }
 
-pub async fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut CoordinatorConfig)) -> RunningCoordinator {
+pub async fn start_with(
+    data_dir: &Path,
+    tweak: impl FnOnce(&mut CoordinatorConfig),
+) -> RunningCoordinator {
     let mut config = CoordinatorConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         data_dir,
@@ -69,7 +72,11 @@ impl TestWorker {
             Out::Welcome(_) => {}
             other => panic!("expected welcome, got {other:?}"),
         }
-        TestWorker { id: id.into(), tx, rx }
+        TestWorker {
+            id: id.into(),
+            tx,
+            rx,
+        }
     }
 
     pub fn send(&self, k: In) {
@@ -118,7 +125,13 @@ impl TestWorker {
         self.result_raw(&a.shard_id, &a.attempt, json, Vec::new());
     }
 
-    pub fn result_raw(&self, shard: &str, attempt: &str, json: serde_json::Value, artifacts: Vec<pb::FileRef>) {
+    pub fn result_raw(
+        &self,
+        shard: &str,
+        attempt: &str,
+        json: serde_json::Value,
+        artifacts: Vec<pb::FileRef>,
+    ) {
         self.send(In::Result(pb::ShardResult {
             shard_id: shard.into(),
             attempt: attempt.into(),
@@ -135,7 +148,10 @@ impl TestWorker {
         loop {
             self.ask(1);
             let msg = tokio::time::timeout(idle, self.rx.message()).await;
-            let Ok(Ok(Some(pb::CoordinatorMessage { kind: Some(Out::Assign(a)) }))) = msg else {
+            let Ok(Ok(Some(pb::CoordinatorMessage {
+                kind: Some(Out::Assign(a)),
+            }))) = msg
+            else {
                 return n;
             };
             self.result(&a, serde_json::json!({"worker_id": self.id}));
@@ -163,7 +179,10 @@ pub async fn wait_end(c: &RunningCoordinator, sweep: &str) -> pb::SweepStatus {
         if st.state >= pb::SweepState::Succeeded as i32 {
             return st;
         }
-        assert!(std::time::Instant::now() < deadline, "sweep did not end: {st:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sweep did not end: {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

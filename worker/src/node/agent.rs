@@ -84,8 +84,12 @@ pub async fn run_worker(
         let _ = stop_tx.send(true);
     });
     let mut agent = Agent::new(config, stop)?;
-    let _registration = agent.register().await?;
-    agent.run().await
+    let registration = agent.register().await?;
+    let result = agent.run().await;
+    if let Some(r) = registration {
+        r.release().await;
+    }
+    result
 }
 
 /// A shard running (or waiting for a slot) on this worker.
@@ -182,13 +186,15 @@ impl Agent {
             }
             let end = match self.coordinator_address().await? {
                 None => break,
-                Some(address) => match client::connect(&address, &self.config.token, &self.config.tls).await {
-                    Ok(client) => self.session(client, &address).await?,
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "cannot connect; retrying");
-                        SessionEnd::Dropped(false)
+                Some(address) => {
+                    match client::connect(&address, &self.config.token, &self.config.tls).await {
+                        Ok(client) => self.session(client, &address).await?,
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot connect; retrying");
+                            SessionEnd::Dropped(false)
+                        }
                     }
-                },
+                }
             };
             self.current.send_replace(None);
             self.abandon_all();
@@ -276,7 +282,11 @@ impl Agent {
             }
         };
         let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms).clamp(50, 60_000));
-        tracing::info!(coordinator = address, id = welcome.coordinator_id, "connected");
+        tracing::info!(
+            coordinator = address,
+            id = welcome.coordinator_id,
+            "connected"
+        );
         self.current.send_replace(Some(client.clone()));
 
         let mut tick = tokio::time::interval(heartbeat);
@@ -413,8 +423,12 @@ impl Agent {
         let started = self.running.values().filter(|r| r.started).count();
         let mut free = (self.config.slots as usize).saturating_sub(started);
         while free > 0 {
-            let Some(a) = self.queue.pop_front() else { break };
-            let Some(r) = self.running.get_mut(&a.shard_id) else { continue };
+            let Some(a) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(r) = self.running.get_mut(&a.shard_id) else {
+                continue;
+            };
             if r.attempt != a.attempt || r.started {
                 continue;
             }
@@ -545,7 +559,13 @@ async fn live_client(current: &mut watch::Receiver<Option<Client>>) -> Result<Cl
 fn attempt_dir_name(shard_id: &str, attempt: &str) -> String {
     format!("{shard_id}-{attempt}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -560,10 +580,9 @@ async fn run_shard(
 ) -> Result<(ShardOutput, Vec<FileRef>), ShardError> {
     // Files, by hash, from the cache or the coordinator (three tries across reconnects).
     for f in &a.files {
-        let artifact = f
-            .artifact
-            .as_ref()
-            .ok_or_else(|| ShardError::Task(format!("file {} comes without an artifact", f.path)))?;
+        let artifact = f.artifact.as_ref().ok_or_else(|| {
+            ShardError::Task(format!("file {} comes without an artifact", f.path))
+        })?;
         let mut tries = 0;
         loop {
             if cancel.load(Ordering::Relaxed) {
@@ -676,7 +695,9 @@ async fn run_shard(
                 }
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
-                    return Err(ShardError::Infrastructure(format!("cannot upload {name}: {e:#}")));
+                    return Err(ShardError::Infrastructure(format!(
+                        "cannot upload {name}: {e:#}"
+                    )));
                 }
             }
         };

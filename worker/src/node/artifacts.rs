@@ -43,7 +43,11 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
 }
 
 fn check_sha(sha: &str) -> Result<()> {
-    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if sha.len() != 64
+        || !sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         bail!("artifact hash {sha:?} is not a lower-case hex sha256");
     }
     Ok(())
@@ -131,17 +135,25 @@ impl ArtifactCache {
             let mut stream = client
                 .download_artifact(artifact.clone())
                 .await
-                .map_err(|s| anyhow!("download of artifact {} refused: {}", artifact.sha256, super::client::explain(&s)))?
+                .map_err(|s| {
+                    anyhow!(
+                        "download of artifact {} refused: {}",
+                        artifact.sha256,
+                        super::client::explain(&s)
+                    )
+                })?
                 .into_inner();
             let mut file = std::fs::File::create(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
             let mut hasher = Sha256::new();
             let mut size = 0u64;
-            while let Some(chunk) = stream
-                .message()
-                .await
-                .map_err(|s| anyhow!("download of artifact {} failed: {}", artifact.sha256, s.message()))?
-            {
+            while let Some(chunk) = stream.message().await.map_err(|s| {
+                anyhow!(
+                    "download of artifact {} failed: {}",
+                    artifact.sha256,
+                    s.message()
+                )
+            })? {
                 hasher.update(&chunk.data);
                 size += chunk.data.len() as u64;
                 if size > artifact.size {
@@ -211,7 +223,8 @@ pub async fn upload_file(client: &mut Client, path: &Path) -> Result<ArtifactRef
     let p = path.to_path_buf();
     let first = artifact.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut f = std::fs::File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let mut f =
+            std::fs::File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
         let mut first = Some(first);
         loop {
             let mut buf = vec![0u8; CHUNK_BYTES];
@@ -243,7 +256,13 @@ pub async fn upload_file(client: &mut Client, path: &Path) -> Result<ArtifactRef
     let stored = client
         .upload_artifact(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| anyhow!("upload of {} refused: {}", path.display(), super::client::explain(&s)))?
+        .map_err(|s| {
+            anyhow!(
+                "upload of {} refused: {}",
+                path.display(),
+                super::client::explain(&s)
+            )
+        })?
         .into_inner();
     reader.await.context("upload reader failed")??;
     if stored.sha256 != artifact.sha256 {
@@ -263,7 +282,10 @@ mod tests {
 
     #[test]
     fn sweep_paths_cannot_escape() {
-        assert_eq!(sweep_path("docs/a.txt").unwrap(), PathBuf::from("docs/a.txt"));
+        assert_eq!(
+            sweep_path("docs/a.txt").unwrap(),
+            PathBuf::from("docs/a.txt")
+        );
         for bad in ["", "/etc/passwd", "../x", "a/../../x"] {
             assert!(sweep_path(bad).is_err(), "{bad:?} accepted");
         }

@@ -157,8 +157,8 @@ pub fn cached_models() -> Vec<String> {
     if let Ok(entries) = std::fs::read_dir(&cache) {
         for e in entries.flatten() {
             let p = e.path();
-            let is_model = p.extension().is_some_and(|x| x == "gguf")
-                || p.join("config.json").exists();
+            let is_model =
+                p.extension().is_some_and(|x| x == "gguf") || p.join("config.json").exists();
             if is_model {
                 out.push(p.display().to_string());
             }

@@ -100,12 +100,15 @@ pub async fn connect(address: &str, token: &str, tls: &ClientTls) -> Result<Clie
                     .with_context(|| format!("cannot read the TLS CA {}", ca.display()))?;
                 config = config.ca_certificate(Certificate::from_pem(pem));
             }
-            None => bail!("{address}: TLS needs the CA certificate that signed the coordinator's (--tls-ca)"),
+            None => bail!(
+                "{address}: TLS needs the CA certificate that signed the coordinator's (--tls-ca)"
+            ),
         }
         match (&tls.cert, &tls.key) {
             (Some(cert), Some(key)) => {
-                let cert = std::fs::read(cert)
-                    .with_context(|| format!("cannot read the TLS certificate {}", cert.display()))?;
+                let cert = std::fs::read(cert).with_context(|| {
+                    format!("cannot read the TLS certificate {}", cert.display())
+                })?;
                 let key = std::fs::read(key)
                     .with_context(|| format!("cannot read the TLS key {}", key.display()))?;
                 config = config.identity(Identity::from_pem(cert, key));
@@ -121,9 +124,11 @@ pub async fn connect(address: &str, token: &str, tls: &ClientTls) -> Result<Clie
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))?;
-    Ok(CoordinatorClient::with_interceptor(channel, BearerToken::new(token)?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(
+        CoordinatorClient::with_interceptor(channel, BearerToken::new(token)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 /// A one-sentence explanation of a gRPC error for people.
@@ -164,8 +169,10 @@ mod tests {
         let empty = dir.join("empty");
         std::fs::write(&empty, "\n").unwrap();
         let err = read_token_file(&empty).unwrap_err().to_string();
-        assert!(err.contains("empty") && err.contains("empty"), "{err}");
-        let err = read_token_file(&dir.join("missing")).unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+        let err = read_token_file(&dir.join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

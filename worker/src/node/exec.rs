@@ -126,7 +126,11 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Runs a shard of `kind` with `spec_json`.
-pub fn execute(kind: &str, spec_json: &[u8], ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+pub fn execute(
+    kind: &str,
+    spec_json: &[u8],
+    ctx: &ShardContext,
+) -> Result<ShardOutput, ShardError> {
     match kind {
         KIND_NOOP => noop(parse(kind, spec_json)?, ctx),
         KIND_GENERATE => generate(parse(kind, spec_json)?, ctx),
@@ -330,9 +334,8 @@ fn train(spec: TrainShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError
     let summary = trained?;
     ctx.check_cancel()?;
     let mut uploads = Vec::new();
-    let entries = std::fs::read_dir(&summary.adapter).map_err(|e| {
-        ShardError::Infrastructure(format!("{}: {e}", summary.adapter.display()))
-    })?;
+    let entries = std::fs::read_dir(&summary.adapter)
+        .map_err(|e| ShardError::Infrastructure(format!("{}: {e}", summary.adapter.display())))?;
     for e in entries.flatten() {
         let path = e.path();
         if path.is_file() {
@@ -394,9 +397,15 @@ mod tests {
     #[test]
     fn bad_specs_and_unknown_kinds_are_task_failures() {
         let err = run(KIND_GENERATE, "{", false).unwrap_err();
-        assert!(matches!(&err, ShardError::Task(m) if m.contains("generate shard's spec")), "{err:?}");
+        assert!(
+            matches!(&err, ShardError::Task(m) if m.contains("generate shard's spec")),
+            "{err:?}"
+        );
         let err = run("paint", "{}", false).unwrap_err();
-        assert!(matches!(&err, ShardError::Task(m) if m.contains("\"paint\"")), "{err:?}");
+        assert!(
+            matches!(&err, ShardError::Task(m) if m.contains("\"paint\"")),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -409,6 +418,9 @@ mod tests {
                 "chunks": {"size": 100, "overlap": 10}}
         });
         let err = run(KIND_GENERATE, &spec.to_string(), false).unwrap_err();
-        assert!(matches!(&err, ShardError::Task(m) if m.contains("/nowhere/model.gguf")), "{err:?}");
+        assert!(
+            matches!(&err, ShardError::Task(m) if m.contains("/nowhere/model.gguf")),
+            "{err:?}"
+        );
     }
 }

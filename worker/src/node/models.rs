@@ -26,8 +26,8 @@ enum Loaded {
 }
 
 struct Entry {
-    /// Model spec; with `\0` and the adapter id for an adapted model; `embed:` + spec for an
-    /// embedding model.
+    /// `lm:` + model spec (+ `\0` + adapter id for an adapted model), or `embed:` + spec for
+    /// an embedding model: the prefixes keep the two kinds apart whatever the specs say.
     key: String,
     spec: String,
     model: Loaded,
@@ -52,7 +52,12 @@ impl ModelCache {
         }
     }
 
-    fn get_or_load(&self, key: String, spec: &str, load: impl FnOnce(&Self) -> Result<Loaded>) -> Result<Loaded> {
+    fn get_or_load(
+        &self,
+        key: String,
+        spec: &str,
+        load: impl FnOnce(&Self) -> Result<Loaded>,
+    ) -> Result<Loaded> {
         // Loading happens under the lock: two shards wanting the same model must not load it
         // twice, and loads are rare next to the work they serve.
         let mut entries = self.entries.lock().expect("model cache");
@@ -78,9 +83,11 @@ impl ModelCache {
     /// The language model `spec`, with `adapter` applied when given.
     pub fn language(&self, spec: &str, adapter: Option<&AdapterKey>) -> Result<Arc<LanguageModel>> {
         let base = || -> Result<Arc<LanguageModel>> {
-            match self.get_or_load(spec.to_string(), spec, |c| {
+            match self.get_or_load(format!("lm:{spec}"), spec, |c| {
                 tracing::info!(model = spec, "loading model");
-                Ok(Loaded::Language(Arc::new(LanguageModel::load(spec, &c.options)?)))
+                Ok(Loaded::Language(Arc::new(LanguageModel::load(
+                    spec, &c.options,
+                )?)))
             })? {
                 Loaded::Language(m) => Ok(m),
                 Loaded::Embedding(_) => unreachable!("language keys hold language models"),
@@ -90,10 +97,13 @@ impl ModelCache {
             return base();
         };
         let base = base()?;
-        let key = format!("{spec}\0{}", adapter.id);
+        let key = format!("lm:{spec}\0{}", adapter.id);
         match self.get_or_load(key, spec, |_| {
             tracing::info!(model = spec, adapter = %adapter.dir.display(), "applying adapter");
-            Ok(Loaded::Language(Arc::new(apply_adapter(&base, &adapter.dir)?)))
+            Ok(Loaded::Language(Arc::new(apply_adapter(
+                &base,
+                &adapter.dir,
+            )?)))
         })? {
             Loaded::Language(m) => Ok(m),
             Loaded::Embedding(_) => unreachable!("language keys hold language models"),
@@ -104,7 +114,9 @@ impl ModelCache {
     pub fn embedding(&self, spec: &str) -> Result<Arc<EmbeddingModel>> {
         match self.get_or_load(format!("embed:{spec}"), spec, |c| {
             tracing::info!(model = spec, "loading embedding model");
-            Ok(Loaded::Embedding(Arc::new(EmbeddingModel::load(spec, &c.options)?)))
+            Ok(Loaded::Embedding(Arc::new(EmbeddingModel::load(
+                spec, &c.options,
+            )?)))
         })? {
             Loaded::Embedding(m) => Ok(m),
             Loaded::Language(_) => unreachable!("embed: keys hold embedding models"),

@@ -71,10 +71,13 @@ pub struct AdapterConfig {
     pub fan_in_fan_out: bool,
     #[serde(default = "default_bias")]
     pub bias: String,
+    /// Per-module ranks (informational: the rank is read from each A's shape).
     #[serde(default)]
-    pub rank_pattern: BTreeMap<String, usize>,
+    pub rank_pattern: OrderedMap<usize>,
+    /// Per-module alphas, matched as PEFT does: the first key, in the file's order, whose
+    /// regex `(.*\.)?(KEY)$` matches the module's name.
     #[serde(default)]
-    pub alpha_pattern: BTreeMap<String, f64>,
+    pub alpha_pattern: OrderedMap<f64>,
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
     #[serde(flatten)]
@@ -83,6 +86,61 @@ pub struct AdapterConfig {
 
 fn default_bias() -> String {
     "none".into()
+}
+
+/// A JSON object kept in the file's key order (PEFT's pattern lookups depend on it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderedMap<V>(pub Vec<(String, V)>);
+
+impl<V> Default for OrderedMap<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V: Serialize> Serialize for OrderedMap<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, V>()? {
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(OrderedMap(Vec::new()))
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
+}
+
+/// PEFT's pattern lookup: the first key whose regex `(.*\.)?(KEY)$` matches `name`.
+fn pattern_lookup<'a, V>(patterns: &'a OrderedMap<V>, name: &str) -> Option<&'a V> {
+    patterns.0.iter().find_map(|(key, v)| {
+        let re = regex::Regex::new(&format!(r"^(.*\.)?({key})$")).ok()?;
+        re.is_match(name).then_some(v)
+    })
 }
 
 /// A LoRA adapter: its configuration and one (A, B) pair per adapted projection.
@@ -130,8 +188,8 @@ impl LoraAdapter {
                 use_dora: false,
                 fan_in_fan_out: false,
                 bias: "none".into(),
-                rank_pattern: BTreeMap::new(),
-                alpha_pattern: BTreeMap::new(),
+                rank_pattern: OrderedMap::default(),
+                alpha_pattern: OrderedMap::default(),
                 modules_to_save: None,
                 extra,
             },
@@ -164,6 +222,12 @@ impl LoraAdapter {
         }
         if config.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
             return refuse("modules_to_save: adapters that save whole modules are not supported");
+        }
+        // Settings that change what an adapter computes without changing its tensors.
+        for field in ["alora_invocation_tokens", "layer_replication", "megatron_config"] {
+            if config.extra.get(field).is_some_and(|v| !v.is_null()) {
+                return refuse(&format!("{field}: not supported (it changes how the adapter applies)"));
+            }
         }
         let st_path = dir.join("adapter_model.safetensors");
         if !st_path.exists() {
@@ -248,13 +312,10 @@ impl LoraAdapter {
             .and_then(|(a, _)| a.dims2().ok())
             .map(|(r, _)| r)
             .unwrap_or(self.config.r);
+        // PEFT matches patterns against the module's name inside the model.
         let full = format!("model.layers.{}.{}", key.layer, key.module.path());
-        let alpha = self
-            .config
-            .alpha_pattern
-            .iter()
-            .find(|(pat, _)| full.ends_with(pat.as_str()) || pat.as_str() == key.module.name())
-            .map(|(_, a)| *a)
+        let alpha = pattern_lookup(&self.config.alpha_pattern, &full)
+            .copied()
             .unwrap_or(self.config.lora_alpha);
         if self.config.use_rslora {
             alpha / (rank as f64).sqrt()
@@ -350,5 +411,39 @@ mod tests {
             "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
         );
         assert!(LoraKey::parse("base_model.model.lm_head.lora_A.weight").is_none());
+    }
+
+    #[test]
+    fn alpha_patterns_match_as_peft_matches_them() {
+        let cfg: AdapterConfig = serde_json::from_str(
+            r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                "alpha_pattern": {"v_proj": 32, "layers.5.self_attn.v_proj": 16,
+                                  "layers\\.7\\.mlp\\.down_proj": 4}}"#,
+        )
+        .unwrap();
+        let adapter = LoraAdapter {
+            config: cfg,
+            weights: BTreeMap::new(),
+        };
+        let s = |layer, module| adapter.scaling(&LoraKey { layer, module });
+        // The first matching key in the file's order wins: `v_proj` before the layer-5 key.
+        assert_eq!(s(5, TargetModule::VProj), 8.0);
+        assert_eq!(s(15, TargetModule::VProj), 8.0);
+        // Regex keys, anchored at a module-name boundary.
+        assert_eq!(s(7, TargetModule::DownProj), 1.0);
+        assert_eq!(s(17, TargetModule::DownProj), 2.0);
+        assert_eq!(s(5, TargetModule::QProj), 2.0);
+        let suffix_only: AdapterConfig = serde_json::from_str(
+            r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                "alpha_pattern": {"5.self_attn.v_proj": 16}}"#,
+        )
+        .unwrap();
+        let adapter = LoraAdapter {
+            config: suffix_only,
+            weights: BTreeMap::new(),
+        };
+        // `(.*\.)?` only matches at a dot: layer 15 and 25 are not layer 5.
+        assert_eq!(adapter.scaling(&LoraKey { layer: 5, module: TargetModule::VProj }), 4.0);
+        assert_eq!(adapter.scaling(&LoraKey { layer: 15, module: TargetModule::VProj }), 2.0);
     }
 }
