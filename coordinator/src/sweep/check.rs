@@ -394,7 +394,10 @@ fn check_train(block: &serde_json::Value, root: &FileRoot, source: &Path) -> Res
     let mut resolved = block.clone();
     for key in ["data", "eval_data"] {
         if let Some(p) = block.get(key).and_then(|v| v.as_str()) {
-            resolved[key] = root.path(p).to_string_lossy().into_owned().into();
+            // Absolute, so the trainer's own resolution against `root.base()` leaves it as is.
+            let local = root.path(p);
+            let local = std::path::absolute(&local).unwrap_or(local);
+            resolved[key] = local.to_string_lossy().into_owned().into();
         }
     }
     flotilla_worker::train::config::TrainConfig::from_json_value(&resolved, source, root.base())
@@ -448,6 +451,19 @@ fn walk(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_train_block_under_a_relative_sweep_folder_resolves_its_data_once() {
+        // As `flotilla run examples/quickstart.yaml` from the repository root: the sweep folder
+        // is relative. (Unit tests run in coordinator/; `tests/../../examples` is the shipped
+        // examples folder, and it does not survive being joined twice.)
+        let root = FileRoot::local("tests/../../examples");
+        let block = serde_json::json!({"data": "train/en-ja-lora.jsonl", "steps": 2});
+        check_train(&block, &root, Path::new("quickstart.yaml")).unwrap();
+        let missing = serde_json::json!({"data": "train/nope.jsonl", "steps": 2});
+        let e = check_train(&missing, &root, Path::new("quickstart.yaml")).unwrap_err();
+        assert!(e.contains("train/nope.jsonl"), "{e}");
+    }
 
     #[test]
     fn keys_never_escape_their_folder() {
