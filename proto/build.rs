@@ -1,5 +1,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=flotilla/v1");
-    tonic_prost_build::configure().compile_protos(&["flotilla/v1/engine.proto", "flotilla/v1/cluster.proto"], &["."])?;
+    tonic_prost_build::configure().compile_protos(
+        &["flotilla/v1/engine.proto", "flotilla/v1/cluster.proto"],
+        &["."],
+    )?;
     Ok(())
 }

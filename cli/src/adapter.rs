@@ -29,7 +29,8 @@ pub enum Command {
 pub fn run(cmd: Command, out: OutputFormat) -> anyhow::Result<()> {
     match cmd {
         Command::Inspect { dir } => {
-            let a = LoraAdapter::load(&dir).with_context(|| format!("adapter {}", dir.display()))?;
+            let a =
+                LoraAdapter::load(&dir).with_context(|| format!("adapter {}", dir.display()))?;
             let mut modules: Vec<&str> = a.weights.keys().map(|k| k.module.name()).collect();
             modules.sort();
             modules.dedup();

@@ -6,12 +6,12 @@
 use crate::output::{bar, print_json, OutputFormat};
 use anyhow::Context;
 use candle_core::Var;
+use flotilla_worker::device;
 use flotilla_worker::train::data::Batch;
 use flotilla_worker::train::model::TrainModel;
 use flotilla_worker::train::optim::AdamW;
 use flotilla_worker::train::weights::BaseWeights;
 use flotilla_worker::train::LoraSettings;
-use flotilla_worker::device;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
@@ -50,7 +50,8 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
     anyhow::ensure!(a.seq >= 2, "--seq must be at least 2");
     let device = device::parse_device(&a.device)?;
     let t0 = Instant::now();
-    let base = BaseWeights::load(&a.model, &device).with_context(|| format!("--model {}", a.model))?;
+    let base =
+        BaseWeights::load(&a.model, &device).with_context(|| format!("--model {}", a.model))?;
     let vocab = base.config.vocab_size;
     anyhow::ensure!(
         a.seq <= base.config.max_position_embeddings,
@@ -71,7 +72,9 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let (b, t) = (a.batch, a.seq);
-    let ids: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let ids: Vec<u32> = (0..b * t)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect();
     let mut targets = vec![0u32; b * t];
     let mut mask = vec![0f32; b * t];
     for r in 0..b {
@@ -99,7 +102,12 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
         let grads = loss.backward()?;
         let g: Vec<_> = vars
             .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned().context("missing gradient"))
+            .map(|v| {
+                grads
+                    .get(v.as_tensor())
+                    .cloned()
+                    .context("missing gradient")
+            })
             .collect::<anyhow::Result<_>>()?;
         let t_c = Instant::now();
         opt.step(&vars, &g, 1e-4)?;

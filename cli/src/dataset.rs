@@ -343,7 +343,8 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         OutputFormat::Json => {
             let mut v = manifest;
             v["out"] = serde_json::json!(a.out);
-            v["files"] = serde_json::json!([train_path, heldout_path, heldout_cases_path, manifest_path]);
+            v["files"] =
+                serde_json::json!([train_path, heldout_path, heldout_cases_path, manifest_path]);
             print_json(&v)?;
         }
         OutputFormat::Text => {

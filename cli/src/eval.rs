@@ -257,7 +257,10 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         &results,
         a.seed,
         scale,
-        &[("variant", baseline.as_str()), ("adapter", base_label.as_str())],
+        &[
+            ("variant", baseline.as_str()),
+            ("adapter", base_label.as_str()),
+        ],
     );
     let files = write_outputs(&a.out, &report, &results)?;
     match out {

@@ -45,19 +45,16 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
                 a.config.display()
             )
         })?;
-    let out_dir = a
-        .out
-        .clone()
-        .or_else(|| cfg.out.clone())
-        .with_context(|| format!("{}: no `out` in the config; pass --out", a.config.display()))?;
+    let out_dir =
+        a.out.clone().or_else(|| cfg.out.clone()).with_context(|| {
+            format!("{}: no `out` in the config; pass --out", a.config.display())
+        })?;
     let device = device::parse_device(&a.device)?;
 
     let pb = ProgressBar::new(cfg.steps as u64);
     pb.set_style(
-        ProgressStyle::with_template(
-            "train [{bar:30}] {pos}/{len} {msg} [{elapsed} < {eta}]",
-        )
-        .expect("valid template"),
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} [{elapsed} < {eta}]")
+            .expect("valid template"),
     );
     pb.set_message("loading");
     let mut last_eval: Option<f64> = None;
@@ -92,7 +89,13 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
                             .map(|l| format!(" eval {l:.4}"))
                             .unwrap_or_default()
                     ));
-                    tracing::info!(step = r.step, loss = r.loss, lr = r.lr, tokens_per_s = r.tokens_per_second, "step");
+                    tracing::info!(
+                        step = r.step,
+                        loss = r.loss,
+                        lr = r.lr,
+                        tokens_per_s = r.tokens_per_second,
+                        "step"
+                    );
                 }
                 TrainEvent::Eval { step, loss } => {
                     last_eval = Some(*loss);

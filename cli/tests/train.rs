@@ -63,7 +63,13 @@ fn lora_on_the_shipped_benchmark_lowers_held_out_loss_and_eval_measures_the_adap
          batch_size: 2\nmax_seq_len: 1024\neval_every: 5\ncheckpoint_every: 5\nseed: 0\n\
          lora: {rank: 8, alpha: 16}\noptimizer: {lr: 0.002, warmup_steps: 2}\nout: run\n",
     );
-    let s = ok_json(&flotilla(&["train", "--config", cfg.to_str().unwrap(), "--output", "json"]));
+    let s = ok_json(&flotilla(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        "json",
+    ]));
     let before = s["eval_loss_before"].as_f64().unwrap();
     let after = s["eval_loss_after"].as_f64().unwrap();
     assert!(
@@ -73,9 +79,10 @@ fn lora_on_the_shipped_benchmark_lowers_held_out_loss_and_eval_measures_the_adap
     assert_eq!(s["steps"], 10);
     let adapter = dir.join("run/adapter");
     assert!(adapter.join("adapter_config.json").exists());
-    let cfg_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg_json["peft_type"], "LORA");
     assert_eq!(cfg_json["task_type"], "CAUSAL_LM");
     assert_eq!(cfg_json["r"], 8);
@@ -108,8 +115,14 @@ fn lora_on_the_shipped_benchmark_lowers_held_out_loss_and_eval_measures_the_adap
         "json",
     ]));
     let configs = v["configurations"].as_array().unwrap();
-    let labels: Vec<&str> = configs.iter().filter_map(|c| c["adapter"].as_str()).collect();
-    assert!(labels.contains(&"base") && labels.contains(&"run/adapter"), "{labels:?}");
+    let labels: Vec<&str> = configs
+        .iter()
+        .filter_map(|c| c["adapter"].as_str())
+        .collect();
+    assert!(
+        labels.contains(&"base") && labels.contains(&"run/adapter"),
+        "{labels:?}"
+    );
     let cmp = v["comparisons"]
         .as_array()
         .unwrap()
@@ -120,7 +133,10 @@ fn lora_on_the_shipped_benchmark_lowers_held_out_loss_and_eval_measures_the_adap
         .unwrap_or_else(|| panic!("no adapter comparison in {}", v["comparisons"]));
     // The six held-out RAG cases (a quarter of each language's twelve, rounded), paired.
     assert_eq!(cmp["n"].as_u64().unwrap(), 6, "{cmp}");
-    assert!(cmp["delta"].is_number() && cmp["p_value"].is_number(), "{cmp}");
+    assert!(
+        cmp["delta"].is_number() && cmp["p_value"].is_number(),
+        "{cmp}"
+    );
     // The adapter's measured figures differ from the base's (SmolLM2 as judge is coarse, so
     // token F1 against the reference and G-Eval are compared as well as the score).
     let figures = |adapter: &str| -> Vec<String> {
@@ -168,13 +184,25 @@ fn a_training_run_killed_mid_way_resumes_to_the_adapter_of_a_straight_run() {
     );
     let straight = dir.join("straight");
     ok_json(&flotilla(&[
-        "train", "--config", cfg.to_str().unwrap(), "--out", straight.to_str().unwrap(),
-        "--output", "json",
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        straight.to_str().unwrap(),
+        "--output",
+        "json",
     ]));
 
     let killed = dir.join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["--threads", "2", "train", "--config", cfg.to_str().unwrap(), "--out"])
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+        ])
         .arg(&killed)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -183,8 +211,14 @@ fn a_training_run_killed_mid_way_resumes_to_the_adapter_of_a_straight_run() {
     let first = killed.join("checkpoints/step-000002/state.json");
     let t = Instant::now();
     while !first.exists() {
-        assert!(t.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "training ended before the kill");
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before the kill"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL
@@ -192,13 +226,25 @@ fn a_training_run_killed_mid_way_resumes_to_the_adapter_of_a_straight_run() {
     assert!(!killed.join("adapter").exists(), "killed before the end");
 
     // Starting again without --resume is refused rather than overwriting the run.
-    let again = flotilla(&["train", "--config", cfg.to_str().unwrap(), "--out", killed.to_str().unwrap()]);
+    let again = flotilla(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        killed.to_str().unwrap(),
+    ]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 
     let s = ok_json(&flotilla(&[
-        "train", "--config", cfg.to_str().unwrap(), "--out", killed.to_str().unwrap(),
-        "--resume", "--output", "json",
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        killed.to_str().unwrap(),
+        "--resume",
+        "--output",
+        "json",
     ]));
     let from = s["resumed_from"].as_u64().expect("resumed");
     assert!(from >= 2 && from < 6, "resumed from {from}");
@@ -230,21 +276,42 @@ fn bad_training_configs_fail_before_any_training_with_the_field_named() {
     .to_string();
     write(&dir.join("long.jsonl"), &(chat_records(3) + &long + "\n"));
     let cases = [
-        ("data: data.jsonl\nlora: {target_modules: [q_proj, qkv_proj]}\n", "unknown module `qkv_proj`"),
+        (
+            "data: data.jsonl\nlora: {target_modules: [q_proj, qkv_proj]}\n",
+            "unknown module `qkv_proj`",
+        ),
         ("data: data.jsonl\nlora: {rank: 0}\n", "lora.rank"),
         ("data: missing.jsonl\n", "missing.jsonl"),
         ("data: empty.jsonl\n", "empty.jsonl"),
-        ("data: long.jsonl\nholdout: 0\nmax_seq_len: 48\n", "long.jsonl"),
+        (
+            "data: long.jsonl\nholdout: 0\nmax_seq_len: 48\n",
+            "long.jsonl",
+        ),
         ("data: data.jsonl\nrank: 8\n", "unknown field `rank`"),
     ];
     for (i, (yaml, needle)) in cases.iter().enumerate() {
-        let cfg = write(&dir.join(format!("t{i}.yaml")), &format!("model: smollm2\nsteps: 3\n{yaml}"));
+        let cfg = write(
+            &dir.join(format!("t{i}.yaml")),
+            &format!("model: smollm2\nsteps: 3\n{yaml}"),
+        );
         let out = dir.join(format!("out{i}"));
-        let r = flotilla(&["train", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let r = flotilla(&[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(!r.status.success(), "{yaml}: accepted");
-        assert!(err.contains(needle), "{yaml}: error does not name {needle}: {err}");
+        assert!(
+            err.contains(needle),
+            "{yaml}: error does not name {needle}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
-        assert!(!out.join("checkpoints").exists(), "{yaml}: training started");
+        assert!(
+            !out.join("checkpoints").exists(),
+            "{yaml}: training started"
+        );
     }
 }

@@ -88,4 +88,3 @@ pub fn write_tiny_gguf(arch: &str, path: &Path) {
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
 }
-

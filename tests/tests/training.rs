@@ -26,7 +26,10 @@ fn inference_logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
     let mut model = (*lm.model).clone();
     model.f16_attention = false;
     let mut cache = KvCache::new(model.config.num_layers, vec![0]);
-    let x = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     model
         .forward(&x, &mut cache, true)
         .unwrap()
@@ -54,15 +57,20 @@ fn batch_of(ids: &[u32]) -> Batch {
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Give every B a small random value, so gradients reach every A too.
 fn randomize_b(model: &TrainModel, scale: f64) {
     for (name, var) in model.vars() {
         if name.contains("lora_B") {
-            let r = (Tensor::randn(0f32, 1f32, var.shape(), &Device::Cpu).unwrap() * scale)
-                .unwrap();
+            let r =
+                (Tensor::randn(0f32, 1f32, var.shape(), &Device::Cpu).unwrap() * scale).unwrap();
             var.set(&r).unwrap();
         }
     }
@@ -91,7 +99,10 @@ fn training_forward_computes_the_inference_logits_on_tiny_llama_and_qwen2() {
         let reference = inference_logits(&lm, &ids);
         let diff = max_abs(&(ours - &reference).unwrap());
         let scale = max_abs(&reference);
-        assert!(diff < 1e-4 * scale.max(1.0), "{arch}: logits differ by {diff}");
+        assert!(
+            diff < 1e-4 * scale.max(1.0),
+            "{arch}: logits differ by {diff}"
+        );
     }
 }
 
@@ -115,7 +126,11 @@ fn finite_differences_agree_with_autograd() {
     assert_eq!(vars.len(), 2 * 2 * 7, "2 layers x 7 modules x (A, B)");
     let mut checked = 0;
     for (name, var) in &vars {
-        let g = grads.get(var.as_tensor()).expect("gradient recorded").flatten_all().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .expect("gradient recorded")
+            .flatten_all()
+            .unwrap();
         let gv: Vec<f32> = g.to_vec1().unwrap();
         // The entry with the largest gradient: its finite difference is well above f32 noise.
         let (idx, &g_auto) = gv
@@ -191,7 +206,11 @@ fn every_lora_tensor_of_smollm2_receives_a_nonzero_gradient() {
     }
     let batch = t.loader.next_batch();
     let (grads, _) = t.gradients(&[batch], 2).unwrap();
-    assert_eq!(grads.len(), 30 * 7 * 2, "SmolLM2: 30 layers x 7 projections x (A, B)");
+    assert_eq!(
+        grads.len(),
+        30 * 7 * 2,
+        "SmolLM2: 30 layers x 7 projections x (A, B)"
+    );
     for ((name, _), g) in t.model.vars().iter().zip(&grads) {
         assert!(max_abs(g) > 0.0, "{name} received a zero gradient");
         assert!(max_abs(g).is_finite(), "{name} gradient is not finite");
@@ -215,16 +234,27 @@ fn an_adapter_gives_the_same_logits_unmerged_on_gguf_and_merged_into_a_directory
         let merged_dir = dir.path().join("merged");
         merge_to_hf_dir(gguf.to_str().unwrap(), &reloaded, &merged_dir).unwrap();
         let merged = inference_logits(&load(&merged_dir), &ids);
-        let training = model.logits(&model.hidden(&batch_of(&ids), None).unwrap()).unwrap();
+        let training = model
+            .logits(&model.hidden(&batch_of(&ids), None).unwrap())
+            .unwrap();
         let base = inference_logits(&lm, &ids);
 
         let scale = max_abs(&merged).max(1.0);
         let d_um = max_abs(&(&unmerged - &merged).unwrap());
         let d_tm = max_abs(&(&training - &merged).unwrap());
         let d_base = max_abs(&(&base - &merged).unwrap());
-        assert!(d_um < 1e-4 * scale, "{arch}: unmerged vs merged differ by {d_um}");
-        assert!(d_tm < 1e-4 * scale, "{arch}: training vs merged differ by {d_tm}");
-        assert!(d_base > 1e-2 * scale, "{arch}: the adapter changed nothing ({d_base})");
+        assert!(
+            d_um < 1e-4 * scale,
+            "{arch}: unmerged vs merged differ by {d_um}"
+        );
+        assert!(
+            d_tm < 1e-4 * scale,
+            "{arch}: training vs merged differ by {d_tm}"
+        );
+        assert!(
+            d_base > 1e-2 * scale,
+            "{arch}: the adapter changed nothing ({d_base})"
+        );
     }
 }
 
@@ -241,16 +271,25 @@ fn a_resumed_run_reaches_the_adapter_of_a_straight_run() {
 
     // The same run stopped right after its step-2 checkpoint (as a kill would), then resumed.
     let out_b = straight.path().join("out-b");
-    let stopped = flotilla_worker::train::train(&cfg, spec, &out_b, false, &Device::Cpu, &mut |e| {
-        !matches!(e, TrainEvent::Checkpoint { step: 2, .. })
-    });
+    let stopped =
+        flotilla_worker::train::train(&cfg, spec, &out_b, false, &Device::Cpu, &mut |e| {
+            !matches!(e, TrainEvent::Checkpoint { step: 2, .. })
+        });
     assert!(stopped.unwrap_err().to_string().contains("stopped"));
     let b = flotilla_worker::train::train(&cfg, spec, &out_b, true, &Device::Cpu, &mut |_| true)
         .unwrap();
     assert_eq!(b.resumed_from, Some(2));
 
-    let ta = candle_core::safetensors::load(out_a.join("adapter/adapter_model.safetensors"), &Device::Cpu).unwrap();
-    let tb = candle_core::safetensors::load(out_b.join("adapter/adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let ta = candle_core::safetensors::load(
+        out_a.join("adapter/adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tb = candle_core::safetensors::load(
+        out_b.join("adapter/adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(ta.len(), tb.len());
     for (k, va) in &ta {
         let vb = &tb[k];

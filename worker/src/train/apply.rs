@@ -34,7 +34,11 @@ pub fn apply_adapter(lm: &LanguageModel, adapter: &LoraAdapter) -> Result<Langua
     adapter.check_fits(cfg, &lm.info.path)?;
     let mut model = (*lm.model).clone();
     let device = model.device().clone();
-    let dtype = if device.is_cpu() { DType::F32 } else { model.dtype };
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        model.dtype
+    };
     for (key, (a, b)) in &adapter.weights {
         let mut b = b.clone();
         if model.rope_interleaved {
@@ -79,7 +83,11 @@ pub fn load_with_adapter(lm: &LanguageModel, adapter_dir: &Path) -> Result<Langu
 /// Merge `adapter` into the weights of `model_spec` and write a Hugging Face directory at
 /// `out` (config, tokenizer, chat template, one `model.safetensors`). Weights keep the
 /// base's dtype (f32 for GGUF sources, which are dequantized). Returns the files written.
-pub fn merge_to_hf_dir(model_spec: &str, adapter: &LoraAdapter, out: &Path) -> Result<Vec<PathBuf>> {
+pub fn merge_to_hf_dir(
+    model_spec: &str,
+    adapter: &LoraAdapter,
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let st_out = out.join("model.safetensors");
     let (mut tensors, dtype, written) = match resolve(model_spec)? {
@@ -100,7 +108,10 @@ pub fn merge_to_hf_dir(model_spec: &str, adapter: &LoraAdapter, out: &Path) -> R
                 let entry = entry.map_err(|e| Error::io(&dir, e))?;
                 let name = entry.file_name().to_string_lossy().to_string();
                 let p = entry.path();
-                if p.is_file() && !name.ends_with(".safetensors") && name != "model.safetensors.index.json" {
+                if p.is_file()
+                    && !name.ends_with(".safetensors")
+                    && name != "model.safetensors.index.json"
+                {
                     let dst = out.join(&name);
                     std::fs::copy(&p, &dst).map_err(|e| Error::io(&dst, e))?;
                     written.push(dst);

@@ -327,13 +327,19 @@ impl TrainConfig {
     /// file in errors.
     pub fn validate(&self, source: &Path) -> Result<()> {
         let bad = |field: &str, why: String| {
-            Err(Error::input(format!("{}: {field}: {why}", source.display())))
+            Err(Error::input(format!(
+                "{}: {field}: {why}",
+                source.display()
+            )))
         };
         if self.lora.rank == 0 {
             return bad("lora.rank", "must be at least 1".into());
         }
         if !(self.lora.alpha > 0.0) {
-            return bad("lora.alpha", format!("must be positive, got {}", self.lora.alpha));
+            return bad(
+                "lora.alpha",
+                format!("must be positive, got {}", self.lora.alpha),
+            );
         }
         if !(0.0..1.0).contains(&self.lora.dropout) {
             return bad(
@@ -373,7 +379,10 @@ impl TrainConfig {
             return bad("max_seq_len", "must be at least 2".into());
         }
         if !(0.0..1.0).contains(&self.holdout) {
-            return bad("holdout", format!("must be in [0, 1), got {}", self.holdout));
+            return bad(
+                "holdout",
+                format!("must be in [0, 1), got {}", self.holdout),
+            );
         }
         if !self.data.is_file() {
             return bad(
@@ -427,14 +436,20 @@ mod tests {
         let d = tmp("bad");
         write(&d, "train.jsonl", "{}\n");
         for (yaml, needle) in [
-            ("data: train.jsonl\nsteps: 3\nlora: {rank: 0}\n", "lora.rank"),
+            (
+                "data: train.jsonl\nsteps: 3\nlora: {rank: 0}\n",
+                "lora.rank",
+            ),
             (
                 "data: train.jsonl\nsteps: 3\nlora: {target_modules: [q_proj, qkv]}\n",
                 "unknown module `qkv`",
             ),
             ("data: missing.jsonl\nsteps: 3\n", "data:"),
             ("data: train.jsonl\nsteps: 0\n", "steps"),
-            ("data: train.jsonl\nsteps: 3\nbatchsize: 2\n", "unknown field `batchsize`"),
+            (
+                "data: train.jsonl\nsteps: 3\nbatchsize: 2\n",
+                "unknown field `batchsize`",
+            ),
         ] {
             let p = write(&d, "t.yaml", yaml);
             let e = TrainConfig::from_file(&p).unwrap_err().to_string();

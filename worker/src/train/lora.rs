@@ -218,15 +218,27 @@ impl LoraAdapter {
             return refuse("bias: adapters that train biases are not supported (need \"none\")");
         }
         if config.fan_in_fan_out {
-            return refuse("fan_in_fan_out: only llama / qwen2 (fan_in_fan_out false) layouts are supported");
+            return refuse(
+                "fan_in_fan_out: only llama / qwen2 (fan_in_fan_out false) layouts are supported",
+            );
         }
-        if config.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+        if config
+            .modules_to_save
+            .as_ref()
+            .is_some_and(|m| !m.is_empty())
+        {
             return refuse("modules_to_save: adapters that save whole modules are not supported");
         }
         // Settings that change what an adapter computes without changing its tensors.
-        for field in ["alora_invocation_tokens", "layer_replication", "megatron_config"] {
+        for field in [
+            "alora_invocation_tokens",
+            "layer_replication",
+            "megatron_config",
+        ] {
             if config.extra.get(field).is_some_and(|v| !v.is_null()) {
-                return refuse(&format!("{field}: not supported (it changes how the adapter applies)"));
+                return refuse(&format!(
+                    "{field}: not supported (it changes how the adapter applies)"
+                ));
             }
         }
         let st_path = dir.join("adapter_model.safetensors");
@@ -262,14 +274,20 @@ impl LoraAdapter {
         let mut weights = BTreeMap::new();
         for (key, a) in a_map {
             let b = b_map.remove(&key).ok_or_else(|| {
-                Error::model(&st_path, format!("`{}` has no lora_B", key.peft_name("lora_A")))
+                Error::model(
+                    &st_path,
+                    format!("`{}` has no lora_B", key.peft_name("lora_A")),
+                )
             })?;
             let (ra, _) = a.dims2()?;
             let (_, rb) = b.dims2()?;
             if ra != rb {
                 return Err(Error::model(
                     &st_path,
-                    format!("`{}`: rank of A ({ra}) and B ({rb}) differ", key.peft_name("lora_A")),
+                    format!(
+                        "`{}`: rank of A ({ra}) and B ({rb}) differ",
+                        key.peft_name("lora_A")
+                    ),
                 ));
             }
             weights.insert(key, (a, b));
@@ -291,8 +309,14 @@ impl LoraAdapter {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (key, (a, b)) in &self.weights {
-            tensors.insert(key.peft_name("lora_A"), a.to_device(&Device::Cpu)?.contiguous()?);
-            tensors.insert(key.peft_name("lora_B"), b.to_device(&Device::Cpu)?.contiguous()?);
+            tensors.insert(
+                key.peft_name("lora_A"),
+                a.to_device(&Device::Cpu)?.contiguous()?,
+            );
+            tensors.insert(
+                key.peft_name("lora_B"),
+                b.to_device(&Device::Cpu)?.contiguous()?,
+            );
         }
         let st = dir.join("adapter_model.safetensors");
         let tmp = dir.join(".adapter_model.safetensors.tmp");
@@ -341,7 +365,11 @@ impl LoraAdapter {
     }
 
     /// Check that every adapted projection exists in a model of this shape.
-    pub fn check_fits(&self, config: &crate::models::config::ModelConfig, dir: &Path) -> Result<()> {
+    pub fn check_fits(
+        &self,
+        config: &crate::models::config::ModelConfig,
+        dir: &Path,
+    ) -> Result<()> {
         let h = config.hidden_size;
         let qd = config.num_heads * config.head_dim;
         let kvd = config.num_kv_heads * config.head_dim;
@@ -387,14 +415,19 @@ mod tests {
     #[test]
     fn peft_names_round_trip() {
         for m in TargetModule::ALL {
-            let k = LoraKey { layer: 17, module: m };
+            let k = LoraKey {
+                layer: 17,
+                module: m,
+            };
             for which in ["lora_A", "lora_B"] {
                 let name = k.peft_name(which);
                 assert_eq!(LoraKey::parse(&name), Some((k, which)));
             }
         }
         assert_eq!(
-            LoraKey::parse("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"),
+            LoraKey::parse(
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+            ),
             Some((
                 LoraKey {
                     layer: 0,
@@ -443,7 +476,19 @@ mod tests {
             weights: BTreeMap::new(),
         };
         // `(.*\.)?` only matches at a dot: layer 15 and 25 are not layer 5.
-        assert_eq!(adapter.scaling(&LoraKey { layer: 5, module: TargetModule::VProj }), 4.0);
-        assert_eq!(adapter.scaling(&LoraKey { layer: 15, module: TargetModule::VProj }), 2.0);
+        assert_eq!(
+            adapter.scaling(&LoraKey {
+                layer: 5,
+                module: TargetModule::VProj
+            }),
+            4.0
+        );
+        assert_eq!(
+            adapter.scaling(&LoraKey {
+                layer: 15,
+                module: TargetModule::VProj
+            }),
+            2.0
+        );
     }
 }

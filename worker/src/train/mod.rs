@@ -8,16 +8,16 @@
 //!   quantized matmul record none).
 //! - [`trainer`] runs AdamW with warmup + cosine, accumulation, clipping, checkpoints, resume.
 
-pub mod data;
 pub mod apply;
 pub mod config;
+pub mod data;
 pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod trainer;
 pub mod weights;
 
-pub use config::{LoraSettings, TargetModule, TrainConfig};
 pub use apply::{apply_adapter, load_with_adapter, merge_to_hf_dir};
+pub use config::{LoraSettings, TargetModule, TrainConfig};
 pub use lora::{LoraAdapter, LoraKey};
 pub use trainer::{train, TrainEvent, TrainSummary, Trainer};

@@ -32,7 +32,11 @@ impl CustomOp1 for FrozenMatmul {
         "frozen-matmul"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let data = storage.as_slice::<f32>()?;
         let (start, end) = layout
             .contiguous_offsets()
@@ -44,7 +48,12 @@ impl CustomOp1 for FrozenMatmul {
         Ok((CpuStorage::F32(v), shape))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad_res.matmul(&self.w)?))
     }
 }
@@ -111,7 +120,11 @@ impl candle_core::CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.forward(&tensor_of(s1, l1)?, &tensor_of(s2, l2)?, &tensor_of(s3, l3)?)?;
+        let y = self.forward(
+            &tensor_of(s1, l1)?,
+            &tensor_of(s2, l2)?,
+            &tensor_of(s3, l3)?,
+        )?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
     }
@@ -142,21 +155,34 @@ impl candle_core::CustomOp3 for Attention {
 }
 
 /// Attention through [`Attention`] on CPU; elsewhere the same maths recorded op by op.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, kv_heads: usize) -> Result<Tensor> {
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    kv_heads: usize,
+) -> Result<Tensor> {
     let op = Attention {
         mask: mask.clone(),
         scale,
         kv_heads,
     };
     if q.device().is_cpu() && q.dtype() == DType::F32 {
-        Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+        Ok(q.contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
     } else {
         let (b, h, t, d) = q.dims4()?;
         let qg = q.reshape((b, kv_heads, (h / kv_heads) * t, d))?;
         let s = (qg.matmul(&k.t()?)? * scale)?
             .reshape((b, h, t, t))?
             .broadcast_add(mask)?;
-        let p = candle_nn::ops::softmax(&s, D::Minus1)?.reshape((b, kv_heads, (h / kv_heads) * t, t))?;
+        let p = candle_nn::ops::softmax(&s, D::Minus1)?.reshape((
+            b,
+            kv_heads,
+            (h / kv_heads) * t,
+            t,
+        ))?;
         Ok(p.matmul(v)?.reshape((b, h, t, d))?)
     }
 }
@@ -219,7 +245,12 @@ pub struct TrainModel {
 
 /// PEFT's default initialisation of `A`: kaiming-uniform with a = sqrt(5), i.e. uniform in
 /// +-1/sqrt(in_features).
-fn init_a(rank: usize, inp: usize, rng: &mut rand::rngs::StdRng, device: &Device) -> Result<Tensor> {
+fn init_a(
+    rank: usize,
+    inp: usize,
+    rng: &mut rand::rngs::StdRng,
+    device: &Device,
+) -> Result<Tensor> {
     let bound = 1.0 / (inp as f32).sqrt();
     let v: Vec<f32> = (0..rank * inp)
         .map(|_| rng.random_range(-bound..bound))

@@ -73,10 +73,7 @@ impl AdamW {
             map.insert(format!("m.{i}"), m.to_device(&Device::Cpu)?);
             map.insert(format!("v.{i}"), v.to_device(&Device::Cpu)?);
         }
-        map.insert(
-            "t".into(),
-            Tensor::new(&[self.t as u32], &Device::Cpu)?,
-        );
+        map.insert("t".into(), Tensor::new(&[self.t as u32], &Device::Cpu)?);
         candle_core::safetensors::save(&map, path).map_err(|e| Error::model(path, e))?;
         Ok(())
     }
@@ -164,7 +161,10 @@ mod tests {
         let g1 = Tensor::new(&[0.5f32, -1.0], &dev).unwrap();
         opt.step(std::slice::from_ref(&var), &[g1], 0.1).unwrap();
         let p: Vec<f32> = var.as_tensor().to_vec1().unwrap();
-        assert!((p[0] - 0.899).abs() < 1e-5 && (p[1] + 1.898).abs() < 1e-5, "{p:?}");
+        assert!(
+            (p[0] - 0.899).abs() < 1e-5 && (p[1] + 1.898).abs() < 1e-5,
+            "{p:?}"
+        );
         let g2 = Tensor::new(&[0.25f32, 1.0], &dev).unwrap();
         opt.step(std::slice::from_ref(&var), &[g2], 0.1).unwrap();
         // m = [0.0725, -0.08]/(1-0.81) ; v = [0.000312..., 0.001999]/(1-0.998001)

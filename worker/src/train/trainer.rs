@@ -51,8 +51,14 @@ pub enum TrainEvent {
         trainable_parameters: usize,
     },
     Step(StepReport),
-    Eval { step: usize, loss: f64 },
-    Checkpoint { step: usize, dir: PathBuf },
+    Eval {
+        step: usize,
+        loss: f64,
+    },
+    Checkpoint {
+        step: usize,
+        dir: PathBuf,
+    },
 }
 
 /// The result of a run.
@@ -144,20 +150,20 @@ impl Trainer {
         }
         let lm = LanguageModel::load(model_spec, &LoadOptions::default())?;
         let (train, eval) = prepare_data(cfg, &lm)?;
-        let pad = lm
-            .tokenizer
-            .eos_ids
-            .first()
-            .copied()
-            .unwrap_or(0);
+        let pad = lm.tokenizer.eos_ids.first().copied().unwrap_or(0);
         drop(lm);
         let base = BaseWeights::load(model_spec, device)?;
         let model = TrainModel::new(base, &cfg.lora, cfg.seed)?;
         let vars: Vec<Var> = model.vars().into_iter().map(|(_, v)| v).collect();
         let optimizer = AdamW::new(&vars, &cfg.optimizer)?;
-        let loader =
-            DataLoader::new(train, cfg.batch_size, cfg.max_seq_len, cfg.packing, cfg.seed)?
-                .with_pad_id(pad);
+        let loader = DataLoader::new(
+            train,
+            cfg.batch_size,
+            cfg.max_seq_len,
+            cfg.packing,
+            cfg.seed,
+        )?
+        .with_pad_id(pad);
         Ok(Self {
             config: cfg.clone(),
             model,
@@ -201,7 +207,10 @@ impl Trainer {
                 });
             }
         }
-        let grads = grads.into_iter().map(|g| g.expect("filled above")).collect();
+        let grads = grads
+            .into_iter()
+            .map(|g| g.expect("filled above"))
+            .collect();
         Ok((grads, nll / total as f64))
     }
 
@@ -441,7 +450,10 @@ pub fn train(
         if (cfg.eval_every > 0 && t.step % cfg.eval_every == 0) || last {
             if let Some(l) = t.eval_loss()? {
                 eval_losses.push((t.step, l));
-                emit(TrainEvent::Eval { step: t.step, loss: l })?;
+                emit(TrainEvent::Eval {
+                    step: t.step,
+                    loss: l,
+                })?;
                 write_log(serde_json::json!({"step": t.step, "eval_loss": l}))?;
             }
         }
