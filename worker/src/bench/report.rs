@@ -379,12 +379,13 @@ pub fn markdown(report: &Report) -> String {
         ));
     }
     if !report.comparisons.is_empty() {
-        s.push_str("\n## Paired comparisons\n\n| comparison | model / task / lang | n | change | delta 95% CI | p |\n|---|---|---|---|---|---|\n");
+        s.push_str("\n## Paired comparisons\n\n| comparison | held fixed | model / task / lang | n | change | delta 95% CI | p |\n|---|---|---|---|---|---|---|\n");
         for c in &report.comparisons {
-            let (a, b) = if c.axis == "variant" {
-                (&c.a.variant, &c.b.variant)
+            // The other factor is held fixed: name it, so rows of the same pair stay apart.
+            let (a, b, fixed) = if c.axis == "variant" {
+                (&c.a.variant, &c.b.variant, format!("adapter {}", c.b.adapter))
             } else {
-                (&c.a.adapter, &c.b.adapter)
+                (&c.a.adapter, &c.b.adapter, format!("variant {}", c.b.variant))
             };
             let pct = c
                 .stats
@@ -392,7 +393,7 @@ pub fn markdown(report: &Report) -> String {
                 .map(|p| format!("{p:+.1}%"))
                 .unwrap_or_else(|| "n/a".into());
             s.push_str(&format!(
-                "| {b} vs {a} | {} / {} / {} | {} | {} -> {}, {pct} | [{:+.2}, {:+.2}] | {:.3} |\n",
+                "| {b} vs {a} | {fixed} | {} / {} / {} | {} | {} -> {}, {pct} | [{:+.2}, {:+.2}] | {:.3} |\n",
                 c.b.model,
                 c.b.task,
                 c.b.language,
