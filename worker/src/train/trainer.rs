@@ -209,8 +209,8 @@ impl Trainer {
         }
         let grads = grads
             .into_iter()
-            .map(|g| g.expect("filled above"))
-            .collect();
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::input("no micro-batches to compute gradients on"))?;
         Ok((grads, nll / total as f64))
     }
 
