@@ -14,7 +14,7 @@ use flotilla_worker::bench::documents::{load_document, Document};
 use flotilla_worker::bench::prompts::{
     build, PromptInputs, Variant, ANSWER_MARKER, COMPLETED_MARKER,
 };
-use flotilla_worker::bench::retrieval::{ChunkSettings, Retriever};
+use flotilla_worker::bench::retrieval::{numbered_context, whole_text, ChunkSettings, Retriever};
 use flotilla_worker::bench::runner::Truncation;
 use flotilla_worker::loader::flotilla_home;
 use flotilla_worker::train::data::split_holdout;
@@ -223,18 +223,10 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
                 let hits = retriever
                     .retrieve(&case.query, &docs, a.top_k)
                     .with_context(|| format!("case {}: retrieval", case.id))?;
-                hits.iter()
-                    .enumerate()
-                    .map(|(i, h)| format!("[{}] {}", i + 1, h.text))
-                    .collect::<Vec<_>>()
-                    .join("\n\n")
+                numbered_context(&hits)
             }
             _ => {
-                let whole = docs
-                    .iter()
-                    .map(|d| d.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n\n");
+                let whole = whole_text(&docs);
                 let (text, cut) = fit_chars(&whole, a.max_document_chars, truncation);
                 if cut {
                     truncated.push(case.id.clone());

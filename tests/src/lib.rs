@@ -62,6 +62,24 @@ pub fn json_fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// A JSON list of token ids in a fixture.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+/// A JSON list of numbers in a fixture, as f32.
+pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("number list")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
 /// A fresh temporary directory, removed when dropped.
 pub fn temp_dir(tag: &str) -> TempDir {
     let base = std::env::temp_dir().join(format!(

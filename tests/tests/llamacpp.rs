@@ -9,7 +9,7 @@
 //! agree on all 32 tokens. Remaining early divergences must be near-ties (see NEAR_TIE).
 
 use candle_core::{Device, Tensor};
-use flotilla_tests::{json_fixture, smollm2};
+use flotilla_tests::{json_fixture, json_ids as ids, smollm2};
 use flotilla_worker::models::llama::KvCache;
 use flotilla_worker::SamplingParams;
 
@@ -21,14 +21,6 @@ struct Case {
     prompt: String,
     prompt_ids: Vec<u32>,
     greedy_ids: Vec<u32>,
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
 }
 
 fn cases() -> Vec<Case> {

@@ -13,7 +13,9 @@
 //! flotilla's own gap between the two candidates is then checked to be as small.
 
 use candle_core::{Device, Tensor};
-use flotilla_tests::{fixture, json_fixture, smollm2_path, temp_dir};
+use flotilla_tests::{
+    fixture, json_fixture, json_floats as floats, json_ids as ids, smollm2_path, temp_dir,
+};
 use flotilla_worker::convert::{gguf_to_hf, OutDType};
 use flotilla_worker::models::llama::KvCache;
 use flotilla_worker::train::{load_with_adapter, merge_to_hf_dir, LoraAdapter};
@@ -39,22 +41,6 @@ struct Case {
     top5_ids: Vec<u32>,
     top5_logits: Vec<f32>,
     base_greedy_ids: Vec<u32>,
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .expect("number list")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
 }
 
 fn cases() -> Vec<Case> {

@@ -383,9 +383,17 @@ pub fn markdown(report: &Report) -> String {
         for c in &report.comparisons {
             // The other factor is held fixed: name it, so rows of the same pair stay apart.
             let (a, b, fixed) = if c.axis == "variant" {
-                (&c.a.variant, &c.b.variant, format!("adapter {}", c.b.adapter))
+                (
+                    &c.a.variant,
+                    &c.b.variant,
+                    format!("adapter {}", c.b.adapter),
+                )
             } else {
-                (&c.a.adapter, &c.b.adapter, format!("variant {}", c.b.variant))
+                (
+                    &c.a.adapter,
+                    &c.b.adapter,
+                    format!("variant {}", c.b.variant),
+                )
             };
             let pct = c
                 .stats

@@ -151,6 +151,23 @@ impl<'a> Retriever<'a> {
 }
 
 /// Share of gold passages found (as substrings, case-insensitive) in the retrieved chunks.
+/// The context a RAG prompt gets: the hits numbered `[1] ...`, `[2] ...`, a blank line apart.
+pub fn numbered_context(hits: &[Hit]) -> String {
+    hits.iter()
+        .enumerate()
+        .map(|(i, h)| format!("[{}] {}", i + 1, h.text))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// A case's documents as one text, a blank line apart (document analysis reads it whole).
+pub fn whole_text(docs: &[Document]) -> String {
+    docs.iter()
+        .map(|d| d.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 pub fn recall_at_k(hits: &[Hit], gold: &[String]) -> Option<f64> {
     if gold.is_empty() {
         return None;

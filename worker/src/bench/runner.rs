@@ -271,19 +271,10 @@ impl<'a> Runner<'a> {
                 })?;
                 r.hits = retriever.retrieve(&case.query, &docs, self.settings.top_k)?;
                 r.recall_at_k = recall_at_k(&r.hits, &case.gold_passages);
-                r.hits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, h)| format!("[{}] {}", i + 1, h.text))
-                    .collect::<Vec<_>>()
-                    .join("\n\n")
+                super::retrieval::numbered_context(&r.hits)
             }
             _ => {
-                let whole = docs
-                    .iter()
-                    .map(|d| d.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n\n");
+                let whole = super::retrieval::whole_text(&docs);
                 let (text, record) = self.fit_document(case, variant, &whole)?;
                 r.truncation = record;
                 text
