@@ -15,7 +15,7 @@
 //!   expire** ([`core::Core::reap`] for heartbeats, the registry watch in [`server`], a
 //!   dropped stream in [`service`]).
 //! - [`store`]: SQLite (one thread, group commit). **Where a result is stored**:
-//!   [`core::Core::result`] fences it and writes it through [`core::apply`].
+//!   [`core::Core::result`] fences it and writes it through [`writes::apply`].
 //! - [`artifacts`]: the content-addressed blob folder (sha256-checked uploads).
 //! - [`aggregate`]: the sweep's report over all judged cases (CIs, paired comparisons).
 //! - [`service`]: the tonic service and its token check; [`server`]: [`serve`] and
@@ -60,5 +60,6 @@ pub mod service;
 pub mod store;
 pub mod submit;
 pub mod sweep;
+pub mod writes;
 
 pub use server::{serve, CoordinatorConfig, RunningCoordinator, TlsConfig};

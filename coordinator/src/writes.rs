@@ -1,0 +1,149 @@
+//! The store's half of every decision: the scheduler's [`Change`]s (and the results that come
+//! with `Succeeded` changes) written to SQLite in one transaction. [`crate::core`] queues these
+//! writes while it still holds the scheduler's lock, so the database sees decisions in the
+//! order memory made them.
+
+use crate::plan::{self, FileEntry};
+use crate::scheduler::Change;
+use crate::store::{now_ms, state::*, StoreResult};
+use rusqlite::{params, Connection};
+
+/// A result to store with its `Succeeded` change.
+#[derive(Debug, Clone)]
+pub struct ResultRow {
+    pub shard: String,
+    pub attempt: u32,
+    pub json: String,
+    pub artifacts: Vec<FileEntry>,
+    pub seconds: f64,
+    pub units: u64,
+}
+
+/// Write changes (and results) in one transaction: the store's half of every decision.
+pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> StoreResult<()> {
+    let now = now_ms();
+    for r in results {
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO results (shard_id, attempt, result_json, artifacts_json,
+                seconds, units, stored_ms) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+        )?
+        .execute(params![
+            r.shard,
+            r.attempt,
+            r.json,
+            serde_json::to_string(&r.artifacts).expect("files serialise"),
+            r.seconds,
+            r.units as i64,
+            now
+        ])?;
+    }
+    for ch in changes {
+        match ch {
+            Change::Assigned {
+                shard,
+                attempt,
+                worker,
+            } => {
+                c.prepare_cached(
+                    "UPDATE shards SET state = ?2, attempt = ?3, worker_id = ?4 WHERE id = ?1",
+                )?
+                .execute(params![shard, RUNNING, attempt, worker])?;
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO attempts (shard_id, attempt, worker_id, started_ms)
+                     VALUES (?1,?2,?3,?4)",
+                )?
+                .execute(params![shard, attempt, worker, now])?;
+            }
+            Change::Succeeded { shard, attempt } => {
+                c.prepare_cached("UPDATE shards SET state = ?2, worker_id = '' WHERE id = ?1")?
+                    .execute(params![shard, SUCCEEDED])?;
+                end_attempt(c, shard, *attempt, "succeeded", now)?;
+            }
+            Change::Requeued {
+                shard,
+                attempt,
+                outcome,
+                task_failures,
+                infra_failures,
+            } => {
+                c.prepare_cached(
+                    "UPDATE shards SET state = ?2, worker_id = '', task_failures = ?3,
+                        infra_failures = ?4, error = ?5 WHERE id = ?1",
+                )?
+                .execute(params![
+                    shard,
+                    READY,
+                    task_failures,
+                    infra_failures,
+                    outcome
+                ])?;
+                end_attempt(c, shard, *attempt, outcome, now)?;
+            }
+            Change::ShardFailed {
+                shard,
+                attempt,
+                error,
+                task_failures,
+                infra_failures,
+            } => {
+                c.prepare_cached(
+                    "UPDATE shards SET state = ?2, worker_id = '', task_failures = ?3,
+                        infra_failures = ?4, error = ?5 WHERE id = ?1",
+                )?
+                .execute(params![
+                    shard,
+                    FAILED,
+                    task_failures,
+                    infra_failures,
+                    error
+                ])?;
+                end_attempt(c, shard, *attempt, error, now)?;
+            }
+            Change::ShardCancelled { shard } => {
+                c.prepare_cached("UPDATE shards SET state = ?2, worker_id = '' WHERE id = ?1")?
+                    .execute(params![shard, CANCELLED])?;
+                c.prepare_cached(
+                    "UPDATE attempts SET ended_ms = ?2, outcome = 'cancelled'
+                     WHERE shard_id = ?1 AND ended_ms IS NULL",
+                )?
+                .execute(params![shard, now])?;
+            }
+            Change::Job { job, state, error } => {
+                c.prepare_cached("UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1")?
+                    .execute(params![job, state, error])?;
+            }
+            Change::Unblocked { job } => {
+                plan::finalize(c, job)?;
+                c.prepare_cached("UPDATE jobs SET state = ?2 WHERE id = ?1")?
+                    .execute(params![job, READY])?;
+                c.prepare_cached("UPDATE shards SET state = ?2 WHERE job_id = ?1 AND state = ?3")?
+                    .execute(params![job, READY, BLOCKED])?;
+            }
+            Change::Sweep {
+                sweep,
+                state,
+                error,
+            } => {
+                c.prepare_cached(
+                    "UPDATE sweeps SET state = ?2, error = ?3, updated_ms = ?4 WHERE id = ?1",
+                )?
+                .execute(params![sweep, state, error, now])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn end_attempt(
+    c: &Connection,
+    shard: &str,
+    attempt: u32,
+    outcome: &str,
+    now: i64,
+) -> StoreResult<()> {
+    c.prepare_cached(
+        "UPDATE attempts SET ended_ms = ?3, outcome = ?4 WHERE shard_id = ?1 AND attempt = ?2",
+    )?
+    .execute(params![shard, attempt, now, outcome])?;
+    Ok(())
+}
