@@ -2,7 +2,7 @@
 
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::Context;
-use flotilla_worker::train::{merge_to_hf_dir, LoraAdapter};
+use flotilla_train::{merge_to_hf_dir, LoraAdapter};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]

@@ -3,7 +3,7 @@
 
 use crate::output::{bar, print_json, OutputFormat};
 use anyhow::Context;
-use flotilla_worker::{device, LanguageModel, LoadOptions, SamplingParams};
+use flotilla_engine::{device, LanguageModel, LoadOptions, SamplingParams};
 use std::time::Instant;
 
 #[derive(clap::Subcommand)]

@@ -6,12 +6,12 @@
 use crate::output::{bar, print_json, OutputFormat};
 use anyhow::Context;
 use candle_core::Var;
-use flotilla_worker::device;
-use flotilla_worker::train::data::Batch;
-use flotilla_worker::train::model::TrainModel;
-use flotilla_worker::train::optim::AdamW;
-use flotilla_worker::train::weights::BaseWeights;
-use flotilla_worker::train::LoraSettings;
+use flotilla_engine::device;
+use flotilla_train::data::Batch;
+use flotilla_train::model::TrainModel;
+use flotilla_train::optim::AdamW;
+use flotilla_train::weights::BaseWeights;
+use flotilla_train::LoraSettings;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 

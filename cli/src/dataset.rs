@@ -9,16 +9,14 @@
 
 use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
-use flotilla_worker::bench::dataset::{load_dataset, Case, Task};
-use flotilla_worker::bench::documents::{load_document, Document};
-use flotilla_worker::bench::prompts::{
-    build, PromptInputs, Variant, ANSWER_MARKER, COMPLETED_MARKER,
-};
-use flotilla_worker::bench::retrieval::{numbered_context, whole_text, ChunkSettings, Retriever};
-use flotilla_worker::bench::runner::Truncation;
-use flotilla_worker::loader::flotilla_home;
-use flotilla_worker::train::data::split_holdout;
-use flotilla_worker::{device, ChatMessage, EmbeddingModel, LoadOptions};
+use flotilla_bench::dataset::{load_dataset, Case, Task};
+use flotilla_bench::documents::{load_document, Document};
+use flotilla_bench::prompts::{build, PromptInputs, Variant, ANSWER_MARKER, COMPLETED_MARKER};
+use flotilla_bench::retrieval::{numbered_context, whole_text, ChunkSettings, Retriever};
+use flotilla_bench::runner::Truncation;
+use flotilla_engine::loader::flotilla_home;
+use flotilla_engine::{device, ChatMessage, EmbeddingModel, LoadOptions};
+use flotilla_train::data::split_holdout;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

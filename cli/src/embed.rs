@@ -2,8 +2,8 @@
 
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::Context;
-use flotilla_worker::embed::cosine;
-use flotilla_worker::{device, EmbeddingModel, LoadOptions};
+use flotilla_engine::embed::cosine;
+use flotilla_engine::{device, EmbeddingModel, LoadOptions};
 
 #[derive(clap::Args)]
 pub struct Args {

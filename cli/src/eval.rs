@@ -3,15 +3,15 @@
 
 use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
-use flotilla_worker::bench::dataset::{load_dataset, Case, Task};
-use flotilla_worker::bench::judge::{LocalJudge, Scale};
-use flotilla_worker::bench::openai::EndpointJudge;
-use flotilla_worker::bench::prompts::Variant;
-use flotilla_worker::bench::report::{build_report, markdown, write_outputs};
-use flotilla_worker::bench::retrieval::{ChunkSettings, Retriever};
-use flotilla_worker::bench::runner::{EvalSettings, Judge, Runner, Truncation};
-use flotilla_worker::loader::flotilla_home;
-use flotilla_worker::{device, EmbeddingModel, LanguageModel, LoadOptions, SamplingParams};
+use flotilla_bench::dataset::{load_dataset, Case, Task};
+use flotilla_bench::judge::{LocalJudge, Scale};
+use flotilla_bench::openai::EndpointJudge;
+use flotilla_bench::prompts::Variant;
+use flotilla_bench::report::{build_report, markdown, write_outputs};
+use flotilla_bench::retrieval::{ChunkSettings, Retriever};
+use flotilla_bench::runner::{EvalSettings, Judge, Runner, Truncation};
+use flotilla_engine::loader::flotilla_home;
+use flotilla_engine::{device, EmbeddingModel, LanguageModel, LoadOptions, SamplingParams};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -210,7 +210,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             under_test.push(("base".into(), model.clone()));
         } else {
             let dir = std::path::Path::new(ad);
-            let lm = flotilla_worker::train::load_with_adapter(&model, dir)
+            let lm = flotilla_train::load_with_adapter(&model, dir)
                 .with_context(|| format!("--adapter {ad}"))?;
             under_test.push((adapter_label(dir), lm));
         }

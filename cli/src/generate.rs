@@ -2,8 +2,8 @@
 
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::Context;
-use flotilla_worker::chat::single_turn;
-use flotilla_worker::{device, LanguageModel, LoadOptions, Prompt, SamplingParams};
+use flotilla_engine::chat::single_turn;
+use flotilla_engine::{device, LanguageModel, LoadOptions, Prompt, SamplingParams};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -50,7 +50,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     let mut lm = LanguageModel::load(&a.model, &LoadOptions { device })
         .with_context(|| format!("--model {}", a.model))?;
     if let Some(dir) = &a.adapter {
-        lm = flotilla_worker::train::load_with_adapter(&lm, dir)
+        lm = flotilla_train::load_with_adapter(&lm, dir)
             .with_context(|| format!("--adapter {}", dir.display()))?;
     }
     pb.set_message("generating");

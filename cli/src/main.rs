@@ -99,8 +99,8 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = cli
         .threads
-        .unwrap_or_else(flotilla_worker::device::default_threads);
-    flotilla_worker::device::set_threads(threads)?;
+        .unwrap_or_else(flotilla_engine::device::default_threads);
+    flotilla_engine::device::set_threads(threads)?;
     tracing::debug!(threads, "engine threads");
     let out = cli.output;
     match cli.command {

@@ -2,9 +2,9 @@
 
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::Context;
-use flotilla_worker::convert::{gguf_to_hf, OutDType};
-use flotilla_worker::loader::{resolve, ModelSource};
-use flotilla_worker::{LanguageModel, LoadOptions};
+use flotilla_engine::convert::{gguf_to_hf, OutDType};
+use flotilla_engine::loader::{resolve, ModelSource};
+use flotilla_engine::{LanguageModel, LoadOptions};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]

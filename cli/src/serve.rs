@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flotilla_worker::{device, ChatMessage, LanguageModel, LoadOptions, Prompt, SamplingParams};
+use flotilla_engine::{device, ChatMessage, LanguageModel, LoadOptions, Prompt, SamplingParams};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -146,7 +146,7 @@ async fn chat(
     let (completions, _) = result.map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
     let c = &completions[0];
     let finish = match c.finish_reason {
-        flotilla_worker::FinishReason::Length => "length",
+        flotilla_engine::FinishReason::Length => "length",
         _ => "stop",
     };
     let created = std::time::SystemTime::now()
@@ -170,7 +170,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut model = LanguageModel::load(&a.model, &LoadOptions { device })
         .with_context(|| format!("--model {}", a.model))?;
     if let Some(dir) = &a.adapter {
-        model = flotilla_worker::train::load_with_adapter(&model, dir)
+        model = flotilla_train::load_with_adapter(&model, dir)
             .with_context(|| format!("--adapter {}", dir.display()))?;
     }
     let api_key = match &a.api_key_env {

@@ -3,8 +3,8 @@
 
 use crate::output::{print_json, OutputFormat};
 use anyhow::Context;
-use flotilla_worker::device;
-use flotilla_worker::train::{train, TrainConfig, TrainEvent};
+use flotilla_engine::device;
+use flotilla_train::{train, TrainConfig, TrainEvent};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -59,7 +59,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     pb.set_message("loading");
     let mut last_eval: Option<f64> = None;
     let text = out == OutputFormat::Text;
-    let summary = flotilla_worker::device::in_engine_pool(|| {
+    let summary = flotilla_engine::device::in_engine_pool(|| {
         train(&cfg, &model, &out_dir, a.resume, &device, &mut |e| {
             match e {
                 TrainEvent::Started {

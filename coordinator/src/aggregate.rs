@@ -1,5 +1,5 @@
 //! A sweep's results, aggregated over all its shards: every judged case goes through the
-//! benchmark engine's report (`flotilla_worker::bench::report`): the per-configuration table
+//! benchmark engine's report (`flotilla_contract::report`): the per-configuration table
 //! with bootstrap CIs and the paired comparisons — base vs each adapter, the first variant vs
 //! each other — exactly as `flotilla eval` computes them for one machine.
 
@@ -7,11 +7,11 @@ use crate::core::{Core, SweepRecord};
 use crate::plan::{FileEntry, JobMeta};
 use crate::store::StoreError;
 use crate::sweep::file_key;
+use flotilla_contract::case_result::CaseResult;
+use flotilla_contract::judging::Scale;
+use flotilla_contract::report::{build_report, markdown, Report};
+use flotilla_contract::shard::JudgeResult;
 use flotilla_proto::v1 as pb;
-use flotilla_worker::bench::judge::Scale;
-use flotilla_worker::bench::report::{build_report, markdown, Report};
-use flotilla_worker::bench::runner::CaseResult;
-use flotilla_worker::node::spec::JudgeResult;
 use rusqlite::params;
 
 /// Everything stored for a sweep's results.

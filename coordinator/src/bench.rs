@@ -6,11 +6,11 @@
 use crate::client::Client;
 use crate::server::{serve, CoordinatorConfig};
 use crate::sweep::Retries;
+use flotilla_client::registry::MemoryRegistry;
+use flotilla_contract::shard::NoopShard;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::coordinator_message::Kind as Out;
 use flotilla_proto::v1::worker_message::Kind as In;
-use flotilla_worker::node::spec::NoopShard;
-use flotilla_worker::registry::MemoryRegistry;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ async fn worker(
                             }
                             first_seen = true;
                         }
-                        let result = serde_json::to_vec(&flotilla_worker::node::spec::NoopResult {
+                        let result = serde_json::to_vec(&flotilla_contract::shard::NoopResult {
                             worker_id: id.clone(),
                         })?;
                         send(In::Result(pb::ShardResult {

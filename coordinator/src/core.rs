@@ -703,7 +703,7 @@ impl Core {
     pub async fn submit_noop(
         &self,
         name: &str,
-        specs: Vec<flotilla_worker::node::spec::NoopShard>,
+        specs: Vec<flotilla_contract::shard::NoopShard>,
         retries: Retries,
     ) -> Result<String, StoreError> {
         if specs.is_empty() {
@@ -728,7 +728,7 @@ impl Core {
         let job = PlannedJob {
             id: job_id,
             seq: 1,
-            kind: flotilla_worker::node::spec::KIND_NOOP.into(),
+            kind: flotilla_contract::shard::KIND_NOOP.into(),
             label: format!("{} no-op shards", specs.len()),
             model: String::new(),
             depends_on: Vec::new(),

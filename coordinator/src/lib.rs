@@ -25,12 +25,12 @@
 //! - [`bench`]: `flotilla bench dispatch`.
 //!
 //! The shard specs and results exchanged with workers are defined beside the worker code, in
-//! `flotilla_worker::node::spec`; the wire envelope is `proto/flotilla/v1/cluster.proto`.
+//! `flotilla_contract::shard`; the wire envelope is `proto/flotilla/v1/cluster.proto`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use flotilla_coordinator::{serve, CoordinatorConfig};
-//! use flotilla_worker::registry::MemoryRegistry;
+//! use flotilla_client::registry::MemoryRegistry;
 //! use std::sync::Arc;
 //!
 //! // Embedded: an in-memory registry instead of etcd, a loopback port.

@@ -15,9 +15,9 @@
 
 use crate::store::{StoreError, StoreResult};
 use crate::sweep::{file_key, AdapterSource, Cell, Sweep};
-use flotilla_worker::bench::dataset::Task;
-use flotilla_worker::bench::judge::Scale;
-use flotilla_worker::node::spec::{
+use flotilla_contract::dataset::Task;
+use flotilla_contract::judging::Scale;
+use flotilla_contract::shard::{
     AdapterRef, GenerateResult, GenerateShard, JudgeItem, JudgeModel, JudgeShard, TrainShard,
     KIND_GENERATE, KIND_JUDGE, KIND_TRAIN,
 };

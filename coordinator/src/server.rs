@@ -4,8 +4,8 @@
 
 use crate::core::Core;
 use crate::service::{Auth, Service};
+use flotilla_client::registry::{Registration, Registry, WorkerEvent};
 use flotilla_proto::v1::coordinator_server::CoordinatorServer;
-use flotilla_worker::registry::{Registration, Registry, WorkerEvent};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,7 +110,7 @@ impl RunningCoordinator {
 /// ```no_run
 /// # async fn demo() -> anyhow::Result<()> {
 /// use flotilla_coordinator::{serve, CoordinatorConfig};
-/// use flotilla_worker::registry::MemoryRegistry;
+/// use flotilla_client::registry::MemoryRegistry;
 /// use std::sync::Arc;
 ///
 /// let registry = Arc::new(MemoryRegistry::new());

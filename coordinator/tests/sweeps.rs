@@ -5,14 +5,15 @@
 mod common;
 
 use common::*;
+use flotilla_contract::case_result::CaseResult;
+use flotilla_contract::judging::Verdict;
+use flotilla_contract::shard::{
+    GenerateResult, GenerateShard, JudgeResult, JudgeShard, TrainResult, TrainShard,
+};
+use flotilla_coordinator::client::SubmitSweep;
 use flotilla_coordinator::sweep::{self, AdapterSource, FileRoot, ModelCheck, Sweep};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::worker_message::Kind as In;
-use flotilla_worker::bench::judge::Verdict;
-use flotilla_worker::bench::runner::CaseResult;
-use flotilla_worker::node::spec::{
-    GenerateResult, GenerateShard, JudgeResult, JudgeShard, TrainResult, TrainShard,
-};
 use std::path::{Path, PathBuf};
 
 fn examples() -> PathBuf {
@@ -294,7 +295,7 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
     c.shutdown().await;
 }
 
-fn blank(case: &flotilla_worker::bench::dataset::Case, spec: &GenerateShard) -> CaseResult {
+fn blank(case: &flotilla_contract::dataset::Case, spec: &GenerateShard) -> CaseResult {
     CaseResult {
         case_id: case.id.clone(),
         task: case.task,

@@ -4,11 +4,11 @@
 mod common;
 
 use common::*;
+use flotilla_contract::shard::NoopShard;
 use flotilla_coordinator::sweep::Retries;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::coordinator_message::Kind as Out;
 use flotilla_proto::v1::worker_message::Kind as In;
-use flotilla_worker::node::spec::NoopShard;
 use std::collections::HashSet;
 use std::time::Duration;
 

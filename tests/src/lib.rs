@@ -7,13 +7,13 @@
 pub mod etcd;
 pub mod tiny;
 
-use flotilla_worker::{EmbeddingModel, LanguageModel, LoadOptions};
+use flotilla_engine::{EmbeddingModel, LanguageModel, LoadOptions};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// A demo model's path in the model cache; panics with the fix if it is missing.
 pub fn demo_model(file: &str) -> PathBuf {
-    let p = flotilla_worker::loader::model_cache().join(file);
+    let p = flotilla_engine::loader::model_cache().join(file);
     assert!(
         p.exists(),
         "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does)",

@@ -3,7 +3,7 @@
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use flotilla_worker::loader::read_gguf;
+use flotilla_engine::loader::read_gguf;
 use std::path::Path;
 
 use crate::smollm2_path;

@@ -4,11 +4,11 @@
 //! not), qwen2's q/k/v biases, and the hub-cache lookup of `hf:` ids.
 
 use candle_core::{DType, Device, Tensor};
+use flotilla_engine::convert::{gguf_to_hf, OutDType};
+use flotilla_engine::models::llama::KvCache;
+use flotilla_engine::{LanguageModel, LoadOptions};
 use flotilla_tests::temp_dir;
 use flotilla_tests::tiny::{write_tiny_gguf, LAYERS};
-use flotilla_worker::convert::{gguf_to_hf, OutDType};
-use flotilla_worker::models::llama::KvCache;
-use flotilla_worker::{LanguageModel, LoadOptions};
 use std::path::Path;
 
 fn load(p: &Path) -> LanguageModel {

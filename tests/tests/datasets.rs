@@ -1,10 +1,10 @@
 //! A user points flotilla at benchmark cases: Flow's sample benchmark as published, flotilla's
 //! own JSONL, and the documents they name (PDF, DOCX, HTML, text; English and Japanese).
 
+use flotilla_bench::chunk::chunk_text;
+use flotilla_bench::dataset::{load_dataset, Task};
+use flotilla_bench::documents::load_document;
 use flotilla_tests::{peer_dir, temp_dir};
-use flotilla_worker::bench::chunk::chunk_text;
-use flotilla_worker::bench::dataset::{load_dataset, Task};
-use flotilla_worker::bench::documents::load_document;
 
 #[test]
 fn flow_sample_benchmark_loads_as_published() {

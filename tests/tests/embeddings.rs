@@ -4,8 +4,8 @@
 //! `tests/fixtures/minilm-reference.json` is the recorded output of
 //! `scripts/minilm_reference.py` (sentence-transformers on the same model directory).
 
+use flotilla_engine::embed::cosine;
 use flotilla_tests::{json_fixture, minilm};
-use flotilla_worker::embed::cosine;
 
 #[test]
 fn vectors_match_sentence_transformers() {

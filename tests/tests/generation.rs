@@ -1,9 +1,9 @@
 //! A user chats with and prompts SmolLM2 (the real GGUF demo model): the answers are coherent,
 //! reproducible, stop where asked, and batching gives the same answers as one by one.
 
+use flotilla_engine::chat::{single_turn, ChatMessage};
+use flotilla_engine::{FinishReason, Prompt, SamplingParams};
 use flotilla_tests::smollm2;
-use flotilla_worker::chat::{single_turn, ChatMessage};
-use flotilla_worker::{FinishReason, Prompt, SamplingParams};
 
 fn greedy(max: usize) -> SamplingParams {
     SamplingParams {

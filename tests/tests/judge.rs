@@ -2,9 +2,9 @@
 //! score from the same pass, and continuation scoring matches plain teacher forcing.
 
 use candle_core::{Device, Tensor};
+use flotilla_bench::judge::{JudgeInput, LocalJudge, Scale};
+use flotilla_engine::models::llama::KvCache;
 use flotilla_tests::smollm2;
-use flotilla_worker::bench::judge::{JudgeInput, LocalJudge, Scale};
-use flotilla_worker::models::llama::KvCache;
 
 const PARIS: JudgeInput<'static> = JudgeInput::Reference {
     question: "What is the capital of France?",

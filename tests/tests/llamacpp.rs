@@ -9,9 +9,9 @@
 //! agree on all 32 tokens. Remaining early divergences must be near-ties (see NEAR_TIE).
 
 use candle_core::{Device, Tensor};
+use flotilla_engine::models::llama::KvCache;
+use flotilla_engine::SamplingParams;
 use flotilla_tests::{json_fixture, json_ids as ids, smollm2};
-use flotilla_worker::models::llama::KvCache;
-use flotilla_worker::SamplingParams;
 
 /// Logit gap under which two tokens count as tied: Q4_1 rounding moves logits by about this.
 const NEAR_TIE: f32 = 0.25;

@@ -2,10 +2,10 @@
 //! hands the loader broken files, which must give clear errors naming the file, not panics.
 
 use candle_core::{Device, Tensor};
+use flotilla_engine::convert::{gguf_to_hf, OutDType};
+use flotilla_engine::models::llama::KvCache;
+use flotilla_engine::{LanguageModel, LoadOptions, Prompt, SamplingParams};
 use flotilla_tests::{smollm2, smollm2_path, temp_dir};
-use flotilla_worker::convert::{gguf_to_hf, OutDType};
-use flotilla_worker::models::llama::KvCache;
-use flotilla_worker::{LanguageModel, LoadOptions, Prompt, SamplingParams};
 use std::path::Path;
 
 const TEXT: &str = "The rhinoceros is a large mammal that lives in Africa and Asia. It has thick \
@@ -29,7 +29,7 @@ fn top1_per_position(lm: &LanguageModel, ids: &[u32]) -> Vec<u32> {
         .unwrap()
 }
 
-fn load(path: &Path) -> flotilla_worker::Result<LanguageModel> {
+fn load(path: &Path) -> flotilla_engine::Result<LanguageModel> {
     LanguageModel::load(path.to_str().unwrap(), &LoadOptions::default())
 }
 
@@ -57,7 +57,7 @@ fn converted_hf_directory_agrees_with_the_gguf() {
     // Same tokens from both tokenizers, same chat rendering.
     let ids = gguf.tokenizer.encode(TEXT, true).unwrap();
     assert_eq!(hf.tokenizer.encode(TEXT, true).unwrap(), ids);
-    let chat = [Prompt::Chat(vec![flotilla_worker::ChatMessage::new(
+    let chat = [Prompt::Chat(vec![flotilla_engine::ChatMessage::new(
         "user", "Hello",
     )])];
     assert_eq!(

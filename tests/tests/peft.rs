@@ -13,13 +13,13 @@
 //! flotilla's own gap between the two candidates is then checked to be as small.
 
 use candle_core::{Device, Tensor};
+use flotilla_engine::convert::{gguf_to_hf, OutDType};
+use flotilla_engine::models::llama::KvCache;
+use flotilla_engine::{LanguageModel, LoadOptions, SamplingParams};
 use flotilla_tests::{
     fixture, json_fixture, json_floats as floats, json_ids as ids, smollm2_path, temp_dir,
 };
-use flotilla_worker::convert::{gguf_to_hf, OutDType};
-use flotilla_worker::models::llama::KvCache;
-use flotilla_worker::train::{load_with_adapter, merge_to_hf_dir, LoraAdapter};
-use flotilla_worker::{LanguageModel, LoadOptions, SamplingParams};
+use flotilla_train::{load_with_adapter, merge_to_hf_dir, LoraAdapter};
 use std::path::Path;
 use std::sync::OnceLock;
 

@@ -2,8 +2,8 @@
 //! coordinator election has one leader at a time, and a worker whose lease is lost registers
 //! again by itself.
 
+use flotilla_client::registry::{EtcdRegistry, Registry, WorkerEntry, WorkerEvent, WORKERS_PREFIX};
 use flotilla_tests::etcd::Etcd;
-use flotilla_worker::registry::{EtcdRegistry, Registry, WorkerEntry, WorkerEvent, WORKERS_PREFIX};
 use std::time::Duration;
 use tokio::sync::mpsc;
 

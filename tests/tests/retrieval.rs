@@ -1,9 +1,9 @@
 //! RAG retrieval on the Flow sample documents with MiniLM: the right passage comes back, and
 //! each document is embedded once (then served from the memory and disk caches).
 
+use flotilla_bench::documents::load_document;
+use flotilla_bench::retrieval::{recall_at_k, ChunkSettings, Retriever};
 use flotilla_tests::{minilm, peer_dir, temp_dir};
-use flotilla_worker::bench::documents::load_document;
-use flotilla_worker::bench::retrieval::{recall_at_k, ChunkSettings, Retriever};
 use std::sync::atomic::Ordering;
 
 #[test]

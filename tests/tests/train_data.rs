@@ -2,14 +2,14 @@
 //! exactly the assistant's words and its `<|im_end|>`, the prompt part tokenizes as generation
 //! would see it, too-long examples are caught before training, and batches carry the mask.
 
+use flotilla_engine::chat::ChatMessage;
+use flotilla_engine::generate::Prompt;
+use flotilla_engine::LanguageModel;
 use flotilla_tests::smollm2;
-use flotilla_worker::chat::ChatMessage;
-use flotilla_worker::generate::Prompt;
-use flotilla_worker::train::data::{
+use flotilla_train::data::{
     eval_batches, load_records, tokenize_records, DataLoader, RecordBody, TokenizedExample,
     TrainRecord,
 };
-use flotilla_worker::LanguageModel;
 use std::path::{Path, PathBuf};
 
 fn chat(line: usize, messages: &[(&str, &str)]) -> TrainRecord {
@@ -74,7 +74,7 @@ fn variant_of_smollm2(template: bool, context: Option<usize>) -> LanguageModel {
     if template {
         LanguageModel {
             template: m.info.chat_template.as_deref().map(|s| {
-                flotilla_worker::ChatTemplate::new(
+                flotilla_engine::ChatTemplate::new(
                     s,
                     m.tokenizer.bos_token.as_deref(),
                     m.tokenizer.eos_token.as_deref(),

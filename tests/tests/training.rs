@@ -5,16 +5,16 @@
 //! reach the adapter of a straight one.
 
 use candle_core::{Device, Tensor};
+use flotilla_engine::models::llama::KvCache;
+use flotilla_engine::{LanguageModel, LoadOptions};
 use flotilla_tests::tiny::write_tiny_gguf;
 use flotilla_tests::{smollm2_path, temp_dir};
-use flotilla_worker::models::llama::KvCache;
-use flotilla_worker::train::data::Batch;
-use flotilla_worker::train::model::TrainModel;
-use flotilla_worker::train::weights::BaseWeights;
-use flotilla_worker::train::{
+use flotilla_train::data::Batch;
+use flotilla_train::model::TrainModel;
+use flotilla_train::weights::BaseWeights;
+use flotilla_train::{
     apply_adapter, merge_to_hf_dir, LoraSettings, TrainConfig, TrainEvent, Trainer,
 };
-use flotilla_worker::{LanguageModel, LoadOptions};
 use std::path::{Path, PathBuf};
 
 fn load(p: &Path) -> LanguageModel {
@@ -226,7 +226,7 @@ fn an_adapter_gives_the_same_logits_unmerged_on_gguf_and_merged_into_a_directory
         let adapter = model.adapter("tiny").unwrap();
         let adir = dir.path().join("adapter");
         adapter.save(&adir).unwrap();
-        let reloaded = flotilla_worker::train::LoraAdapter::load(&adir).unwrap();
+        let reloaded = flotilla_train::LoraAdapter::load(&adir).unwrap();
 
         let lm = load(&gguf);
         let ids = lm.tokenizer.encode(TEXT, false).unwrap();
@@ -265,19 +265,16 @@ fn a_resumed_run_reaches_the_adapter_of_a_straight_run() {
     let straight = temp_dir("train-straight");
     let cfg = smollm2_config(straight.path(), "lora: {rank: 4, dropout: 0.1}\n");
     let out_a = straight.path().join("out");
-    let a = flotilla_worker::train::train(&cfg, spec, &out_a, false, &Device::Cpu, &mut |_| true)
-        .unwrap();
+    let a = flotilla_train::train(&cfg, spec, &out_a, false, &Device::Cpu, &mut |_| true).unwrap();
     assert_eq!(a.steps, 4);
 
     // The same run stopped right after its step-2 checkpoint (as a kill would), then resumed.
     let out_b = straight.path().join("out-b");
-    let stopped =
-        flotilla_worker::train::train(&cfg, spec, &out_b, false, &Device::Cpu, &mut |e| {
-            !matches!(e, TrainEvent::Checkpoint { step: 2, .. })
-        });
+    let stopped = flotilla_train::train(&cfg, spec, &out_b, false, &Device::Cpu, &mut |e| {
+        !matches!(e, TrainEvent::Checkpoint { step: 2, .. })
+    });
     assert!(stopped.unwrap_err().to_string().contains("stopped"));
-    let b = flotilla_worker::train::train(&cfg, spec, &out_b, true, &Device::Cpu, &mut |_| true)
-        .unwrap();
+    let b = flotilla_train::train(&cfg, spec, &out_b, true, &Device::Cpu, &mut |_| true).unwrap();
     assert_eq!(b.resumed_from, Some(2));
 
     let ta = candle_core::safetensors::load(

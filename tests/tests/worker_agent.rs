@@ -1,15 +1,15 @@
-//! The worker agent (`flotilla_worker::node`) against a real coordinator on a loopback port,
+//! The worker agent (`flotilla_worker`) against a real coordinator on a loopback port,
 //! with no-op shards so every test takes seconds: work shared out and stored once, a
 //! coordinator restart survived, a cancel honoured at once, failures reported by kind, a
 //! refused token ending the agent with a clear error.
 
+use flotilla_client::registry::{MemoryRegistry, Registry};
+use flotilla_contract::shard::NoopShard;
 use flotilla_coordinator::sweep::Retries;
 use flotilla_coordinator::{serve, CoordinatorConfig, RunningCoordinator};
+use flotilla_engine::loader::LoadOptions;
 use flotilla_proto::v1 as pb;
-use flotilla_worker::loader::LoadOptions;
-use flotilla_worker::node::spec::NoopShard;
-use flotilla_worker::node::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
-use flotilla_worker::registry::{MemoryRegistry, Registry};
+use flotilla_worker::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,38 +1,25 @@
-//! flotilla's engine: everything that touches a model.
+//! The worker process: what runs on each office PC (or pod) of a cluster, and inside
+//! `flotilla run` as in-process workers.
 //!
-//! - [`loader`] finds a model (GGUF file, Hugging Face directory, `hf:` hub id in the local
-//!   cache, or a demo alias) and loads weights, tokenizer and chat template.
-//! - [`tokenizer`] builds tokenizers from `tokenizer.json` or GGUF metadata, splitting text the
-//!   way llama.cpp does for each GGUF pre-tokenizer.
-//! - [`chat`] renders chat templates with minijinja.
-//! - [`models`] holds the forward passes (llama / qwen2), one file per family.
-//! - [`generate`] and [`sampling`] turn prompts into completions, batched.
-//! - [`embed`] computes sentence embeddings (BERT family).
-//! - [`convert`] writes a GGUF model out as a dequantized Hugging Face directory.
+//! - [`agent`] keeps the Work stream to the coordinator: hello, ask, run, report, reconnect.
+//! - [`exec`] runs one shard by its kind ([`flotilla_contract::ShardSpec`]: generate, judge,
+//!   train, noop) on the engine, the benchmark engine and the trainer.
+//! - [`artifacts`] keeps a sha256-checked local cache of the files shards need and lays them
+//!   out per shard.
+//! - [`models`] keeps recently used models loaded (LRU), adapters riding on shared bases.
+//! - [`capabilities`] says what this machine has (device, memory, models), for the registry
+//!   and the coordinator's scheduling.
 //!
-//! It works as a library in-process (`flotilla generate`, `flotilla run`) and, later, inside
-//! worker processes that pull shards from the coordinator. It owns no scheduling and no
-//! storage of results.
+//! It talks to the coordinator only through `flotilla-client` (the one client, and the etcd
+//! registry for membership); what a shard means is `flotilla-contract`'s. It owns no model
+//! code: that is `flotilla-engine`, `flotilla-bench` and `flotilla-train`.
 
-pub mod bench;
-pub mod chat;
-pub mod convert;
-pub mod device;
-pub mod embed;
-pub mod error;
-pub mod generate;
-pub mod kernels;
-pub mod loader;
+pub mod agent;
+pub mod artifacts;
+pub mod capabilities;
+pub mod exec;
 pub mod models;
-pub mod node;
-pub mod registry;
-pub mod sampling;
-pub mod tokenizer;
-pub mod train;
 
-pub use chat::{ChatMessage, ChatTemplate};
-pub use embed::EmbeddingModel;
-pub use error::{Error, Result};
-pub use generate::{Completion, FinishReason, GenerationStats, Prompt};
-pub use loader::{LanguageModel, LoadOptions, ModelInfo};
-pub use sampling::SamplingParams;
+pub use agent::{run_worker, AgentConfig, CoordinatorAddress};
+pub use capabilities::Capabilities;
+pub use models::ModelCache;

@@ -2,10 +2,10 @@
 //! elected coordinator's address from its leader key; the shared token from `--token-file`
 //! or `FLOTILLA_TOKEN`; TLS from `--tls-ca` (and `--tls-cert`/`--tls-key` for mutual TLS).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use flotilla_client::client::{endpoint_url, read_token_file};
+use flotilla_client::registry::{EtcdRegistry, Registry};
 use flotilla_coordinator::client::{Client, ClientTls};
-use flotilla_worker::node::client::{endpoint_url, read_token_file};
-use flotilla_worker::registry::{EtcdRegistry, Registry};
 use std::path::PathBuf;
 
 /// How a command proves itself to the coordinator.
@@ -51,37 +51,13 @@ impl AuthArgs {
         self.tls_ca.is_some() || self.tls_cert.is_some()
     }
 
-    /// TLS settings for the worker agent's client.
-    pub fn worker_tls(&self) -> flotilla_worker::node::client::ClientTls {
-        flotilla_worker::node::client::ClientTls {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-        }
-    }
-
-    fn client_tls(&self) -> Result<Option<ClientTls>> {
-        if !self.tls_enabled() {
-            return Ok(None);
-        }
-        let read = |p: &PathBuf, what: &str| {
-            std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
-        };
-        let ca_pem = match &self.tls_ca {
-            Some(p) => Some(read(p, "TLS CA (--tls-ca)")?),
-            None => bail!(
-                "--tls-cert needs --tls-ca (the CA that signed the coordinator's certificate)"
-            ),
-        };
-        let identity = match (&self.tls_cert, &self.tls_key) {
-            (Some(c), Some(k)) => Some((read(c, "TLS certificate")?, read(k, "TLS key")?)),
-            _ => None,
-        };
-        Ok(Some(ClientTls {
-            ca_pem,
-            identity,
-            domain: None,
-        }))
+    /// TLS settings of a client of the coordinator (CLI commands and workers alike).
+    pub fn client_tls(&self) -> Result<Option<ClientTls>> {
+        ClientTls::from_files(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
     }
 }
 
@@ -129,5 +105,5 @@ impl ConnectArgs {
 
 /// A gRPC error as one sentence for people.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", flotilla_worker::node::client::explain(&status))
+    anyhow::anyhow!("{}", flotilla_client::client::explain(&status))
 }

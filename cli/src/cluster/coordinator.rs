@@ -8,8 +8,8 @@
 use super::connect::AuthArgs;
 use crate::output::{print_json, OutputFormat};
 use anyhow::{Context, Result};
+use flotilla_client::registry::{EtcdRegistry, MemoryRegistry, Registry};
 use flotilla_coordinator::{serve, CoordinatorConfig, TlsConfig};
-use flotilla_worker::registry::{EtcdRegistry, MemoryRegistry, Registry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,7 +95,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let advertise = a.advertise.clone().or_else(|| {
             a.listen.ip().is_unspecified().then(|| {
-                let host = flotilla_worker::node::capabilities::hostname();
+                let host = flotilla_worker::capabilities::hostname();
                 format!("{scheme}://{host}:{}", a.listen.port())
             })
         });

@@ -3,10 +3,10 @@
 //! trained adapters.
 
 use anyhow::{Context, Result};
+use flotilla_bench::report::{write_outputs, Report};
+use flotilla_bench::runner::CaseResult;
 use flotilla_coordinator::client::Client;
 use flotilla_proto::v1 as pb;
-use flotilla_worker::bench::report::{write_outputs, Report};
-use flotilla_worker::bench::runner::CaseResult;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -235,7 +235,7 @@ pub async fn write_results(client: &Client, results: &Results, out: &Path) -> Re
         let Some(artifact) = &a.artifact else {
             continue;
         };
-        let rel = flotilla_worker::node::artifacts::sweep_path(&a.path)?;
+        let rel = flotilla_worker::artifacts::sweep_path(&a.path)?;
         let dest = out.join(rel);
         client
             .download(artifact, &dest)

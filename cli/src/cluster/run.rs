@@ -10,13 +10,13 @@ use super::progress::follow;
 use super::render::{fetch_results, results_json, sweep_state, write_results};
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::{bail, Context, Result};
-use flotilla_coordinator::client::Client;
+use flotilla_client::registry::{MemoryRegistry, Registry};
+use flotilla_coordinator::client::{Client, SubmitSweep};
 use flotilla_coordinator::sweep::{ModelCheck, Sweep};
 use flotilla_coordinator::{serve, CoordinatorConfig};
+use flotilla_engine::loader::LoadOptions;
 use flotilla_proto::v1 as pb;
-use flotilla_worker::loader::LoadOptions;
-use flotilla_worker::node::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
-use flotilla_worker::registry::{MemoryRegistry, Registry};
+use flotilla_worker::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +75,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
     }
     // Every problem in the sweep file, before anything starts.
     let sweep = Sweep::load(&a.sweep, ModelCheck::Local).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let device = flotilla_worker::device::parse_device(&a.device)?;
+    let device = flotilla_engine::device::parse_device(&a.device)?;
     let results_dir = a
         .out
         .clone()

@@ -7,6 +7,7 @@ use super::render::{
 };
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::{bail, Result};
+use flotilla_coordinator::client::SubmitSweep;
 use flotilla_proto::v1 as pb;
 use std::path::PathBuf;
 

@@ -7,9 +7,9 @@
 use super::connect::AuthArgs;
 use crate::output::{print_json, OutputFormat};
 use anyhow::{bail, Result};
-use flotilla_worker::loader::{flotilla_home, LoadOptions};
-use flotilla_worker::node::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
-use flotilla_worker::registry::{EtcdRegistry, Registry};
+use flotilla_client::registry::{EtcdRegistry, Registry};
+use flotilla_engine::loader::{flotilla_home, LoadOptions};
+use flotilla_worker::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,9 +57,9 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
         eprintln!("warning: no token (--token-file or FLOTILLA_TOKEN); the coordinator will refuse this worker unless it runs without one");
         String::new()
     });
-    let device = flotilla_worker::device::parse_device(&a.device)?;
+    let device = flotilla_engine::device::parse_device(&a.device)?;
     let id = a.id.clone().unwrap_or_else(|| {
-        let host = flotilla_worker::node::capabilities::hostname();
+        let host = flotilla_worker::capabilities::hostname();
         let host = if host.is_empty() {
             "worker".into()
         } else {
@@ -91,7 +91,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
             coordinator,
             registry,
             token,
-            tls: a.auth.worker_tls(),
+            tls: a.auth.client_tls()?,
             slots: a.slots,
             device_name: a.device.clone(),
             device: device.clone(),

@@ -2,8 +2,8 @@
 //! uploads), the cases in its case files, and its models.
 
 use super::{AdapterSource, Sweep, SweepError, SweepErrors};
-use flotilla_worker::bench::dataset::{load_dataset, Case, Task};
-use flotilla_worker::loader::{resolve, DEMO_ALIASES};
+use flotilla_contract::dataset::{load_dataset, Case, Task};
+use flotilla_contract::model_ref::{resolve, DEMO_ALIASES};
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 
@@ -400,7 +400,7 @@ fn check_train(block: &serde_json::Value, root: &FileRoot, source: &Path) -> Res
             resolved[key] = local.to_string_lossy().into_owned().into();
         }
     }
-    flotilla_worker::train::config::TrainConfig::from_json_value(&resolved, source, root.base())
+    flotilla_contract::train_config::TrainConfig::from_json_value(&resolved, source, root.base())
         .map(|_| ())
         .map_err(|e| e.to_string())
 }

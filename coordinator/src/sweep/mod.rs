@@ -20,13 +20,13 @@ pub mod yaml;
 
 pub use check::{file_key, Cell, FileRoot, ModelCheck};
 
-use flotilla_worker::bench::dataset::Task;
-use flotilla_worker::bench::judge::Scale;
-use flotilla_worker::bench::prompts::Variant;
-use flotilla_worker::bench::retrieval::ChunkSettings;
-use flotilla_worker::bench::runner::Truncation;
-use flotilla_worker::node::spec::RetrievalSettings;
-use flotilla_worker::SamplingParams;
+use flotilla_contract::case_result::ChunkSettings;
+use flotilla_contract::case_result::Truncation;
+use flotilla_contract::dataset::Task;
+use flotilla_contract::judging::Scale;
+use flotilla_contract::shard::RetrievalSettings;
+use flotilla_contract::variant::Variant;
+use flotilla_contract::SamplingParams;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use yaml::{Node, Reader, Value};
@@ -82,7 +82,7 @@ impl From<SweepError> for SweepErrors {
 pub struct ModelEntry {
     /// The name in results (default: the spec itself).
     pub name: String,
-    /// A model spec as `flotilla_worker::loader::resolve` takes it.
+    /// A model spec as `flotilla_contract::model_ref::resolve` takes it.
     pub model: String,
     pub line: usize,
 }
@@ -96,7 +96,7 @@ pub enum AdapterSource {
     /// An existing PEFT folder (sweep path).
     Dir(String),
     /// A LoRA adapter trained by the sweep, one per model: the `train:` block as JSON (a
-    /// `flotilla_worker::train::config::TrainConfig` without `model` and `out`).
+    /// `flotilla_contract::train_config::TrainConfig` without `model` and `out`).
     Train(serde_json::Value),
 }
 
@@ -597,14 +597,7 @@ fn parse_judge(r: &mut Reader, node: Option<&Node>, top_line: usize) -> JudgeEnt
         }
     }
     for (j, line) in judge.judges.iter().zip(std::iter::repeat(judge.line)) {
-        if j.starts_with("openai:")
-            && flotilla_worker::bench::openai::EndpointJudge::parse(
-                j,
-                judge.scale,
-                judge.explanation_tokens,
-            )
-            .is_none()
-        {
+        if j.parse::<flotilla_contract::JudgeSpec>().is_err() {
             r.error(
                 line,
                 format!("judge.judges: `{j}` is not openai:MODEL@BASE_URL"),
@@ -614,18 +607,9 @@ fn parse_judge(r: &mut Reader, node: Option<&Node>, top_line: usize) -> JudgeEnt
     judge
 }
 
-/// `0-10`, `1-10`: MIN below MAX, at most 100.
+/// `0-10`, `1-10`: MIN below MAX, at most 100 (the contract's one parser of scales).
 pub fn parse_scale(s: &str) -> Result<Scale, String> {
-    let bad = || format!("`{s}` is not MIN-MAX (e.g. 0-10)");
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let scale = Scale {
-        min: a.trim().parse().map_err(|_| bad())?,
-        max: b.trim().parse().map_err(|_| bad())?,
-    };
-    if scale.min >= scale.max || scale.max > 100 {
-        return Err(format!("`{s}`: MIN must be below MAX (at most 100)"));
-    }
-    Ok(scale)
+    s.parse::<Scale>().map_err(|e| e.to_string())
 }
 
 fn parse_generation(

@@ -2,12 +2,12 @@
 //! hand so each test can decide what a worker does (answer, stall, vanish, lie).
 #![allow(dead_code)]
 
+use flotilla_client::registry::MemoryRegistry;
 use flotilla_coordinator::client::Client;
 use flotilla_coordinator::{serve, CoordinatorConfig, RunningCoordinator};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::coordinator_message::Kind as Out;
 use flotilla_proto::v1::worker_message::Kind as In;
-use flotilla_worker::registry::MemoryRegistry;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,106 @@
+//! One evaluated case: what the benchmark engine records for a case under one configuration
+//! (model x adapter x variant), and the settings that shape it (truncation, chunking,
+//! retrieval). The coordinator stores and aggregates these; it never computes them.
+
+use crate::dataset::Task;
+use crate::error::{Error, Result};
+use crate::judging::Verdict;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What to do with a document longer than the model's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the beginning.
+    Head,
+    /// Keep the beginning and the end, with a visible `[...]` between.
+    HeadTail,
+}
+
+impl Truncation {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "head" => Ok(Truncation::Head),
+            "head_tail" => Ok(Truncation::HeadTail),
+            other => Err(Error::input(format!(
+                "--truncation {other}: expected head or head_tail"
+            ))),
+        }
+    }
+}
+
+/// A recorded truncation: never a silent cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TruncationRecord {
+    pub policy: Truncation,
+    pub original_tokens: usize,
+    pub kept_tokens: usize,
+}
+
+/// Everything about one case under one configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub case_id: String,
+    pub task: Task,
+    pub language: String,
+    pub model: String,
+    pub adapter: String,
+    pub variant: String,
+    pub query: String,
+    pub reference_answer: Option<String>,
+    pub prompt: String,
+    pub raw_answer: String,
+    pub answer: String,
+    pub hits: Vec<Hit>,
+    pub recall_at_k: Option<f64>,
+    pub truncation: Option<TruncationRecord>,
+    /// Structured variants: why the first reply did not parse, if it did not.
+    pub parse_error: Option<String>,
+    pub parse_retried: bool,
+    pub verdicts: Vec<Verdict>,
+    /// Mean of the valid judge ratings (None: no valid rating).
+    pub score: Option<f64>,
+    pub metrics: Metrics,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub latency_s: f64,
+    /// Set when the case could not run; nothing else is meaningful then.
+    pub error: Option<String>,
+}
+
+/// Deterministic metrics of one answer (computed by `flotilla_bench::metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub exact_match: bool,
+    /// Set when the case gives a regex: whether the answer matches it.
+    pub regex_match: Option<bool>,
+    pub token_f1: f64,
+    pub fabricated_urls: Vec<String>,
+    pub fabricated_numbers: Vec<String>,
+}
+
+/// How documents are cut into chunks before embedding (characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSettings {
+    pub size: usize,
+    pub overlap: usize,
+}
+
+impl Default for ChunkSettings {
+    fn default() -> Self {
+        Self {
+            size: 800,
+            overlap: 160,
+        }
+    }
+}
+
+/// A retrieved chunk with its score and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub document: PathBuf,
+    pub chunk: usize,
+    pub score: f32,
+    pub text: String,
+}

@@ -1,0 +1,428 @@
+//! Results of an eval: per-configuration statistics, paired comparisons, and the output
+//! folder: `results.json` (flotilla's schema, docs/RESULTS.md), `flow_results.json` (Flow
+//! Benchmark Tools' `runs[].benchmark_outputs[].evaluations[]` layout), `cases.jsonl` (every
+//! prompt, answer, retrieval hit and score) and `report.md`.
+//!
+//! Everything in `results.json` except its `timings` object is a pure function of the cases,
+//! the models and the seed: the same inputs give byte-identical scores.
+
+use crate::case_result::CaseResult;
+use crate::error::{Error, Result};
+use crate::judging::Scale;
+use crate::stats::{compare_paired, summarize, PairedComparison, Summary};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The axes that name a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConfigKey {
+    pub model: String,
+    pub adapter: String,
+    pub variant: String,
+    pub task: String,
+    pub language: String,
+}
+
+impl ConfigKey {
+    fn of(r: &CaseResult) -> Self {
+        Self {
+            model: r.model.clone(),
+            adapter: r.adapter.clone(),
+            variant: r.variant.clone(),
+            task: r.task.name().to_string(),
+            language: r.language.clone(),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "{} / {} / {} / {} / {}",
+            self.model, self.adapter, self.variant, self.task, self.language
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigResult {
+    #[serde(flatten)]
+    pub key: ConfigKey,
+    pub cases: usize,
+    /// Cases that could not run (missing document, ...).
+    pub errors: usize,
+    /// Cases that ran but got no valid rating from any judge.
+    pub invalid_ratings: usize,
+    /// Structured variants: first replies that did not parse.
+    pub parse_failures: usize,
+    #[serde(flatten)]
+    pub score: Summary,
+    pub mean_geval: Option<f64>,
+    pub mean_token_f1: f64,
+    pub fabricated_urls: usize,
+    pub fabricated_numbers: usize,
+    pub mean_recall_at_k: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The axis that differs: `variant` or `adapter`.
+    pub axis: String,
+    pub a: ConfigKey,
+    pub b: ConfigKey,
+    #[serde(flatten)]
+    pub stats: PairedComparison,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    #[serde(flatten)]
+    pub key: ConfigKey,
+    pub mean_latency_s: f64,
+    pub mean_prompt_tokens: f64,
+    pub mean_completion_tokens: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub flotilla_version: String,
+    pub seed: u64,
+    pub scale: Scale,
+    pub configurations: Vec<ConfigResult>,
+    pub comparisons: Vec<Comparison>,
+    /// Per case and configuration: the score (null when invalid or failed).
+    pub case_scores: Vec<CaseScore>,
+    /// Wall-clock figures: the only part that differs between identical runs.
+    pub timings: Vec<Timing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseScore {
+    pub case_id: String,
+    #[serde(flatten)]
+    pub key: ConfigKey,
+    pub score: Option<f64>,
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = xs.collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Aggregate case results. `baselines` name the reference value of each axis for the paired
+/// comparisons (e.g. variant `query_first`, adapter `base`).
+pub fn build_report(
+    results: &[CaseResult],
+    seed: u64,
+    scale: Scale,
+    baselines: &[(&str, &str)],
+) -> Report {
+    let mut groups: BTreeMap<ConfigKey, Vec<&CaseResult>> = BTreeMap::new();
+    for r in results {
+        groups.entry(ConfigKey::of(r)).or_default().push(r);
+    }
+    let mut configurations = Vec::new();
+    let mut timings = Vec::new();
+    for (i, (key, rs)) in groups.iter().enumerate() {
+        let scores: Vec<f64> = rs.iter().filter_map(|r| r.score).collect();
+        configurations.push(ConfigResult {
+            key: key.clone(),
+            cases: rs.len(),
+            errors: rs.iter().filter(|r| r.error.is_some()).count(),
+            invalid_ratings: rs
+                .iter()
+                .filter(|r| r.error.is_none() && r.score.is_none())
+                .count(),
+            parse_failures: rs.iter().filter(|r| r.parse_error.is_some()).count(),
+            score: summarize(&scores, seed.wrapping_add(i as u64)),
+            mean_geval: mean(
+                rs.iter()
+                    .flat_map(|r| r.verdicts.iter().filter_map(|v| v.geval)),
+            ),
+            mean_token_f1: mean(
+                rs.iter()
+                    .filter(|r| r.error.is_none())
+                    .map(|r| r.metrics.token_f1),
+            )
+            .unwrap_or(0.0),
+            fabricated_urls: rs.iter().map(|r| r.metrics.fabricated_urls.len()).sum(),
+            fabricated_numbers: rs.iter().map(|r| r.metrics.fabricated_numbers.len()).sum(),
+            mean_recall_at_k: mean(rs.iter().filter_map(|r| r.recall_at_k)),
+        });
+        timings.push(Timing {
+            key: key.clone(),
+            mean_latency_s: mean(rs.iter().map(|r| r.latency_s)).unwrap_or(0.0),
+            mean_prompt_tokens: mean(rs.iter().map(|r| r.prompt_tokens as f64)).unwrap_or(0.0),
+            mean_completion_tokens: mean(rs.iter().map(|r| r.completion_tokens as f64))
+                .unwrap_or(0.0),
+        });
+    }
+
+    // Paired comparisons per (model, task, language), then pooled over tasks and languages
+    // (task and language `all`), the seed-study's headline figures.
+    let mut comparisons = paired(&groups, baselines, seed);
+    let mut pooled: BTreeMap<ConfigKey, Vec<&CaseResult>> = BTreeMap::new();
+    for r in results {
+        let mut k = ConfigKey::of(r);
+        k.task = "all".into();
+        k.language = "all".into();
+        pooled.entry(k).or_default().push(r);
+    }
+    if pooled.len() < groups.len() {
+        comparisons.extend(paired(&pooled, baselines, seed));
+    }
+    let case_scores = results
+        .iter()
+        .map(|r| CaseScore {
+            case_id: r.case_id.clone(),
+            key: ConfigKey::of(r),
+            score: r.score,
+        })
+        .collect();
+    Report {
+        flotilla_version: env!("CARGO_PKG_VERSION").to_string(),
+        seed,
+        scale,
+        configurations,
+        comparisons,
+        case_scores,
+        timings,
+    }
+}
+
+/// Each configuration against the one that differs only in one axis and holds that axis's
+/// baseline value, over the cases both scored.
+fn paired(
+    groups: &BTreeMap<ConfigKey, Vec<&CaseResult>>,
+    baselines: &[(&str, &str)],
+    seed: u64,
+) -> Vec<Comparison> {
+    let mut comparisons = Vec::new();
+    for (axis, base) in baselines {
+        let field = |k: &ConfigKey| -> String {
+            if *axis == "variant" {
+                k.variant.clone()
+            } else {
+                k.adapter.clone()
+            }
+        };
+        for b in groups.keys() {
+            if field(b) == *base {
+                continue;
+            }
+            let other_axis_matches = |a: &ConfigKey| {
+                if *axis == "variant" {
+                    a.adapter == b.adapter
+                } else {
+                    a.variant == b.variant
+                }
+            };
+            let a = groups.keys().find(|a| {
+                field(a) == *base
+                    && a.model == b.model
+                    && a.task == b.task
+                    && a.language == b.language
+                    && other_axis_matches(a)
+            });
+            let Some(a) = a else { continue };
+            let by_case = |k: &ConfigKey| -> BTreeMap<String, f64> {
+                groups[k]
+                    .iter()
+                    .filter_map(|r| r.score.map(|s| (r.case_id.clone(), s)))
+                    .collect()
+            };
+            let (sa, sb) = (by_case(a), by_case(b));
+            let common: Vec<&String> = sa.keys().filter(|c| sb.contains_key(*c)).collect();
+            let xa: Vec<f64> = common.iter().map(|c| sa[*c]).collect();
+            let xb: Vec<f64> = common.iter().map(|c| sb[*c]).collect();
+            if let Some(stats) = compare_paired(&xa, &xb, seed) {
+                comparisons.push(Comparison {
+                    axis: axis.to_string(),
+                    a: a.clone(),
+                    b: b.clone(),
+                    stats,
+                });
+            }
+        }
+    }
+    comparisons
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Write the output folder; returns the files written.
+pub fn write_outputs(dir: &Path, report: &Report, results: &[CaseResult]) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files = Vec::new();
+    let p = dir.join("results.json");
+    write(
+        &p,
+        (serde_json::to_string_pretty(report).map_err(|e| Error::file(&p, e))? + "\n").as_bytes(),
+    )?;
+    files.push(p);
+
+    let p = dir.join("cases.jsonl");
+    let mut lines = String::new();
+    for r in results {
+        lines.push_str(&serde_json::to_string(r).map_err(|e| Error::file(&p, e))?);
+        lines.push('\n');
+    }
+    write(&p, lines.as_bytes())?;
+    files.push(p);
+
+    let p = dir.join("flow_results.json");
+    write(
+        &p,
+        (serde_json::to_string_pretty(&flow_results(report, results))
+            .map_err(|e| Error::file(&p, e))?
+            + "\n")
+            .as_bytes(),
+    )?;
+    files.push(p);
+
+    let p = dir.join("report.md");
+    write(&p, markdown(report).as_bytes())?;
+    files.push(p);
+    Ok(files)
+}
+
+/// Flow Benchmark Tools' layout: one run per configuration, one benchmark output per case,
+/// one evaluation per judge-scored case, integer ratings on the run's scale.
+fn flow_results(report: &Report, results: &[CaseResult]) -> serde_json::Value {
+    let mut runs = Vec::new();
+    for c in &report.configurations {
+        let rs: Vec<&CaseResult> = results
+            .iter()
+            .filter(|r| ConfigKey::of(r) == c.key)
+            .collect();
+        let outputs: Vec<serde_json::Value> = rs
+            .iter()
+            .map(|r| {
+                let ratings: Vec<Option<i64>> = r.verdicts.iter().map(|v| v.rating.map(|x| x.round() as i64)).collect();
+                let valid: Vec<i64> = ratings.iter().flatten().copied().collect();
+                let rating = (!valid.is_empty()).then(|| (valid.iter().sum::<i64>() as f64 / valid.len() as f64).round() as i64);
+                serde_json::json!({
+                    "info": {"query": r.query, "reference_answer": r.reference_answer, "labels": [r.task.name(), r.language]},
+                    "repeats": 1,
+                    "evaluations": [{
+                        "evaluator": r.verdicts.iter().map(|v| v.judge.clone()).collect::<Vec<_>>().join("+"),
+                        "query": r.query,
+                        "reference_answer": r.reference_answer.clone().unwrap_or_default(),
+                        "test_answer": r.answer,
+                        "evaluation": r.verdicts.iter().map(|v| v.explanation.clone()).collect::<Vec<_>>(),
+                        "ratings": ratings,
+                        "rating": rating,
+                        "rating_min": report.scale.min,
+                        "rating_max": report.scale.max,
+                        "extras": {"case_id": r.case_id, "error": r.error},
+                    }],
+                    "average_rating": rating.map(|x| x as f64).unwrap_or(0.0),
+                })
+            })
+            .collect();
+        let ratings: Vec<Option<f64>> = rs.iter().map(|r| r.score).collect();
+        let valid: Vec<f64> = ratings.iter().flatten().copied().collect();
+        let mean = (!valid.is_empty()).then(|| valid.iter().sum::<f64>() / valid.len() as f64);
+        let std = mean.map(|m| {
+            (valid.iter().map(|x| (x - m).powi(2)).sum::<f64>() / valid.len() as f64).sqrt()
+        });
+        let (mut poor, mut fair, mut good) = (0, 0, 0);
+        for v in &valid {
+            match *v {
+                x if x <= 4.5 => poor += 1,
+                x if x <= 7.5 => fair += 1,
+                _ => good += 1,
+            }
+        }
+        runs.push(serde_json::json!({
+            "agent_name": c.key.label(),
+            "benchmark_outputs": outputs,
+            "metrics": {
+                "num_benchmarks": rs.len(),
+                "ratings": ratings,
+                "num_valid_ratings": valid.len(),
+                "mean_rating": mean,
+                "std_dev": std,
+                "histogram": {"invalid": rs.len() - valid.len(), "poor": poor, "fair": fair, "good": good},
+            }
+        }));
+    }
+    serde_json::json!({ "runs": runs })
+}
+
+fn f(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// The human report: one table of configurations, one of comparisons in the seed-study style.
+pub fn markdown(report: &Report) -> String {
+    let mut s = format!(
+        "# flotilla eval report\n\nScale {}-{}, seed {}. Scores are judge ratings (mean of valid ratings per case); \
+         CI is a 95% bootstrap interval of the mean.\n\n",
+        report.scale.min, report.scale.max, report.seed
+    );
+    s.push_str("| model | adapter | variant | task | lang | n | mean | std | 95% CI | invalid | errors | parse fail | G-Eval | F1 | fab. URLs | fab. numbers | recall@k |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for c in &report.configurations {
+        let k = &c.key;
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | [{}, {}] | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            k.model, k.adapter, k.variant, k.task, k.language, c.score.n, f(c.score.mean), f(c.score.std),
+            f(c.score.ci_low), f(c.score.ci_high), c.invalid_ratings, c.errors, c.parse_failures,
+            c.mean_geval.map(f).unwrap_or("-".into()), f(c.mean_token_f1), c.fabricated_urls, c.fabricated_numbers,
+            c.mean_recall_at_k.map(f).unwrap_or("-".into()),
+        ));
+    }
+    if !report.comparisons.is_empty() {
+        s.push_str("\n## Paired comparisons\n\n| comparison | held fixed | model / task / lang | n | change | delta 95% CI | p |\n|---|---|---|---|---|---|---|\n");
+        for c in &report.comparisons {
+            // The other factor is held fixed: name it, so rows of the same pair stay apart.
+            let (a, b, fixed) = if c.axis == "variant" {
+                (
+                    &c.a.variant,
+                    &c.b.variant,
+                    format!("adapter {}", c.b.adapter),
+                )
+            } else {
+                (
+                    &c.a.adapter,
+                    &c.b.adapter,
+                    format!("variant {}", c.b.variant),
+                )
+            };
+            let pct = c
+                .stats
+                .percent_change
+                .map(|p| format!("{p:+.1}%"))
+                .unwrap_or_else(|| "n/a".into());
+            s.push_str(&format!(
+                "| {b} vs {a} | {fixed} | {} / {} / {} | {} | {} -> {}, {pct} | [{:+.2}, {:+.2}] | {:.3} |\n",
+                c.b.model,
+                c.b.task,
+                c.b.language,
+                c.stats.n,
+                f(c.stats.mean_a),
+                f(c.stats.mean_b),
+                c.stats.ci_low,
+                c.stats.ci_high,
+                c.stats.p_value
+            ));
+        }
+    }
+    s.push_str("\n## Timings\n\n| configuration | mean latency (s) | prompt tokens | completion tokens |\n|---|---|---|---|\n");
+    for t in &report.timings {
+        s.push_str(&format!(
+            "| {} | {:.2} | {:.0} | {:.0} |\n",
+            t.key.label(),
+            t.mean_latency_s,
+            t.mean_prompt_tokens,
+            t.mean_completion_tokens
+        ));
+    }
+    s
+}

@@ -1,0 +1,466 @@
+//! Finding and loading models: a GGUF file, a local Hugging Face directory, or a hub id
+//! (`hf:org/name[@revision]`) resolved through the Hugging Face cache.
+//!
+//! Hub ids are resolved offline: flotilla reads the standard cache (`HF_HOME`, default
+//! `~/.cache/huggingface`) and never downloads. A model that is not cached is a clear error
+//! that says how to fetch it.
+
+use crate::chat::ChatTemplate;
+use crate::error::{Error, Result};
+use crate::models::config::{Architecture, ModelConfig};
+use crate::models::llama::{Block, Linear, Llama};
+use crate::tokenizer::TextTokenizer;
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use flotilla_contract::model_ref::{
+    flotilla_home, model_cache, resolve, ModelSource, DEMO_ALIASES,
+};
+
+/// What `flotilla model inspect` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub format: String,
+    pub architecture: String,
+    pub parameters: u64,
+    /// Weight dtypes with tensor counts, e.g. `{"Q4_1": 210, "F32": 61}`.
+    pub weight_dtypes: BTreeMap<String, usize>,
+    pub context_length: usize,
+    pub config: ModelConfig,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_tokens: Vec<String>,
+}
+
+/// A language model with everything needed to talk to it. Cloning shares the weights.
+#[derive(Clone)]
+pub struct LanguageModel {
+    pub model: Arc<Llama>,
+    pub tokenizer: TextTokenizer,
+    pub template: Option<ChatTemplate>,
+    pub info: ModelInfo,
+}
+
+impl std::fmt::Debug for LanguageModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LanguageModel")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// Options for loading.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+        }
+    }
+}
+
+impl LanguageModel {
+    /// Resolve `spec` and load it.
+    pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        match resolve(spec)? {
+            ModelSource::Gguf(p) => load_gguf(&p, opts),
+            ModelSource::HfDir(p) => load_hf_dir(&p, opts),
+        }
+    }
+}
+
+/// The GGUF / Hugging Face name of each block tensor, in one table so loading and converting
+/// cannot drift apart.
+pub const BLOCK_TENSORS: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// Open a GGUF file, read its header and check that every tensor lies inside the file.
+pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| Error::model(path, format!("not a readable GGUF file: {e}")))?;
+    for (name, info) in &content.tensor_infos {
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        let bytes = elems / block * info.ggml_dtype.type_size();
+        let end = content.tensor_data_offset + info.offset + bytes as u64;
+        if end > file_len {
+            return Err(Error::model(
+                path,
+                format!(
+                    "file is truncated: tensor `{name}` ends at byte {end} but the file has {file_len}"
+                ),
+            ));
+        }
+    }
+    Ok((content, reader))
+}
+
+fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
+    let (content, mut reader) = read_gguf(path)?;
+    let config = ModelConfig::from_gguf(&content, path)?;
+    let tokenizer = TextTokenizer::from_gguf(&content, path)?;
+    let device = &opts.device;
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    for info in content.tensor_infos.values() {
+        *dtypes.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+    }
+
+    let mut qtensor = |name: &str| -> Result<QTensor> {
+        if !content.tensor_infos.contains_key(name) {
+            return Err(Error::model(path, format!("tensor `{name}` is missing")));
+        }
+        content
+            .tensor(&mut reader, name, device)
+            .map_err(|e| Error::model(path, format!("tensor `{name}`: {e}")))
+    };
+    let dtype = DType::F32;
+    let mut blocks = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let mut dense = |suffix: &str| -> Result<Tensor> {
+            Ok(qtensor(&format!("blk.{i}.{suffix}.weight"))?.dequantize(device)?)
+        };
+        let attn_norm = dense("attn_norm")?;
+        let ffn_norm = dense("ffn_norm")?;
+        let mut lin = |suffix: &str, bias: bool| -> Result<Linear> {
+            let w = qtensor(&format!("blk.{i}.{suffix}.weight"))?;
+            let b = if bias {
+                Some(qtensor(&format!("blk.{i}.{suffix}.bias"))?.dequantize(device)?)
+            } else {
+                None
+            };
+            linear_from_qtensor(w, b, device)
+        };
+        let ab = config.attention_bias;
+        blocks.push(Block {
+            attn_norm,
+            q_proj: lin("attn_q", ab)?,
+            k_proj: lin("attn_k", ab)?,
+            v_proj: lin("attn_v", ab)?,
+            o_proj: lin("attn_output", false)?,
+            ffn_norm,
+            gate_proj: lin("ffn_gate", false)?,
+            up_proj: lin("ffn_up", false)?,
+            down_proj: lin("ffn_down", false)?,
+        });
+    }
+    let embed_q = qtensor("token_embd.weight")?;
+    let embed = embed_q.dequantize(device)?;
+    let norm = qtensor("output_norm.weight")?.dequantize(device)?;
+    let lm_head = if content.tensor_infos.contains_key("output.weight") {
+        linear_from_qtensor(qtensor("output.weight")?, None, device)?
+    } else {
+        linear_from_qtensor(embed_q, None, device)?
+    };
+    let freq_factors = if content.tensor_infos.contains_key("rope_freqs.weight") {
+        Some(
+            qtensor("rope_freqs.weight")?
+                .dequantize(device)?
+                .to_vec1::<f32>()?,
+        )
+    } else {
+        None
+    };
+    // llama.cpp's converter permutes llama q/k rows for interleaved rotation; qwen2 keeps the
+    // Hugging Face (rotate-half) layout.
+    let interleaved = config.architecture == Architecture::Llama;
+    let mut model = Llama::new(
+        config.clone(),
+        embed,
+        blocks,
+        norm,
+        lm_head,
+        interleaved,
+        freq_factors.as_deref(),
+        dtype,
+    )?;
+    model.f16_attention = true;
+    let template_src = content
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    let template = match &template_src {
+        Some(src) => Some(ChatTemplate::new(
+            src,
+            tokenizer.bos_token.as_deref(),
+            tokenizer.eos_token.as_deref(),
+        )?),
+        None => None,
+    };
+    let info = ModelInfo {
+        path: path.to_path_buf(),
+        format: "gguf".into(),
+        architecture: config.architecture.name().into(),
+        parameters: content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() as u64)
+            .sum(),
+        weight_dtypes: dtypes,
+        context_length: config.max_position_embeddings,
+        chat_template: template_src,
+        bos_token: tokenizer.bos_token.clone(),
+        eos_tokens: eos_texts(&tokenizer),
+        config,
+    };
+    Ok(LanguageModel {
+        model: Arc::new(model),
+        tokenizer,
+        template,
+        info,
+    })
+}
+
+fn eos_texts(t: &TextTokenizer) -> Vec<String> {
+    t.eos_ids.iter().filter_map(|&i| t.id_to_token(i)).collect()
+}
+
+fn linear_from_qtensor(w: QTensor, bias: Option<Tensor>, device: &Device) -> Result<Linear> {
+    Ok(match w.dtype() {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+            let w = w.dequantize(device)?;
+            Linear::Dense(candle_nn::Linear::new(w, bias))
+        }
+        dt if device.is_cpu() && crate::kernels::QuantMatrix::supports(dt) => {
+            match crate::kernels::QuantMatrix::from_qtensor(&w)? {
+                Some(q) => Linear::Kernel {
+                    weight: Arc::new(q),
+                    bias,
+                },
+                None => Linear::Quantized {
+                    weight: QMatMul::from_arc(Arc::new(w))?,
+                    bias,
+                },
+            }
+        }
+        _ => Linear::Quantized {
+            weight: QMatMul::from_arc(Arc::new(w))?,
+            bias,
+        },
+    })
+}
+
+/// The safetensors files of a Hugging Face directory: `model.safetensors`, or every shard
+/// named by `model.safetensors.index.json`.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::model(&index, format!("not valid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::model(&index, "field `weight_map` is missing"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if !f.exists() {
+                return Err(Error::model(
+                    f,
+                    "shard named in model.safetensors.index.json is missing",
+                ));
+            }
+        }
+        return Ok(files);
+    }
+    Err(Error::model(
+        dir,
+        "no model.safetensors or model.safetensors.index.json in this directory",
+    ))
+}
+
+/// Read a JSON file if it exists.
+fn read_json_opt(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::model(path, format!("not valid JSON: {e}")))
+}
+
+/// The chat template of a Hugging Face directory: `chat_template.jinja`, or the
+/// `chat_template` field of `tokenizer_config.json` (a string, or a list of named templates).
+fn hf_chat_template(dir: &Path, tok_config: Option<&serde_json::Value>) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| Error::io(&jinja, e));
+    }
+    Ok(match tok_config.and_then(|c| c.get("chat_template")) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or(list.first())
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
+/// Load tokenizer and chat template from a Hugging Face directory.
+pub fn load_hf_tokenizer(dir: &Path) -> Result<(TextTokenizer, Option<String>)> {
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.exists() {
+        return Err(Error::model(
+            dir,
+            "no tokenizer.json in this model directory",
+        ));
+    }
+    let tok_config = read_json_opt(&dir.join("tokenizer_config.json"))?;
+    let gen_config = read_json_opt(&dir.join("generation_config.json"))?;
+    let extra_eos: Vec<u32> = match gen_config.as_ref().and_then(|g| g.get("eos_token_id")) {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tokenizer = TextTokenizer::from_file(&tok_path, tok_config.as_ref(), &extra_eos)?;
+    let template = hf_chat_template(dir, tok_config.as_ref())?;
+    Ok((tokenizer, template))
+}
+
+fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        return Err(Error::model(dir, "no config.json in this model directory"));
+    }
+    let config = ModelConfig::from_hf_json(&config_path)?;
+    let (tokenizer, template_src) = load_hf_tokenizer(dir)?;
+    let files = safetensors_files(dir)?;
+    let device = &opts.device;
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    // Read headers first so a corrupt or truncated file is named before anything is mapped.
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut parameters = 0u64;
+    for f in &files {
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
+            .map_err(|e| Error::model(f, format!("not a readable safetensors file: {e}")))?;
+        for (_, view) in st.tensors() {
+            *dtypes.entry(format!("{:?}", view.dtype())).or_default() += 1;
+            parameters += view.shape().iter().product::<usize>() as u64;
+        }
+    }
+    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+        .map_err(|e| Error::model(dir, format!("cannot map safetensors: {e}")))?;
+    let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        vb.get(shape, name)
+            .map_err(|e| Error::model(dir, format!("tensor `{name}`: {e}")))
+    };
+    let h = config.hidden_size;
+    let qd = config.num_heads * config.head_dim;
+    let kvd = config.num_kv_heads * config.head_dim;
+    let ff = config.intermediate_size;
+    let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+        let w = get(&format!("{name}.weight"), &[out, inp])?;
+        let b = if bias {
+            Some(get(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::Dense(candle_nn::Linear::new(w, b)))
+    };
+    let mut blocks = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let p = format!("model.layers.{i}");
+        let ab = config.attention_bias;
+        blocks.push(Block {
+            attn_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+            q_proj: lin(&format!("{p}.self_attn.q_proj"), qd, h, ab)?,
+            k_proj: lin(&format!("{p}.self_attn.k_proj"), kvd, h, ab)?,
+            v_proj: lin(&format!("{p}.self_attn.v_proj"), kvd, h, ab)?,
+            o_proj: lin(&format!("{p}.self_attn.o_proj"), h, qd, false)?,
+            ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            gate_proj: lin(&format!("{p}.mlp.gate_proj"), ff, h, false)?,
+            up_proj: lin(&format!("{p}.mlp.up_proj"), ff, h, false)?,
+            down_proj: lin(&format!("{p}.mlp.down_proj"), h, ff, false)?,
+        });
+    }
+    let embed = get("model.embed_tokens.weight", &[config.vocab_size, h])?;
+    let norm = get("model.norm.weight", &[h])?;
+    let lm_head = if config.tie_word_embeddings {
+        Linear::Dense(candle_nn::Linear::new(embed.clone(), None))
+    } else {
+        lin("lm_head", config.vocab_size, h, false)?
+    };
+    let model = Llama::new(
+        config.clone(),
+        embed,
+        blocks,
+        norm,
+        lm_head,
+        false,
+        None,
+        dtype,
+    )?;
+    let template = match &template_src {
+        Some(src) => Some(ChatTemplate::new(
+            src,
+            tokenizer.bos_token.as_deref(),
+            tokenizer.eos_token.as_deref(),
+        )?),
+        None => None,
+    };
+    let info = ModelInfo {
+        path: dir.to_path_buf(),
+        format: "safetensors".into(),
+        architecture: config.architecture.name().into(),
+        parameters,
+        weight_dtypes: dtypes,
+        context_length: config.max_position_embeddings,
+        chat_template: template_src,
+        bos_token: tokenizer.bos_token.clone(),
+        eos_tokens: eos_texts(&tokenizer),
+        config,
+    };
+    Ok(LanguageModel {
+        model: Arc::new(model),
+        tokenizer,
+        template,
+        info,
+    })
+}

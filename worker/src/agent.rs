@@ -1,0 +1,719 @@
+//! The worker agent: one long-lived loop that keeps a Work stream open to the coordinator and
+//! runs what it is given.
+//!
+//! ```text
+//! find the coordinator (--coordinator, or the leader key in the registry)
+//!   -> open Work, say Hello (capabilities), wait for Welcome (heartbeat period)
+//!   -> resend results the previous connection did not see acknowledged
+//!   -> loop: ask when a slot is free; run assignments (download files, execute on a blocking
+//!      thread, upload artifacts); send progress every heartbeat; report result or failure;
+//!      honour Cancel
+//!   -> the stream drops: stop the shards it assigned, reconnect with backoff
+//! ```
+//!
+//! Shards belong to the connection that assigned them: when a stream drops, the coordinator
+//! requeues that worker's shards (and a restarted coordinator requeues whatever was running),
+//! so a result sent later would be refused as superseded. The worker stops them at once and
+//! frees its slots for new work instead.
+
+use super::artifacts::ArtifactCache;
+use super::capabilities::Capabilities;
+use super::exec::{execute, ShardContext, ShardError, ShardOutput};
+use super::models::ModelCache;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+use flotilla_client::client::{self, Client, ClientTls};
+use flotilla_client::registry::{Registration, Registry};
+use flotilla_proto::v1::{
+    coordinator_message, worker_message, Assignment, CoordinatorMessage, FailureKind, FileRef,
+    Hello, Progress, ShardFailure, ShardResult, WorkRequest, WorkerMessage,
+};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Where the worker finds the coordinator.
+#[derive(Clone)]
+pub enum CoordinatorAddress {
+    /// A fixed address (`host:port` or a URL).
+    Direct(String),
+    /// Whatever address the elected coordinator published in the registry.
+    Leader(Arc<dyn Registry>),
+}
+
+/// Everything a worker needs to run.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// This worker's id (its registry key and its name in the coordinator).
+    pub worker_id: String,
+    pub coordinator: CoordinatorAddress,
+    /// Where to register (etcd, or the in-process registry); `None` to stay unregistered.
+    pub registry: Option<Arc<dyn Registry>>,
+    /// The shared token; empty sends none.
+    pub token: String,
+    /// TLS to the coordinator (`None`: plain HTTP/2).
+    pub tls: Option<ClientTls>,
+    /// Shards run at once.
+    pub slots: u32,
+    /// The device as given (`cpu`, `cuda:0`): announced in the capabilities.
+    pub device_name: String,
+    pub device: Device,
+    /// Loaded models, possibly shared with other in-process workers.
+    pub models: Arc<ModelCache>,
+    /// Caches that outlive shards, shareable by workers on one machine: `artifacts/`
+    /// (downloads by content) and `embeddings/` (document chunk embeddings for retrieval).
+    pub cache_dir: PathBuf,
+    /// Scratch space for running shards (one folder per attempt, removed after).
+    pub work_dir: PathBuf,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+/// Runs the worker until `shutdown` resolves. Returns an error only for what retrying cannot
+/// fix: the coordinator refusing the token, or the registry refusing the registration at
+/// start.
+pub async fn run_worker(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut agent = Agent::new(config, stop)?;
+    let registration = agent.register().await?;
+    let result = agent.run().await;
+    if let Some(r) = registration {
+        r.release().await;
+    }
+    result
+}
+
+/// A shard running (or waiting for a slot) on this worker.
+struct Running {
+    attempt: String,
+    /// False while it waits in the queue for a slot.
+    started: bool,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<ProgressCell>,
+}
+
+#[derive(Default)]
+struct ProgressCell {
+    done: AtomicU32,
+    total: AtomicU32,
+}
+
+/// What a shard task reports back to the loop.
+struct Finished {
+    shard_id: String,
+    attempt: String,
+    seconds: f64,
+    outcome: Result<(ShardOutput, Vec<FileRef>), ShardError>,
+}
+
+/// How a connection ended.
+enum SessionEnd {
+    Shutdown,
+    /// The stream dropped; `true` when it had been welcomed (reset the backoff).
+    Dropped(bool),
+}
+
+struct Agent {
+    config: AgentConfig,
+    capabilities: Capabilities,
+    cache: Arc<ArtifactCache>,
+    stop: watch::Receiver<bool>,
+    running: HashMap<String, Running>,
+    queue: VecDeque<Assignment>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    done_rx: mpsc::UnboundedReceiver<Finished>,
+    /// The live connection's client, for shard tasks (downloads, uploads).
+    current: watch::Sender<Option<Client>>,
+}
+
+fn stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow()
+}
+
+async fn wait_stop(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+impl Agent {
+    fn new(config: AgentConfig, stop: watch::Receiver<bool>) -> Result<Self> {
+        if config.slots == 0 {
+            bail!("--slots must be at least 1");
+        }
+        std::fs::create_dir_all(&config.work_dir)
+            .with_context(|| format!("cannot create {}", config.work_dir.display()))?;
+        let cache = Arc::new(ArtifactCache::new(config.cache_dir.join("artifacts"))?);
+        let capabilities = Capabilities::detect(&config.device_name, config.slots);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Ok(Self {
+            config,
+            capabilities,
+            cache,
+            stop,
+            running: HashMap::new(),
+            queue: VecDeque::new(),
+            done_tx,
+            done_rx,
+            current: watch::channel(None).0,
+        })
+    }
+
+    async fn register(&self) -> Result<Option<Registration>> {
+        let Some(registry) = &self.config.registry else {
+            return Ok(None);
+        };
+        let registration = registry
+            .register_worker(&self.config.worker_id, self.capabilities.to_json())
+            .await
+            .with_context(|| format!("cannot register worker {}", self.config.worker_id))?;
+        tracing::info!(worker = self.config.worker_id, "registered");
+        Ok(Some(registration))
+    }
+
+    async fn run(&mut self) -> Result<()> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if stopped(&self.stop) {
+                break;
+            }
+            let end = match self.coordinator_address().await? {
+                None => break,
+                Some(address) => {
+                    match Client::connect_with(
+                        &address,
+                        Some(self.config.token.clone()),
+                        self.config.tls.clone(),
+                    )
+                    .await
+                    {
+                        Ok(client) => self.session(client, &address).await?,
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot connect; retrying");
+                            SessionEnd::Dropped(false)
+                        }
+                    }
+                }
+            };
+            self.current.send_replace(None);
+            self.abandon_all();
+            match end {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Dropped(welcomed) => {
+                    if welcomed {
+                        backoff = Duration::from_millis(200);
+                    }
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = wait_stop(&mut stop) => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+        tracing::info!(worker = self.config.worker_id, "worker stopped");
+        Ok(())
+    }
+
+    /// The coordinator's address; waits (with backoff) while no leader is elected. `None` on
+    /// shutdown.
+    async fn coordinator_address(&self) -> Result<Option<String>> {
+        let registry = match &self.config.coordinator {
+            CoordinatorAddress::Direct(a) => return Ok(Some(a.clone())),
+            CoordinatorAddress::Leader(r) => r.clone(),
+        };
+        let mut wait = Duration::from_millis(200);
+        let mut stop = self.stop.clone();
+        loop {
+            match registry.leader().await {
+                Ok(Some(address)) => return Ok(Some(address)),
+                Ok(None) => tracing::info!("no coordinator elected yet; waiting"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the leader key"),
+            }
+            tokio::select! {
+                _ = wait_stop(&mut stop) => return Ok(None),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(self.config.max_backoff);
+        }
+    }
+
+    fn hello(&self) -> WorkerMessage {
+        let mut caps = self.capabilities.clone();
+        caps.models_loaded = self.config.models.loaded();
+        WorkerMessage {
+            kind: Some(worker_message::Kind::Hello(Hello {
+                worker_id: self.config.worker_id.clone(),
+                capabilities: Some(caps.to_proto()),
+            })),
+        }
+    }
+
+    /// Slots neither running nor promised to a queued assignment.
+    fn free_slots(&self) -> u32 {
+        self.config.slots.saturating_sub(self.running.len() as u32)
+    }
+
+    /// One connection: from Hello to the stream's end.
+    async fn session(&mut self, client: Client, address: &str) -> Result<SessionEnd> {
+        let (tx, rx) = mpsc::channel::<WorkerMessage>(1024);
+        let _ = tx.send(self.hello()).await;
+        let mut inbound = match client
+            .grpc()
+            .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => return refused_or_dropped(status),
+        };
+        let welcome = match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
+            Ok(Ok(Some(CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Welcome(w)),
+            }))) => w,
+            Ok(Ok(other)) => {
+                tracing::warn!(?other, "the coordinator did not answer Hello with Welcome");
+                return Ok(SessionEnd::Dropped(false));
+            }
+            Ok(Err(status)) => return refused_or_dropped(status),
+            Err(_) => {
+                tracing::warn!("no Welcome within 15 s");
+                return Ok(SessionEnd::Dropped(false));
+            }
+        };
+        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms).clamp(50, 60_000));
+        tracing::info!(
+            coordinator = address,
+            id = welcome.coordinator_id,
+            "connected"
+        );
+        self.current.send_replace(Some(client.clone()));
+
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ask: Option<Instant> = None;
+        let mut stop = self.stop.clone();
+        loop {
+            self.start_queued();
+            if self.free_slots() > 0 && last_ask.is_none() {
+                self.ask(&tx).await;
+                last_ask = Some(Instant::now());
+            }
+            tokio::select! {
+                _ = wait_stop(&mut stop) => {
+                    self.shut_down(&tx).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(m)) => {
+                        if self.handle(m) {
+                            // New work may have filled the slots; ask again on the next tick.
+                            last_ask = last_ask.or(Some(Instant::now()));
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("the coordinator closed the Work stream");
+                        return Ok(SessionEnd::Dropped(true));
+                    }
+                    Err(status) => {
+                        return match refused_or_dropped(status)? {
+                            SessionEnd::Dropped(_) => Ok(SessionEnd::Dropped(true)),
+                            end => Ok(end),
+                        };
+                    }
+                },
+                Some(done) = self.done_rx.recv() => {
+                    if let Some(m) = self.finish(done) {
+                        let _ = tx.send(m).await;
+                    }
+                    last_ask = None;
+                }
+                _ = tick.tick() => {
+                    self.send_progress(&tx).await;
+                    if last_ask.is_some_and(|t| t.elapsed() >= heartbeat) {
+                        last_ask = None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ask(&self, tx: &mpsc::Sender<WorkerMessage>) {
+        let ask = WorkRequest {
+            free_slots: self.free_slots(),
+            models_loaded: self.config.models.loaded(),
+        };
+        let _ = tx
+            .send(WorkerMessage {
+                kind: Some(worker_message::Kind::Ask(ask)),
+            })
+            .await;
+    }
+
+    async fn send_progress(&self, tx: &mpsc::Sender<WorkerMessage>) {
+        for (shard_id, r) in &self.running {
+            let progress = Progress {
+                shard_id: shard_id.clone(),
+                attempt: r.attempt.clone(),
+                done: r.progress.done.load(Ordering::Relaxed),
+                total: r.progress.total.load(Ordering::Relaxed),
+            };
+            let _ = tx
+                .send(WorkerMessage {
+                    kind: Some(worker_message::Kind::Progress(progress)),
+                })
+                .await;
+        }
+    }
+
+    /// Handles a coordinator message; true when it was an assignment.
+    fn handle(&mut self, message: CoordinatorMessage) -> bool {
+        match message.kind {
+            Some(coordinator_message::Kind::Assign(a)) => {
+                self.accept(a);
+                true
+            }
+            Some(coordinator_message::Kind::Cancel(c)) => {
+                let matches = |attempt: &str| c.attempt.is_empty() || c.attempt == attempt;
+                if let Some(r) = self.running.get(&c.shard_id) {
+                    if matches(&r.attempt) {
+                        tracing::info!(shard = c.shard_id, reason = c.reason, "cancelled");
+                        r.cancel.store(true, Ordering::Relaxed);
+                        if !r.started {
+                            self.running.remove(&c.shard_id);
+                        }
+                    }
+                }
+                self.queue
+                    .retain(|a| !(a.shard_id == c.shard_id && matches(&a.attempt)));
+                false
+            }
+            Some(coordinator_message::Kind::Ack(ack)) => {
+                if !ack.accepted {
+                    tracing::warn!(shard = ack.shard_id, reason = ack.reason, "result refused");
+                }
+                false
+            }
+            Some(coordinator_message::Kind::Welcome(_)) | None => false,
+        }
+    }
+
+    /// Takes an assignment: queued until a slot is free.
+    fn accept(&mut self, a: Assignment) {
+        if let Some(r) = self.running.get(&a.shard_id) {
+            if r.attempt == a.attempt {
+                return; // Already ours (resent after a reconnect).
+            }
+            // A newer attempt of a shard we run: the old one is superseded.
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+        tracing::debug!(shard = a.shard_id, kind = a.kind, "assigned");
+        let running = Running {
+            attempt: a.attempt.clone(),
+            started: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(ProgressCell::default()),
+        };
+        self.running.insert(a.shard_id.clone(), running);
+        self.queue.push_back(a);
+    }
+
+    /// Starts queued assignments while slots are free.
+    fn start_queued(&mut self) {
+        let started = self.running.values().filter(|r| r.started).count();
+        let mut free = (self.config.slots as usize).saturating_sub(started);
+        while free > 0 {
+            let Some(a) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(r) = self.running.get_mut(&a.shard_id) else {
+                continue;
+            };
+            if r.attempt != a.attempt || r.started {
+                continue;
+            }
+            r.started = true;
+            free -= 1;
+            let (cancel, progress) = (r.cancel.clone(), r.progress.clone());
+            self.spawn_shard(a, cancel, progress);
+        }
+    }
+
+    fn spawn_shard(&self, a: Assignment, cancel: Arc<AtomicBool>, progress: Arc<ProgressCell>) {
+        let config = self.config.clone();
+        let cache = self.cache.clone();
+        let current = self.current.subscribe();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (shard_id, attempt) = (a.shard_id.clone(), a.attempt.clone());
+            let outcome = run_shard(a, &config, &cache, current, cancel, progress).await;
+            let _ = done.send(Finished {
+                shard_id,
+                attempt,
+                seconds: started.elapsed().as_secs_f64(),
+                outcome,
+            });
+        });
+    }
+
+    /// Turns a finished shard into the message to send: none if it was cancelled or belongs
+    /// to a connection that is gone.
+    fn finish(&mut self, done: Finished) -> Option<WorkerMessage> {
+        let ours = self
+            .running
+            .get(&done.shard_id)
+            .is_some_and(|r| r.attempt == done.attempt && r.started);
+        if !ours {
+            return None;
+        }
+        self.running.remove(&done.shard_id);
+        let kind = match done.outcome {
+            Ok((output, artifacts)) => {
+                tracing::info!(shard = done.shard_id, seconds = done.seconds, "shard done");
+                worker_message::Kind::Result(ShardResult {
+                    shard_id: done.shard_id.clone(),
+                    attempt: done.attempt.clone(),
+                    result_json: output.result_json,
+                    artifacts,
+                    seconds: done.seconds,
+                    units: output.units,
+                })
+            }
+            Err(ShardError::Cancelled) => return None,
+            Err(e) => {
+                let kind = match e {
+                    ShardError::Task(_) => FailureKind::Task,
+                    _ => FailureKind::Infrastructure,
+                };
+                tracing::warn!(shard = done.shard_id, error = %e, ?kind, "shard failed");
+                worker_message::Kind::Failure(ShardFailure {
+                    shard_id: done.shard_id.clone(),
+                    attempt: done.attempt.clone(),
+                    kind: kind as i32,
+                    message: e.to_string(),
+                })
+            }
+        };
+        Some(WorkerMessage { kind: Some(kind) })
+    }
+
+    /// The connection is gone, and with it the coordinator's claim on our shards: stop them.
+    fn abandon_all(&mut self) {
+        for (shard_id, r) in self.running.drain() {
+            tracing::info!(shard = shard_id, "stopping: its connection is gone");
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+        self.queue.clear();
+    }
+
+    /// On shutdown: stop running shards and tell the coordinator they need another worker.
+    async fn shut_down(&mut self, tx: &mpsc::Sender<WorkerMessage>) {
+        for (shard_id, r) in self.running.drain() {
+            r.cancel.store(true, Ordering::Relaxed);
+            let failure = ShardFailure {
+                shard_id,
+                attempt: r.attempt,
+                kind: FailureKind::Infrastructure as i32,
+                message: "the worker is shutting down".into(),
+            };
+            let _ = tx
+                .send(WorkerMessage {
+                    kind: Some(worker_message::Kind::Failure(failure)),
+                })
+                .await;
+        }
+        self.queue.clear();
+        // Give the stream a moment to carry the last messages before it closes.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while tx.capacity() < tx.max_capacity() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A refused token ends the worker; anything else is a dropped connection.
+fn refused_or_dropped(status: tonic::Status) -> Result<SessionEnd> {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            Err(anyhow!("{}", client::explain(&status)))
+        }
+        _ => {
+            tracing::warn!(error = %status.message(), code = ?status.code(), "Work stream failed");
+            Ok(SessionEnd::Dropped(false))
+        }
+    }
+}
+
+/// A client of the live connection (waiting up to 30 s for one).
+async fn live_client(current: &mut watch::Receiver<Option<Client>>) -> Result<Client, ShardError> {
+    match tokio::time::timeout(Duration::from_secs(30), current.wait_for(|c| c.is_some())).await {
+        Ok(Ok(c)) => Ok(c.clone().expect("checked")),
+        _ => Err(ShardError::Infrastructure(
+            "no connection to the coordinator to move files".into(),
+        )),
+    }
+}
+
+/// A folder name for one attempt.
+fn attempt_dir_name(shard_id: &str, attempt: &str) -> String {
+    format!("{shard_id}-{attempt}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Everything for one attempt: files in, execution, artifacts out.
+async fn run_shard(
+    a: Assignment,
+    config: &AgentConfig,
+    cache: &Arc<ArtifactCache>,
+    mut current: watch::Receiver<Option<Client>>,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<ProgressCell>,
+) -> Result<(ShardOutput, Vec<FileRef>), ShardError> {
+    // Files, by hash, from the cache or the coordinator (three tries across reconnects).
+    for f in &a.files {
+        let artifact = f.artifact.as_ref().ok_or_else(|| {
+            ShardError::Task(format!("file {} comes without an artifact", f.path))
+        })?;
+        let mut tries = 0;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ShardError::Cancelled);
+            }
+            let client = live_client(&mut current).await?;
+            match cache.fetch(&client, artifact).await {
+                Ok(_) => break,
+                Err(e) if tries < 2 => {
+                    tries += 1;
+                    tracing::warn!(file = f.path, error = %format!("{e:#}"), "download failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => {
+                    return Err(ShardError::Infrastructure(format!(
+                        "cannot fetch {}: {e:#}",
+                        f.path
+                    )))
+                }
+            }
+        }
+    }
+    let dir = config
+        .work_dir
+        .join(attempt_dir_name(&a.shard_id, &a.attempt));
+    let root = dir.join("files");
+    let scratch = dir.join("out");
+    let prepared = (|| {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all(&scratch)?;
+        cache.materialize(&a.files, &root)
+    })();
+    if let Err(e) = prepared {
+        let _ = std::fs::remove_dir_all(&dir);
+        // A bad sweep path is the spec's fault; anything else is this disk's.
+        let message = format!("cannot lay out the shard's files: {e:#}");
+        return Err(if message.contains("sweep path") {
+            ShardError::Task(message)
+        } else {
+            ShardError::Infrastructure(message)
+        });
+    }
+
+    let worker_id = config.worker_id.clone();
+    let models = config.models.clone();
+    let device = config.device.clone();
+    let files = a.files.clone();
+    let (kind, spec) = (a.kind.clone(), a.spec_json.clone());
+    let (exec_root, exec_scratch, exec_cancel) = (root.clone(), scratch.clone(), cancel.clone());
+    let embeddings = config.cache_dir.join("embeddings");
+    let executed = tokio::task::spawn_blocking(move || {
+        let report = |done: u32, total: u32| {
+            progress.done.store(done, Ordering::Relaxed);
+            progress.total.store(total, Ordering::Relaxed);
+        };
+        let ctx = ShardContext {
+            worker_id: &worker_id,
+            models: &models,
+            device: &device,
+            root: &exec_root,
+            files: &files,
+            scratch: &exec_scratch,
+            embeddings_cache: Some(&embeddings),
+            cancel: &exec_cancel,
+            progress: &report,
+        };
+        execute(&kind, &spec, &ctx)
+    })
+    .await;
+    let output = match executed {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Err(join) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            let why = join
+                .try_into_panic()
+                .ok()
+                .and_then(|p| {
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                })
+                .unwrap_or_else(|| "unknown".into());
+            return Err(ShardError::Task(format!(
+                "the worker crashed running this shard (a bug in flotilla): {why}"
+            )));
+        }
+    };
+
+    // Artifacts up before the result goes, so the result never names a missing file.
+    let mut artifacts = Vec::new();
+    for (name, path) in &output.uploads {
+        let mut tries = 0;
+        let stored = loop {
+            if cancel.load(Ordering::Relaxed) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(ShardError::Cancelled);
+            }
+            let client = live_client(&mut current).await?;
+            match super::artifacts::upload_file(&client, path).await {
+                Ok(r) => break r,
+                Err(e) if tries < 2 => {
+                    tries += 1;
+                    tracing::warn!(file = name, error = %format!("{e:#}"), "upload failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(ShardError::Infrastructure(format!(
+                        "cannot upload {name}: {e:#}"
+                    )));
+                }
+            }
+        };
+        artifacts.push(FileRef {
+            path: name.clone(),
+            artifact: Some(stored),
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((output, artifacts))
+}

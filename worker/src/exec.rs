@@ -1,0 +1,438 @@
+//! Running one shard on this machine, by kind: `generate` (answers, no verdicts), `judge`
+//! (verdicts on generated answers), `train` (a LoRA adapter), `noop` (dispatch benchmarks).
+//!
+//! This is blocking model work; the agent runs it on a blocking thread. The shard's files
+//! are already laid out under `root` at their sweep paths; paths in specs are made local on
+//! the way in, and made sweep paths again on the way out, so a result does not depend on
+//! which worker (or which folder) produced it.
+
+use super::models::{AdapterKey, ModelCache};
+use candle_core::Device;
+use flotilla_bench::dataset::{Case, Task};
+use flotilla_bench::judge::{LocalJudge, Scale};
+use flotilla_bench::openai::EndpointJudge;
+use flotilla_bench::prompts::Variant;
+use flotilla_bench::retrieval::Retriever;
+use flotilla_bench::runner::{judge_result, CaseResult, EvalSettings, Judge, Runner};
+use flotilla_contract::shard::{
+    GenerateResult, GenerateShard, JudgeResult, JudgeShard, NoopResult, NoopShard, TrainResult,
+    TrainShard, KIND_GENERATE, KIND_JUDGE, KIND_NOOP, KIND_TRAIN,
+};
+use flotilla_engine::error::Error;
+use flotilla_engine::loader::LanguageModel;
+use flotilla_proto::v1::FileRef;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Why a shard did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardError {
+    /// The input is bad (unreadable spec, model missing, bad training config): retrying on
+    /// another worker will not help much; the task budget decides.
+    Task(String),
+    /// This machine failed (device error, disk, network): another worker may succeed.
+    Infrastructure(String),
+    /// The coordinator cancelled the attempt.
+    Cancelled,
+}
+
+impl std::fmt::Display for ShardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardError::Task(m) => write!(f, "{m}"),
+            ShardError::Infrastructure(m) => write!(f, "{m}"),
+            ShardError::Cancelled => write!(f, "cancelled"),
+        }
+    }
+}
+
+impl From<Error> for ShardError {
+    fn from(e: Error) -> Self {
+        match e {
+            // A model that is missing or unusable, bad settings, a template that does not
+            // render: the shard's input is at fault.
+            Error::Model { .. } | Error::Input(_) | Error::Template(_) => {
+                ShardError::Task(e.to_string())
+            }
+            // The device or the disk failed under us.
+            Error::Candle(_) | Error::Io { .. } => ShardError::Infrastructure(e.to_string()),
+            Error::Contract(e) => e.into(),
+        }
+    }
+}
+
+impl From<flotilla_contract::Error> for ShardError {
+    fn from(e: flotilla_contract::Error) -> Self {
+        use flotilla_contract::Error as C;
+        match e {
+            C::File { .. } | C::Input(_) => ShardError::Task(e.to_string()),
+            C::Io { .. } => ShardError::Infrastructure(e.to_string()),
+        }
+    }
+}
+
+/// What a shard needs besides its spec.
+pub struct ShardContext<'a> {
+    pub worker_id: &'a str,
+    pub models: &'a ModelCache,
+    pub device: &'a Device,
+    /// Where the shard's files are, at their sweep paths.
+    pub root: &'a Path,
+    /// The files laid out under `root` (for the identity of an adapter).
+    pub files: &'a [FileRef],
+    /// A scratch folder for what the shard writes (a trained adapter).
+    pub scratch: &'a Path,
+    /// Where document chunk embeddings are cached between shards (none: in memory only).
+    pub embeddings_cache: Option<&'a Path>,
+    pub cancel: &'a AtomicBool,
+    /// Called with (done, total) as work units finish.
+    pub progress: &'a (dyn Fn(u32, u32) + Sync),
+}
+
+impl ShardContext<'_> {
+    fn check_cancel(&self) -> Result<(), ShardError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(ShardError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A sweep path made local.
+    fn local(&self, sweep_path: &str) -> Result<PathBuf, ShardError> {
+        super::artifacts::sweep_path(sweep_path)
+            .map(|p| self.root.join(p))
+            .map_err(|e| ShardError::Task(e.to_string()))
+    }
+
+    /// A local path made a sweep path again (unchanged if it is not under `root`).
+    fn sweep(&self, local: &Path) -> PathBuf {
+        local
+            .strip_prefix(self.root)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| local.to_path_buf())
+    }
+}
+
+/// What a successful shard produced.
+#[derive(Debug)]
+pub struct ShardOutput {
+    /// `ShardResult.result_json`.
+    pub result_json: Vec<u8>,
+    /// Work units done: cases, judged answers, training tokens.
+    pub units: u64,
+    /// Files to upload before reporting, with the names they are reported under.
+    pub uploads: Vec<(String, PathBuf)>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &[u8]) -> Result<T, ShardError> {
+    serde_json::from_slice(json)
+        .map_err(|e| ShardError::Task(format!("the {kind} shard's spec is not valid: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("results serialize")
+}
+
+/// Runs a shard of `kind` with `spec_json`.
+pub fn execute(
+    kind: &str,
+    spec_json: &[u8],
+    ctx: &ShardContext,
+) -> Result<ShardOutput, ShardError> {
+    match kind {
+        KIND_NOOP => noop(parse(kind, spec_json)?, ctx),
+        KIND_GENERATE => generate(parse(kind, spec_json)?, ctx),
+        KIND_JUDGE => judge(parse(kind, spec_json)?, ctx),
+        KIND_TRAIN => train(parse(kind, spec_json)?, ctx),
+        other => Err(ShardError::Task(format!(
+            "this worker does not know shard kind {other:?} (it knows {KIND_GENERATE}, \
+             {KIND_JUDGE}, {KIND_TRAIN}, {KIND_NOOP}); is it older than the coordinator?"
+        ))),
+    }
+}
+
+fn noop(spec: NoopShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(spec.sleep_ms);
+    while std::time::Instant::now() < deadline {
+        ctx.check_cancel()?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
+    }
+    ctx.check_cancel()?;
+    if let Some(message) = spec.fail {
+        return Err(ShardError::Task(message));
+    }
+    (ctx.progress)(1, 1);
+    Ok(ShardOutput {
+        result_json: to_json(&NoopResult {
+            worker_id: ctx.worker_id.to_string(),
+        }),
+        units: spec.units,
+        uploads: Vec::new(),
+    })
+}
+
+/// The identity of the adapter folder `dir` (a sweep path): a hash of the names and hashes
+/// of its files, so two adapters with the same name never share a cache entry.
+fn adapter_identity(files: &[FileRef], dir: &str) -> String {
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    let mut parts: Vec<String> = files
+        .iter()
+        .filter(|f| f.path.starts_with(&prefix))
+        .map(|f| {
+            let sha = f.artifact.as_ref().map(|a| a.sha256.as_str()).unwrap_or("");
+            format!("{}={sha}", f.path)
+        })
+        .collect();
+    parts.sort();
+    super::artifacts::hex(&Sha256::digest(parts.join("\n").as_bytes()))
+}
+
+fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+    let adapter = match &spec.adapter {
+        Some(a) => Some(AdapterKey {
+            id: adapter_identity(ctx.files, &a.dir),
+            dir: ctx.local(&a.dir)?,
+        }),
+        None => None,
+    };
+    let model = ctx.models.language(&spec.model, adapter.as_ref())?;
+    let variant = match Variant::parse(&spec.variant).map_err(ShardError::from)? {
+        Variant::Custom { template } => Variant::Custom {
+            template: ctx.local(&template)?.display().to_string(),
+        },
+        v => v,
+    };
+    let cases = spec
+        .cases
+        .iter()
+        .map(|c| {
+            let documents = c
+                .documents
+                .iter()
+                .map(|d| ctx.local(&d.to_string_lossy()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Case {
+                documents,
+                ..c.clone()
+            })
+        })
+        .collect::<Result<Vec<_>, ShardError>>()?;
+    let embedder = if cases.iter().any(|c| c.task == Task::Rag) {
+        Some(ctx.models.embedding(&spec.retrieval.embedder)?)
+    } else {
+        None
+    };
+    let retriever = embedder.as_deref().map(|e| {
+        Retriever::new(
+            e,
+            spec.retrieval.chunks,
+            ctx.embeddings_cache.map(Path::to_path_buf),
+        )
+    });
+    let settings = EvalSettings {
+        model_label: spec.model_label.clone(),
+        adapter_label: spec
+            .adapter
+            .as_ref()
+            .map(|a| a.name.clone())
+            .unwrap_or_else(|| "base".into()),
+        variants: vec![variant],
+        top_k: spec.retrieval.top_k,
+        truncation: spec.truncation,
+        sampling: spec.sampling.clone(),
+        scale: Scale::default(),
+        judge_explanation_tokens: 0,
+    };
+    let mut runner = Runner::new(&model, retriever.as_ref(), Vec::new(), settings);
+    let total = cases.len() as u32;
+    let mut results: Vec<CaseResult> = Vec::with_capacity(cases.len());
+    (ctx.progress)(0, total);
+    for (i, case) in cases.iter().enumerate() {
+        ctx.check_cancel()?;
+        results.extend(runner.generate(std::slice::from_ref(case), |_| {}));
+        (ctx.progress)(i as u32 + 1, total);
+    }
+    for r in &mut results {
+        for hit in &mut r.hits {
+            hit.document = ctx.sweep(&hit.document);
+        }
+        if r.variant.starts_with("custom:") {
+            r.variant = spec.variant.clone();
+        }
+        if let Some(e) = &r.error {
+            r.error = Some(e.replace(&format!("{}/", ctx.root.display()), ""));
+        }
+    }
+    Ok(ShardOutput {
+        units: results.len() as u64,
+        result_json: to_json(&GenerateResult { cases: results }),
+        uploads: Vec::new(),
+    })
+}
+
+fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+    enum Loaded {
+        Endpoint(EndpointJudge),
+        Local(String, Arc<LanguageModel>),
+    }
+    let mut loaded = Vec::new();
+    for j in &spec.judges {
+        if j.model.starts_with("openai:") {
+            let mut e = EndpointJudge::parse(&j.model, spec.scale, spec.explanation_tokens)
+                .ok_or_else(|| {
+                    ShardError::Task(format!(
+                        "judge {}: {:?} is not openai:MODEL@BASE_URL",
+                        j.name, j.model
+                    ))
+                })?;
+            e.name = j.name.clone();
+            loaded.push(Loaded::Endpoint(e));
+        } else {
+            loaded.push(Loaded::Local(
+                j.name.clone(),
+                ctx.models.language(&j.model, None)?,
+            ));
+        }
+    }
+    let judges: Vec<Judge> = loaded
+        .iter()
+        .map(|l| match l {
+            Loaded::Endpoint(e) => Judge::Endpoint(e.clone()),
+            Loaded::Local(name, model) => Judge::Local(LocalJudge {
+                name: name.clone(),
+                model,
+                scale: spec.scale,
+                max_explanation_tokens: spec.explanation_tokens,
+            }),
+        })
+        .collect();
+    let total = spec.items.len() as u32;
+    let mut results = Vec::with_capacity(spec.items.len());
+    (ctx.progress)(0, total);
+    for (i, item) in spec.items.iter().enumerate() {
+        ctx.check_cancel()?;
+        let mut r = item.result.clone();
+        judge_result(&judges, &mut r, item.criteria.as_deref());
+        results.push(r);
+        (ctx.progress)(i as u32 + 1, total);
+    }
+    Ok(ShardOutput {
+        units: results.len() as u64,
+        result_json: to_json(&JudgeResult { cases: results }),
+        uploads: Vec::new(),
+    })
+}
+
+fn train(spec: TrainShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+    use flotilla_train::{TrainConfig, TrainEvent};
+    let source = PathBuf::from(format!("adapter {}", spec.adapter_name));
+    let config = TrainConfig::from_json_value(&spec.config, &source, ctx.root)?;
+    let out = ctx.scratch.join("train");
+    ctx.check_cancel()?;
+    let mut on_event = |event: &TrainEvent| {
+        if let TrainEvent::Step(step) = event {
+            (ctx.progress)(step.step as u32, step.total_steps as u32);
+        }
+        // Returning false stops training between steps: the shard was cancelled.
+        !ctx.cancel.load(Ordering::Relaxed)
+    };
+    let trained =
+        flotilla_train::train(&config, &spec.model, &out, false, ctx.device, &mut on_event);
+    ctx.check_cancel()?;
+    let summary = trained?;
+    ctx.check_cancel()?;
+    let mut uploads = Vec::new();
+    let entries = std::fs::read_dir(&summary.adapter)
+        .map_err(|e| ShardError::Infrastructure(format!("{}: {e}", summary.adapter.display())))?;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_file() {
+            uploads.push((e.file_name().to_string_lossy().into_owned(), path));
+        }
+    }
+    uploads.sort();
+    let mut metrics = serde_json::to_value(&summary).expect("summary serializes");
+    if let Some(m) = metrics.as_object_mut() {
+        // A local path on this worker: meaningless elsewhere.
+        m.remove("adapter");
+    }
+    Ok(ShardOutput {
+        units: summary.tokens as u64,
+        result_json: to_json(&TrainResult { metrics }),
+        uploads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_engine::loader::LoadOptions;
+
+    fn run(kind: &str, spec: &str, cancel: bool) -> Result<ShardOutput, ShardError> {
+        let models = ModelCache::new(LoadOptions::default(), 1);
+        let flag = AtomicBool::new(cancel);
+        let root = std::env::temp_dir();
+        let ctx = ShardContext {
+            worker_id: "w1",
+            models: &models,
+            device: &Device::Cpu,
+            root: &root,
+            files: &[],
+            scratch: &root,
+            embeddings_cache: None,
+            cancel: &flag,
+            progress: &|_, _| {},
+        };
+        execute(kind, spec.as_bytes(), &ctx)
+    }
+
+    #[test]
+    fn noop_shards_answer_fail_or_stop_on_cancel() {
+        let out = run(KIND_NOOP, r#"{"units": 7}"#, false).unwrap();
+        assert_eq!(out.units, 7);
+        let r: NoopResult = serde_json::from_slice(&out.result_json).unwrap();
+        assert_eq!(r.worker_id, "w1");
+        assert_eq!(
+            run(KIND_NOOP, r#"{"fail": "bad case"}"#, false).unwrap_err(),
+            ShardError::Task("bad case".into())
+        );
+        assert_eq!(
+            run(KIND_NOOP, r#"{"sleep_ms": 5000}"#, true).unwrap_err(),
+            ShardError::Cancelled
+        );
+    }
+
+    #[test]
+    fn bad_specs_and_unknown_kinds_are_task_failures() {
+        let err = run(KIND_GENERATE, "{", false).unwrap_err();
+        assert!(
+            matches!(&err, ShardError::Task(m) if m.contains("generate shard's spec")),
+            "{err:?}"
+        );
+        let err = run("paint", "{}", false).unwrap_err();
+        assert!(
+            matches!(&err, ShardError::Task(m) if m.contains("\"paint\"")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_model_is_a_task_failure_naming_it() {
+        let spec = serde_json::json!({
+            "model": "/nowhere/model.gguf", "model_label": "m", "adapter": null,
+            "variant": "query_last", "cases": [],
+            "sampling": flotilla_contract::SamplingParams::default(),
+            "truncation": "head", "retrieval": {"embedder": "minilm", "top_k": 2,
+                "chunks": {"size": 100, "overlap": 10}}
+        });
+        let err = run(KIND_GENERATE, &spec.to_string(), false).unwrap_err();
+        assert!(
+            matches!(&err, ShardError::Task(m) if m.contains("/nowhere/model.gguf")),
+            "{err:?}"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Models kept loaded between shards, least recently used first out.
+//!
+//! Loading a 7B model takes longer than many shards take to run, so a worker keeps the last
+//! few it used: language models keyed by model spec and adapter (an adapter rides on the
+//! shared base weights, so base and adapted entries cost little more than the base), and the
+//! embedding model used for retrieval. The coordinator is told which models are loaded, and
+//! prefers to send a shard to a worker that has its model.
+
+use flotilla_engine::embed::EmbeddingModel;
+use flotilla_engine::error::Result;
+use flotilla_engine::loader::{LanguageModel, LoadOptions};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// An adapter to put on a model: its identity (a hash of its files) and its local folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterKey {
+    pub id: String,
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Clone)]
+enum Loaded {
+    Language(Arc<LanguageModel>),
+    Embedding(Arc<EmbeddingModel>),
+}
+
+struct Entry {
+    /// `lm:` + model spec (+ `\0` + adapter id for an adapted model), or `embed:` + spec for
+    /// an embedding model: the prefixes keep the two kinds apart whatever the specs say.
+    key: String,
+    spec: String,
+    model: Loaded,
+}
+
+/// Loaded models, shared by the shards of a worker (and by the in-process workers of
+/// `flotilla run`).
+pub struct ModelCache {
+    options: LoadOptions,
+    capacity: usize,
+    /// Most recently used last.
+    entries: Mutex<Vec<Entry>>,
+}
+
+impl ModelCache {
+    /// A cache holding at most `capacity` models (at least 1), loaded with `options`.
+    pub fn new(options: LoadOptions, capacity: usize) -> Self {
+        Self {
+            options,
+            capacity: capacity.max(1),
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn get_or_load(
+        &self,
+        key: String,
+        spec: &str,
+        load: impl FnOnce(&Self) -> Result<Loaded>,
+    ) -> Result<Loaded> {
+        // Loading happens under the lock: two shards wanting the same model must not load it
+        // twice, and loads are rare next to the work they serve.
+        let mut entries = self.entries.lock().expect("model cache");
+        if let Some(i) = entries.iter().position(|e| e.key == key) {
+            let e = entries.remove(i);
+            let model = e.model.clone();
+            entries.push(e);
+            return Ok(model);
+        }
+        let model = load(self)?;
+        entries.push(Entry {
+            key,
+            spec: spec.to_string(),
+            model: model.clone(),
+        });
+        while entries.len() > self.capacity {
+            let gone = entries.remove(0);
+            tracing::info!(model = gone.spec, "unloading model (least recently used)");
+        }
+        Ok(model)
+    }
+
+    /// The language model `spec`, with `adapter` applied when given.
+    pub fn language(&self, spec: &str, adapter: Option<&AdapterKey>) -> Result<Arc<LanguageModel>> {
+        let base = || -> Result<Arc<LanguageModel>> {
+            match self.get_or_load(format!("lm:{spec}"), spec, |c| {
+                tracing::info!(model = spec, "loading model");
+                Ok(Loaded::Language(Arc::new(LanguageModel::load(
+                    spec, &c.options,
+                )?)))
+            })? {
+                Loaded::Language(m) => Ok(m),
+                Loaded::Embedding(_) => unreachable!("language keys hold language models"),
+            }
+        };
+        let Some(adapter) = adapter else {
+            return base();
+        };
+        let base = base()?;
+        let key = format!("lm:{spec}\0{}", adapter.id);
+        match self.get_or_load(key, spec, |_| {
+            tracing::info!(model = spec, adapter = %adapter.dir.display(), "applying adapter");
+            Ok(Loaded::Language(Arc::new(apply_adapter(
+                &base,
+                &adapter.dir,
+            )?)))
+        })? {
+            Loaded::Language(m) => Ok(m),
+            Loaded::Embedding(_) => unreachable!("language keys hold language models"),
+        }
+    }
+
+    /// The embedding model `spec`.
+    pub fn embedding(&self, spec: &str) -> Result<Arc<EmbeddingModel>> {
+        match self.get_or_load(format!("embed:{spec}"), spec, |c| {
+            tracing::info!(model = spec, "loading embedding model");
+            Ok(Loaded::Embedding(Arc::new(EmbeddingModel::load(
+                spec, &c.options,
+            )?)))
+        })? {
+            Loaded::Embedding(m) => Ok(m),
+            Loaded::Language(_) => unreachable!("embed: keys hold embedding models"),
+        }
+    }
+
+    /// Specs of the language models loaded now (without adapters), most recent first.
+    pub fn loaded(&self) -> Vec<String> {
+        let entries = self.entries.lock().expect("model cache");
+        let mut out: Vec<String> = Vec::new();
+        for e in entries.iter().rev() {
+            if matches!(e.model, Loaded::Language(_)) && !out.contains(&e.spec) {
+                out.push(e.spec.clone());
+            }
+        }
+        out
+    }
+}
+
+fn apply_adapter(base: &LanguageModel, dir: &Path) -> Result<LanguageModel> {
+    flotilla_train::load_with_adapter(base, dir)
+}

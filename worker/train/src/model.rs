@@ -1,0 +1,588 @@
+//! The differentiable llama / qwen2 forward used for training, beside the inference one in
+//! [`flotilla_engine::models::llama`] and sharing its configuration and RoPE tables.
+//!
+//! Every op here records a backward. candle 0.11's fused `rms_norm`, `softmax_last_dim`,
+//! `rope*` and quantized matmul record none (backward succeeds, the gradient is silently
+//! missing), so this file spells them out with primitive ops: RMS norm from `sqr`/`mean`/
+//! `sqrt`, softmax as `candle_nn::ops::softmax` over the last dimension, rotate-half RoPE
+//! from `narrow`/`cat`. Base weights are plain tensors (frozen, dequantized); only the LoRA
+//! matrices are [`Var`]s.
+//!
+//! Frozen projections go through [`FrozenMatmul`], a custom op whose backward returns the
+//! input gradient only: candle's matmul backward always computes the weight gradient too,
+//! a full extra matmul per projection (and per lm_head) that training would throw away.
+
+use super::config::{LoraSettings, TargetModule};
+use super::data::Batch;
+use super::lora::{LoraAdapter, LoraKey};
+use super::weights::BaseWeights;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
+use flotilla_engine::error::{Error, Result};
+use flotilla_engine::models::config::ModelConfig;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+/// `x (n, in) @ w^T (in, out)` with a backward for `x` only (`w` is frozen).
+struct FrozenMatmul {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let data = storage.as_slice::<f32>()?;
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input not contiguous".into()))?;
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        let v = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(v), shape))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.w)?))
+    }
+}
+
+/// `x @ w^T` for a frozen `w`; `x` is (n, in).
+fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?)
+    } else {
+        // Other devices: a plain matmul (its weight gradient is computed and dropped).
+        Ok(x.matmul(&w.t()?)?)
+    }
+}
+
+/// Causal grouped-query attention that stores nothing for its backward but its inputs: the
+/// (heads x t x t) scores and probabilities are recomputed in the backward instead of being
+/// kept for every layer, which is what bounds memory at long sequences.
+///
+/// q is (b, heads, t, d), k and v are (b, kv_heads, t, d); the output is (b, heads, t, d).
+struct Attention {
+    /// Additive mask, (b, 1, t, t): 0 where attention is allowed, -inf elsewhere.
+    mask: Tensor,
+    scale: f64,
+    kv_heads: usize,
+}
+
+fn tensor_of(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
+    let data = s.as_slice::<f32>()?;
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("attention: input not contiguous".into()))?;
+    Tensor::from_slice(&data[a..b], l.shape(), &Device::Cpu)
+}
+
+impl Attention {
+    /// Probabilities, grouped as (b, kv, group * t, t).
+    fn probs(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        let kv = self.kv_heads;
+        let qg = q.reshape((b, kv, (h / kv) * t, d))?;
+        let s = (qg.matmul(&k.t()?)? * self.scale)?
+            .reshape((b, h, t, t))?
+            .broadcast_add(&self.mask)?;
+        candle_nn::ops::softmax_last_dim(&s)?.reshape((b, kv, (h / kv) * t, t))
+    }
+
+    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        self.probs(q, k)?.matmul(v)?.reshape((b, h, t, d))
+    }
+}
+
+impl candle_core::CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "recomputing-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.forward(
+            &tensor_of(s1, l1)?,
+            &tensor_of(s2, l2)?,
+            &tensor_of(s3, l3)?,
+        )?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let (b, h, t, d) = q.dims4()?;
+        let kv = self.kv_heads;
+        let gt = (h / kv) * t;
+        let p = self.probs(&q, &k)?; // (b, kv, gt, t)
+        let go = grad.detach().contiguous()?.reshape((b, kv, gt, d))?;
+        let dv = p.t()?.matmul(&go)?; // (b, kv, t, d)
+        let dp = go.matmul(&v.t()?)?; // (b, kv, gt, t)
+        let dot = (&dp * &p)?.sum_keepdim(3)?;
+        let ds = ((p * dp.broadcast_sub(&dot)?)? * self.scale)?;
+        let dq = ds.matmul(&k)?.reshape((b, h, t, d))?;
+        let qg = q.reshape((b, kv, gt, d))?;
+        let dk = ds.t()?.matmul(&qg)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// Attention through [`Attention`] on CPU; elsewhere the same maths recorded op by op.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    kv_heads: usize,
+) -> Result<Tensor> {
+    let op = Attention {
+        mask: mask.clone(),
+        scale,
+        kv_heads,
+    };
+    if q.device().is_cpu() && q.dtype() == DType::F32 {
+        Ok(q.contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+    } else {
+        let (b, h, t, d) = q.dims4()?;
+        let qg = q.reshape((b, kv_heads, (h / kv_heads) * t, d))?;
+        let s = (qg.matmul(&k.t()?)? * scale)?
+            .reshape((b, h, t, t))?
+            .broadcast_add(mask)?;
+        let p = candle_nn::ops::softmax(&s, D::Minus1)?.reshape((
+            b,
+            kv_heads,
+            (h / kv_heads) * t,
+            t,
+        ))?;
+        Ok(p.matmul(v)?.reshape((b, h, t, d))?)
+    }
+}
+
+/// One LoRA pair: `A` (rank, in) and `B` (out, rank).
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    pub a: Var,
+    pub b: Var,
+}
+
+/// A frozen projection, optionally carrying LoRA.
+#[derive(Debug, Clone)]
+pub struct TrainLinear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraPair>,
+}
+
+impl TrainLinear {
+    /// `x` is (n, in); returns (n, out). `dropout` is a 0/1-scaled mask for the LoRA input.
+    fn forward(&self, x: &Tensor, scaling: f64, dropout: Option<&Tensor>) -> Result<Tensor> {
+        let mut y = frozen_matmul(x, &self.weight)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xin = match dropout {
+                Some(m) => (x * m)?,
+                None => x.clone(),
+            };
+            let down = xin.matmul(&l.a.as_tensor().t()?)?;
+            let up = down.matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (up * scaling)?)?;
+        }
+        Ok(y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TrainBlock {
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    proj: BTreeMap<TargetModule, TrainLinear>,
+}
+
+/// A llama / qwen2 model whose projections carry LoRA adapters.
+pub struct TrainModel {
+    pub config: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<TrainBlock>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    pub lora: LoraSettings,
+    scaling: f64,
+    modules: Vec<TargetModule>,
+}
+
+/// PEFT's default initialisation of `A`: kaiming-uniform with a = sqrt(5), i.e. uniform in
+/// +-1/sqrt(in_features).
+fn init_a(
+    rank: usize,
+    inp: usize,
+    rng: &mut rand::rngs::StdRng,
+    device: &Device,
+) -> Result<Tensor> {
+    let bound = 1.0 / (inp as f32).sqrt();
+    let v: Vec<f32> = (0..rank * inp)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    Ok(Tensor::from_vec(v, (rank, inp), device)?)
+}
+
+/// RMS norm with primitive ops (the fused one records no backward).
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+/// Rotate-half RoPE (Hugging Face layout); `cos`/`sin` are (b, 1, t, d/2).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Ok(Tensor::cat(&[a, b], D::Minus1)?)
+}
+
+impl TrainModel {
+    /// Build from dense base weights, with fresh adapters (A as PEFT initialises it, B zero)
+    /// drawn from `seed`.
+    pub fn new(mut base: BaseWeights, lora: &LoraSettings, seed: u64) -> Result<Self> {
+        let modules = lora.modules()?;
+        let cfg = base.config.clone();
+        let device = base.get("model.embed_tokens.weight")?.device().clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut proj = BTreeMap::new();
+            for m in TargetModule::ALL {
+                let weight = base.take(&format!("{p}.{}.weight", m.path()))?;
+                let bias = base.tensors.remove(&format!("{p}.{}.bias", m.path()));
+                let (out, inp) = weight.dims2()?;
+                let lora_pair = if modules.contains(&m) {
+                    let a = init_a(lora.rank, inp, &mut rng, &device)?;
+                    let b = Tensor::zeros((out, lora.rank), DType::F32, &device)?;
+                    Some(LoraPair {
+                        a: Var::from_tensor(&a)?,
+                        b: Var::from_tensor(&b)?,
+                    })
+                } else {
+                    None
+                };
+                proj.insert(
+                    m,
+                    TrainLinear {
+                        weight,
+                        bias,
+                        lora: lora_pair,
+                    },
+                );
+            }
+            blocks.push(TrainBlock {
+                attn_norm: base.take(&format!("{p}.input_layernorm.weight"))?,
+                ffn_norm: base.take(&format!("{p}.post_attention_layernorm.weight"))?,
+                proj,
+            });
+        }
+        let embed = base.take("model.embed_tokens.weight")?;
+        let norm = base.take("model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            base.take("lm_head.weight")?
+        };
+        let (cos, sin) = flotilla_engine::models::llama::rope_tables(
+            &cfg,
+            base.freq_factors.as_deref(),
+            &device,
+        )?;
+        Ok(Self {
+            config: cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            scaling: lora.scaling(),
+            lora: lora.clone(),
+            modules,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// The LoRA variables in a fixed order (layer, then module; A before B).
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (m, lin) in &b.proj {
+                if let Some(l) = &lin.lora {
+                    let key = LoraKey {
+                        layer: i,
+                        module: *m,
+                    };
+                    out.push((key.peft_name("lora_A"), l.a.clone()));
+                    out.push((key.peft_name("lora_B"), l.b.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The adapter as it stands, for saving or inference.
+    pub fn adapter(&self, base_model: &str) -> Result<LoraAdapter> {
+        let mut weights = BTreeMap::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (m, lin) in &b.proj {
+                if let Some(l) = &lin.lora {
+                    weights.insert(
+                        LoraKey {
+                            layer: i,
+                            module: *m,
+                        },
+                        (l.a.as_tensor().copy()?, l.b.as_tensor().copy()?),
+                    );
+                }
+            }
+        }
+        Ok(LoraAdapter::new(&self.lora, base_model, weights))
+    }
+
+    /// Overwrite the LoRA variables with `adapter`'s (a checkpoint being resumed); shapes and
+    /// modules must match.
+    pub fn load_adapter(&self, adapter: &LoraAdapter) -> Result<()> {
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (m, lin) in &b.proj {
+                let key = LoraKey {
+                    layer: i,
+                    module: *m,
+                };
+                match (&lin.lora, adapter.weights.get(&key)) {
+                    (Some(l), Some((a, bb))) => {
+                        l.a.set(&a.to_device(self.device())?)?;
+                        l.b.set(&bb.to_device(self.device())?)?;
+                    }
+                    (None, None) => {}
+                    _ => {
+                        return Err(Error::input(format!(
+                            "adapter does not match the training config at layer {i} {}",
+                            m.name()
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Target modules carrying LoRA.
+    pub fn modules(&self) -> &[TargetModule] {
+        &self.modules
+    }
+
+    /// Final hidden states for a batch, (rows * seq, hidden). `dropout_seed` draws LoRA
+    /// dropout masks (none when the config's dropout is 0 or the seed is `None`, as in eval).
+    pub fn hidden(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
+        let cfg = &self.config;
+        let dev = self.device().clone();
+        let (b, t) = (batch.rows, batch.seq_len);
+        let n = b * t;
+        let ids = Tensor::from_slice(&batch.input_ids, n, &dev)?;
+        let mut x = self.embed.index_select(&ids, 0)?; // (n, h)
+
+        // Rotary tables per token position, (b, 1, t, d/2).
+        let pos = Tensor::from_slice(&batch.positions, n, &dev)?;
+        let half = cfg.head_dim / 2;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+
+        // Causal mask within each segment, (b, 1, t, t).
+        let mut mask = vec![0f32; b * t * t];
+        for r in 0..b {
+            let seg = &batch.segments[r * t..(r + 1) * t];
+            for i in 0..t {
+                for j in 0..t {
+                    if j > i || seg[i] != seg[j] {
+                        mask[(r * t + i) * t + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev)?;
+
+        let heads = cfg.num_heads;
+        let kv = cfg.num_kv_heads;
+        let hd = cfg.head_dim;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut rng = dropout_seed
+            .filter(|_| self.lora.dropout > 0.0)
+            .map(rand::rngs::SmallRng::seed_from_u64);
+        let p = self.lora.dropout;
+        let mut drop_mask = |rows: usize, cols: usize| -> Result<Option<Tensor>> {
+            let Some(rng) = rng.as_mut() else {
+                return Ok(None);
+            };
+            let keep = 1.0 / (1.0 - p);
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+                .collect();
+            Ok(Some(Tensor::from_vec(v, (rows, cols), &dev)?))
+        };
+
+        for blk in &self.blocks {
+            let h = rms_norm(&x, &blk.attn_norm, cfg.rms_norm_eps)?;
+            let proj = |m: TargetModule, inp: &Tensor, d: Option<&Tensor>| -> Result<Tensor> {
+                blk.proj[&m].forward(inp, self.scaling, d)
+            };
+            let hid = h.dim(1)?;
+            let dq = drop_mask(n, hid)?;
+            let dk = drop_mask(n, hid)?;
+            let dv = drop_mask(n, hid)?;
+            let q = proj(TargetModule::QProj, &h, dq.as_ref())?
+                .reshape((b, t, heads, hd))?
+                .transpose(1, 2)?;
+            let k = proj(TargetModule::KProj, &h, dk.as_ref())?
+                .reshape((b, t, kv, hd))?
+                .transpose(1, 2)?;
+            let v = proj(TargetModule::VProj, &h, dv.as_ref())?
+                .reshape((b, t, kv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let q = rope(&q.contiguous()?, &cos, &sin)?;
+            let k = rope(&k.contiguous()?, &cos, &sin)?;
+            // Grouped-query attention without copying keys: the `group` query heads sharing a
+            // key head are stacked along the time axis.
+            let o = attention(&q, &k, &v, &mask, scale, kv)?
+                .transpose(1, 2)?
+                .reshape((n, heads * hd))?;
+            let d_o = drop_mask(n, heads * hd)?;
+            x = (x + proj(TargetModule::OProj, &o, d_o.as_ref())?)?;
+
+            let h2 = rms_norm(&x, &blk.ffn_norm, cfg.rms_norm_eps)?;
+            let dg = drop_mask(n, hid)?;
+            let du = drop_mask(n, hid)?;
+            let g = proj(TargetModule::GateProj, &h2, dg.as_ref())?.silu()?;
+            let u = proj(TargetModule::UpProj, &h2, du.as_ref())?;
+            let gu = (g * u)?;
+            let dd = drop_mask(n, gu.dim(1)?)?;
+            x = (x + proj(TargetModule::DownProj, &gu, dd.as_ref())?)?;
+        }
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    /// Logits (n, vocab) for the given hidden rows.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        frozen_matmul(hidden, &self.lm_head)
+    }
+
+    /// Summed negative log-likelihood of the batch's target tokens, and a scalar whose
+    /// gradient is that of the sum divided by `normalizer` (the target tokens of the whole
+    /// accumulated step). Only rows with a target reach the lm_head.
+    ///
+    /// The cross-entropy over the vocabulary is not recorded as a graph: for each chunk of
+    /// rows it computes the logits, the loss and their gradient `(softmax - onehot) * w / N`
+    /// directly, multiplies back through the frozen lm_head, and returns the surrogate
+    /// `sum(hidden * grad)`, whose gradient with respect to the hidden states is exactly that.
+    /// The (rows x vocab) logits then live one chunk at a time instead of five times over for
+    /// every op of a recorded log-softmax. The scalar's value is not the loss; the sum is.
+    pub fn loss(
+        &self,
+        batch: &Batch,
+        normalizer: f64,
+        dropout_seed: Option<u64>,
+    ) -> Result<(Tensor, f64)> {
+        use rayon::prelude::*;
+        let dev = self.device().clone();
+        let rows: Vec<u32> = batch
+            .loss_mask
+            .iter()
+            .enumerate()
+            .filter(|(_, &m)| m > 0.0)
+            .map(|(i, _)| i as u32)
+            .collect();
+        if rows.is_empty() {
+            return Err(Error::input("a training batch has no target tokens"));
+        }
+        let hidden = self.hidden(batch, dropout_seed)?;
+        let idx = Tensor::from_vec(rows.clone(), rows.len(), &dev)?;
+        let picked = hidden.index_select(&idx, 0)?;
+        let fixed = picked.detach();
+        let vocab = self.lm_head.dim(0)?;
+        let mut total = 0f64;
+        let mut grads = Vec::new();
+        const CHUNK: usize = 256;
+        for start in (0..rows.len()).step_by(CHUNK) {
+            let len = CHUNK.min(rows.len() - start);
+            let h = fixed.narrow(0, start, len)?;
+            let logits = h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+            let mut data = logits.flatten_all()?.to_vec1::<f32>()?;
+            let spans: Vec<(u32, f32)> = rows[start..start + len]
+                .iter()
+                .map(|&r| (batch.targets[r as usize], batch.loss_mask[r as usize]))
+                .collect();
+            let scale = 1.0 / normalizer as f32;
+            let nll: f64 = data
+                .par_chunks_mut(vocab)
+                .zip(spans.par_iter())
+                .map(|(row, &(target, w))| {
+                    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let target_logit = row[target as usize];
+                    let mut sum = 0f64;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x as f64;
+                    }
+                    let nll = sum.ln() - (target_logit - max) as f64;
+                    let s = w * scale;
+                    let k = (s as f64 / sum) as f32;
+                    for x in row.iter_mut() {
+                        *x *= k;
+                    }
+                    row[target as usize] -= s;
+                    nll * w as f64
+                })
+                .sum();
+            total += nll;
+            let g = Tensor::from_vec(data, (len, vocab), &dev)?;
+            grads.push(g.matmul(&self.lm_head)?);
+        }
+        let g = Tensor::cat(&grads, 0)?;
+        let surrogate = (picked * g)?.sum_all()?;
+        Ok((surrogate, total))
+    }
+}
