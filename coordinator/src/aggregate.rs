@@ -10,7 +10,7 @@ use crate::sweep::file_key;
 use flotilla_contract::case_result::CaseResult;
 use flotilla_contract::judging::Scale;
 use flotilla_contract::report::{build_report, markdown, Report};
-use flotilla_contract::shard::JudgeResult;
+use flotilla_contract::ShardOutput;
 use flotilla_proto::v1 as pb;
 use rusqlite::params;
 
@@ -45,8 +45,14 @@ pub async fn load(core: &Core, sweep_id: &str) -> Result<Option<SweepOutcome>, S
             )?;
             let mut cases = Vec::new();
             for row in stmt.query_map(params![id], |r| r.get::<_, String>(0))? {
-                let judged: JudgeResult = serde_json::from_str(&row?)
+                let output = ShardOutput::from_json(row?.as_bytes())
                     .map_err(|e| StoreError::Other(format!("a stored judge result: {e}")))?;
+                let ShardOutput::Judge(judged) = output else {
+                    return Err(StoreError::Other(format!(
+                        "a judge job stored a {} result",
+                        output.kind()
+                    )));
+                };
                 cases.extend(judged.cases);
             }
             let mut stmt = c.prepare(

@@ -7,7 +7,8 @@ use crate::client::Client;
 use crate::server::{serve, CoordinatorConfig};
 use crate::sweep::Retries;
 use flotilla_client::registry::MemoryRegistry;
-use flotilla_contract::shard::NoopShard;
+use flotilla_contract::shard::{NoopResult, NoopShard};
+use flotilla_contract::ShardOutput;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::coordinator_message::Kind as Out;
 use flotilla_proto::v1::worker_message::Kind as In;
@@ -125,13 +126,13 @@ async fn worker(
                             }
                             first_seen = true;
                         }
-                        let result = serde_json::to_vec(&flotilla_contract::shard::NoopResult {
+                        let output = ShardOutput::Noop(NoopResult {
                             worker_id: id.clone(),
-                        })?;
+                        });
                         send(In::Result(pb::ShardResult {
                             shard_id: a.shard_id,
                             attempt: a.attempt,
-                            result_json: result,
+                            output: output.to_json().into_bytes(),
                             artifacts: Vec::new(),
                             seconds: 0.0,
                             units: 1,

@@ -14,13 +14,13 @@
 //! depend on, so a job is never ready with an incomplete spec.
 
 use crate::store::{StoreError, StoreResult};
-use crate::sweep::{file_key, AdapterSource, Cell, Sweep};
+use crate::sweep::{file_key, AdapterEntry, AdapterSource, Cell, ModelEntry, Sweep};
 use flotilla_contract::dataset::Task;
 use flotilla_contract::judging::Scale;
 use flotilla_contract::shard::{
-    AdapterRef, GenerateResult, GenerateShard, JudgeItem, JudgeModel, JudgeShard, TrainShard,
-    KIND_GENERATE, KIND_JUDGE, KIND_TRAIN,
+    AdapterRef, GenerateShard, JudgeItem, JudgeModel, JudgeShard, TrainShard,
 };
+use flotilla_contract::{Error as ContractError, JobKind, JudgeSpec, ShardOutput, ShardSpec};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -81,38 +81,104 @@ fn to_json<T: Serialize>(v: &T) -> String {
 }
 
 /// Turn a checked sweep and its cells into jobs. `files` maps every uploaded sweep-path key
-/// to its artifact.
+/// to its artifact. Per model: its training jobs first (so eval jobs can name them), then for
+/// each adapter x variant x cell a generate job and the judge job after it.
 pub fn plan(
     sweep_id: &str,
     sweep: &Sweep,
     cells: &[Cell],
     files: &BTreeMap<String, FileEntry>,
 ) -> Result<Vec<PlannedJob>, String> {
-    let mut jobs: Vec<PlannedJob> = Vec::new();
-    let file = |key: &str| -> Result<FileEntry, String> {
-        files
+    let mut p = Planner {
+        sweep_id,
+        sweep,
+        files,
+        jobs: Vec::new(),
+        next: 0,
+    };
+    let baseline_adapter = sweep.baseline_adapter().to_string();
+    for m in &sweep.models {
+        let trained = p.train_jobs(m)?;
+        for a in &sweep.adapters {
+            let adapter = p.adapter_use(a, &trained);
+            for (vi, variant) in sweep.variants.iter().enumerate() {
+                let variant = p.variant_use(variant)?;
+                for cell in cells {
+                    // Criteria cells judge the case text itself: once per model.
+                    if cell.task == Task::Criteria && (vi > 0 || a.name != baseline_adapter) {
+                        continue;
+                    }
+                    let label = format!(
+                        "{} / {} / {} / {} {} {}",
+                        m.name,
+                        a.name,
+                        variant.name,
+                        cell.dataset,
+                        cell.task.name(),
+                        cell.language
+                    );
+                    let (gid, seqs) = p.generate_job(m, &adapter, &variant, cell, &label)?;
+                    p.judge_job(m, &label, gid, seqs)?;
+                }
+            }
+        }
+    }
+    Ok(p.jobs)
+}
+
+/// The planning of one sweep: the jobs so far and the next job number.
+struct Planner<'a> {
+    sweep_id: &'a str,
+    sweep: &'a Sweep,
+    files: &'a BTreeMap<String, FileEntry>,
+    jobs: Vec<PlannedJob>,
+    next: i64,
+}
+
+/// An adapter as the generate jobs use it.
+struct AdapterUse {
+    adapter: Option<AdapterRef>,
+    /// Its files, for an adapter folder given in the sweep.
+    files: Vec<FileEntry>,
+    /// The train job that produces it, for an adapter trained by the sweep.
+    train_job: Option<String>,
+}
+
+/// A prompt variant as the generate jobs use it.
+struct VariantUse {
+    /// As the sweep writes it (labels).
+    name: String,
+    /// As the spec carries it (`custom:` with the template's sweep-path key).
+    spec: String,
+    template: Option<FileEntry>,
+}
+
+impl Planner<'_> {
+    fn new_id(&mut self) -> (String, i64) {
+        self.next += 1;
+        (format!("{}.j{}", self.sweep_id, self.next), self.next)
+    }
+
+    fn file(&self, key: &str) -> Result<FileEntry, String> {
+        self.files
             .get(key)
             .cloned()
             .ok_or_else(|| format!("{key} was not uploaded with the sweep"))
-    };
-    let under = |dir: &str| -> Vec<FileEntry> {
+    }
+
+    fn under(&self, dir: &str) -> Vec<FileEntry> {
         let prefix = format!("{}/", file_key(dir));
-        files
+        self.files
             .iter()
             .filter(|(k, _)| k.starts_with(&prefix))
             .map(|(_, f)| f.clone())
             .collect()
-    };
-    let baseline_adapter = sweep.baseline_adapter().to_string();
-    let mut next = 0i64;
-    let mut new_id = || {
-        next += 1;
-        (format!("{sweep_id}.j{next}"), next)
-    };
-    for m in &sweep.models {
-        // Training first, so eval jobs can name their train job.
-        let mut trained: HashMap<String, String> = HashMap::new();
-        for a in &sweep.adapters {
+    }
+
+    /// One train job per adapter with a `train:` block; returns adapter name -> job id.
+    fn train_jobs(&mut self, m: &ModelEntry) -> Result<HashMap<String, String>, String> {
+        let mut trained = HashMap::new();
+        for a in &self.sweep.adapters {
             let AdapterSource::Train(block) = &a.source else {
                 continue;
             };
@@ -121,14 +187,14 @@ pub fn plan(
             for key in ["data", "eval_data"] {
                 if let Some(p) = block.get(key).and_then(|v| v.as_str()) {
                     let k = file_key(p);
-                    shard_files.push(file(&k)?);
+                    shard_files.push(self.file(&k)?);
                     config[key] = k.into();
                 }
             }
             if config.get("seed").is_none() {
-                config["seed"] = sweep.seed.into();
+                config["seed"] = self.sweep.seed.into();
             }
-            let (id, seq) = new_id();
+            let (id, seq) = self.new_id();
             let spec = TrainShard {
                 model: m.model.clone(),
                 adapter_name: a.name.clone(),
@@ -136,10 +202,10 @@ pub fn plan(
             };
             let units = block.get("steps").and_then(|s| s.as_u64()).unwrap_or(1);
             trained.insert(a.name.clone(), id.clone());
-            jobs.push(PlannedJob {
+            self.jobs.push(PlannedJob {
                 id: id.clone(),
                 seq,
-                kind: KIND_TRAIN.into(),
+                kind: JobKind::Train.as_str().into(),
                 label: format!("train {} on {}", a.name, m.name),
                 model: m.model.clone(),
                 depends_on: Vec::new(),
@@ -150,141 +216,171 @@ pub fn plan(
                 shards: vec![PlannedShard {
                     id: format!("{id}.s1"),
                     seq: 1,
-                    spec_json: to_json(&spec),
+                    spec_json: ShardSpec::Train(spec).to_json(),
                     files: shard_files,
                     units,
                 }],
             });
         }
-        for a in &sweep.adapters {
-            let (adapter, adapter_files, train_job) = match &a.source {
-                AdapterSource::None => (None, Vec::new(), None),
-                AdapterSource::Dir(d) => (
-                    Some(AdapterRef {
+        Ok(trained)
+    }
+
+    fn adapter_use(&self, a: &AdapterEntry, trained: &HashMap<String, String>) -> AdapterUse {
+        match &a.source {
+            AdapterSource::None => AdapterUse {
+                adapter: None,
+                files: Vec::new(),
+                train_job: None,
+            },
+            AdapterSource::Dir(d) => AdapterUse {
+                adapter: Some(AdapterRef {
+                    name: a.name.clone(),
+                    dir: file_key(d),
+                }),
+                files: self.under(d),
+                train_job: None,
+            },
+            AdapterSource::Train(_) => {
+                let tj = trained[&a.name].clone();
+                AdapterUse {
+                    adapter: Some(AdapterRef {
                         name: a.name.clone(),
-                        dir: file_key(d),
+                        dir: format!("adapters/{tj}"),
                     }),
-                    under(d),
-                    None,
-                ),
-                AdapterSource::Train(_) => {
-                    let tj = trained[&a.name].clone();
-                    (
-                        Some(AdapterRef {
-                            name: a.name.clone(),
-                            dir: format!("adapters/{tj}"),
-                        }),
-                        Vec::new(),
-                        Some(tj),
-                    )
-                }
-            };
-            for (vi, variant) in sweep.variants.iter().enumerate() {
-                let (variant_spec, template) = match variant.strip_prefix("custom:") {
-                    Some(t) => (format!("custom:{}", file_key(t)), Some(file(&file_key(t))?)),
-                    None => (variant.clone(), None),
-                };
-                for cell in cells {
-                    if cell.task == Task::Criteria && (vi > 0 || a.name != baseline_adapter) {
-                        continue;
-                    }
-                    let cell_label =
-                        format!("{} {} {}", cell.dataset, cell.task.name(), cell.language);
-                    let label = format!("{} / {} / {} / {}", m.name, a.name, variant, cell_label);
-                    let (gid, gseq) = new_id();
-                    let mut gshards = Vec::new();
-                    let mut jshards = Vec::new();
-                    for (k, chunk) in cell.cases.chunks(sweep.shard_size).enumerate() {
-                        let mut shard_files = adapter_files.clone();
-                        shard_files.extend(template.clone());
-                        for c in chunk {
-                            for d in &c.documents {
-                                let f = file(&d.to_string_lossy())?;
-                                if !shard_files.contains(&f) {
-                                    shard_files.push(f);
-                                }
-                            }
-                        }
-                        let spec = GenerateShard {
-                            model: m.model.clone(),
-                            model_label: m.name.clone(),
-                            adapter: adapter.clone(),
-                            variant: variant_spec.clone(),
-                            cases: chunk.to_vec(),
-                            sampling: sweep.sampling.clone(),
-                            truncation: sweep.truncation,
-                            retrieval: sweep.retrieval.clone(),
-                        };
-                        let seq = k as i64 + 1;
-                        gshards.push(PlannedShard {
-                            id: format!("{gid}.s{seq}"),
-                            seq,
-                            spec_json: to_json(&spec),
-                            files: shard_files,
-                            units: chunk.len() as u64,
-                        });
-                        jshards.push(seq);
-                    }
-                    jobs.push(PlannedJob {
-                        id: gid.clone(),
-                        seq: gseq,
-                        kind: KIND_GENERATE.into(),
-                        label: label.clone(),
-                        model: m.model.clone(),
-                        depends_on: train_job.iter().cloned().collect(),
-                        meta: JobMeta::Generate {
-                            train_job: train_job.clone(),
-                        },
-                        shards: gshards,
-                    });
-                    let judges: Vec<JudgeModel> = sweep
-                        .judge
-                        .judges
-                        .iter()
-                        .map(|j| JudgeModel {
-                            name: j.clone(),
-                            model: if j == "self" {
-                                m.model.clone()
-                            } else {
-                                j.clone()
-                            },
-                        })
-                        .collect();
-                    let judge_model = judges
-                        .iter()
-                        .find(|j| !j.model.starts_with("openai:"))
-                        .map(|j| j.model.clone())
-                        .unwrap_or_default();
-                    let (jid, jseq) = new_id();
-                    jobs.push(PlannedJob {
-                        id: jid.clone(),
-                        seq: jseq,
-                        kind: KIND_JUDGE.into(),
-                        label: format!("judge {label}"),
-                        model: judge_model,
-                        depends_on: vec![gid.clone()],
-                        meta: JobMeta::Judge {
-                            generate_job: gid.clone(),
-                            judges,
-                            scale: sweep.judge.scale,
-                            explanation_tokens: sweep.judge.explanation_tokens,
-                        },
-                        shards: jshards
-                            .into_iter()
-                            .map(|seq| PlannedShard {
-                                id: format!("{jid}.s{seq}"),
-                                seq,
-                                spec_json: String::new(),
-                                files: Vec::new(),
-                                units: 0,
-                            })
-                            .collect(),
-                    });
+                    files: Vec::new(),
+                    train_job: Some(tj),
                 }
             }
         }
     }
-    Ok(jobs)
+
+    fn variant_use(&self, variant: &str) -> Result<VariantUse, String> {
+        Ok(match variant.strip_prefix("custom:") {
+            Some(t) => VariantUse {
+                name: variant.to_string(),
+                spec: format!("custom:{}", file_key(t)),
+                template: Some(self.file(&file_key(t))?),
+            },
+            None => VariantUse {
+                name: variant.to_string(),
+                spec: variant.to_string(),
+                template: None,
+            },
+        })
+    }
+
+    /// The generate job of one cell, cut into shards of `shard_size` cases; returns its id and
+    /// its shards' numbers.
+    fn generate_job(
+        &mut self,
+        m: &ModelEntry,
+        adapter: &AdapterUse,
+        variant: &VariantUse,
+        cell: &Cell,
+        label: &str,
+    ) -> Result<(String, Vec<i64>), String> {
+        let (gid, gseq) = self.new_id();
+        let mut shards = Vec::new();
+        for (k, chunk) in cell.cases.chunks(self.sweep.shard_size).enumerate() {
+            let mut shard_files = adapter.files.clone();
+            shard_files.extend(variant.template.clone());
+            for c in chunk {
+                for d in &c.documents {
+                    let f = self.file(&d.to_string_lossy())?;
+                    if !shard_files.contains(&f) {
+                        shard_files.push(f);
+                    }
+                }
+            }
+            let spec = GenerateShard {
+                model: m.model.clone(),
+                model_label: m.name.clone(),
+                adapter: adapter.adapter.clone(),
+                variant: variant.spec.clone(),
+                cases: chunk.to_vec(),
+                sampling: self.sweep.sampling.clone(),
+                truncation: self.sweep.truncation,
+                retrieval: self.sweep.retrieval.clone(),
+            };
+            let seq = k as i64 + 1;
+            shards.push(PlannedShard {
+                id: format!("{gid}.s{seq}"),
+                seq,
+                spec_json: ShardSpec::Generate(spec).to_json(),
+                files: shard_files,
+                units: chunk.len() as u64,
+            });
+        }
+        let seqs = shards.iter().map(|s| s.seq).collect();
+        self.jobs.push(PlannedJob {
+            id: gid.clone(),
+            seq: gseq,
+            kind: JobKind::Generate.as_str().into(),
+            label: label.to_string(),
+            model: m.model.clone(),
+            depends_on: adapter.train_job.iter().cloned().collect(),
+            meta: JobMeta::Generate {
+                train_job: adapter.train_job.clone(),
+            },
+            shards,
+        });
+        Ok((gid, seqs))
+    }
+
+    /// The judge job after generate job `gid`, with the same cut: judge shard k judges
+    /// generate shard k's answers. Its specs are completed by [`finalize`].
+    fn judge_job(
+        &mut self,
+        m: &ModelEntry,
+        label: &str,
+        gid: String,
+        seqs: Vec<i64>,
+    ) -> Result<(), String> {
+        let mut judges = Vec::new();
+        for j in &self.sweep.judge.judges {
+            let spec: JudgeSpec = j.parse().map_err(|e: ContractError| e.to_string())?;
+            judges.push(JudgeModel {
+                name: j.clone(),
+                model: spec.resolve(&m.model),
+            });
+        }
+        // The model a judge job loads: its first local judge (for model affinity).
+        let judge_model = self
+            .sweep
+            .judge
+            .judges
+            .iter()
+            .zip(&judges)
+            .find(|(j, _)| !j.parse::<JudgeSpec>().is_ok_and(|s| s.is_endpoint()))
+            .map(|(_, j)| j.model.clone())
+            .unwrap_or_default();
+        let (jid, jseq) = self.new_id();
+        self.jobs.push(PlannedJob {
+            id: jid.clone(),
+            seq: jseq,
+            kind: JobKind::Judge.as_str().into(),
+            label: format!("judge {label}"),
+            model: judge_model,
+            depends_on: vec![gid.clone()],
+            meta: JobMeta::Judge {
+                generate_job: gid,
+                judges,
+                scale: self.sweep.judge.scale,
+                explanation_tokens: self.sweep.judge.explanation_tokens,
+            },
+            shards: seqs
+                .into_iter()
+                .map(|seq| PlannedShard {
+                    id: format!("{jid}.s{seq}"),
+                    seq,
+                    spec_json: String::new(),
+                    files: Vec::new(),
+                    units: 0,
+                })
+                .collect(),
+        });
+        Ok(())
+    }
 }
 
 fn sql_err(what: String) -> StoreError {
@@ -352,10 +448,18 @@ pub fn finalize(conn: &Connection, job_id: &str) -> StoreResult<()> {
                 })?
                 .collect::<Result<_, _>>()?;
             for (id, gspec, gresult) in rows {
-                let gspec: GenerateShard = serde_json::from_str(&gspec)
-                    .map_err(|e| sql_err(format!("generate spec for {id}: {e}")))?;
-                let gresult: GenerateResult = serde_json::from_str(&gresult)
-                    .map_err(|e| sql_err(format!("generate result for {id}: {e}")))?;
+                let ShardSpec::Generate(gspec) = ShardSpec::from_json(gspec.as_bytes())
+                    .map_err(|e| sql_err(format!("generate spec for {id}: {e}")))?
+                else {
+                    return Err(sql_err(format!("the spec for {id} is not a generate spec")));
+                };
+                let ShardOutput::Generate(gresult) = ShardOutput::from_json(gresult.as_bytes())
+                    .map_err(|e| sql_err(format!("generate result for {id}: {e}")))?
+                else {
+                    return Err(sql_err(format!(
+                        "the result for {id} is not a generate result"
+                    )));
+                };
                 let rubric: HashMap<&str, Option<String>> = gspec
                     .cases
                     .iter()
@@ -378,7 +482,7 @@ pub fn finalize(conn: &Connection, job_id: &str) -> StoreResult<()> {
                 };
                 conn.execute(
                     "UPDATE shards SET spec_json = ?2, units = ?3 WHERE id = ?1",
-                    params![id, to_json(&spec), units as i64],
+                    params![id, ShardSpec::Judge(spec).to_json(), units as i64],
                 )?;
             }
         }

@@ -7,9 +7,8 @@ mod common;
 use common::*;
 use flotilla_contract::case_result::CaseResult;
 use flotilla_contract::judging::Verdict;
-use flotilla_contract::shard::{
-    GenerateResult, GenerateShard, JudgeResult, JudgeShard, TrainResult, TrainShard,
-};
+use flotilla_contract::shard::{GenerateResult, GenerateShard, JudgeResult, TrainResult};
+use flotilla_contract::{ShardOutput, ShardSpec};
 use flotilla_coordinator::client::SubmitSweep;
 use flotilla_coordinator::sweep::{self, AdapterSource, FileRoot, ModelCheck, Sweep};
 use flotilla_proto::v1 as pb;
@@ -191,10 +190,10 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
         let Ok(flotilla_proto::v1::coordinator_message::Kind::Assign(a)) = msg else {
             break;
         };
-        order.push(a.kind.clone());
-        match a.kind.as_str() {
-            "train" => {
-                let spec: TrainShard = serde_json::from_slice(&a.spec_json).unwrap();
+        let spec = ShardSpec::from_json(&a.spec).unwrap();
+        order.push(spec.kind().as_str().to_string());
+        match spec {
+            ShardSpec::Train(spec) => {
                 assert_eq!(spec.model, "smollm2");
                 assert_eq!(spec.config["data"], "train/en-ja-lora.jsonl");
                 assert_eq!(spec.config["seed"], 7);
@@ -204,16 +203,15 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
                 };
                 w.result_raw(
                     &a.shard_id,
-                    &a.attempt,
-                    serde_json::to_value(result).unwrap(),
+                    a.attempt,
+                    serde_json::to_value(ShardOutput::Train(result)).unwrap(),
                     vec![pb::FileRef {
                         path: "adapter_model.safetensors".into(),
                         artifact: Some(adapter_ref.clone()),
                     }],
                 );
             }
-            "generate" => {
-                let spec: GenerateShard = serde_json::from_slice(&a.spec_json).unwrap();
+            ShardSpec::Generate(spec) => {
                 assert_eq!(spec.cases.len(), 2);
                 for case in &spec.cases {
                     for d in &case.documents {
@@ -234,8 +232,7 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
                 let cases = spec.cases.iter().map(|case| blank(case, &spec)).collect();
                 w.result(&a, serde_json::to_value(GenerateResult { cases }).unwrap());
             }
-            "judge" => {
-                let spec: JudgeShard = serde_json::from_slice(&a.spec_json).unwrap();
+            ShardSpec::Judge(spec) => {
                 assert_eq!(spec.items.len(), 2);
                 // The LoRA scores one point more, everywhere.
                 let cases = spec
@@ -249,7 +246,7 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
                     .collect();
                 w.result(&a, serde_json::to_value(JudgeResult { cases }).unwrap());
             }
-            other => panic!("unexpected kind {other}"),
+            other => panic!("unexpected kind {}", other.kind()),
         }
         assert!(w.ack().await.accepted);
     }

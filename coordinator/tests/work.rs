@@ -101,14 +101,14 @@ async fn a_dropped_stream_requeues_and_its_late_result_is_refused_while_duplicat
     let mut a = TestWorker::connect(&c, "a", &[]).await;
     a.ask(1);
     let first = a.assignment().await;
-    assert_eq!(first.attempt, "1");
+    assert_eq!(first.attempt, 1);
     // Worker a's stream drops mid-shard: the shard goes back to the queue...
     drop(a);
     let mut b = TestWorker::connect(&c, "b", &[]).await;
     b.ask(1);
     let second = b.assignment().await;
     assert_eq!(second.shard_id, first.shard_id);
-    assert_eq!(second.attempt, "2");
+    assert_eq!(second.attempt, 2);
     // ...and a's result, arriving late on a new stream, is refused.
     let mut a = TestWorker::connect(&c, "a", &[]).await;
     a.result(&first, serde_json::json!({"worker_id": "a"}));
@@ -157,8 +157,8 @@ async fn a_silent_worker_is_dropped_after_the_heartbeat_timeout() {
     w.ask(1);
     let a2 = w.assignment().await;
     assert_eq!(
-        (a2.shard_id.as_str(), a2.attempt.as_str()),
-        (a1.shard_id.as_str(), "2")
+        (a2.shard_id.as_str(), a2.attempt),
+        (a1.shard_id.as_str(), 2)
     );
     w.result(&a2, serde_json::json!({}));
     assert!(w.ack().await.accepted);
@@ -234,10 +234,10 @@ async fn task_failures_are_retried_within_budget_then_fail_the_sweep() {
     for (i, expect_state) in [(1, pb::SweepState::Running), (2, pb::SweepState::Failed)] {
         w.ask(1);
         let a = w.assignment().await;
-        assert_eq!(a.attempt, i.to_string());
+        assert_eq!(a.attempt, i);
         w.send(In::Failure(pb::ShardFailure {
             shard_id: a.shard_id.clone(),
-            attempt: a.attempt.clone(),
+            attempt: a.attempt,
             kind: pb::FailureKind::Task as i32,
             message: "case file unreadable".into(),
         }));

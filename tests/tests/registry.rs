@@ -184,12 +184,20 @@ async fn one_coordinator_leads_at_a_time_and_workers_find_its_address() {
     // A second coordinator waits while the first leads.
     let standby = registry(&etcd).await;
     let second = tokio::spawn(async move { standby.lead("10.0.0.2:7070").await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!second.is_finished(), "two leaders at once");
-    assert_eq!(
-        reg.leader().await.unwrap().as_deref(),
-        Some("10.0.0.1:7070")
-    );
+    // Watched over the whole window, not at one instant after a sleep: the standby never
+    // wins and the leader key never names it while the first leads.
+    let window = std::time::Instant::now();
+    let mut looks = 0;
+    while window.elapsed() < Duration::from_millis(1500) {
+        assert!(!second.is_finished(), "two leaders at once");
+        assert_eq!(
+            reg.leader().await.unwrap().as_deref(),
+            Some("10.0.0.1:7070")
+        );
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(looks >= 10, "the window was watched only {looks} times");
 
     // The first steps down; the standby takes over and publishes its address.
     drop(first);

@@ -18,12 +18,14 @@
 
 use super::artifacts::ArtifactCache;
 use super::capabilities::Capabilities;
-use super::exec::{execute, ShardContext, ShardError, ShardOutput};
+use super::exec::{Completed, ShardError};
 use super::models::ModelCache;
+use super::shard_task::run_shard;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use flotilla_client::client::{self, Client, ClientTls};
 use flotilla_client::registry::{Registration, Registry};
+use flotilla_contract::Attempt;
 use flotilla_proto::v1::{
     coordinator_message, worker_message, Assignment, CoordinatorMessage, FailureKind, FileRef,
     Hello, Progress, ShardFailure, ShardResult, WorkRequest, WorkerMessage,
@@ -95,7 +97,7 @@ pub async fn run_worker(
 
 /// A shard running (or waiting for a slot) on this worker.
 struct Running {
-    attempt: String,
+    attempt: Attempt,
     /// False while it waits in the queue for a slot.
     started: bool,
     cancel: Arc<AtomicBool>,
@@ -103,17 +105,17 @@ struct Running {
 }
 
 #[derive(Default)]
-struct ProgressCell {
-    done: AtomicU32,
-    total: AtomicU32,
+pub(crate) struct ProgressCell {
+    pub(crate) done: AtomicU32,
+    pub(crate) total: AtomicU32,
 }
 
 /// What a shard task reports back to the loop.
 struct Finished {
     shard_id: String,
-    attempt: String,
+    attempt: Attempt,
     seconds: f64,
-    outcome: Result<(ShardOutput, Vec<FileRef>), ShardError>,
+    outcome: Result<(Completed, Vec<FileRef>), ShardError>,
 }
 
 /// How a connection ended.
@@ -362,7 +364,7 @@ impl Agent {
         for (shard_id, r) in &self.running {
             let progress = Progress {
                 shard_id: shard_id.clone(),
-                attempt: r.attempt.clone(),
+                attempt: r.attempt.0,
                 done: r.progress.done.load(Ordering::Relaxed),
                 total: r.progress.total.load(Ordering::Relaxed),
             };
@@ -382,9 +384,10 @@ impl Agent {
                 true
             }
             Some(coordinator_message::Kind::Cancel(c)) => {
-                let matches = |attempt: &str| c.attempt.is_empty() || c.attempt == attempt;
+                // Attempt 0 cancels every attempt of the shard.
+                let matches = |attempt: Attempt| c.attempt == 0 || Attempt(c.attempt) == attempt;
                 if let Some(r) = self.running.get(&c.shard_id) {
-                    if matches(&r.attempt) {
+                    if matches(r.attempt) {
                         tracing::info!(shard = c.shard_id, reason = c.reason, "cancelled");
                         r.cancel.store(true, Ordering::Relaxed);
                         if !r.started {
@@ -393,7 +396,7 @@ impl Agent {
                     }
                 }
                 self.queue
-                    .retain(|a| !(a.shard_id == c.shard_id && matches(&a.attempt)));
+                    .retain(|a| !(a.shard_id == c.shard_id && matches(Attempt(a.attempt))));
                 false
             }
             Some(coordinator_message::Kind::Ack(ack)) => {
@@ -409,15 +412,15 @@ impl Agent {
     /// Takes an assignment: queued until a slot is free.
     fn accept(&mut self, a: Assignment) {
         if let Some(r) = self.running.get(&a.shard_id) {
-            if r.attempt == a.attempt {
+            if r.attempt == Attempt(a.attempt) {
                 return; // Already ours (resent after a reconnect).
             }
             // A newer attempt of a shard we run: the old one is superseded.
             r.cancel.store(true, Ordering::Relaxed);
         }
-        tracing::debug!(shard = a.shard_id, kind = a.kind, "assigned");
+        tracing::debug!(shard = a.shard_id, attempt = a.attempt, "assigned");
         let running = Running {
-            attempt: a.attempt.clone(),
+            attempt: Attempt(a.attempt),
             started: false,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(ProgressCell::default()),
@@ -437,7 +440,7 @@ impl Agent {
             let Some(r) = self.running.get_mut(&a.shard_id) else {
                 continue;
             };
-            if r.attempt != a.attempt || r.started {
+            if r.attempt != Attempt(a.attempt) || r.started {
                 continue;
             }
             r.started = true;
@@ -454,7 +457,7 @@ impl Agent {
         let done = self.done_tx.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let (shard_id, attempt) = (a.shard_id.clone(), a.attempt.clone());
+            let (shard_id, attempt) = (a.shard_id.clone(), Attempt(a.attempt));
             let outcome = run_shard(a, &config, &cache, current, cancel, progress).await;
             let _ = done.send(Finished {
                 shard_id,
@@ -481,8 +484,8 @@ impl Agent {
                 tracing::info!(shard = done.shard_id, seconds = done.seconds, "shard done");
                 worker_message::Kind::Result(ShardResult {
                     shard_id: done.shard_id.clone(),
-                    attempt: done.attempt.clone(),
-                    result_json: output.result_json,
+                    attempt: done.attempt.0,
+                    output: output.output.to_json().into_bytes(),
                     artifacts,
                     seconds: done.seconds,
                     units: output.units,
@@ -497,7 +500,7 @@ impl Agent {
                 tracing::warn!(shard = done.shard_id, error = %e, ?kind, "shard failed");
                 worker_message::Kind::Failure(ShardFailure {
                     shard_id: done.shard_id.clone(),
-                    attempt: done.attempt.clone(),
+                    attempt: done.attempt.0,
                     kind: kind as i32,
                     message: e.to_string(),
                 })
@@ -521,7 +524,7 @@ impl Agent {
             r.cancel.store(true, Ordering::Relaxed);
             let failure = ShardFailure {
                 shard_id,
-                attempt: r.attempt,
+                attempt: r.attempt.0,
                 kind: FailureKind::Infrastructure as i32,
                 message: "the worker is shutting down".into(),
             };
@@ -551,169 +554,4 @@ fn refused_or_dropped(status: tonic::Status) -> Result<SessionEnd> {
             Ok(SessionEnd::Dropped(false))
         }
     }
-}
-
-/// A client of the live connection (waiting up to 30 s for one).
-async fn live_client(current: &mut watch::Receiver<Option<Client>>) -> Result<Client, ShardError> {
-    match tokio::time::timeout(Duration::from_secs(30), current.wait_for(|c| c.is_some())).await {
-        Ok(Ok(c)) => Ok(c.clone().expect("checked")),
-        _ => Err(ShardError::Infrastructure(
-            "no connection to the coordinator to move files".into(),
-        )),
-    }
-}
-
-/// A folder name for one attempt.
-fn attempt_dir_name(shard_id: &str, attempt: &str) -> String {
-    format!("{shard_id}-{attempt}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Everything for one attempt: files in, execution, artifacts out.
-async fn run_shard(
-    a: Assignment,
-    config: &AgentConfig,
-    cache: &Arc<ArtifactCache>,
-    mut current: watch::Receiver<Option<Client>>,
-    cancel: Arc<AtomicBool>,
-    progress: Arc<ProgressCell>,
-) -> Result<(ShardOutput, Vec<FileRef>), ShardError> {
-    // Files, by hash, from the cache or the coordinator (three tries across reconnects).
-    for f in &a.files {
-        let artifact = f.artifact.as_ref().ok_or_else(|| {
-            ShardError::Task(format!("file {} comes without an artifact", f.path))
-        })?;
-        let mut tries = 0;
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(ShardError::Cancelled);
-            }
-            let client = live_client(&mut current).await?;
-            match cache.fetch(&client, artifact).await {
-                Ok(_) => break,
-                Err(e) if tries < 2 => {
-                    tries += 1;
-                    tracing::warn!(file = f.path, error = %format!("{e:#}"), "download failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Err(e) => {
-                    return Err(ShardError::Infrastructure(format!(
-                        "cannot fetch {}: {e:#}",
-                        f.path
-                    )))
-                }
-            }
-        }
-    }
-    let dir = config
-        .work_dir
-        .join(attempt_dir_name(&a.shard_id, &a.attempt));
-    let root = dir.join("files");
-    let scratch = dir.join("out");
-    let prepared = (|| {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&root)?;
-        std::fs::create_dir_all(&scratch)?;
-        cache.materialize(&a.files, &root)
-    })();
-    if let Err(e) = prepared {
-        let _ = std::fs::remove_dir_all(&dir);
-        // A bad sweep path is the spec's fault; anything else is this disk's.
-        let message = format!("cannot lay out the shard's files: {e:#}");
-        return Err(if message.contains("sweep path") {
-            ShardError::Task(message)
-        } else {
-            ShardError::Infrastructure(message)
-        });
-    }
-
-    let worker_id = config.worker_id.clone();
-    let models = config.models.clone();
-    let device = config.device.clone();
-    let files = a.files.clone();
-    let (kind, spec) = (a.kind.clone(), a.spec_json.clone());
-    let (exec_root, exec_scratch, exec_cancel) = (root.clone(), scratch.clone(), cancel.clone());
-    let embeddings = config.cache_dir.join("embeddings");
-    let executed = tokio::task::spawn_blocking(move || {
-        let report = |done: u32, total: u32| {
-            progress.done.store(done, Ordering::Relaxed);
-            progress.total.store(total, Ordering::Relaxed);
-        };
-        let ctx = ShardContext {
-            worker_id: &worker_id,
-            models: &models,
-            device: &device,
-            root: &exec_root,
-            files: &files,
-            scratch: &exec_scratch,
-            embeddings_cache: Some(&embeddings),
-            cancel: &exec_cancel,
-            progress: &report,
-        };
-        execute(&kind, &spec, &ctx)
-    })
-    .await;
-    let output = match executed {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        Err(join) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            let why = join
-                .try_into_panic()
-                .ok()
-                .and_then(|p| {
-                    p.downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                })
-                .unwrap_or_else(|| "unknown".into());
-            return Err(ShardError::Task(format!(
-                "the worker crashed running this shard (a bug in flotilla): {why}"
-            )));
-        }
-    };
-
-    // Artifacts up before the result goes, so the result never names a missing file.
-    let mut artifacts = Vec::new();
-    for (name, path) in &output.uploads {
-        let mut tries = 0;
-        let stored = loop {
-            if cancel.load(Ordering::Relaxed) {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(ShardError::Cancelled);
-            }
-            let client = live_client(&mut current).await?;
-            match super::artifacts::upload_file(&client, path).await {
-                Ok(r) => break r,
-                Err(e) if tries < 2 => {
-                    tries += 1;
-                    tracing::warn!(file = name, error = %format!("{e:#}"), "upload failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(ShardError::Infrastructure(format!(
-                        "cannot upload {name}: {e:#}"
-                    )));
-                }
-            }
-        };
-        artifacts.push(FileRef {
-            path: name.clone(),
-            artifact: Some(stored),
-        });
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok((output, artifacts))
 }

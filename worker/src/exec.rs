@@ -16,8 +16,9 @@ use flotilla_bench::retrieval::Retriever;
 use flotilla_bench::runner::{judge_result, CaseResult, EvalSettings, Judge, Runner};
 use flotilla_contract::shard::{
     GenerateResult, GenerateShard, JudgeResult, JudgeShard, NoopResult, NoopShard, TrainResult,
-    TrainShard, KIND_GENERATE, KIND_JUDGE, KIND_NOOP, KIND_TRAIN,
+    TrainShard,
 };
+use flotilla_contract::{ShardOutput, ShardSpec};
 use flotilla_engine::error::Error;
 use flotilla_engine::loader::LanguageModel;
 use flotilla_proto::v1::FileRef;
@@ -118,43 +119,27 @@ impl ShardContext<'_> {
 
 /// What a successful shard produced.
 #[derive(Debug)]
-pub struct ShardOutput {
-    /// `ShardResult.result_json`.
-    pub result_json: Vec<u8>,
+pub struct Completed {
+    /// What `ShardResult.output` carries.
+    pub output: ShardOutput,
     /// Work units done: cases, judged answers, training tokens.
     pub units: u64,
     /// Files to upload before reporting, with the names they are reported under.
     pub uploads: Vec<(String, PathBuf)>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(kind: &str, json: &[u8]) -> Result<T, ShardError> {
-    serde_json::from_slice(json)
-        .map_err(|e| ShardError::Task(format!("the {kind} shard's spec is not valid: {e}")))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("results serialize")
-}
-
-/// Runs a shard of `kind` with `spec_json`.
-pub fn execute(
-    kind: &str,
-    spec_json: &[u8],
-    ctx: &ShardContext,
-) -> Result<ShardOutput, ShardError> {
-    match kind {
-        KIND_NOOP => noop(parse(kind, spec_json)?, ctx),
-        KIND_GENERATE => generate(parse(kind, spec_json)?, ctx),
-        KIND_JUDGE => judge(parse(kind, spec_json)?, ctx),
-        KIND_TRAIN => train(parse(kind, spec_json)?, ctx),
-        other => Err(ShardError::Task(format!(
-            "this worker does not know shard kind {other:?} (it knows {KIND_GENERATE}, \
-             {KIND_JUDGE}, {KIND_TRAIN}, {KIND_NOOP}); is it older than the coordinator?"
-        ))),
+/// Runs the shard whose spec (`Assignment.spec`, a tagged [`ShardSpec`]) is `spec_json`. A
+/// spec that does not read, or of a kind this worker does not know, is a task failure.
+pub fn execute(spec_json: &[u8], ctx: &ShardContext) -> Result<Completed, ShardError> {
+    match ShardSpec::from_json(spec_json)? {
+        ShardSpec::Noop(spec) => noop(spec, ctx),
+        ShardSpec::Generate(spec) => generate(spec, ctx),
+        ShardSpec::Judge(spec) => judge(spec, ctx),
+        ShardSpec::Train(spec) => train(spec, ctx),
     }
 }
 
-fn noop(spec: NoopShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+fn noop(spec: NoopShard, ctx: &ShardContext) -> Result<Completed, ShardError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(spec.sleep_ms);
     while std::time::Instant::now() < deadline {
         ctx.check_cancel()?;
@@ -166,8 +151,8 @@ fn noop(spec: NoopShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> 
         return Err(ShardError::Task(message));
     }
     (ctx.progress)(1, 1);
-    Ok(ShardOutput {
-        result_json: to_json(&NoopResult {
+    Ok(Completed {
+        output: ShardOutput::Noop(NoopResult {
             worker_id: ctx.worker_id.to_string(),
         }),
         units: spec.units,
@@ -191,7 +176,7 @@ fn adapter_identity(files: &[FileRef], dir: &str) -> String {
     super::artifacts::hex(&Sha256::digest(parts.join("\n").as_bytes()))
 }
 
-fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardError> {
     let adapter = match &spec.adapter {
         Some(a) => Some(AdapterKey {
             id: adapter_identity(ctx.files, &a.dir),
@@ -267,14 +252,14 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<ShardOutput, Shar
             r.error = Some(e.replace(&format!("{}/", ctx.root.display()), ""));
         }
     }
-    Ok(ShardOutput {
+    Ok(Completed {
         units: results.len() as u64,
-        result_json: to_json(&GenerateResult { cases: results }),
+        output: ShardOutput::Generate(GenerateResult { cases: results }),
         uploads: Vec::new(),
     })
 }
 
-fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<Completed, ShardError> {
     enum Loaded {
         Endpoint(EndpointJudge),
         Local(String, Arc<LanguageModel>),
@@ -320,14 +305,14 @@ fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError
         results.push(r);
         (ctx.progress)(i as u32 + 1, total);
     }
-    Ok(ShardOutput {
+    Ok(Completed {
         units: results.len() as u64,
-        result_json: to_json(&JudgeResult { cases: results }),
+        output: ShardOutput::Judge(JudgeResult { cases: results }),
         uploads: Vec::new(),
     })
 }
 
-fn train(spec: TrainShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError> {
+fn train(spec: TrainShard, ctx: &ShardContext) -> Result<Completed, ShardError> {
     use flotilla_train::{TrainConfig, TrainEvent};
     let source = PathBuf::from(format!("adapter {}", spec.adapter_name));
     let config = TrainConfig::from_json_value(&spec.config, &source, ctx.root)?;
@@ -360,9 +345,9 @@ fn train(spec: TrainShard, ctx: &ShardContext) -> Result<ShardOutput, ShardError
         // A local path on this worker: meaningless elsewhere.
         m.remove("adapter");
     }
-    Ok(ShardOutput {
+    Ok(Completed {
         units: summary.tokens as u64,
-        result_json: to_json(&TrainResult { metrics }),
+        output: ShardOutput::Train(TrainResult { metrics }),
         uploads,
     })
 }
@@ -372,7 +357,11 @@ mod tests {
     use super::*;
     use flotilla_engine::loader::LoadOptions;
 
-    fn run(kind: &str, spec: &str, cancel: bool) -> Result<ShardOutput, ShardError> {
+    const KIND_NOOP: &str = "noop";
+    const KIND_GENERATE: &str = "generate";
+
+    /// Runs a spec of `kind` given as its fields (`spec`), tagged as the wire tags it.
+    fn run(kind: &str, spec: &str, cancel: bool) -> Result<Completed, ShardError> {
         let models = ModelCache::new(LoadOptions::default(), 1);
         let flag = AtomicBool::new(cancel);
         let root = std::env::temp_dir();
@@ -387,14 +376,19 @@ mod tests {
             cancel: &flag,
             progress: &|_, _| {},
         };
-        execute(kind, spec.as_bytes(), &ctx)
+        let fields = spec.trim().strip_prefix('{').unwrap_or(spec).trim_start();
+        let sep = if fields.starts_with('}') { "" } else { "," };
+        let tagged = format!("{{\"kind\":\"{kind}\"{sep}{fields}");
+        execute(tagged.as_bytes(), &ctx)
     }
 
     #[test]
     fn noop_shards_answer_fail_or_stop_on_cancel() {
         let out = run(KIND_NOOP, r#"{"units": 7}"#, false).unwrap();
         assert_eq!(out.units, 7);
-        let r: NoopResult = serde_json::from_slice(&out.result_json).unwrap();
+        let ShardOutput::Noop(r) = out.output else {
+            panic!("a noop spec answered {:?}", out.output)
+        };
         assert_eq!(r.worker_id, "w1");
         assert_eq!(
             run(KIND_NOOP, r#"{"fail": "bad case"}"#, false).unwrap_err(),

@@ -2,6 +2,7 @@
 //! `flotilla run` as in-process workers.
 //!
 //! - [`agent`] keeps the Work stream to the coordinator: hello, ask, run, report, reconnect.
+//! - [`shard_task`] is one attempt: files in, [`exec`] on a blocking thread, artifacts out.
 //! - [`exec`] runs one shard by its kind ([`flotilla_contract::ShardSpec`]: generate, judge,
 //!   train, noop) on the engine, the benchmark engine and the trainer.
 //! - [`artifacts`] keeps a sha256-checked local cache of the files shards need and lays them
@@ -19,6 +20,7 @@ pub mod artifacts;
 pub mod capabilities;
 pub mod exec;
 pub mod models;
+pub mod shard_task;
 
 pub use agent::{run_worker, AgentConfig, CoordinatorAddress};
 pub use capabilities::Capabilities;

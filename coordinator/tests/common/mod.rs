@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use flotilla_client::registry::MemoryRegistry;
+use flotilla_contract::ShardSpec;
 use flotilla_coordinator::client::Client;
 use flotilla_coordinator::{serve, CoordinatorConfig, RunningCoordinator};
 use flotilla_proto::v1 as pb;
@@ -121,21 +122,29 @@ impl TestWorker {
         }
     }
 
+    /// Answers `a` with `json`: the output's fields, tagged here with the assignment's kind as
+    /// a worker's `ShardOutput` is.
     pub fn result(&self, a: &pb::Assignment, json: serde_json::Value) {
-        self.result_raw(&a.shard_id, &a.attempt, json, Vec::new());
+        let kind = ShardSpec::from_json(&a.spec).unwrap().kind();
+        let mut json = json;
+        json.as_object_mut()
+            .expect("a shard output is an object")
+            .insert("kind".into(), kind.as_str().into());
+        self.result_raw(&a.shard_id, a.attempt, json, Vec::new());
     }
 
+    /// Answers with `json` as it is (tests of refused outputs tag it themselves).
     pub fn result_raw(
         &self,
         shard: &str,
-        attempt: &str,
+        attempt: u32,
         json: serde_json::Value,
         artifacts: Vec<pb::FileRef>,
     ) {
         self.send(In::Result(pb::ShardResult {
             shard_id: shard.into(),
-            attempt: attempt.into(),
-            result_json: serde_json::to_vec(&json).unwrap(),
+            attempt,
+            output: serde_json::to_vec(&json).unwrap(),
             artifacts,
             seconds: 0.01,
             units: 1,

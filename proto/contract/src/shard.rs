@@ -1,10 +1,12 @@
-//! Shard specs and results: the JSON documents inside `Assignment.spec_json` and
-//! `ShardResult.result_json` of the `Work` stream (proto/flotilla/v1/cluster.proto).
+//! The shard contract: [`ShardSpec`] (what a shard must do) inside `Assignment.spec` and
+//! [`ShardOutput`] (what it produced) inside `ShardResult.output` of the `Work` stream
+//! (proto/flotilla/v1/cluster.proto), each JSON of one enum tagged by `kind` with one variant
+//! per [`JobKind`]: train, generate, judge, noop.
 //!
-//! The coordinator (`flotilla-coordinator`, `plan.rs`) writes the specs; the worker process
-//! runs them and answers with the matching result. Both sides use these types, so this file is
-//! the contract between them. The kind of a shard is `Assignment.kind`: one of [`KIND_TRAIN`],
-//! [`KIND_GENERATE`], [`KIND_JUDGE`], [`KIND_NOOP`].
+//! The coordinator (`flotilla-coordinator`, `plan.rs`) writes the specs and stores them as they
+//! travel; the worker process matches on the spec and answers with the output of the same
+//! kind. Both sides use these types, so the compiler finds every place a new kind must be
+//! handled.
 //!
 //! **Paths.** Every path inside a spec (case documents, training data, a custom prompt
 //! template, an adapter folder) is a *sweep path*: the path as the sweep file names it,
@@ -13,7 +15,7 @@
 //! keeps a local copy per hash and substitutes the local path before running. A folder (a
 //! documents folder, an adapter) is every file whose sweep path starts with `folder/`.
 //!
-//! **Models** are model specs as `flotilla_worker::loader::resolve` takes them (`smollm2`, a
+//! **Models** are model specs as `flotilla_contract::model_ref::resolve` takes them (`smollm2`, a
 //! GGUF path, an HF folder, `hf:org/name[@rev]`), resolved on the worker: a model missing on
 //! the worker is a task failure (`FAILURE_KIND_TASK`) naming the model.
 
@@ -24,15 +26,6 @@ use crate::judging::Scale;
 use crate::sampling::SamplingParams;
 use crate::state::JobKind;
 use serde::{Deserialize, Serialize};
-
-/// `Assignment.kind` of a LoRA training shard ([`TrainShard`] -> [`TrainResult`]).
-pub const KIND_TRAIN: &str = "train";
-/// `Assignment.kind` of a generation shard ([`GenerateShard`] -> [`GenerateResult`]).
-pub const KIND_GENERATE: &str = "generate";
-/// `Assignment.kind` of a judging shard ([`JudgeShard`] -> [`JudgeResult`]).
-pub const KIND_JUDGE: &str = "judge";
-/// `Assignment.kind` of a no-op shard for dispatch benchmarks ([`NoopShard`] -> [`NoopResult`]).
-pub const KIND_NOOP: &str = "noop";
 
 /// An adapter to apply to the model: a PEFT folder (`adapter_config.json` +
 /// `adapter_model.safetensors`).
@@ -198,9 +191,47 @@ impl ShardSpec {
         serde_json::to_string(self).expect("shard specs always serialise")
     }
 
+    /// Reads a spec from the wire. The error names the kind when it can be read (`the generate
+    /// shard's spec is not valid: ...`), and an unknown kind as such (a worker older than its
+    /// coordinator).
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| Error::input(format!("shard spec: {e}")))
+        from_tagged(bytes, "spec")
     }
+}
+
+/// Reads a `kind`-tagged document, naming the kind in every error.
+fn from_tagged<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    let kind = sniff_kind(bytes);
+    if let Some(k) = &kind {
+        if k.parse::<JobKind>().is_err() {
+            return Err(Error::input(format!(
+                "this worker does not know shard kind {k:?} (it knows train, generate, judge, \
+                 noop); is it older than the coordinator?"
+            )));
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::input(match kind {
+            Some(k) => format!("the {k} shard's {what} is not valid: {e}"),
+            None => format!("a shard's {what} is not valid: {e}"),
+        })
+    })
+}
+
+/// The value of the top-level `kind` key, found even in a document that does not parse
+/// (for the error message).
+fn sniff_kind(bytes: &[u8]) -> Option<String> {
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(bytes) {
+        return m.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let after = &text[text.find("\"kind\"")? + 6..];
+    let after = after
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    Some(after[..after.find('"')?].to_string())
 }
 
 /// What a shard produced, matching its [`ShardSpec`]'s kind: what `ShardResult.output`
@@ -229,13 +260,15 @@ impl ShardOutput {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| Error::input(format!("shard output: {e}")))
+        from_tagged(bytes, "output")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::case_result::Metrics;
+    use crate::dataset::Task;
 
     #[test]
     fn specs_round_trip_through_json() {
@@ -251,5 +284,143 @@ mod tests {
             serde_json::from_str::<NoopShard>("{}").unwrap(),
             NoopShard::default()
         );
+    }
+
+    fn case() -> Case {
+        Case {
+            id: "c1".into(),
+            task: Task::Rag,
+            language: "ja".into(),
+            query: "何?".into(),
+            reference_answer: Some("答え".into()),
+            documents: vec!["docs/a.txt".into()],
+            criteria: None,
+            gold_passages: vec!["passage".into()],
+            tags: vec!["t".into()],
+            answer_regex: Some("答".into()),
+        }
+    }
+
+    fn case_result() -> CaseResult {
+        CaseResult {
+            case_id: "c1".into(),
+            task: Task::Rag,
+            language: "ja".into(),
+            model: "m".into(),
+            adapter: "base".into(),
+            variant: "query_last".into(),
+            query: "何?".into(),
+            reference_answer: Some("答え".into()),
+            prompt: "p".into(),
+            raw_answer: "a".into(),
+            answer: "a".into(),
+            hits: Vec::new(),
+            recall_at_k: Some(0.5),
+            truncation: None,
+            parse_error: None,
+            parse_retried: false,
+            verdicts: Vec::new(),
+            score: Some(7.0),
+            metrics: Metrics::default(),
+            prompt_tokens: 10,
+            completion_tokens: 3,
+            latency_s: 0.25,
+            error: None,
+        }
+    }
+
+    /// One of every kind, specs and outputs, through the wire's JSON and back; each carries
+    /// its kind's tag.
+    #[test]
+    fn every_kind_round_trips_tagged() {
+        let specs = [
+            ShardSpec::Train(TrainShard {
+                model: "smollm2".into(),
+                adapter_name: "lora".into(),
+                config: serde_json::json!({"data": "train.jsonl", "seed": 7}),
+            }),
+            ShardSpec::Generate(GenerateShard {
+                model: "smollm2".into(),
+                model_label: "small".into(),
+                adapter: Some(AdapterRef {
+                    name: "lora".into(),
+                    dir: "adapters/j1".into(),
+                }),
+                variant: "custom:t.jinja".into(),
+                cases: vec![case()],
+                sampling: SamplingParams::default(),
+                truncation: Truncation::HeadTail,
+                retrieval: RetrievalSettings {
+                    embedder: "minilm".into(),
+                    top_k: 3,
+                    chunks: ChunkSettings::default(),
+                },
+            }),
+            ShardSpec::Judge(JudgeShard {
+                judges: vec![JudgeModel {
+                    name: "self".into(),
+                    model: "smollm2".into(),
+                }],
+                scale: Scale::FLOW,
+                explanation_tokens: 64,
+                items: vec![JudgeItem {
+                    result: case_result(),
+                    criteria: Some("rubric".into()),
+                }],
+            }),
+            ShardSpec::Noop(NoopShard {
+                units: 2,
+                sleep_ms: 1,
+                fail: Some("x".into()),
+            }),
+        ];
+        let mut kinds = Vec::new();
+        for spec in specs {
+            let json = spec.to_json();
+            let tag = format!("\"kind\":\"{}\"", spec.kind());
+            assert!(json.contains(&tag), "{json}");
+            assert_eq!(ShardSpec::from_json(json.as_bytes()).unwrap(), spec);
+            kinds.push(spec.kind());
+        }
+        assert_eq!(kinds, JobKind::ALL);
+
+        let outputs = [
+            ShardOutput::Train(TrainResult {
+                metrics: serde_json::json!({"final_loss": 1.5}),
+            }),
+            ShardOutput::Generate(GenerateResult {
+                cases: vec![case_result()],
+            }),
+            ShardOutput::Judge(JudgeResult {
+                cases: vec![case_result()],
+            }),
+            ShardOutput::Noop(NoopResult {
+                worker_id: "w1".into(),
+            }),
+        ];
+        let mut kinds = Vec::new();
+        for out in outputs {
+            let json = out.to_json();
+            assert_eq!(ShardOutput::from_json(json.as_bytes()).unwrap(), out);
+            kinds.push(out.kind());
+        }
+        assert_eq!(kinds, JobKind::ALL);
+    }
+
+    #[test]
+    fn bad_specs_name_their_kind_and_unknown_kinds_are_refused() {
+        let err = ShardSpec::from_json(br#"{"kind":"generate","model":"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the generate shard's spec is not valid"),
+            "{err}"
+        );
+        let err = ShardSpec::from_json(br#"{"kind":"paint"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"paint\"") && err.contains("older"), "{err}");
+        let err = ShardOutput::from_json(b"[]").unwrap_err().to_string();
+        assert!(err.contains("shard's output is not valid"), "{err}");
     }
 }

@@ -228,17 +228,19 @@ impl QuantMatrix {
 
     /// `out (m × n_out) = x (m × k) @ W^T`, both row-major, with the best kernel for this CPU.
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
-        self.matmul_with(Isa::detect(), x, out)
+        self.matmul_with(Isa::detect(), x, out);
     }
 
     /// [`Self::matmul`] with a chosen instruction set (falls back to scalar if unsupported).
-    pub fn matmul_with(&self, isa: Isa, x: &[f32], out: &mut [f32]) {
+    ///
+    /// Returns the instruction set that ran: `isa`, or scalar code where this CPU lacks it.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], out: &mut [f32]) -> Isa {
         let isa = if isa.supported() { isa } else { Isa::Scalar };
         assert_eq!(x.len() % self.k, 0, "input length is not a multiple of k");
         let m = x.len() / self.k;
         assert_eq!(out.len(), m * self.n_out, "output length is not m * n_out");
         if m == 0 || self.n_out == 0 {
-            return;
+            return isa;
         }
         let acts = QActs::quantize(isa, x, m, self.k);
         let work = m * self.n_out * self.nb;
@@ -246,7 +248,7 @@ impl QuantMatrix {
         let out_ptr = OutPtr(out.as_mut_ptr());
         if threads <= 1 || work < 4096 {
             self.run_task(isa, &acts, 0..self.n_out, 0..m, out_ptr);
-            return;
+            return isa;
         }
         let n_mc = m.div_ceil(M_CHUNK);
         let want = 4 * threads;
@@ -259,6 +261,7 @@ impl QuantMatrix {
             let ms = mc * M_CHUNK..((mc + 1) * M_CHUNK).min(m);
             self.run_task(isa, &acts, rows, ms, out_ptr);
         });
+        isa
     }
 
     /// Compute output rows `rows` × activation rows `ms`.

@@ -1,0 +1,438 @@
+//! The scheduler: the in-memory view of every live sweep, job, shard and worker, and the
+//! decisions — which shard goes to which worker, which result is accepted, what happens after
+//! a failure. It does no I/O: every operation returns the [`Change`]s to make durable, and the
+//! core (`core/`) writes them to the store before telling anyone.
+//!
+//! The rules:
+//! - **Pull.** A worker asks with its free slots; [`Scheduler::pick`] hands out ready shards in
+//!   sweep order and DAG order (a job's shards are ready only when the jobs it depends on have
+//!   succeeded). Shards of jobs whose model the worker already has loaded come first.
+//! - **Faster workers get larger shares.** Pulling already gives each worker work in
+//!   proportion to its speed; at the tail of a job (fewer ready shards than idle workers at
+//!   least twice as fast, by measured units/s), a slow worker is not given the last shards,
+//!   so the job does not wait on it.
+//! - **Fencing.** Each assignment is a new attempt number; a result is accepted only for the
+//!   shard's current, running attempt. The same result again is a no-op; anything else is
+//!   refused.
+//! - **Two retry budgets.** A task failure (bad input) and an infrastructure failure (the
+//!   worker died, its stream dropped, its etcd key vanished, it missed heartbeats) count
+//!   separately against the sweep's `retries`; a shard over budget fails its job, and the jobs
+//!   that depend on it fail with it.
+
+mod outcomes;
+
+use crate::store::state::*;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+/// A state change to make durable, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Assigned {
+        shard: String,
+        attempt: u32,
+        worker: String,
+    },
+    Succeeded {
+        shard: String,
+        attempt: u32,
+    },
+    /// Back in the queue after a failure of `attempt`.
+    Requeued {
+        shard: String,
+        attempt: u32,
+        outcome: String,
+        task_failures: u32,
+        infra_failures: u32,
+    },
+    ShardFailed {
+        shard: String,
+        attempt: u32,
+        error: String,
+        task_failures: u32,
+        infra_failures: u32,
+    },
+    ShardCancelled {
+        shard: String,
+    },
+    Job {
+        job: String,
+        state: i64,
+        error: String,
+    },
+    /// Every job this one depends on succeeded: complete its shard specs from their results
+    /// and make it ready (in the same transaction).
+    Unblocked {
+        job: String,
+    },
+    Sweep {
+        sweep: String,
+        state: i64,
+        error: String,
+    },
+}
+
+/// How a failure is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Task,
+    Infrastructure,
+}
+
+/// What happened to a result or failure report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Current attempt: recorded.
+    Accepted,
+    /// The same attempt's result again: nothing to do.
+    Duplicate,
+    /// Not the current attempt (superseded, cancelled, unknown shard).
+    Refused(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepMem {
+    pub id: String,
+    pub seq: i64,
+    pub name: String,
+    pub state: i64,
+    pub error: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub jobs: Vec<String>,
+    pub retry_task: u32,
+    pub retry_infra: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobMem {
+    pub id: String,
+    pub sweep_id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub label: String,
+    /// The model the job's shards load (preference for workers that have it loaded).
+    pub model: String,
+    pub state: i64,
+    pub error: String,
+    pub depends_on: Vec<String>,
+    pub dependents: Vec<String>,
+    pub shards: Vec<String>,
+    pub ready: VecDeque<String>,
+    pub done: u32,
+    pub running: u32,
+    pub failed: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardMem {
+    pub id: String,
+    pub job_id: String,
+    pub state: i64,
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub task_failures: u32,
+    pub infra_failures: u32,
+    pub units: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerMem {
+    pub id: String,
+    pub capabilities: flotilla_proto::v1::Capabilities,
+    pub models_loaded: Vec<String>,
+    pub running: HashSet<String>,
+    pub completed: u64,
+    /// Exponentially weighted units per second over its results; None until one arrives.
+    pub units_per_second: Option<f64>,
+    pub last_seen: Instant,
+    pub last_seen_unix_ms: i64,
+    /// Free slots announced by its last ask and not filled yet.
+    pub waiting: u32,
+    pub connected: bool,
+    /// Which connection (stream) this is; a reconnect gets a new one.
+    pub connection: u64,
+}
+
+impl WorkerMem {
+    pub fn new(id: &str, capabilities: flotilla_proto::v1::Capabilities, connection: u64) -> Self {
+        Self {
+            id: id.to_string(),
+            models_loaded: capabilities.models_loaded.clone(),
+            capabilities,
+            running: HashSet::new(),
+            completed: 0,
+            units_per_second: None,
+            last_seen: Instant::now(),
+            last_seen_unix_ms: crate::store::now_ms(),
+            waiting: 0,
+            connected: true,
+            connection,
+        }
+    }
+
+    fn slots(&self) -> u32 {
+        self.capabilities.slots.max(1)
+    }
+}
+
+/// A job as planned, for [`Scheduler::add_job`].
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub label: String,
+    pub model: String,
+    pub state: i64,
+    pub error: String,
+    pub depends_on: Vec<String>,
+    pub shards: Vec<NewShard>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewShard {
+    pub id: String,
+    pub state: i64,
+    pub attempt: u32,
+    pub task_failures: u32,
+    pub infra_failures: u32,
+    pub units: u64,
+}
+
+#[derive(Default)]
+pub struct Scheduler {
+    pub sweeps: HashMap<String, SweepMem>,
+    /// Live sweeps in submission order.
+    pub order: Vec<String>,
+    pub jobs: HashMap<String, JobMem>,
+    pub shards: HashMap<String, ShardMem>,
+    pub workers: HashMap<String, WorkerMem>,
+}
+
+fn terminal(state: i64) -> bool {
+    matches!(state, SUCCEEDED | FAILED | CANCELLED)
+}
+
+impl Scheduler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a sweep (new, or loaded from the store after a restart).
+    pub fn add_sweep(&mut self, sweep: SweepMem) {
+        if !self.order.contains(&sweep.id) {
+            self.order.push(sweep.id.clone());
+        }
+        self.sweeps.insert(sweep.id.clone(), sweep);
+        let sweeps = &self.sweeps;
+        self.order
+            .sort_by_key(|id| sweeps.get(id).map(|s| s.seq).unwrap_or(0));
+    }
+
+    /// Add a job of a known sweep; ready shards go into its queue in order.
+    pub fn add_job(&mut self, sweep_id: &str, job: NewJob) {
+        let mut mem = JobMem {
+            id: job.id.clone(),
+            sweep_id: sweep_id.to_string(),
+            seq: job.seq,
+            kind: job.kind,
+            label: job.label,
+            model: job.model,
+            state: job.state,
+            error: job.error,
+            depends_on: job.depends_on.clone(),
+            dependents: Vec::new(),
+            shards: Vec::new(),
+            ready: VecDeque::new(),
+            done: 0,
+            running: 0,
+            failed: 0,
+        };
+        for s in job.shards {
+            match s.state {
+                SUCCEEDED => mem.done += 1,
+                FAILED => mem.failed += 1,
+                READY if !terminal(job.state) && job.state != BLOCKED => {
+                    mem.ready.push_back(s.id.clone())
+                }
+                _ => {}
+            }
+            mem.shards.push(s.id.clone());
+            self.shards.insert(
+                s.id.clone(),
+                ShardMem {
+                    id: s.id,
+                    job_id: job.id.clone(),
+                    state: s.state,
+                    attempt: s.attempt,
+                    worker: None,
+                    task_failures: s.task_failures,
+                    infra_failures: s.infra_failures,
+                    units: s.units,
+                },
+            );
+        }
+        for d in &job.depends_on {
+            if let Some(dep) = self.jobs.get_mut(d) {
+                dep.dependents.push(job.id.clone());
+            }
+        }
+        if let Some(s) = self.sweeps.get_mut(sweep_id) {
+            s.jobs.push(job.id.clone());
+        }
+        self.jobs.insert(job.id, mem);
+    }
+
+    /// Register a connected worker (replacing an older connection of the same id, whose
+    /// running shards the caller must have requeued with [`Scheduler::drop_worker`]).
+    pub fn connect(&mut self, worker: WorkerMem) {
+        self.workers.insert(worker.id.clone(), worker);
+    }
+
+    pub fn touch(&mut self, worker_id: &str) {
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.last_seen = Instant::now();
+            w.last_seen_unix_ms = crate::store::now_ms();
+        }
+    }
+
+    /// How many idle workers are at least twice as fast as `worker` (for the tail rule).
+    fn faster_idle(&self, worker: &WorkerMem) -> usize {
+        let Some(mine) = worker.units_per_second else {
+            return 0;
+        };
+        self.workers
+            .values()
+            .filter(|w| {
+                w.connected
+                    && w.id != worker.id
+                    && (w.running.len() as u32) < w.slots()
+                    && w.units_per_second.is_some_and(|u| u >= 2.0 * mine)
+            })
+            .count()
+    }
+
+    /// Up to `n` shards for `worker_id`: `(shard, attempt, job)`. The shards are marked
+    /// running under their new attempt numbers.
+    pub fn pick(
+        &mut self,
+        worker_id: &str,
+        n: u32,
+        changes: &mut Vec<Change>,
+    ) -> Vec<(String, u32, String)> {
+        let mut out = Vec::new();
+        let Some(worker) = self.workers.get(worker_id) else {
+            return out;
+        };
+        if !worker.connected || n == 0 {
+            return out;
+        }
+        let loaded: HashSet<&str> = worker.models_loaded.iter().map(String::as_str).collect();
+        let faster = self.faster_idle(worker);
+        // Candidate jobs in sweep and DAG order; those with the model loaded first.
+        let mut candidates: Vec<(bool, usize, String)> = Vec::new();
+        let mut i = 0;
+        for sid in &self.order {
+            let Some(sweep) = self.sweeps.get(sid) else {
+                continue;
+            };
+            if terminal(sweep.state) {
+                continue;
+            }
+            for jid in &sweep.jobs {
+                let job = &self.jobs[jid];
+                if job.ready.is_empty() || terminal(job.state) || job.state == BLOCKED {
+                    continue;
+                }
+                // Tail rule: leave the last shards to the faster idle workers.
+                if faster > 0 && job.ready.len() <= faster {
+                    continue;
+                }
+                candidates.push((!loaded.contains(job.model.as_str()), i, jid.clone()));
+                i += 1;
+            }
+        }
+        candidates.sort();
+        'jobs: for (_, _, jid) in candidates {
+            loop {
+                if out.len() as u32 >= n {
+                    break 'jobs;
+                }
+                let job = self.jobs.get_mut(&jid).expect("candidate job exists");
+                let Some(shard_id) = job.ready.pop_front() else {
+                    break;
+                };
+                let shard = self.shards.get_mut(&shard_id).expect("queued shard exists");
+                if shard.state != READY {
+                    continue;
+                }
+                shard.state = RUNNING;
+                shard.attempt += 1;
+                shard.worker = Some(worker_id.to_string());
+                job.running += 1;
+                if job.state == READY {
+                    job.state = RUNNING;
+                }
+                changes.push(Change::Assigned {
+                    shard: shard_id.clone(),
+                    attempt: shard.attempt,
+                    worker: worker_id.to_string(),
+                });
+                out.push((shard_id, shard.attempt, jid.clone()));
+            }
+        }
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            for (s, _, _) in &out {
+                w.running.insert(s.clone());
+            }
+        }
+        let sweeps: HashSet<String> = out
+            .iter()
+            .filter_map(|(_, _, j)| self.jobs.get(j).map(|j| j.sweep_id.clone()))
+            .collect();
+        for s in sweeps {
+            let sweep = self.sweeps.get_mut(&s).expect("sweep of a job exists");
+            if sweep.state == READY {
+                sweep.state = RUNNING;
+                changes.push(Change::Sweep {
+                    sweep: s,
+                    state: RUNNING,
+                    error: String::new(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Workers waiting for work (free slots announced, none given yet).
+    pub fn waiting_workers(&self) -> Vec<String> {
+        let mut w: Vec<&WorkerMem> = self
+            .workers
+            .values()
+            .filter(|w| w.connected && w.waiting > 0)
+            .collect();
+        // Faster workers first.
+        w.sort_by(|a, b| {
+            b.units_per_second
+                .unwrap_or(0.0)
+                .total_cmp(&a.units_per_second.unwrap_or(0.0))
+        });
+        w.into_iter().map(|w| w.id.clone()).collect()
+    }
+
+    /// Is there a shard anyone could be given now?
+    pub fn has_ready_work(&self) -> bool {
+        self.order.iter().any(|s| {
+            self.sweeps.get(s).is_some_and(|s| {
+                !terminal(s.state)
+                    && s.jobs
+                        .iter()
+                        .any(|j| self.jobs.get(j).is_some_and(|j| !j.ready.is_empty()))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,328 @@
+//! What happens to a shard after it is assigned: its result fenced against the current
+//! attempt and stored once, its failure charged to the task or infrastructure budget, its
+//! job and sweep settled, a lost worker's shards requeued, a sweep cancelled.
+
+use super::*;
+
+impl Scheduler {
+    /// Is (shard, attempt) the current running attempt?
+    pub fn fence(&self, shard_id: &str, attempt: u32) -> Verdict {
+        let Some(shard) = self.shards.get(shard_id) else {
+            return Verdict::Refused(format!("unknown shard {shard_id}"));
+        };
+        match shard.state {
+            RUNNING if shard.attempt == attempt => Verdict::Accepted,
+            SUCCEEDED if shard.attempt == attempt => Verdict::Duplicate,
+            _ if shard.attempt != attempt => Verdict::Refused(format!(
+                "attempt {attempt} of shard {shard_id} is superseded (the current attempt is {})",
+                shard.attempt
+            )),
+            _ => Verdict::Refused(format!(
+                "attempt {attempt} of shard {shard_id} is no longer running"
+            )),
+        }
+    }
+
+    /// A result for (shard, attempt) from a worker that reported `units` in `seconds`.
+    pub fn succeed(
+        &mut self,
+        shard_id: &str,
+        attempt: u32,
+        units: u64,
+        seconds: f64,
+        changes: &mut Vec<Change>,
+    ) -> Verdict {
+        let v = self.fence(shard_id, attempt);
+        if v != Verdict::Accepted {
+            return v;
+        }
+        let shard = self.shards.get_mut(shard_id).expect("fenced shard exists");
+        shard.state = SUCCEEDED;
+        let worker = shard.worker.take();
+        let job_id = shard.job_id.clone();
+        changes.push(Change::Succeeded {
+            shard: shard_id.to_string(),
+            attempt,
+        });
+        if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+            w.running.remove(shard_id);
+            w.completed += 1;
+            if seconds > 0.0 && units > 0 {
+                let rate = units as f64 / seconds;
+                w.units_per_second = Some(match w.units_per_second {
+                    Some(old) => 0.7 * old + 0.3 * rate,
+                    None => rate,
+                });
+            }
+        }
+        let job = self.jobs.get_mut(&job_id).expect("job of a shard exists");
+        job.running = job.running.saturating_sub(1);
+        job.done += 1;
+        if job.done as usize == job.shards.len() && !terminal(job.state) {
+            job.state = SUCCEEDED;
+            changes.push(Change::Job {
+                job: job_id.clone(),
+                state: SUCCEEDED,
+                error: String::new(),
+            });
+            let dependents = job.dependents.clone();
+            for d in dependents {
+                let ready = {
+                    let dj = &self.jobs[&d];
+                    dj.state == BLOCKED
+                        && dj
+                            .depends_on
+                            .iter()
+                            .all(|x| self.jobs.get(x).is_some_and(|x| x.state == SUCCEEDED))
+                };
+                if ready {
+                    changes.push(Change::Unblocked { job: d });
+                }
+            }
+            let sweep = self.jobs[&job_id].sweep_id.clone();
+            self.check_sweep(&sweep, changes);
+        }
+        Verdict::Accepted
+    }
+
+    /// After the store made an unblocked job's specs complete: queue its shards.
+    pub fn mark_ready(&mut self, job_id: &str) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if job.state != BLOCKED {
+            return;
+        }
+        job.state = READY;
+        for s in &job.shards {
+            if let Some(shard) = self.shards.get_mut(s) {
+                if shard.state == BLOCKED || shard.state == READY {
+                    shard.state = READY;
+                    job.ready.push_back(s.clone());
+                }
+            }
+        }
+    }
+
+    /// A failure report for (shard, attempt).
+    pub fn fail(
+        &mut self,
+        shard_id: &str,
+        attempt: u32,
+        kind: FailureKind,
+        message: &str,
+        changes: &mut Vec<Change>,
+    ) -> Verdict {
+        let v = self.fence(shard_id, attempt);
+        if v != Verdict::Accepted {
+            // A failure for a shard that already succeeded under this attempt is stale too.
+            return match v {
+                Verdict::Duplicate => Verdict::Refused(format!(
+                    "shard {shard_id} already succeeded under attempt {attempt}"
+                )),
+                other => other,
+            };
+        }
+        let shard = self.shards.get_mut(shard_id).expect("fenced shard exists");
+        if let Some(w) = shard.worker.take().and_then(|w| self.workers.get_mut(&w)) {
+            w.running.remove(shard_id);
+        }
+        let job_id = shard.job_id.clone();
+        let sweep_id = self.jobs[&job_id].sweep_id.clone();
+        let (budget_task, budget_infra) = self
+            .sweeps
+            .get(&sweep_id)
+            .map(|s| (s.retry_task, s.retry_infra))
+            .unwrap_or((0, 0));
+        let shard = self.shards.get_mut(shard_id).expect("fenced shard exists");
+        let over = match kind {
+            FailureKind::Task => {
+                shard.task_failures += 1;
+                shard.task_failures > budget_task
+            }
+            FailureKind::Infrastructure => {
+                shard.infra_failures += 1;
+                shard.infra_failures > budget_infra
+            }
+        };
+        let what = match kind {
+            FailureKind::Task => "task",
+            FailureKind::Infrastructure => "infrastructure",
+        };
+        let job = self.jobs.get_mut(&job_id).expect("job of a shard exists");
+        job.running = job.running.saturating_sub(1);
+        if !over {
+            shard.state = READY;
+            changes.push(Change::Requeued {
+                shard: shard_id.to_string(),
+                attempt,
+                outcome: format!("{what} failure: {message}"),
+                task_failures: shard.task_failures,
+                infra_failures: shard.infra_failures,
+            });
+            if !terminal(job.state) {
+                // Retries go to the front: the job should not finish without them.
+                job.ready.push_front(shard_id.to_string());
+            }
+            return Verdict::Accepted;
+        }
+        shard.state = FAILED;
+        job.failed += 1;
+        let error = format!(
+            "shard {shard_id} failed after {} task and {} infrastructure failures; last ({what}): {message}",
+            shard.task_failures, shard.infra_failures
+        );
+        changes.push(Change::ShardFailed {
+            shard: shard_id.to_string(),
+            attempt,
+            error: error.clone(),
+            task_failures: shard.task_failures,
+            infra_failures: shard.infra_failures,
+        });
+        self.fail_job(&job_id, &error, changes);
+        self.check_sweep(&sweep_id, changes);
+        Verdict::Accepted
+    }
+
+    /// Fail a job and, transitively, every job that depends on it.
+    pub(super) fn fail_job(&mut self, job_id: &str, error: &str, changes: &mut Vec<Change>) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if terminal(job.state) {
+            return;
+        }
+        job.state = FAILED;
+        job.error = error.to_string();
+        job.ready.clear();
+        changes.push(Change::Job {
+            job: job_id.to_string(),
+            state: FAILED,
+            error: error.to_string(),
+        });
+        for d in job.dependents.clone() {
+            self.fail_job(
+                &d,
+                &format!("depends on job {job_id}, which failed"),
+                changes,
+            );
+        }
+    }
+
+    /// End the sweep when every job has ended.
+    pub(super) fn check_sweep(&mut self, sweep_id: &str, changes: &mut Vec<Change>) {
+        let Some(sweep) = self.sweeps.get(sweep_id) else {
+            return;
+        };
+        if terminal(sweep.state) {
+            return;
+        }
+        let jobs: Vec<&JobMem> = sweep.jobs.iter().filter_map(|j| self.jobs.get(j)).collect();
+        if !jobs.iter().all(|j| terminal(j.state)) {
+            return;
+        }
+        let failed: Vec<&&JobMem> = jobs.iter().filter(|j| j.state == FAILED).collect();
+        let (state, error) = if failed.is_empty() {
+            (SUCCEEDED, String::new())
+        } else {
+            (
+                FAILED,
+                format!(
+                    "{} of {} jobs failed; first: {}: {}",
+                    failed.len(),
+                    jobs.len(),
+                    failed[0].label,
+                    failed[0].error
+                ),
+            )
+        };
+        let sweep = self.sweeps.get_mut(sweep_id).expect("checked above");
+        sweep.state = state;
+        sweep.error = error.clone();
+        changes.push(Change::Sweep {
+            sweep: sweep_id.to_string(),
+            state,
+            error,
+        });
+    }
+
+    /// A worker is gone (stream dropped, key deleted, heartbeat missed): its running shards
+    /// go back to the queue as infrastructure failures. Only the given connection is dropped,
+    /// so a late drop of an old stream does not hit the worker's new one.
+    pub fn drop_worker(
+        &mut self,
+        worker_id: &str,
+        connection: Option<u64>,
+        reason: &str,
+        changes: &mut Vec<Change>,
+    ) -> bool {
+        let Some(w) = self.workers.get_mut(worker_id) else {
+            return false;
+        };
+        if connection.is_some_and(|c| c != w.connection) || !w.connected {
+            return false;
+        }
+        w.connected = false;
+        w.waiting = 0;
+        let running: Vec<String> = w.running.drain().collect();
+        for s in running {
+            let attempt = self.shards.get(&s).map(|s| s.attempt).unwrap_or(0);
+            self.fail(&s, attempt, FailureKind::Infrastructure, reason, changes);
+        }
+        true
+    }
+
+    /// Cancel a sweep: queued shards are dropped, running ones returned for the caller to
+    /// send `Cancel` to their workers; results for them are refused from now on.
+    pub fn cancel_sweep(
+        &mut self,
+        sweep_id: &str,
+        changes: &mut Vec<Change>,
+    ) -> Vec<(String, u32, String)> {
+        let mut running = Vec::new();
+        let Some(sweep) = self.sweeps.get(sweep_id) else {
+            return running;
+        };
+        if terminal(sweep.state) {
+            return running;
+        }
+        for jid in sweep.jobs.clone() {
+            let job = self.jobs.get_mut(&jid).expect("job of a sweep exists");
+            if terminal(job.state) {
+                continue;
+            }
+            job.state = CANCELLED;
+            job.ready.clear();
+            changes.push(Change::Job {
+                job: jid.clone(),
+                state: CANCELLED,
+                error: "cancelled".into(),
+            });
+            for sid in job.shards.clone() {
+                let shard = self.shards.get_mut(&sid).expect("shard of a job exists");
+                if terminal(shard.state) {
+                    continue;
+                }
+                if shard.state == RUNNING {
+                    if let Some(w) = shard.worker.take() {
+                        if let Some(wm) = self.workers.get_mut(&w) {
+                            wm.running.remove(&sid);
+                        }
+                        running.push((sid.clone(), shard.attempt, w));
+                    }
+                }
+                shard.state = CANCELLED;
+                changes.push(Change::ShardCancelled { shard: sid });
+            }
+        }
+        let sweep = self.sweeps.get_mut(sweep_id).expect("checked above");
+        sweep.state = CANCELLED;
+        sweep.error = "cancelled".into();
+        changes.push(Change::Sweep {
+            sweep: sweep_id.to_string(),
+            state: CANCELLED,
+            error: "cancelled".into(),
+        });
+        running
+    }
+}

@@ -1,0 +1,166 @@
+use super::*;
+use flotilla_proto::v1::Capabilities;
+
+fn sweep(s: &mut Scheduler, id: &str, retries: (u32, u32)) {
+    s.add_sweep(SweepMem {
+        id: id.into(),
+        seq: 1,
+        name: id.into(),
+        state: READY,
+        error: String::new(),
+        created_ms: 0,
+        updated_ms: 0,
+        jobs: Vec::new(),
+        retry_task: retries.0,
+        retry_infra: retries.1,
+    });
+}
+
+fn job(id: &str, model: &str, shards: usize, deps: &[&str]) -> NewJob {
+    NewJob {
+        id: id.into(),
+        seq: 0,
+        kind: "noop".into(),
+        label: id.into(),
+        model: model.into(),
+        state: if deps.is_empty() { READY } else { BLOCKED },
+        error: String::new(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        shards: (0..shards)
+            .map(|i| NewShard {
+                id: format!("{id}.s{i}"),
+                state: if deps.is_empty() { READY } else { BLOCKED },
+                attempt: 0,
+                task_failures: 0,
+                infra_failures: 0,
+                units: 1,
+            })
+            .collect(),
+    }
+}
+
+fn worker(s: &mut Scheduler, id: &str, loaded: &[&str], slots: u32) {
+    let caps = Capabilities {
+        models_loaded: loaded.iter().map(|m| m.to_string()).collect(),
+        slots,
+        ..Default::default()
+    };
+    s.connect(WorkerMem::new(id, caps, 1));
+}
+
+#[test]
+fn workers_get_shards_of_models_they_have_loaded_first() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    s.add_job("sw", job("a", "smollm2", 2, &[]));
+    s.add_job("sw", job("b", "qwen", 2, &[]));
+    worker(&mut s, "w1", &["qwen"], 1);
+    let mut ch = Vec::new();
+    let got = s.pick("w1", 3, &mut ch);
+    let ids: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(ids, ["b.s0", "b.s1", "a.s0"]);
+    assert_eq!(got[0].1, 1, "first attempt is 1");
+    assert_eq!(
+        ch.len(),
+        4,
+        "three assignments and the sweep starting: {ch:?}"
+    );
+}
+
+#[test]
+fn fencing_refuses_superseded_attempts_and_ignores_duplicates() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 5));
+    s.add_job("sw", job("a", "m", 1, &[]));
+    worker(&mut s, "w1", &[], 1);
+    worker(&mut s, "w2", &[], 1);
+    let mut ch = Vec::new();
+    let (shard, first, _) = s.pick("w1", 1, &mut ch).remove(0);
+    // w1 vanishes; the shard goes to w2 under attempt 2.
+    assert!(s.drop_worker("w1", None, "stream dropped", &mut ch));
+    let (_, second, _) = s.pick("w2", 1, &mut ch).remove(0);
+    assert_eq!(second, first + 1);
+    assert!(
+        matches!(s.succeed(&shard, first, 1, 1.0, &mut ch), Verdict::Refused(r) if r.contains("superseded"))
+    );
+    assert_eq!(
+        s.succeed(&shard, second, 1, 1.0, &mut ch),
+        Verdict::Accepted
+    );
+    assert_eq!(
+        s.succeed(&shard, second, 1, 1.0, &mut ch),
+        Verdict::Duplicate
+    );
+    assert_eq!(s.sweeps["sw"].state, SUCCEEDED);
+}
+
+#[test]
+fn task_and_infrastructure_failures_have_separate_budgets() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (1, 2));
+    s.add_job("sw", job("a", "m", 1, &[]));
+    s.add_job("sw", job("b", "m", 1, &["a"]));
+    worker(&mut s, "w", &[], 1);
+    let mut ch = Vec::new();
+    let attempt = |s: &mut Scheduler, ch: &mut Vec<Change>| s.pick("w", 1, ch).remove(0).1;
+    // Two infrastructure failures and one task failure: still within both budgets.
+    for kind in [
+        FailureKind::Infrastructure,
+        FailureKind::Task,
+        FailureKind::Infrastructure,
+    ] {
+        let a = attempt(&mut s, &mut ch);
+        assert_eq!(s.fail("a.s0", a, kind, "x", &mut ch), Verdict::Accepted);
+        assert_eq!(s.shards["a.s0"].state, READY);
+    }
+    // A second task failure is over the task budget: the job fails, and b with it.
+    let a = attempt(&mut s, &mut ch);
+    s.fail("a.s0", a, FailureKind::Task, "bad case file", &mut ch);
+    assert_eq!(s.shards["a.s0"].state, FAILED);
+    assert_eq!(s.jobs["a"].state, FAILED);
+    assert_eq!(s.jobs["b"].state, FAILED);
+    assert!(s.jobs["b"].error.contains("depends on job a"));
+    assert_eq!(s.sweeps["sw"].state, FAILED);
+    assert!(
+        s.sweeps["sw"].error.contains("bad case file"),
+        "{}",
+        s.sweeps["sw"].error
+    );
+}
+
+#[test]
+fn dependents_unblock_when_their_jobs_succeed() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    s.add_job("sw", job("train", "m", 1, &[]));
+    s.add_job("sw", job("eval", "m", 2, &["train"]));
+    worker(&mut s, "w", &[], 4);
+    let mut ch = Vec::new();
+    let got = s.pick("w", 4, &mut ch);
+    assert_eq!(got.len(), 1, "eval waits for train");
+    s.succeed("train.s0", got[0].1, 1, 1.0, &mut ch);
+    assert!(ch.contains(&Change::Unblocked { job: "eval".into() }));
+    assert!(
+        s.pick("w", 4, &mut ch).is_empty(),
+        "not ready until the store finalised it"
+    );
+    s.mark_ready("eval");
+    assert_eq!(s.pick("w", 4, &mut ch).len(), 2);
+}
+
+#[test]
+fn slow_workers_leave_the_tail_to_faster_idle_ones() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    s.add_job("sw", job("a", "m", 2, &[]));
+    worker(&mut s, "fast", &[], 1);
+    worker(&mut s, "slow", &[], 1);
+    s.workers.get_mut("fast").unwrap().units_per_second = Some(10.0);
+    s.workers.get_mut("slow").unwrap().units_per_second = Some(1.0);
+    let mut ch = Vec::new();
+    // Two shards left, one idle worker 10x faster: the slow one may take one.
+    assert_eq!(s.pick("slow", 1, &mut ch).len(), 1);
+    // One left, the fast one idle: the slow one waits.
+    assert!(s.pick("slow", 1, &mut ch).is_empty());
+    assert_eq!(s.pick("fast", 1, &mut ch).len(), 1);
+}

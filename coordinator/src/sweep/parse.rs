@@ -1,0 +1,556 @@
+//! Step 1 of reading a sweep: the YAML's shape, section by section, every problem collected
+//! with its line.
+
+use super::*;
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "seed",
+    "models",
+    "variants",
+    "adapters",
+    "datasets",
+    "tasks",
+    "languages",
+    "judge",
+    "generation",
+    "retrieval",
+    "shard_size",
+    "retries",
+];
+
+/// Parse a sweep's text (`source` names the file in errors). Checks the shape only; see
+/// [`Sweep::check`] for files and models.
+pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
+    let root = yaml::parse(text, source)?;
+    let mut r = Reader::new(source);
+    let Some(top) = r.map(&root, "", TOP_KEYS) else {
+        return Err(SweepErrors { errors: r.errors });
+    };
+    let name = match top.get("name") {
+        Some(n) => r.string(n, "name").unwrap_or_default(),
+        None => source
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("sweep")
+            .to_string(),
+    };
+    let seed = top.get("seed").and_then(|n| r.uint(n, "seed")).unwrap_or(0);
+
+    let models = top
+        .require(&mut r, "models")
+        .map(|n| parse_models(&mut r, n))
+        .unwrap_or_default();
+
+    let mut variants = Vec::new();
+    if let Some(list) = top
+        .require(&mut r, "variants")
+        .and_then(|n| r.strings(n, "variants"))
+    {
+        for (v, line) in list {
+            match Variant::parse(&v) {
+                Ok(parsed) => {
+                    let name = parsed.name();
+                    if variants.contains(&name) {
+                        r.error(line, format!("variant `{name}` is listed twice"));
+                    }
+                    variants.push(name);
+                }
+                Err(e) => r.error(line, e.to_string()),
+            }
+        }
+    }
+
+    let adapters = match top.get("adapters") {
+        Some(n) => parse_adapters(&mut r, n),
+        None => vec![AdapterEntry {
+            name: "base".into(),
+            source: AdapterSource::None,
+            line: top.line,
+        }],
+    };
+
+    let default_tasks = match top.get("tasks") {
+        Some(n) => parse_tasks(&mut r, n, "tasks"),
+        None => vec![Task::Rag, Task::Document, Task::Criteria],
+    };
+    let default_languages = match top.get("languages") {
+        Some(n) => parse_languages(&mut r, n, "languages"),
+        None => Vec::new(),
+    };
+    let datasets = top
+        .require(&mut r, "datasets")
+        .map(|n| parse_datasets(&mut r, n, &default_tasks, &default_languages))
+        .unwrap_or_default();
+
+    let judge = parse_judge(&mut r, top.get("judge"), top.line);
+    let (sampling, truncation) = parse_generation(&mut r, top.get("generation"), seed);
+    let retrieval = parse_retrieval(&mut r, top.get("retrieval"));
+    let shard_size = match top.get("shard_size") {
+        Some(n) => match r.uint(n, "shard_size") {
+            Some(0) => {
+                r.error(n.line, "`shard_size` must be at least 1");
+                1
+            }
+            Some(s) => s as usize,
+            None => 1,
+        },
+        None => 4,
+    };
+    let retries = parse_retries(&mut r, top.get("retries"));
+
+    if !r.errors.is_empty() {
+        r.errors.sort_by_key(|e| e.line);
+        return Err(SweepErrors { errors: r.errors });
+    }
+    Ok(Sweep {
+        source: source.to_path_buf(),
+        name,
+        seed,
+        models,
+        variants,
+        adapters,
+        datasets,
+        judge,
+        sampling,
+        truncation,
+        retrieval,
+        shard_size,
+        retries,
+    })
+}
+
+fn parse_models(r: &mut Reader, node: &Node) -> Vec<ModelEntry> {
+    let mut out: Vec<ModelEntry> = Vec::new();
+    for (i, item) in r
+        .list(node, "models")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("models[{i}]");
+        let entry = match &item.value {
+            Value::Map(_) => {
+                let Some(f) = r.map(item, &what, &["name", "model"]) else {
+                    continue;
+                };
+                let model = f
+                    .require(r, "model")
+                    .and_then(|n| r.string(n, &f.path("model")));
+                let name = f.get("name").and_then(|n| r.string(n, &f.path("name")));
+                model.map(|m| ModelEntry {
+                    name: name.unwrap_or_else(|| m.clone()),
+                    model: m,
+                    line: item.line,
+                })
+            }
+            _ => r.string(item, &what).map(|m| ModelEntry {
+                name: m.clone(),
+                model: m,
+                line: item.line,
+            }),
+        };
+        let Some(entry) = entry else { continue };
+        if let Err(e) = check::model_syntax(&entry.model) {
+            r.error(item.line, format!("{what}: {e}"));
+        }
+        if out.iter().any(|m| m.name == entry.name) {
+            r.error(
+                item.line,
+                format!("model name `{}` is used twice", entry.name),
+            );
+        }
+        out.push(entry);
+    }
+    out
+}
+
+fn parse_adapters(r: &mut Reader, node: &Node) -> Vec<AdapterEntry> {
+    let mut out: Vec<AdapterEntry> = Vec::new();
+    for (i, item) in r
+        .list(node, "adapters")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("adapters[{i}]");
+        let entry = match &item.value {
+            Value::Str(s) if s == "base" || s == "none" => Some(AdapterEntry {
+                name: "base".into(),
+                source: AdapterSource::None,
+                line: item.line,
+            }),
+            Value::Str(s) => {
+                r.error(
+                    item.line,
+                    format!(
+                        "{what}: `{s}` is not an adapter: write `base` (no adapter), or a mapping \
+                         with `name` and `path:` (a PEFT folder) or `train:` (a LoRA to train)"
+                    ),
+                );
+                None
+            }
+            _ => {
+                let Some(f) = r.map(item, &what, &["name", "path", "train"]) else {
+                    continue;
+                };
+                let name = f
+                    .require(r, "name")
+                    .and_then(|n| r.string(n, &f.path("name")));
+                let source = match (f.get("path"), f.get("train")) {
+                    (Some(_), Some(_)) => {
+                        r.error(
+                            item.line,
+                            format!("{what}: give `path` or `train`, not both"),
+                        );
+                        None
+                    }
+                    (Some(p), None) => r.string(p, &f.path("path")).map(AdapterSource::Dir),
+                    (None, Some(t)) => {
+                        let json = yaml::to_json(t);
+                        match &json {
+                            serde_json::Value::Object(m) => {
+                                for key in ["model", "out"] {
+                                    if m.contains_key(key) {
+                                        r.error(
+                                            t.line,
+                                            format!(
+                                                "{what}.train.{key}: not allowed in a sweep (the \
+                                                 sweep sets the model and where adapters go)"
+                                            ),
+                                        );
+                                    }
+                                }
+                                Some(AdapterSource::Train(json))
+                            }
+                            _ => {
+                                r.error(t.line, format!("`{what}.train` must be a mapping"));
+                                None
+                            }
+                        }
+                    }
+                    (None, None) => Some(AdapterSource::None),
+                };
+                match (name, source) {
+                    (Some(name), Some(source)) => {
+                        if source != AdapterSource::None && name == "base" {
+                            r.error(
+                                item.line,
+                                format!("{what}: the name `base` means no adapter"),
+                            );
+                        }
+                        Some(AdapterEntry {
+                            name,
+                            source,
+                            line: item.line,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let Some(entry) = entry else { continue };
+        if out.iter().any(|a| a.name == entry.name) {
+            r.error(
+                item.line,
+                format!("adapter name `{}` is used twice", entry.name),
+            );
+        }
+        out.push(entry);
+    }
+    out
+}
+
+fn parse_tasks(r: &mut Reader, node: &Node, what: &str) -> Vec<Task> {
+    let mut out = Vec::new();
+    for (t, line) in r.strings(node, what).unwrap_or_default() {
+        match Task::parse(&t) {
+            Some(task) if !out.contains(&task) => out.push(task),
+            Some(_) => r.error(line, format!("task `{t}` is listed twice")),
+            None => r.error(
+                line,
+                format!("unknown task `{t}` in `{what}` (expected rag, document or criteria)"),
+            ),
+        }
+    }
+    out
+}
+
+fn parse_languages(r: &mut Reader, node: &Node, what: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (l, line) in r.strings(node, what).unwrap_or_default() {
+        if out.contains(&l) {
+            r.error(line, format!("language `{l}` is listed twice"));
+        } else {
+            out.push(l);
+        }
+    }
+    out
+}
+
+fn parse_datasets(
+    r: &mut Reader,
+    node: &Node,
+    tasks: &[Task],
+    languages: &[String],
+) -> Vec<DatasetEntry> {
+    let mut out: Vec<DatasetEntry> = Vec::new();
+    for (i, item) in r
+        .list(node, "datasets")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("datasets[{i}]");
+        let Some(f) = r.map(
+            item,
+            &what,
+            &["name", "cases", "documents", "tasks", "languages", "limit"],
+        ) else {
+            continue;
+        };
+        let Some(cases) = f
+            .require(r, "cases")
+            .and_then(|n| r.string(n, &f.path("cases")))
+        else {
+            continue;
+        };
+        let name = match f.get("name") {
+            Some(n) => r.string(n, &f.path("name")).unwrap_or_default(),
+            None => Path::new(&cases)
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|s| s.to_str())
+                .unwrap_or("dataset")
+                .to_string(),
+        };
+        let documents = f
+            .get("documents")
+            .and_then(|n| r.string(n, &f.path("documents")));
+        let tasks = match f.get("tasks") {
+            Some(n) => parse_tasks(r, n, &f.path("tasks")),
+            None => tasks.to_vec(),
+        };
+        let languages = match f.get("languages") {
+            Some(n) => parse_languages(r, n, &f.path("languages")),
+            None => languages.to_vec(),
+        };
+        let limit = match f.get("limit") {
+            Some(n) => match r.uint(n, &f.path("limit")) {
+                Some(0) => {
+                    r.error(n.line, format!("`{}` must be at least 1", f.path("limit")));
+                    None
+                }
+                other => other.map(|l| l as usize),
+            },
+            None => None,
+        };
+        if out.iter().any(|d| d.name == name) {
+            r.error(item.line, format!("dataset name `{name}` is used twice"));
+        }
+        out.push(DatasetEntry {
+            name,
+            cases,
+            documents,
+            tasks,
+            languages,
+            limit,
+            line: item.line,
+        });
+    }
+    out
+}
+
+fn parse_judge(r: &mut Reader, node: Option<&Node>, top_line: usize) -> JudgeEntry {
+    let mut judge = JudgeEntry {
+        judges: vec!["self".into()],
+        scale: Scale::default(),
+        explanation_tokens: 96,
+        line: node.map(|n| n.line).unwrap_or(top_line),
+    };
+    let Some(node) = node else { return judge };
+    let Some(f) = r.map(node, "judge", &["judges", "scale", "explanation_tokens"]) else {
+        return judge;
+    };
+    if let Some(n) = f.get("judges") {
+        if let Some(list) = r.strings(n, "judge.judges") {
+            for (j, line) in &list {
+                if j != "self" && !j.starts_with("openai:") {
+                    if let Err(e) = check::model_syntax(j) {
+                        r.error(*line, format!("judge.judges: {e}"));
+                    }
+                }
+            }
+            judge.judges = list.into_iter().map(|(j, _)| j).collect();
+        }
+    }
+    if let Some(n) = f.get("scale") {
+        match r.string(n, "judge.scale").map(|s| parse_scale(&s)) {
+            Some(Ok(s)) => judge.scale = s,
+            Some(Err(e)) => r.error(n.line, format!("judge.scale: {e}")),
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("explanation_tokens") {
+        if let Some(t) = r.uint(n, "judge.explanation_tokens") {
+            judge.explanation_tokens = t as usize;
+        }
+    }
+    for (j, line) in judge.judges.iter().zip(std::iter::repeat(judge.line)) {
+        if j.parse::<flotilla_contract::JudgeSpec>().is_err() {
+            r.error(
+                line,
+                format!("judge.judges: `{j}` is not openai:MODEL@BASE_URL"),
+            );
+        }
+    }
+    judge
+}
+
+/// `0-10`, `1-10`: MIN below MAX, at most 100 (the contract's one parser of scales).
+pub fn parse_scale(s: &str) -> Result<Scale, String> {
+    s.parse::<Scale>().map_err(|e| e.to_string())
+}
+
+fn parse_generation(
+    r: &mut Reader,
+    node: Option<&Node>,
+    seed: u64,
+) -> (SamplingParams, Truncation) {
+    let mut p = SamplingParams {
+        max_new_tokens: 256,
+        seed,
+        ..Default::default()
+    };
+    let mut truncation = Truncation::HeadTail;
+    let Some(node) = node else {
+        return (p, truncation);
+    };
+    let keys = [
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "truncation",
+    ];
+    let Some(f) = r.map(node, "generation", &keys) else {
+        return (p, truncation);
+    };
+    if let Some(n) = f.get("max_tokens") {
+        match r.uint(n, "generation.max_tokens") {
+            Some(0) => r.error(n.line, "`generation.max_tokens` must be at least 1"),
+            Some(t) => p.max_new_tokens = t as usize,
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("temperature") {
+        match r.float(n, "generation.temperature") {
+            Some(t) if t < 0.0 => r.error(n.line, "`generation.temperature` must be >= 0"),
+            Some(t) => p.temperature = t as f32,
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("top_p") {
+        match r.float(n, "generation.top_p") {
+            Some(t) if !(t > 0.0 && t <= 1.0) => {
+                r.error(n.line, "`generation.top_p` must be in (0, 1]")
+            }
+            Some(t) => p.top_p = t as f32,
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("top_k") {
+        if let Some(k) = r.uint(n, "generation.top_k") {
+            p.top_k = k as usize;
+        }
+    }
+    if let Some(n) = f.get("repetition_penalty") {
+        match r.float(n, "generation.repetition_penalty") {
+            Some(t) if t <= 0.0 => r.error(n.line, "`generation.repetition_penalty` must be > 0"),
+            Some(t) => p.repetition_penalty = t as f32,
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("truncation") {
+        if let Some(s) = r.string(n, "generation.truncation") {
+            match Truncation::parse(&s) {
+                Ok(t) => truncation = t,
+                Err(_) => r.error(
+                    n.line,
+                    format!("generation.truncation: `{s}` is not head or head_tail"),
+                ),
+            }
+        }
+    }
+    (p, truncation)
+}
+
+fn parse_retrieval(r: &mut Reader, node: Option<&Node>) -> RetrievalSettings {
+    let mut s = RetrievalSettings {
+        embedder: "minilm".into(),
+        top_k: 4,
+        chunks: ChunkSettings::default(),
+    };
+    let Some(node) = node else { return s };
+    let Some(f) = r.map(
+        node,
+        "retrieval",
+        &["embedder", "top_k", "chunk_size", "chunk_overlap"],
+    ) else {
+        return s;
+    };
+    if let Some(n) = f.get("embedder") {
+        if let Some(e) = r.string(n, "retrieval.embedder") {
+            if let Err(err) = check::model_syntax(&e) {
+                r.error(n.line, format!("retrieval.embedder: {err}"));
+            }
+            s.embedder = e;
+        }
+    }
+    if let Some(n) = f.get("top_k") {
+        match r.uint(n, "retrieval.top_k") {
+            Some(0) => r.error(n.line, "`retrieval.top_k` must be at least 1"),
+            Some(k) => s.top_k = k as usize,
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("chunk_size") {
+        match r.uint(n, "retrieval.chunk_size") {
+            Some(0) => r.error(n.line, "`retrieval.chunk_size` must be at least 1"),
+            Some(k) => s.chunks.size = k as usize,
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("chunk_overlap") {
+        if let Some(k) = r.uint(n, "retrieval.chunk_overlap") {
+            s.chunks.overlap = k as usize;
+            if s.chunks.overlap >= s.chunks.size {
+                r.error(
+                    n.line,
+                    "`retrieval.chunk_overlap` must be smaller than `retrieval.chunk_size`",
+                );
+            }
+        }
+    }
+    s
+}
+
+fn parse_retries(r: &mut Reader, node: Option<&Node>) -> Retries {
+    let mut out = Retries::default();
+    let Some(node) = node else { return out };
+    let Some(f) = r.map(node, "retries", &["task", "infrastructure"]) else {
+        return out;
+    };
+    if let Some(n) = f.get("task") {
+        if let Some(v) = r.uint(n, "retries.task") {
+            out.task = v.min(1000) as u32;
+        }
+    }
+    if let Some(n) = f.get("infrastructure") {
+        if let Some(v) = r.uint(n, "retries.infrastructure") {
+            out.infrastructure = v.min(1000) as u32;
+        }
+    }
+    out
+}
