@@ -72,7 +72,7 @@ fn generate(a: GenerateArgs, out: OutputFormat, threads: usize) -> anyhow::Resul
     }
     ids.truncate(a.prompt_tokens);
     let params = SamplingParams {
-        max_new_tokens: a.decode_tokens,
+        max_tokens: a.decode_tokens,
         ignore_eos: true,
         ..Default::default()
     };

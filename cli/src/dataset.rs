@@ -31,9 +31,9 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct FromBenchmarkArgs {
-    /// Case file (Flow or flotilla JSONL); repeat for several.
-    #[arg(long, required = true)]
-    pub benchmark: Vec<PathBuf>,
+    /// Case file (Flow or flotilla JSONL); repeat for several. (A sweep's `datasets[].cases`.)
+    #[arg(long, required = true, alias = "benchmark")]
+    pub cases: Vec<PathBuf>,
     /// Folder the cases' documents are in (default: each case file's folder).
     #[arg(long)]
     pub documents: Option<PathBuf>,
@@ -128,9 +128,9 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
 
     let mut cases: Vec<Case> = Vec::new();
     let mut bad_lines = Vec::new();
-    for path in &a.benchmark {
+    for path in &a.cases {
         let ds = load_dataset(path, a.documents.as_deref())
-            .with_context(|| format!("--benchmark {}", path.display()))?;
+            .with_context(|| format!("--cases {}", path.display()))?;
         for e in &ds.errors {
             tracing::warn!("{e}");
             eprintln!("warning: skipped {e}");
@@ -142,7 +142,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
                 .filter(|c| tasks.is_empty() || tasks.contains(&c.task)),
         );
     }
-    anyhow::ensure!(!cases.is_empty(), "no cases in {:?}", a.benchmark);
+    anyhow::ensure!(!cases.is_empty(), "no cases in {:?}", a.cases);
 
     let mut skipped = Vec::new();
     let usable: Vec<&Case> = cases
@@ -256,7 +256,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         !examples.is_empty(),
         "none of the {} cases in {:?} can become an example ({} skipped: no reference answer, criteria, or unreadable documents)",
         cases.len(),
-        a.benchmark,
+        a.cases,
         skipped.len()
     );
 
@@ -268,7 +268,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
     write_jsonl(&train_path, &train)?;
     write_jsonl(&heldout_path, &heldout)?;
     // The held-out cases themselves, in the benchmark's format with absolute document paths,
-    // so `flotilla eval --dataset OUT/heldout-cases.jsonl` measures an adapter on exactly the
+    // so `flotilla eval --cases OUT/heldout-cases.jsonl` measures an adapter on exactly the
     // cases it never saw.
     let heldout_cases_path = a.out.join("heldout-cases.jsonl");
     {
@@ -296,7 +296,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         }
     }
     let manifest = serde_json::json!({
-        "source": a.benchmark,
+        "source": a.cases,
         "documents": a.documents,
         "variant": variant.name(),
         "retrieval": {"embedder": a.embedder, "top_k": a.top_k, "chunk_size": a.chunk_size, "chunk_overlap": a.chunk_overlap},

@@ -4,42 +4,42 @@
 use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
 use flotilla_bench::dataset::{load_dataset, Case, Task};
-use flotilla_bench::judge::{LocalJudge, Scale};
-use flotilla_bench::openai::EndpointJudge;
-use flotilla_bench::prompts::Variant;
 use flotilla_bench::report::{build_report, markdown, write_outputs};
 use flotilla_bench::retrieval::{ChunkSettings, Retriever};
-use flotilla_bench::runner::{EvalSettings, Judge, Runner, Truncation};
+use flotilla_bench::runner::{EvalSettings, Runner};
+use flotilla_bench::setup::JudgePanel;
+use flotilla_contract::{JudgeSpec, Scale, Truncation, Variant};
 use flotilla_engine::loader::flotilla_home;
 use flotilla_engine::{device, EmbeddingModel, LanguageModel, LoadOptions, SamplingParams};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The model under test (GGUF, HF directory, hf:org/name, or a demo alias).
     #[arg(long)]
     pub model: String,
-    /// Case file (Flow or flotilla JSONL); repeat for several.
-    #[arg(long, required = true)]
-    pub dataset: Vec<PathBuf>,
+    /// Case file (Flow or flotilla JSONL); repeat for several. (A sweep's `datasets[].cases`.)
+    #[arg(long, required = true, alias = "dataset")]
+    pub cases: Vec<PathBuf>,
     /// Folder the cases' documents are in (default: each case file's folder).
     #[arg(long)]
     pub documents: Option<PathBuf>,
     /// Only these tasks (rag, document, criteria); repeatable.
     #[arg(long)]
-    pub task: Vec<String>,
+    pub task: Vec<Task>,
     /// Prompt variants (query_first, query_last, structured, structured_constrained,
     /// custom:FILE.jinja); repeatable; the first is the baseline of the comparisons.
-    #[arg(long, default_values_t = vec!["query_last".to_string()])]
-    pub variant: Vec<String>,
+    #[arg(long, default_values_t = vec![Variant::QueryLast])]
+    pub variant: Vec<Variant>,
     /// Judges (repeat for a jury): `self` (the model under test), a model path or alias, or
     /// an OpenAI-compatible endpoint `openai:MODEL@BASE_URL` (API key from
     /// FLOTILLA_JUDGE_API_KEY, if set).
-    #[arg(long, default_values_t = vec!["self".to_string()])]
-    pub judge: Vec<String>,
+    #[arg(long, default_values_t = vec![JudgeSpec::SelfModel])]
+    pub judge: Vec<JudgeSpec>,
     /// Rating scale: 0-10, or 1-10 as Flow Benchmark Tools uses.
     #[arg(long, default_value = "0-10")]
-    pub scale: String,
+    pub scale: Scale,
     /// Embedding model for RAG retrieval.
     #[arg(long, default_value = "minilm")]
     pub embedder: String,
@@ -51,11 +51,13 @@ pub struct Args {
     pub chunk_overlap: usize,
     /// What to do with a document longer than the context: head or head_tail.
     #[arg(long, default_value = "head_tail")]
-    pub truncation: String,
+    pub truncation: Truncation,
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
-    #[arg(long, default_value_t = 96)]
-    pub judge_tokens: usize,
+    /// Tokens each local judge may write to explain its rating (the sweep's
+    /// `judge.explanation_tokens`).
+    #[arg(long, default_value_t = 96, alias = "judge-tokens")]
+    pub explanation_tokens: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// LoRA adapters (PEFT directories) to evaluate, unmerged on the model; `base` is the model
@@ -85,35 +87,9 @@ fn adapter_label(dir: &std::path::Path) -> String {
     }
 }
 
-/// Where a `--judge` comes from.
-enum JudgeSpec {
-    Endpoint(EndpointJudge),
-    ModelUnderTest,
-    Local(LanguageModel),
-}
-
-fn parse_scale(s: &str) -> anyhow::Result<Scale> {
-    let (a, b) = s
-        .split_once('-')
-        .with_context(|| format!("--scale {s}: expected MIN-MAX, e.g. 0-10"))?;
-    let scale = Scale {
-        min: a.trim().parse().with_context(|| format!("--scale {s}"))?,
-        max: b.trim().parse().with_context(|| format!("--scale {s}"))?,
-    };
-    anyhow::ensure!(
-        scale.min < scale.max && scale.max <= 100,
-        "--scale {s}: MIN must be below MAX (at most 100)"
-    );
-    Ok(scale)
-}
-
 pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
-    // Validate everything before loading a model.
-    let variants = a
-        .variant
-        .iter()
-        .map(|v| Variant::parse(v))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Validate everything before loading a model (flags are parsed by the contract's types).
+    let variants = a.variant.clone();
     for v in &variants {
         if let Variant::Custom { template } = v {
             anyhow::ensure!(
@@ -122,18 +98,10 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             );
         }
     }
-    let tasks = a
-        .task
-        .iter()
-        .map(|t| {
-            Task::parse(t)
-                .with_context(|| format!("--task {t}: expected rag, document or criteria"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let scale = parse_scale(&a.scale)?;
-    let truncation = Truncation::parse(&a.truncation)?;
+    let tasks = a.task.clone();
+    let (scale, truncation) = (a.scale, a.truncation);
     let mut cases: Vec<Case> = Vec::new();
-    for d in &a.dataset {
+    for d in &a.cases {
         let ds = load_dataset(d, a.documents.as_deref())?;
         for e in &ds.errors {
             tracing::warn!("{e}");
@@ -145,7 +113,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
                 .filter(|c| tasks.is_empty() || tasks.contains(&c.task)),
         );
     }
-    anyhow::ensure!(!cases.is_empty(), "no cases to run in {:?}", a.dataset);
+    anyhow::ensure!(!cases.is_empty(), "no cases to run in {:?}", a.cases);
 
     let device = device::parse_device(&a.device)?;
     let opts = LoadOptions { device };
@@ -153,21 +121,27 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     let model =
         LanguageModel::load(&a.model, &opts).with_context(|| format!("--model {}", a.model))?;
     // Each --judge resolved once: an endpoint, the model under test, or a model of its own.
-    let mut judge_specs = Vec::new();
-    for j in &a.judge {
-        let spec = if j.starts_with("openai:") {
-            JudgeSpec::Endpoint(EndpointJudge::parse(j, scale, a.judge_tokens).with_context(|| {
-                format!(
-                    "--judge {j}: expected openai:MODEL@BASE_URL, e.g. openai:smollm2@http://127.0.0.1:8080/v1"
-                )
-            })?)
-        } else if j == "self" || j == &a.model {
-            JudgeSpec::ModelUnderTest
-        } else {
-            JudgeSpec::Local(LanguageModel::load(j, &opts).with_context(|| format!("--judge {j}"))?)
-        };
-        judge_specs.push((j.clone(), spec));
-    }
+    let under_test_model = Arc::new(model.clone());
+    let named: Vec<(String, JudgeSpec)> = a
+        .judge
+        .iter()
+        .map(|j| match j {
+            // `--judge MODEL` naming the model under test is `self`: loaded once.
+            JudgeSpec::Model(m) if m == &a.model => (j.to_string(), JudgeSpec::SelfModel),
+            _ => (j.to_string(), j.clone()),
+        })
+        .collect();
+    let panel = JudgePanel::resolve(
+        &named,
+        scale,
+        a.explanation_tokens,
+        Some(&under_test_model),
+        |m| {
+            LanguageModel::load(m, &opts)
+                .map(Arc::new)
+                .map_err(|e| flotilla_engine::Error::input(format!("--judge {m}: {e}")))
+        },
+    )?;
     let embedder = if cases.iter().any(|c| c.task == Task::Rag) {
         Some(
             EmbeddingModel::load(&a.embedder, &opts)
@@ -187,22 +161,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             Some(flotilla_home().join("cache").join("embeddings")),
         )
     });
-    let judges: Vec<Judge> = judge_specs
-        .iter()
-        .map(|(name, spec)| {
-            let model = match spec {
-                JudgeSpec::Endpoint(e) => return Judge::Endpoint(e.clone()),
-                JudgeSpec::ModelUnderTest => &model,
-                JudgeSpec::Local(m) => m,
-            };
-            Judge::Local(LocalJudge {
-                name: name.clone(),
-                model,
-                scale,
-                max_explanation_tokens: a.judge_tokens,
-            })
-        })
-        .collect();
+    let judges = panel.judges();
     // The model under test once per --adapter (unmerged adapters share the base weights).
     let mut under_test: Vec<(String, LanguageModel)> = Vec::new();
     for ad in &a.adapter {
@@ -222,12 +181,10 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         top_k: a.top_k,
         truncation,
         sampling: SamplingParams {
-            max_new_tokens: a.max_tokens,
+            max_tokens: a.max_tokens,
             seed: a.seed,
             ..Default::default()
         },
-        scale,
-        judge_explanation_tokens: a.judge_tokens,
     };
     let total: usize = cases
         .iter()

@@ -71,7 +71,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         top_k: a.top_k,
         repetition_penalty: a.repetition_penalty,
         seed: a.seed,
-        max_new_tokens: a.max_tokens,
+        max_tokens: a.max_tokens,
         stop: a.stop.clone(),
         ignore_eos: false,
     };

@@ -131,7 +131,7 @@ async fn chat(
         temperature: req.temperature.unwrap_or(0.0),
         top_p: req.top_p.unwrap_or(1.0),
         seed: req.seed.unwrap_or(0),
-        max_new_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(256),
+        max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(256),
         stop,
         ..Default::default()
     };

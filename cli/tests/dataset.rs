@@ -21,7 +21,7 @@ fn from_benchmark(out: &Path, variant: &str, seed: &str) -> serde_json::Value {
     ok_json(&flotilla(&[
         "dataset",
         "from-benchmark",
-        "--benchmark",
+        "--cases",
         bench.to_str().unwrap(),
         "--variant",
         variant,
@@ -144,7 +144,7 @@ fn a_missing_benchmark_or_a_bad_flag_is_one_clear_error() {
     let o = flotilla(&[
         "dataset",
         "from-benchmark",
-        "--benchmark",
+        "--cases",
         "no/such/cases.jsonl",
         "--out",
         out.to_str().unwrap(),
@@ -161,7 +161,7 @@ fn a_missing_benchmark_or_a_bad_flag_is_one_clear_error() {
     let o = flotilla(&[
         "dataset",
         "from-benchmark",
-        "--benchmark",
+        "--cases",
         bench.to_str().unwrap(),
         "--holdout",
         "1.5",
@@ -198,7 +198,7 @@ fn cases_without_a_reference_answer_are_skipped_and_counted() {
     let v = ok_json(&flotilla(&[
         "dataset",
         "from-benchmark",
-        "--benchmark",
+        "--cases",
         dir.join("cases.jsonl").to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),

@@ -99,13 +99,13 @@ fn eval_documents(
     .args([
         "--max-tokens",
         max_tokens,
-        "--judge-tokens",
+        "--explanation-tokens",
         "48",
         "--judge",
         judge,
     ])
     .args([
-        "--dataset",
+        "--cases",
         bench.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),

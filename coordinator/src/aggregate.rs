@@ -10,7 +10,7 @@ use crate::sweep::file_key;
 use flotilla_contract::case_result::CaseResult;
 use flotilla_contract::judging::Scale;
 use flotilla_contract::report::{build_report, markdown, Report};
-use flotilla_contract::ShardOutput;
+use flotilla_contract::{JobKind, ShardOutput};
 use flotilla_proto::v1 as pb;
 use rusqlite::params;
 
@@ -41,10 +41,12 @@ pub async fn load(core: &Core, sweep_id: &str) -> Result<Option<SweepOutcome>, S
             let mut stmt = c.prepare(
                 "SELECT r.result_json FROM results r
                  JOIN shards s ON s.id = r.shard_id JOIN jobs j ON j.id = s.job_id
-                 WHERE j.sweep_id = ?1 AND j.kind = 'judge' ORDER BY j.seq, s.seq",
+                 WHERE j.sweep_id = ?1 AND j.kind = ?2 ORDER BY j.seq, s.seq",
             )?;
             let mut cases = Vec::new();
-            for row in stmt.query_map(params![id], |r| r.get::<_, String>(0))? {
+            for row in stmt.query_map(params![id, JobKind::Judge.as_str()], |r| {
+                r.get::<_, String>(0)
+            })? {
                 let output = ShardOutput::from_json(row?.as_bytes())
                     .map_err(|e| StoreError::Other(format!("a stored judge result: {e}")))?;
                 let ShardOutput::Judge(judged) = output else {
@@ -58,10 +60,10 @@ pub async fn load(core: &Core, sweep_id: &str) -> Result<Option<SweepOutcome>, S
             let mut stmt = c.prepare(
                 "SELECT j.meta_json, r.artifacts_json FROM results r
                  JOIN shards s ON s.id = r.shard_id JOIN jobs j ON j.id = s.job_id
-                 WHERE j.sweep_id = ?1 AND j.kind = 'train' ORDER BY j.seq",
+                 WHERE j.sweep_id = ?1 AND j.kind = ?2 ORDER BY j.seq",
             )?;
             let mut adapters = Vec::new();
-            for row in stmt.query_map(params![id], |r| {
+            for row in stmt.query_map(params![id, JobKind::Train.as_str()], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })? {
                 let (meta, files) = row?;

@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Bytes per chunk on the wire (well below the 4 MB message cap).
-pub const CHUNK_SIZE: usize = 1 << 20;
+/// Bytes per chunk on the wire (well below the 4 MB message cap); the client's.
+pub const CHUNK_SIZE: usize = flotilla_client::hash::CHUNK_BYTES;
 
 /// Why an artifact could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -32,23 +32,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
     }
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// sha256 of a byte slice, as lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// sha256 and size of a file.
-pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let n = std::io::copy(&mut f, &mut h)?;
-    Ok((hex(&h.finalize()), n))
-}
+/// Content addresses as the client computes them: one definition for both sides.
+pub use flotilla_client::hash::{hex, sha256_file as hash_file, sha256_hex};
 
 fn valid_sha(s: &str) -> bool {
     s.len() == 64

@@ -4,6 +4,7 @@
 //! figures are the coordinator's own cost: scheduling, SQLite commits, gRPC.
 
 use crate::client::Client;
+use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::server::{serve, CoordinatorConfig};
 use crate::sweep::Retries;
 use flotilla_client::registry::MemoryRegistry;
@@ -71,7 +72,7 @@ async fn worker(
     id: String,
     slots: u32,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Vec<f64>> {
+) -> CoordinatorResult<Vec<f64>> {
     let client = Client::connect(&address, Some(token)).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::WorkerMessage>();
     let send = |k: In| {
@@ -88,7 +89,8 @@ async fn worker(
     let mut inbound = client
         .grpc()
         .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await?
+        .await
+        .map_err(|s| CoordinatorError::Internal(flotilla_client::explain(&s)))?
         .into_inner();
     let mut latencies = Vec::new();
     // Assignments not yet answered and acknowledged: a slot is free again at its ack.
@@ -113,7 +115,7 @@ async fn worker(
                     Ok(None) => break,
                     // The stream ends with an error when the coordinator stops first.
                     Err(e) if *stop.borrow() => { tracing::debug!(error = %e, "stream ended"); break }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(CoordinatorError::Internal(flotilla_client::explain(&e))),
                 };
                 match msg.kind {
                     Some(Out::Welcome(_)) => ask(&mut asked_at, slots),
@@ -158,21 +160,34 @@ async fn worker(
 }
 
 /// Run the benchmark.
-pub async fn dispatch(opts: DispatchOptions) -> anyhow::Result<DispatchReport> {
-    anyhow::ensure!(opts.workers >= 1, "--workers must be at least 1");
-    anyhow::ensure!(opts.shards >= 1, "--shards must be at least 1");
-    anyhow::ensure!(opts.slots >= 1, "--slots must be at least 1");
+pub async fn dispatch(opts: DispatchOptions) -> CoordinatorResult<DispatchReport> {
+    if opts.workers < 1 {
+        return Err(CoordinatorError::Invalid(
+            "--workers must be at least 1".into(),
+        ));
+    }
+    if opts.shards < 1 {
+        return Err(CoordinatorError::Invalid(
+            "--shards must be at least 1".into(),
+        ));
+    }
+    if opts.slots < 1 {
+        return Err(CoordinatorError::Invalid(
+            "--slots must be at least 1".into(),
+        ));
+    }
     let tmp;
     let data_dir = match &opts.data_dir {
         Some(d) => d.clone(),
         None => {
-            tmp = TempDir::new()?;
+            tmp = TempDir::new()
+                .map_err(|e| CoordinatorError::Internal(format!("a temporary data folder: {e}")))?;
             tmp.0.clone()
         }
     };
     let token = format!("bench-{}", std::process::id());
     let mut config = CoordinatorConfig::new(
-        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse().expect("a loopback address"),
         &data_dir,
         Arc::new(MemoryRegistry::new()),
     );
@@ -194,10 +209,11 @@ pub async fn dispatch(opts: DispatchOptions) -> anyhow::Result<DispatchReport> {
     // Let every worker connect and wait for work, so the clock measures dispatch only.
     let deadline = Instant::now() + Duration::from_secs(30);
     while core.workers().iter().filter(|w| w.connected).count() < opts.workers {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the simulated workers did not connect"
-        );
+        if Instant::now() >= deadline {
+            return Err(CoordinatorError::Internal(
+                "the simulated workers did not connect".into(),
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let specs = vec![NoopShard::default(); opts.shards];
@@ -209,17 +225,20 @@ pub async fn dispatch(opts: DispatchOptions) -> anyhow::Result<DispatchReport> {
     loop {
         let st = core
             .status(&sweep)
-            .ok_or_else(|| anyhow::anyhow!("the benchmark sweep vanished"))?;
+            .ok_or_else(|| CoordinatorError::Internal("the benchmark sweep vanished".into()))?;
         if st.state != pb::SweepState::Queued as i32 && st.state != pb::SweepState::Running as i32 {
-            anyhow::ensure!(
-                st.state == pb::SweepState::Succeeded as i32,
-                "the benchmark sweep ended as {:?}: {}",
-                st.state,
-                st.error
-            );
+            if st.state != pb::SweepState::Succeeded as i32 {
+                return Err(CoordinatorError::Internal(format!(
+                    "the benchmark sweep ended as {:?}: {}",
+                    st.state, st.error
+                )));
+            }
             break;
         }
-        changes.changed().await?;
+        changes
+            .changed()
+            .await
+            .map_err(|_| CoordinatorError::Internal("the coordinator stopped".into()))?;
     }
     let seconds = t0.elapsed().as_secs_f64();
     let _ = stop.send(true);

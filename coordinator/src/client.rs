@@ -4,8 +4,8 @@
 
 pub use flotilla_client::client::*;
 
+use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::sweep::{FileRoot, ModelCheck, Sweep};
-use anyhow::Context;
 use flotilla_proto::v1 as pb;
 use std::path::Path;
 
@@ -14,7 +14,7 @@ use std::path::Path;
 pub trait SubmitSweep {
     /// Check a sweep file here (models for spelling only: the workers hold them), upload every
     /// file it names, and submit it.
-    async fn submit_file(&self, path: &Path) -> anyhow::Result<pb::SweepStatus> {
+    async fn submit_file(&self, path: &Path) -> CoordinatorResult<pb::SweepStatus> {
         self.submit_file_checked(path, ModelCheck::Syntax).await
     }
 
@@ -24,7 +24,7 @@ pub trait SubmitSweep {
         &self,
         path: &Path,
         models: ModelCheck,
-    ) -> anyhow::Result<pb::SweepStatus>;
+    ) -> CoordinatorResult<pb::SweepStatus>;
 }
 
 impl SubmitSweep for Client {
@@ -32,12 +32,12 @@ impl SubmitSweep for Client {
         &self,
         path: &Path,
         models: ModelCheck,
-    ) -> anyhow::Result<pb::SweepStatus> {
+    ) -> CoordinatorResult<pb::SweepStatus> {
         let sweep = Sweep::load(path, models)?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let files = sweep
-            .local_files(&FileRoot::local(&dir))
-            .with_context(|| format!("listing the files {} names", path.display()))?;
+        let files = sweep.local_files(&FileRoot::local(&dir)).map_err(|e| {
+            CoordinatorError::Invalid(format!("listing the files {} names: {e}", path.display()))
+        })?;
         let mut refs = Vec::new();
         for (sweep_path, local) in files {
             let art = self.upload_file(&local).await?;
@@ -46,7 +46,8 @@ impl SubmitSweep for Client {
                 artifact: Some(art),
             });
         }
-        let yaml = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let yaml = std::fs::read_to_string(path)
+            .map_err(|e| CoordinatorError::Invalid(format!("{}: {e}", path.display())))?;
         let status = self
             .grpc()
             .submit_sweep(pb::SubmitSweepRequest {
@@ -55,7 +56,7 @@ impl SubmitSweep for Client {
                 files: refs,
             })
             .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            .map_err(|s| CoordinatorError::Invalid(explain(&s)))?;
         Ok(status.into_inner())
     }
 }

@@ -18,19 +18,23 @@
 //!   [`core::Core::result`] fences it and writes it through [`writes::apply`].
 //! - [`artifacts`]: the content-addressed blob folder (sha256-checked uploads).
 //! - [`aggregate`]: the sweep's report over all judged cases (CIs, paired comparisons).
+//! - [`error`]: [`CoordinatorError`], the domain's errors (turned into gRPC statuses by the
+//!   service alone).
 //! - [`service`]: the tonic service and its token check; [`server`]: [`serve`] and
 //!   [`RunningCoordinator`].
-//! - [`client`]: what the CLI uses to talk to a coordinator (upload a sweep's files, submit,
-//!   watch, fetch results).
+//! - [`client`]: the one client (`flotilla-client`) plus [`client::SubmitSweep`], which
+//!   uploads everything a sweep file names and submits it.
 //! - [`bench`]: `flotilla bench dispatch`.
 //!
-//! The shard specs and results exchanged with workers are defined beside the worker code, in
-//! `flotilla_contract::shard`; the wire envelope is `proto/flotilla/v1/cluster.proto`.
+//! What a shard is — its spec and output, one variant per kind, its states and attempt — is
+//! `flotilla-contract`'s (`flotilla_contract::shard`, `flotilla_contract::state`); the wire
+//! envelope is `proto/flotilla/v1/cluster.proto`. This crate links no model code.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use flotilla_coordinator::{serve, CoordinatorConfig};
 //! use flotilla_client::registry::MemoryRegistry;
+//! use flotilla_coordinator::client::SubmitSweep;
+//! use flotilla_coordinator::{serve, CoordinatorConfig};
 //! use std::sync::Arc;
 //!
 //! // Embedded: an in-memory registry instead of etcd, a loopback port.
@@ -53,6 +57,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod client;
 pub mod core;
+pub mod error;
 pub mod plan;
 pub mod scheduler;
 pub mod server;
@@ -62,4 +67,5 @@ pub mod submit;
 pub mod sweep;
 pub mod writes;
 
+pub use error::{CoordinatorError, CoordinatorResult};
 pub use server::{serve, CoordinatorConfig, RunningCoordinator, TlsConfig};

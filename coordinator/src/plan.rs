@@ -13,6 +13,7 @@
 //! are completed by [`finalize`] inside the transaction that records the last result they
 //! depend on, so a job is never ready with an incomplete spec.
 
+use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::store::{StoreError, StoreResult};
 use crate::sweep::{file_key, AdapterEntry, AdapterSource, Cell, ModelEntry, Sweep};
 use flotilla_contract::dataset::Task;
@@ -68,7 +69,7 @@ pub struct PlannedShard {
 pub struct PlannedJob {
     pub id: String,
     pub seq: i64,
-    pub kind: String,
+    pub kind: JobKind,
     pub label: String,
     pub model: String,
     pub depends_on: Vec<String>,
@@ -88,7 +89,7 @@ pub fn plan(
     sweep: &Sweep,
     cells: &[Cell],
     files: &BTreeMap<String, FileEntry>,
-) -> Result<Vec<PlannedJob>, String> {
+) -> CoordinatorResult<Vec<PlannedJob>> {
     let mut p = Planner {
         sweep_id,
         sweep,
@@ -159,11 +160,10 @@ impl Planner<'_> {
         (format!("{}.j{}", self.sweep_id, self.next), self.next)
     }
 
-    fn file(&self, key: &str) -> Result<FileEntry, String> {
-        self.files
-            .get(key)
-            .cloned()
-            .ok_or_else(|| format!("{key} was not uploaded with the sweep"))
+    fn file(&self, key: &str) -> CoordinatorResult<FileEntry> {
+        self.files.get(key).cloned().ok_or_else(|| {
+            CoordinatorError::Invalid(format!("{key} was not uploaded with the sweep"))
+        })
     }
 
     fn under(&self, dir: &str) -> Vec<FileEntry> {
@@ -176,7 +176,7 @@ impl Planner<'_> {
     }
 
     /// One train job per adapter with a `train:` block; returns adapter name -> job id.
-    fn train_jobs(&mut self, m: &ModelEntry) -> Result<HashMap<String, String>, String> {
+    fn train_jobs(&mut self, m: &ModelEntry) -> CoordinatorResult<HashMap<String, String>> {
         let mut trained = HashMap::new();
         for a in &self.sweep.adapters {
             let AdapterSource::Train(block) = &a.source else {
@@ -205,7 +205,7 @@ impl Planner<'_> {
             self.jobs.push(PlannedJob {
                 id: id.clone(),
                 seq,
-                kind: JobKind::Train.as_str().into(),
+                kind: JobKind::Train,
                 label: format!("train {} on {}", a.name, m.name),
                 model: m.model.clone(),
                 depends_on: Vec::new(),
@@ -254,7 +254,7 @@ impl Planner<'_> {
         }
     }
 
-    fn variant_use(&self, variant: &str) -> Result<VariantUse, String> {
+    fn variant_use(&self, variant: &str) -> CoordinatorResult<VariantUse> {
         Ok(match variant.strip_prefix("custom:") {
             Some(t) => VariantUse {
                 name: variant.to_string(),
@@ -278,7 +278,7 @@ impl Planner<'_> {
         variant: &VariantUse,
         cell: &Cell,
         label: &str,
-    ) -> Result<(String, Vec<i64>), String> {
+    ) -> CoordinatorResult<(String, Vec<i64>)> {
         let (gid, gseq) = self.new_id();
         let mut shards = Vec::new();
         for (k, chunk) in cell.cases.chunks(self.sweep.shard_size).enumerate() {
@@ -315,7 +315,7 @@ impl Planner<'_> {
         self.jobs.push(PlannedJob {
             id: gid.clone(),
             seq: gseq,
-            kind: JobKind::Generate.as_str().into(),
+            kind: JobKind::Generate,
             label: label.to_string(),
             model: m.model.clone(),
             depends_on: adapter.train_job.iter().cloned().collect(),
@@ -335,10 +335,12 @@ impl Planner<'_> {
         label: &str,
         gid: String,
         seqs: Vec<i64>,
-    ) -> Result<(), String> {
+    ) -> CoordinatorResult<()> {
         let mut judges = Vec::new();
         for j in &self.sweep.judge.judges {
-            let spec: JudgeSpec = j.parse().map_err(|e: ContractError| e.to_string())?;
+            let spec: JudgeSpec = j
+                .parse()
+                .map_err(|e: ContractError| CoordinatorError::Invalid(e.to_string()))?;
             judges.push(JudgeModel {
                 name: j.clone(),
                 model: spec.resolve(&m.model),
@@ -358,7 +360,7 @@ impl Planner<'_> {
         self.jobs.push(PlannedJob {
             id: jid.clone(),
             seq: jseq,
-            kind: JobKind::Judge.as_str().into(),
+            kind: JobKind::Judge,
             label: format!("judge {label}"),
             model: judge_model,
             depends_on: vec![gid.clone()],

@@ -3,6 +3,7 @@
 //! heartbeat reaper, registry watch) and serves gRPC until [`RunningCoordinator::shutdown`].
 
 use crate::core::Core;
+use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::service::{Auth, Service};
 use flotilla_client::registry::{Registration, Registry, WorkerEvent};
 use flotilla_proto::v1::coordinator_server::CoordinatorServer;
@@ -122,11 +123,13 @@ impl RunningCoordinator {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<RunningCoordinator> {
+pub async fn serve(config: CoordinatorConfig) -> CoordinatorResult<RunningCoordinator> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(|e| CoordinatorError::Internal(format!("--listen {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CoordinatorError::Internal(format!("--listen {}: {e}", config.listen)))?;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -184,7 +187,7 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<RunningCoordinat
         }
         builder = builder
             .tls_config(t)
-            .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
+            .map_err(|e| CoordinatorError::Internal(format!("TLS configuration: {e}")))?;
     }
     let (stop, stopped) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -9,6 +9,7 @@
 use crate::aggregate;
 use crate::artifacts::CHUNK_SIZE;
 use crate::core::Core;
+use crate::error::CoordinatorError;
 use crate::submit::submit_sweep;
 use flotilla_client::registry::Registry;
 use flotilla_proto::v1 as pb;
@@ -109,6 +110,20 @@ fn capabilities_from_json(json: &str) -> pb::Capabilities {
         slots: n("slots") as u32,
         version: s("version"),
         hostname: s("hostname"),
+    }
+}
+
+/// The coordinator's errors on the wire: this is the only place they become gRPC statuses.
+impl From<CoordinatorError> for Status {
+    fn from(e: CoordinatorError) -> Status {
+        match e {
+            CoordinatorError::Invalid(m) => Status::invalid_argument(m),
+            CoordinatorError::Sweep(e) => Status::invalid_argument(e.to_string()),
+            CoordinatorError::Artifacts(e) => Status::invalid_argument(e.to_string()),
+            e @ (CoordinatorError::Store(_)
+            | CoordinatorError::Client(_)
+            | CoordinatorError::Internal(_)) => Status::internal(e.to_string()),
+        }
     }
 }
 

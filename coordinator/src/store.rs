@@ -26,14 +26,23 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Shard, job and sweep states as stored (the proto enums' numbers).
+/// Shard, job and sweep states: the contract's enums, stored as their numbers (the proto
+/// enums' numbers, [`JobState::code`](state::JobState::code)).
 pub mod state {
-    pub const BLOCKED: i64 = 1;
-    pub const READY: i64 = 2;
-    pub const RUNNING: i64 = 3;
-    pub const SUCCEEDED: i64 = 4;
-    pub const FAILED: i64 = 5;
-    pub const CANCELLED: i64 = 6;
+    pub use flotilla_contract::{JobState, ShardState, SweepState};
+}
+
+/// Reads a stored state (column `i`) as its enum; an unknown number is a conversion error
+/// naming the column.
+pub fn stored<T>(
+    row: &rusqlite::Row,
+    i: usize,
+    from_code: fn(i64) -> flotilla_contract::Result<T>,
+) -> rusqlite::Result<T> {
+    let code: i64 = row.get(i)?;
+    from_code(code).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Integer, Box::new(e))
+    })
 }
 
 const SCHEMA: &str = "

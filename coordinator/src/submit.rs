@@ -6,22 +6,22 @@
 //! in one transaction. A sweep with any problem is refused whole, with every problem listed.
 
 use crate::core::{slug, Core, SweepRecord};
+use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::plan::{self, FileEntry};
 use crate::sweep::{self, file_key, FileRoot, ModelCheck, SweepErrors};
 use flotilla_proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::path::Path;
-use tonic::Status;
 
-fn refused(e: SweepErrors) -> Status {
-    Status::invalid_argument(e.to_string())
+fn refused(e: SweepErrors) -> CoordinatorError {
+    CoordinatorError::Invalid(e.to_string())
 }
 
 /// Validate, plan and queue a sweep.
 pub async fn submit_sweep(
     core: &Core,
     req: pb::SubmitSweepRequest,
-) -> Result<pb::SweepStatus, Status> {
+) -> CoordinatorResult<pb::SweepStatus> {
     let source = if req.source_path.is_empty() {
         "sweep.yaml".to_string()
     } else {
@@ -31,7 +31,7 @@ pub async fn submit_sweep(
     let seq = core
         .next_sweep_seq()
         .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
     let sweep_id = format!("{}-{seq}", slug(&parsed.name));
     let root = core.data_dir.join("sweeps").join(&sweep_id).join("files");
 
@@ -62,7 +62,7 @@ pub async fn submit_sweep(
         );
     }
     if !missing.is_empty() {
-        return Err(Status::invalid_argument(missing.join("\n")));
+        return Err(CoordinatorError::Invalid(missing.join("\n")));
     }
     let materialized = {
         let root = root.clone();
@@ -85,9 +85,9 @@ pub async fn submit_sweep(
             std::fs::create_dir_all(&root)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| CoordinatorError::Internal(e.to_string()))?
     };
-    materialized.map_err(|e| Status::internal(format!("{}: {e}", root.display())))?;
+    materialized.map_err(|e| CoordinatorError::Internal(format!("{}: {e}", root.display())))?;
 
     let checked = {
         let root = FileRoot::uploaded(root.clone());
@@ -97,7 +97,7 @@ pub async fn submit_sweep(
             parsed.cells(&root)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| CoordinatorError::Internal(e.to_string()))?
     };
     let cells = match checked {
         Ok(c) => c,
@@ -107,7 +107,7 @@ pub async fn submit_sweep(
         }
     };
     let jobs = plan::plan(&sweep_id, &parsed, &cells, &files)
-        .map_err(|e| Status::invalid_argument(format!("{source}: {e}")))?;
+        .map_err(|e| CoordinatorError::Invalid(format!("{source}: {e}")))?;
     core.add_sweep(
         sweep_id.clone(),
         seq,
@@ -122,7 +122,7 @@ pub async fn submit_sweep(
         jobs,
     )
     .await
-    .map_err(|e| Status::internal(e.to_string()))?;
+    .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
     core.status(&sweep_id)
-        .ok_or_else(|| Status::internal("the sweep vanished after it was stored"))
+        .ok_or_else(|| CoordinatorError::Internal("the sweep vanished after it was stored".into()))
 }

@@ -6,13 +6,14 @@
 use crate::plan::{self, FileEntry};
 use crate::scheduler::Change;
 use crate::store::{now_ms, state::*, StoreResult};
+use flotilla_contract::Attempt;
 use rusqlite::{params, Connection};
 
 /// A result to store with its `Succeeded` change.
 #[derive(Debug, Clone)]
 pub struct ResultRow {
     pub shard: String,
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub json: String,
     pub artifacts: Vec<FileEntry>,
     pub seconds: f64,
@@ -29,7 +30,7 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
         )?
         .execute(params![
             r.shard,
-            r.attempt,
+            r.attempt.0,
             r.json,
             serde_json::to_string(&r.artifacts).expect("files serialise"),
             r.seconds,
@@ -47,16 +48,21 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
                 c.prepare_cached(
                     "UPDATE shards SET state = ?2, attempt = ?3, worker_id = ?4 WHERE id = ?1",
                 )?
-                .execute(params![shard, RUNNING, attempt, worker])?;
+                .execute(params![
+                    shard,
+                    ShardState::Running.code(),
+                    attempt.0,
+                    worker
+                ])?;
                 c.prepare_cached(
                     "INSERT OR REPLACE INTO attempts (shard_id, attempt, worker_id, started_ms)
                      VALUES (?1,?2,?3,?4)",
                 )?
-                .execute(params![shard, attempt, worker, now])?;
+                .execute(params![shard, attempt.0, worker, now])?;
             }
             Change::Succeeded { shard, attempt } => {
                 c.prepare_cached("UPDATE shards SET state = ?2, worker_id = '' WHERE id = ?1")?
-                    .execute(params![shard, SUCCEEDED])?;
+                    .execute(params![shard, ShardState::Succeeded.code()])?;
                 end_attempt(c, shard, *attempt, "succeeded", now)?;
             }
             Change::Requeued {
@@ -72,7 +78,7 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
                 )?
                 .execute(params![
                     shard,
-                    READY,
+                    ShardState::Ready.code(),
                     task_failures,
                     infra_failures,
                     outcome
@@ -92,7 +98,7 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
                 )?
                 .execute(params![
                     shard,
-                    FAILED,
+                    ShardState::Failed.code(),
                     task_failures,
                     infra_failures,
                     error
@@ -101,7 +107,7 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
             }
             Change::ShardCancelled { shard } => {
                 c.prepare_cached("UPDATE shards SET state = ?2, worker_id = '' WHERE id = ?1")?
-                    .execute(params![shard, CANCELLED])?;
+                    .execute(params![shard, ShardState::Cancelled.code()])?;
                 c.prepare_cached(
                     "UPDATE attempts SET ended_ms = ?2, outcome = 'cancelled'
                      WHERE shard_id = ?1 AND ended_ms IS NULL",
@@ -110,14 +116,18 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
             }
             Change::Job { job, state, error } => {
                 c.prepare_cached("UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1")?
-                    .execute(params![job, state, error])?;
+                    .execute(params![job, state.code(), error])?;
             }
             Change::Unblocked { job } => {
                 plan::finalize(c, job)?;
                 c.prepare_cached("UPDATE jobs SET state = ?2 WHERE id = ?1")?
-                    .execute(params![job, READY])?;
+                    .execute(params![job, JobState::Ready.code()])?;
                 c.prepare_cached("UPDATE shards SET state = ?2 WHERE job_id = ?1 AND state = ?3")?
-                    .execute(params![job, READY, BLOCKED])?;
+                    .execute(params![
+                        job,
+                        ShardState::Ready.code(),
+                        ShardState::Blocked.code()
+                    ])?;
             }
             Change::Sweep {
                 sweep,
@@ -127,7 +137,7 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
                 c.prepare_cached(
                     "UPDATE sweeps SET state = ?2, error = ?3, updated_ms = ?4 WHERE id = ?1",
                 )?
-                .execute(params![sweep, state, error, now])?;
+                .execute(params![sweep, state.code(), error, now])?;
             }
         }
     }
@@ -137,13 +147,13 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
 fn end_attempt(
     c: &Connection,
     shard: &str,
-    attempt: u32,
+    attempt: Attempt,
     outcome: &str,
     now: i64,
 ) -> StoreResult<()> {
     c.prepare_cached(
         "UPDATE attempts SET ended_ms = ?3, outcome = ?4 WHERE shard_id = ?1 AND attempt = ?2",
     )?
-    .execute(params![shard, attempt, now, outcome])?;
+    .execute(params![shard, attempt.0, now, outcome])?;
     Ok(())
 }

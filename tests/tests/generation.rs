@@ -7,7 +7,7 @@ use flotilla_tests::smollm2;
 
 fn greedy(max: usize) -> SamplingParams {
     SamplingParams {
-        max_new_tokens: max,
+        max_tokens: max,
         ..Default::default()
     }
 }
@@ -58,7 +58,7 @@ fn same_seed_same_text_other_seed_other_text() {
         top_p: 0.95,
         top_k: 50,
         seed,
-        max_new_tokens: 24,
+        max_tokens: 24,
         ..Default::default()
     };
     let (a, _) = lm.generate(&prompt, &p(11)).unwrap();
@@ -81,7 +81,7 @@ fn stop_string_cuts_the_text() {
     )];
     let params = SamplingParams {
         stop: vec!["\n".into()],
-        max_new_tokens: 40,
+        max_tokens: 40,
         ..Default::default()
     };
     let (c, _) = lm.generate(&prompt, &params).unwrap();

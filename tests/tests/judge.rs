@@ -18,7 +18,7 @@ fn local_judge_always_gives_a_rating_in_the_scale() {
         name: "smollm2".into(),
         model: smollm2(),
         scale: Scale::FLOW,
-        max_explanation_tokens: 48,
+        explanation_tokens: 48,
     };
     let good = judge.judge(&PARIS).unwrap();
     let crit = judge

@@ -58,7 +58,7 @@ fn greedy_ids_agree_with_llama_cpp() {
     let mut short = Vec::new();
     for c in &cases {
         let params = SamplingParams {
-            max_new_tokens: c.greedy_ids.len(),
+            max_tokens: c.greedy_ids.len(),
             ..Default::default()
         };
         let (out, _) = lm

@@ -79,7 +79,7 @@ fn converted_hf_directory_agrees_with_the_gguf() {
     // And it generates the same greedy answer to a plain question.
     let p = [Prompt::Text("The capital of France is".into())];
     let params = SamplingParams {
-        max_new_tokens: 6,
+        max_tokens: 6,
         ..Default::default()
     };
     let (x, _) = hf.generate(&p, &params).unwrap();
@@ -207,4 +207,41 @@ fn inspect_reports_the_demo_model() {
         i.eos_tokens.first().map(String::as_str),
         Some("<|endoftext|>")
     );
+}
+
+/// Batched prompts of different lengths are left-padded. On a dense model (no quantized
+/// kernel to zero NaN activations, as on a GPU) a pad row that attends to nothing would turn
+/// every shorter prompt's answer into NaN and then a lone end-of-text token: found by the GPU
+/// device check, reproduced here on CPU with the converted dense model.
+#[test]
+fn a_dense_model_answers_padded_batched_prompts_as_one_by_one() {
+    let dir = temp_dir("convert-batch");
+    gguf_to_hf(&smollm2_path(), dir.path(), OutDType::F32).unwrap();
+    let hf = load(dir.path()).unwrap();
+    let prompts: Vec<Prompt> = [
+        "Tokyo is the capital city of the country called",
+        "Water boils at",
+        "The three primary colours are",
+    ]
+    .iter()
+    .map(|t| Prompt::Text(t.to_string()))
+    .collect();
+    let greedy = SamplingParams {
+        max_tokens: 6,
+        ..Default::default()
+    };
+    let (batched, _) = hf.generate(&prompts, &greedy).unwrap();
+    for (p, b) in prompts.iter().zip(&batched) {
+        let (single, _) = hf.generate(std::slice::from_ref(p), &greedy).unwrap();
+        assert_eq!(
+            b.token_ids, single[0].token_ids,
+            "prompt {p:?}: batched {:?} vs single {:?}",
+            b.text, single[0].text
+        );
+        assert!(
+            b.token_ids.len() > 1,
+            "prompt {p:?} ended at once: {:?}",
+            b.token_ids
+        );
+    }
 }

@@ -89,7 +89,7 @@ fn with_fixture_adapter() -> &'static LanguageModel {
 
 fn greedy(lm: &LanguageModel, prompt_ids: &[u32], n: usize) -> Vec<u32> {
     let params = SamplingParams {
-        max_new_tokens: n,
+        max_tokens: n,
         ..Default::default()
     };
     let (out, _) = lm

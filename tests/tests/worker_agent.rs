@@ -39,7 +39,7 @@ fn worker(
     token: &str,
     slots: u32,
     stop: &watch::Receiver<bool>,
-) -> JoinHandle<anyhow::Result<()>> {
+) -> JoinHandle<Result<(), flotilla_worker::WorkerError>> {
     let config = AgentConfig {
         worker_id: id.into(),
         coordinator: CoordinatorAddress::Direct(address),

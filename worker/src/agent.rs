@@ -21,7 +21,7 @@ use super::capabilities::Capabilities;
 use super::exec::{Completed, ShardError};
 use super::models::ModelCache;
 use super::shard_task::run_shard;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Result, WorkerError};
 use candle_core::Device;
 use flotilla_client::client::{self, Client, ClientTls};
 use flotilla_client::registry::{Registration, Registry};
@@ -115,7 +115,7 @@ struct Finished {
     shard_id: String,
     attempt: Attempt,
     seconds: f64,
-    outcome: Result<(Completed, Vec<FileRef>), ShardError>,
+    outcome: std::result::Result<(Completed, Vec<FileRef>), ShardError>,
 }
 
 /// How a connection ended.
@@ -149,10 +149,12 @@ async fn wait_stop(stop: &mut watch::Receiver<bool>) {
 impl Agent {
     fn new(config: AgentConfig, stop: watch::Receiver<bool>) -> Result<Self> {
         if config.slots == 0 {
-            bail!("--slots must be at least 1");
+            return Err(WorkerError::Invalid("--slots must be at least 1".into()));
         }
-        std::fs::create_dir_all(&config.work_dir)
-            .with_context(|| format!("cannot create {}", config.work_dir.display()))?;
+        std::fs::create_dir_all(&config.work_dir).map_err(WorkerError::io(format!(
+            "cannot create {}",
+            config.work_dir.display()
+        )))?;
         let cache = Arc::new(ArtifactCache::new(config.cache_dir.join("artifacts"))?);
         let capabilities = Capabilities::detect(&config.device_name, config.slots);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -176,7 +178,12 @@ impl Agent {
         let registration = registry
             .register_worker(&self.config.worker_id, self.capabilities.to_json())
             .await
-            .with_context(|| format!("cannot register worker {}", self.config.worker_id))?;
+            .map_err(|e| {
+                WorkerError::Refused(format!(
+                    "cannot register worker {}: {e}",
+                    self.config.worker_id
+                ))
+            })?;
         tracing::info!(worker = self.config.worker_id, "registered");
         Ok(Some(registration))
     }
@@ -547,7 +554,7 @@ impl Agent {
 fn refused_or_dropped(status: tonic::Status) -> Result<SessionEnd> {
     match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-            Err(anyhow!("{}", client::explain(&status)))
+            Err(WorkerError::Refused(client::explain(&status)))
         }
         _ => {
             tracing::warn!(error = %status.message(), code = ?status.code(), "Work stream failed");

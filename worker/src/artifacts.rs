@@ -6,7 +6,7 @@
 //! own with the sweep's relative paths, so the engine reads ordinary files. Produced files (a
 //! trained adapter) go up with [`upload_file`], in chunks below gRPC's message cap.
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Result, WorkerError};
 use flotilla_client::client::Client;
 use flotilla_proto::v1::{ArtifactRef, FileRef};
 use sha2::{Digest, Sha256};
@@ -18,7 +18,7 @@ pub use flotilla_client::hash::{hex, CHUNK_BYTES};
 /// sha256 and size of a file; the error names it.
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     flotilla_client::hash::sha256_file(path)
-        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(WorkerError::io(format!("cannot read {}", path.display())))
 }
 
 fn check_sha(sha: &str) -> Result<()> {
@@ -27,7 +27,9 @@ fn check_sha(sha: &str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
-        bail!("artifact hash {sha:?} is not a lower-case hex sha256");
+        return Err(WorkerError::Invalid(format!(
+            "artifact hash {sha:?} is not a lower-case hex sha256"
+        )));
     }
     Ok(())
 }
@@ -41,7 +43,9 @@ pub fn sweep_path(p: &str) -> Result<PathBuf> {
             .components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        bail!("sweep path {p:?} must be relative and stay inside the sweep's folder");
+        return Err(WorkerError::Invalid(format!(
+            "sweep path {p:?} must be relative and stay inside the sweep's folder"
+        )));
     }
     Ok(path.to_path_buf())
 }
@@ -56,8 +60,10 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl ArtifactCache {
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the artifact cache {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(WorkerError::io(format!(
+            "cannot create the artifact cache {}",
+            dir.display()
+        )))?;
         Ok(Self { dir })
     }
 
@@ -84,15 +90,17 @@ impl ArtifactCache {
         let dest = self.path(artifact)?;
         let got = hex(&Sha256::digest(data));
         if got != artifact.sha256 || data.len() as u64 != artifact.size {
-            bail!(
+            return Err(WorkerError::Corrupt(format!(
                 "artifact {} is corrupt: got sha256 {got}, {} bytes",
                 artifact.sha256,
                 data.len()
-            );
+            )));
         }
         let tmp = self.tmp_path(&artifact.sha256);
-        std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        std::fs::write(&tmp, data)
+            .map_err(WorkerError::io(format!("cannot write {}", tmp.display())))?;
+        std::fs::rename(&tmp, &dest)
+            .map_err(WorkerError::io(format!("cannot write {}", dest.display())))?;
         Ok(dest)
     }
 
@@ -116,21 +124,24 @@ impl ArtifactCache {
     /// copies where links are impossible). Every artifact must be cached already.
     pub fn materialize(&self, files: &[FileRef], root: &Path) -> Result<()> {
         for f in files {
-            let artifact = f
-                .artifact
-                .as_ref()
-                .ok_or_else(|| anyhow!("file {} comes without an artifact", f.path))?;
+            let artifact = f.artifact.as_ref().ok_or_else(|| {
+                WorkerError::Invalid(format!("file {} comes without an artifact", f.path))
+            })?;
             let src = self.path(artifact)?;
             let dest = root.join(sweep_path(&f.path)?);
             if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(WorkerError::io(format!(
+                    "cannot create {}",
+                    parent.display()
+                )))?;
             }
             let _ = std::fs::remove_file(&dest);
             if std::fs::hard_link(&src, &dest).is_err() {
-                std::fs::copy(&src, &dest).with_context(|| {
-                    format!("cannot copy {} to {}", src.display(), dest.display())
-                })?;
+                std::fs::copy(&src, &dest).map_err(WorkerError::io(format!(
+                    "cannot copy {} to {}",
+                    src.display(),
+                    dest.display()
+                )))?;
             }
         }
         Ok(())
@@ -140,7 +151,7 @@ impl ArtifactCache {
 /// Uploads a file as an artifact, in chunks; returns its reference as the coordinator
 /// stored it (checked against the local hash).
 pub async fn upload_file(client: &Client, path: &Path) -> Result<ArtifactRef> {
-    client.upload_file(path).await
+    Ok(client.upload_file(path).await?)
 }
 
 #[cfg(test)]

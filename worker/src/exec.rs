@@ -9,23 +9,20 @@
 use super::models::{AdapterKey, ModelCache};
 use candle_core::Device;
 use flotilla_bench::dataset::{Case, Task};
-use flotilla_bench::judge::{LocalJudge, Scale};
-use flotilla_bench::openai::EndpointJudge;
 use flotilla_bench::prompts::Variant;
 use flotilla_bench::retrieval::Retriever;
-use flotilla_bench::runner::{judge_result, CaseResult, EvalSettings, Judge, Runner};
+use flotilla_bench::runner::{judge_result, CaseResult, EvalSettings, Runner};
+use flotilla_bench::setup::JudgePanel;
 use flotilla_contract::shard::{
     GenerateResult, GenerateShard, JudgeResult, JudgeShard, NoopResult, NoopShard, TrainResult,
     TrainShard,
 };
-use flotilla_contract::{ShardOutput, ShardSpec};
+use flotilla_contract::{JudgeSpec, ShardOutput, ShardSpec};
 use flotilla_engine::error::Error;
-use flotilla_engine::loader::LanguageModel;
 use flotilla_proto::v1::FileRef;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// Why a shard did not produce a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,8 +226,6 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
         top_k: spec.retrieval.top_k,
         truncation: spec.truncation,
         sampling: spec.sampling.clone(),
-        scale: Scale::default(),
-        judge_explanation_tokens: 0,
     };
     let mut runner = Runner::new(&model, retriever.as_ref(), Vec::new(), settings);
     let total = cases.len() as u32;
@@ -260,41 +255,23 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
 }
 
 fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<Completed, ShardError> {
-    enum Loaded {
-        Endpoint(EndpointJudge),
-        Local(String, Arc<LanguageModel>),
-    }
-    let mut loaded = Vec::new();
-    for j in &spec.judges {
-        if j.model.starts_with("openai:") {
-            let mut e = EndpointJudge::parse(&j.model, spec.scale, spec.explanation_tokens)
-                .ok_or_else(|| {
-                    ShardError::Task(format!(
-                        "judge {}: {:?} is not openai:MODEL@BASE_URL",
-                        j.name, j.model
-                    ))
-                })?;
-            e.name = j.name.clone();
-            loaded.push(Loaded::Endpoint(e));
-        } else {
-            loaded.push(Loaded::Local(
-                j.name.clone(),
-                ctx.models.language(&j.model, None)?,
-            ));
-        }
-    }
-    let judges: Vec<Judge> = loaded
+    // The sweep's judge names, already resolved by the coordinator (`self` is the model under
+    // test), read through the contract's one parser.
+    let named = spec
+        .judges
         .iter()
-        .map(|l| match l {
-            Loaded::Endpoint(e) => Judge::Endpoint(e.clone()),
-            Loaded::Local(name, model) => Judge::Local(LocalJudge {
-                name: name.clone(),
-                model,
-                scale: spec.scale,
-                max_explanation_tokens: spec.explanation_tokens,
-            }),
+        .map(|j| {
+            let parsed = j
+                .model
+                .parse::<JudgeSpec>()
+                .map_err(|e| ShardError::Task(format!("judge {}: {e}", j.name)))?;
+            Ok((j.name.clone(), parsed))
         })
-        .collect();
+        .collect::<Result<Vec<_>, ShardError>>()?;
+    let panel = JudgePanel::resolve(&named, spec.scale, spec.explanation_tokens, None, |model| {
+        ctx.models.language(model, None)
+    })?;
+    let judges = panel.judges();
     let total = spec.items.len() as u32;
     let mut results = Vec::with_capacity(spec.items.len());
     (ctx.progress)(0, total);

@@ -8,6 +8,7 @@
 //! - [`artifacts`] keeps a sha256-checked local cache of the files shards need and lays them
 //!   out per shard.
 //! - [`models`] keeps recently used models loaded (LRU), adapters riding on shared bases.
+//! - [`error`]: [`WorkerError`], why the worker process cannot start or go on.
 //! - [`capabilities`] says what this machine has (device, memory, models), for the registry
 //!   and the coordinator's scheduling.
 //!
@@ -18,10 +19,12 @@
 pub mod agent;
 pub mod artifacts;
 pub mod capabilities;
+pub mod error;
 pub mod exec;
 pub mod models;
 pub mod shard_task;
 
 pub use agent::{run_worker, AgentConfig, CoordinatorAddress};
 pub use capabilities::Capabilities;
+pub use error::WorkerError;
 pub use models::ModelCache;

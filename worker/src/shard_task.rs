@@ -4,6 +4,7 @@
 
 use super::agent::{AgentConfig, ProgressCell};
 use super::artifacts::ArtifactCache;
+use super::error::WorkerError;
 use super::exec::{execute, Completed, ShardContext, ShardError};
 use flotilla_client::client::Client;
 use flotilla_proto::v1::{Assignment, FileRef};
@@ -79,8 +80,12 @@ pub(crate) async fn run_shard(
     let scratch = dir.join("out");
     let prepared = (|| {
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&root)?;
-        std::fs::create_dir_all(&scratch)?;
+        for d in [&root, &scratch] {
+            std::fs::create_dir_all(d).map_err(|cause| WorkerError::Io {
+                message: format!("cannot create {}", d.display()),
+                cause,
+            })?;
+        }
         cache.materialize(&a.files, &root)
     })();
     if let Err(e) = prepared {

@@ -53,11 +53,11 @@ impl AuthArgs {
 
     /// TLS settings of a client of the coordinator (CLI commands and workers alike).
     pub fn client_tls(&self) -> Result<Option<ClientTls>> {
-        ClientTls::from_files(
+        Ok(ClientTls::from_files(
             self.tls_ca.as_deref(),
             self.tls_cert.as_deref(),
             self.tls_key.as_deref(),
-        )
+        )?)
     }
 }
 
@@ -99,7 +99,7 @@ impl ConnectArgs {
     /// A client of the coordinator.
     pub async fn connect(&self) -> Result<Client> {
         let address = self.address().await?;
-        Client::connect_with(&address, self.auth.token()?, self.auth.client_tls()?).await
+        Ok(Client::connect_with(&address, self.auth.token()?, self.auth.client_tls()?).await?)
     }
 }
 

@@ -71,6 +71,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
         .work_dir
         .clone()
         .unwrap_or_else(|| flotilla_home().join("worker"));
+    let tls = a.auth.client_tls()?;
     super::runtime()?.block_on(async move {
         let registry: Option<Arc<dyn Registry>> = if a.etcd.is_empty() {
             None
@@ -91,7 +92,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
             coordinator,
             registry,
             token,
-            tls: a.auth.client_tls()?,
+            tls,
             slots: a.slots,
             device_name: a.device.clone(),
             device: device.clone(),
@@ -109,6 +110,6 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
                 a.device, a.slots
             ),
         }
-        run_worker(config, super::shutdown_signal()).await
+        Ok(run_worker(config, super::shutdown_signal()).await?)
     })
 }

@@ -3,8 +3,8 @@
 //! `authorization: Bearer <token>` on every call, optional TLS (a CA to trust, a client
 //! certificate for mutual TLS), and artifacts moved in chunks and checked by sha256.
 
+use crate::error::{Error, Result};
 use crate::hash::{hex, sha256_file, CHUNK_BYTES};
-use anyhow::{anyhow, bail, Context, Result};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::coordinator_client::CoordinatorClient;
 use sha2::{Digest, Sha256};
@@ -32,13 +32,16 @@ impl BearerToken {
         }
         let value = format!("Bearer {token}")
             .parse()
-            .context("the token must be printable ASCII")?;
+            .map_err(|_| Error::Invalid("the token must be printable ASCII".into()))?;
         Ok(Self(Some(value)))
     }
 }
 
 impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
@@ -72,21 +75,27 @@ impl ClientTls {
             return Ok(None);
         }
         let read = |p: &Path, what: &str| {
-            std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+            std::fs::read(p).map_err(Error::io(format!("cannot read the {what} {}", p.display())))
         };
-        let ca_pem = match ca {
-            Some(p) => Some(read(p, "TLS CA (--tls-ca)")?),
-            None => bail!(
-                "--tls-cert needs --tls-ca (the CA that signed the coordinator's certificate)"
-            ),
-        };
+        let ca_pem =
+            match ca {
+                Some(p) => Some(read(p, "TLS CA (--tls-ca)")?),
+                None => return Err(Error::Invalid(
+                    "--tls-cert needs --tls-ca (the CA that signed the coordinator's certificate)"
+                        .into(),
+                )),
+            };
         let identity = match (cert, key) {
             (Some(c), Some(k)) => Some((
                 read(c, "TLS certificate (--tls-cert)")?,
                 read(k, "TLS key (--tls-key)")?,
             )),
             (None, None) => None,
-            _ => bail!("mutual TLS needs both --tls-cert and --tls-key"),
+            _ => {
+                return Err(Error::Invalid(
+                    "mutual TLS needs both --tls-cert and --tls-key".into(),
+                ))
+            }
         };
         Ok(Some(ClientTls {
             ca_pem,
@@ -98,11 +107,16 @@ impl ClientTls {
 
 /// Reads a token file: its first line, trimmed. An empty file is an error naming it.
 pub fn read_token_file(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(Error::io(format!(
+        "cannot read the token file {}",
+        path.display()
+    )))?;
     let token = text.lines().next().unwrap_or("").trim().to_string();
     if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
+        return Err(Error::Invalid(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
     }
     Ok(token)
 }
@@ -155,7 +169,9 @@ impl Client {
     ) -> Result<Client> {
         let url = endpoint_url(address, tls.is_some());
         let mut endpoint = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("coordinator address {address:?} is not valid"))?
+            .map_err(|e| {
+                Error::Invalid(format!("coordinator address {address:?} is not valid: {e}"))
+            })?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
@@ -165,10 +181,12 @@ impl Client {
             let mut t = ClientTlsConfig::new();
             match tls.ca_pem {
                 Some(ca) => t = t.ca_certificate(Certificate::from_pem(ca)),
-                None => bail!(
-                    "{address}: TLS needs the CA certificate that signed the coordinator's \
-                     (--tls-ca)"
-                ),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "{address}: TLS needs the CA certificate that signed the coordinator's \
+                         (--tls-ca)"
+                    )))
+                }
             }
             if let Some((cert, key)) = tls.identity {
                 t = t.identity(Identity::from_pem(cert, key));
@@ -176,14 +194,15 @@ impl Client {
             if let Some(d) = tls.domain {
                 t = t.domain_name(d);
             }
-            endpoint = endpoint
-                .tls_config(t)
-                .context("TLS configuration refused")?;
+            endpoint = endpoint.tls_config(t).map_err(|cause| Error::Transport {
+                message: "TLS configuration refused".into(),
+                cause,
+            })?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+        let channel = endpoint.connect().await.map_err(|cause| Error::Transport {
+            message: format!("cannot reach the coordinator at {url}"),
+            cause,
+        })?;
         let token = BearerToken::new(token.as_deref().unwrap_or(""))?;
         let grpc = CoordinatorClient::with_interceptor(channel, token)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -217,7 +236,7 @@ impl Client {
             .grpc()
             .upload_artifact(tokio_stream::iter(chunks))
             .await
-            .map_err(|s| anyhow!("upload refused: {}", explain(&s)))?
+            .map_err(|s| Error::Refused(format!("upload refused: {}", explain(&s))))?
             .into_inner();
         check_stored(&stored, &art, "bytes")?;
         Ok(stored)
@@ -229,15 +248,15 @@ impl Client {
         let p = path.to_path_buf();
         let (sha256, size) = tokio::task::spawn_blocking(move || sha256_file(&p))
             .await
-            .context("hashing task failed")?
-            .with_context(|| format!("cannot read {}", path.display()))?;
+            .map_err(|e| Error::Lost(format!("hashing task failed: {e}")))?
+            .map_err(Error::io(format!("cannot read {}", path.display())))?;
         let art = pb::ArtifactRef { sha256, size };
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::ArtifactChunk>(4);
         let p = path.to_path_buf();
         let first = art.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut f =
-                std::fs::File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            let mut f = std::fs::File::open(&p)
+                .map_err(Error::io(format!("cannot read {}", p.display())))?;
             let mut first = Some(first);
             loop {
                 let mut buf = vec![0u8; CHUNK_BYTES];
@@ -245,7 +264,7 @@ impl Client {
                 while filled < buf.len() {
                     let n = f
                         .read(&mut buf[filled..])
-                        .with_context(|| format!("cannot read {}", p.display()))?;
+                        .map_err(Error::io(format!("cannot read {}", p.display())))?;
                     if n == 0 {
                         break;
                     }
@@ -270,9 +289,17 @@ impl Client {
             .grpc()
             .upload_artifact(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map_err(|s| anyhow!("upload of {} refused: {}", path.display(), explain(&s)))?
+            .map_err(|s| {
+                Error::Refused(format!(
+                    "upload of {} refused: {}",
+                    path.display(),
+                    explain(&s)
+                ))
+            })?
             .into_inner();
-        reader.await.context("upload reader failed")??;
+        reader
+            .await
+            .map_err(|e| Error::Lost(format!("upload reader failed: {e}")))??;
         check_stored(&stored, &art, &path.display().to_string())?;
         Ok(stored)
     }
@@ -282,13 +309,14 @@ impl Client {
     /// behind when they do not.
     pub async fn download(&self, art: &pb::ArtifactRef, dest: &Path) -> Result<()> {
         if let Some(p) = dest.parent() {
-            std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+            std::fs::create_dir_all(p)
+                .map_err(Error::io(format!("cannot create {}", p.display())))?;
         }
         let tmp = partial_path(dest);
         let result = self.download_into(art, &tmp).await;
         match result {
             Ok(()) => std::fs::rename(&tmp, dest)
-                .with_context(|| format!("cannot write {}", dest.display())),
+                .map_err(Error::io(format!("cannot write {}", dest.display()))),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(e)
@@ -302,44 +330,42 @@ impl Client {
             .download_artifact(art.clone())
             .await
             .map_err(|s| {
-                anyhow!(
+                Error::Refused(format!(
                     "download of artifact {} refused: {}",
                     art.sha256,
                     explain(&s)
-                )
+                ))
             })?
             .into_inner();
         let mut file = std::fs::File::create(tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+            .map_err(Error::io(format!("cannot write {}", tmp.display())))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.message().await.map_err(|s| {
-            anyhow!(
+            Error::Refused(format!(
                 "download of artifact {} failed: {}",
                 art.sha256,
                 s.message()
-            )
+            ))
         })? {
             hasher.update(&chunk.data);
             size += chunk.data.len() as u64;
             if size > art.size {
-                bail!(
+                return Err(Error::Corrupt(format!(
                     "artifact {} is larger than its announced {} bytes",
-                    art.sha256,
-                    art.size
-                );
+                    art.sha256, art.size
+                )));
             }
             file.write_all(&chunk.data)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
+                .map_err(Error::io(format!("cannot write {}", tmp.display())))?;
         }
         file.sync_all().ok();
         let got = hex(&hasher.finalize());
         if got != art.sha256 || size != art.size {
-            bail!(
+            return Err(Error::Corrupt(format!(
                 "artifact {} arrived corrupt: sha256 {got}, {size} of {} bytes",
-                art.sha256,
-                art.size
-            );
+                art.sha256, art.size
+            )));
         }
         Ok(())
     }
@@ -359,11 +385,10 @@ fn partial_path(dest: &Path) -> PathBuf {
 
 fn check_stored(stored: &pb::ArtifactRef, sent: &pb::ArtifactRef, what: &str) -> Result<()> {
     if stored.sha256 != sent.sha256 {
-        bail!(
+        return Err(Error::Corrupt(format!(
             "the coordinator stored {what} as {}, not {}",
-            stored.sha256,
-            sent.sha256
-        );
+            stored.sha256, sent.sha256
+        )));
     }
     Ok(())
 }

@@ -16,14 +16,15 @@ mod sweeps;
 mod work;
 
 use crate::artifacts::ArtifactStore;
+use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::plan::{self, FileEntry, JobMeta, PlannedJob};
 use crate::scheduler::{
     Change, FailureKind, NewJob, NewShard, Scheduler, SweepMem, Verdict, WorkerMem,
 };
-use crate::store::{self, now_ms, state::*, Store, StoreError, StoreResult};
+use crate::store::{self, now_ms, state::*, stored, Store, StoreError, StoreResult};
 use crate::sweep::{Retries, Sweep};
 pub use crate::writes::{apply, ResultRow};
-use flotilla_contract::{JobKind, ShardOutput, ShardSpec};
+use flotilla_contract::{Attempt, JobKind, ShardOutput, ShardSpec};
 use flotilla_proto::v1 as pb;
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
@@ -68,10 +69,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
-}
-
 impl Core {
     /// Open the data folder and rebuild memory from the database. Attempts that were running
     /// when the previous coordinator stopped are requeued; their late results are refused.
@@ -79,9 +76,10 @@ impl Core {
         data_dir: &Path,
         heartbeat: Duration,
         heartbeat_timeout: Duration,
-    ) -> anyhow::Result<Arc<Core>> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| anyhow::anyhow!("--data-dir {}: {e}", data_dir.display()))?;
+    ) -> CoordinatorResult<Arc<Core>> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            CoordinatorError::Internal(format!("--data-dir {}: {e}", data_dir.display()))
+        })?;
         let store = Store::open(&data_dir.join("coordinator.db"))?;
         let artifacts = ArtifactStore::open(&data_dir.join("artifacts"))?;
         let (changed, _) = watch::channel(0);
@@ -102,7 +100,7 @@ impl Core {
         Ok(core)
     }
 
-    async fn load(&self) -> anyhow::Result<()> {
+    async fn load(&self) -> CoordinatorResult<()> {
         type Loaded = (Vec<(SweepMem, String)>, Vec<(String, NewJob)>, usize);
         let (sweeps, jobs, requeued): Loaded = self
             .store
@@ -115,7 +113,7 @@ impl Core {
                 )?;
                 c.execute(
                     "UPDATE shards SET state = ?1, worker_id = '' WHERE state = ?2",
-                    params![READY, RUNNING],
+                    params![ShardState::Ready.code(), ShardState::Running.code()],
                 )?;
                 let mut stmt = c.prepare(
                     "SELECT id, seq, name, state, error, created_ms, updated_ms, sweep_json
@@ -129,7 +127,7 @@ impl Core {
                                 id: r.get(0)?,
                                 seq: r.get(1)?,
                                 name: r.get(2)?,
-                                state: r.get(3)?,
+                                state: stored(r, 3, SweepState::from_code)?,
                                 error: r.get(4)?,
                                 created_ms: r.get(5)?,
                                 updated_ms: r.get(6)?,
@@ -151,8 +149,8 @@ impl Core {
                         r.get::<_, String>(1)?,
                         NewShard {
                             id: r.get(0)?,
-                            state: r.get(2)?,
-                            attempt: r.get::<_, i64>(3)? as u32,
+                            state: stored(r, 2, ShardState::from_code)?,
+                            attempt: Attempt(r.get::<_, i64>(3)? as u32),
                             task_failures: r.get::<_, i64>(4)? as u32,
                             infra_failures: r.get::<_, i64>(5)? as u32,
                             units: r.get::<_, i64>(6)? as u64,
@@ -175,10 +173,18 @@ impl Core {
                             NewJob {
                                 id: r.get(0)?,
                                 seq: r.get(2)?,
-                                kind: r.get(3)?,
+                                kind: r.get::<_, String>(3)?.parse().map_err(
+                                    |e: flotilla_contract::Error| {
+                                        rusqlite::Error::FromSqlConversionFailure(
+                                            3,
+                                            rusqlite::types::Type::Text,
+                                            Box::new(e),
+                                        )
+                                    },
+                                )?,
                                 label: r.get(4)?,
                                 model: r.get(5)?,
-                                state: r.get(6)?,
+                                state: stored(r, 6, JobState::from_code)?,
                                 error: r.get(8)?,
                                 depends_on: serde_json::from_str(&deps).unwrap_or_default(),
                                 shards: Vec::new(),
@@ -291,24 +297,12 @@ pub fn file_ref(f: FileEntry) -> pb::FileRef {
     }
 }
 
-/// The proto's sweep state for a stored one.
-pub fn sweep_state(state: i64) -> pb::SweepState {
-    match state {
-        READY | BLOCKED => pb::SweepState::Queued,
-        RUNNING => pb::SweepState::Running,
-        SUCCEEDED => pb::SweepState::Succeeded,
-        FAILED => pb::SweepState::Failed,
-        CANCELLED => pb::SweepState::Cancelled,
-        _ => pb::SweepState::Unspecified,
-    }
-}
-
 fn status_of(s: &Scheduler, sweep_id: &str) -> Option<pb::SweepStatus> {
     let sweep = s.sweeps.get(sweep_id)?;
     let mut st = pb::SweepStatus {
         sweep_id: sweep.id.clone(),
         name: sweep.name.clone(),
-        state: sweep_state(sweep.state) as i32,
+        state: sweep.state.to_wire() as i32,
         error: sweep.error.clone(),
         created_unix_ms: sweep.created_ms,
         updated_unix_ms: sweep.updated_ms,
@@ -323,9 +317,9 @@ fn status_of(s: &Scheduler, sweep_id: &str) -> Option<pb::SweepStatus> {
         st.shards_failed += j.failed;
         st.jobs.push(pb::JobStatus {
             job_id: j.id.clone(),
-            kind: j.kind.clone(),
+            kind: j.kind.as_str().into(),
             label: j.label.clone(),
-            state: j.state as i32,
+            state: pb::JobState::from(j.state) as i32,
             shards_total: total,
             shards_done: j.done,
             shards_running: j.running,

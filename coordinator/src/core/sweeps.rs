@@ -2,6 +2,7 @@
 //! status, listing, cancel, and the worker table.
 
 use super::*;
+use crate::error::CoordinatorResult;
 
 impl Core {
     /// Store planned jobs as a new sweep and queue its work.
@@ -21,7 +22,7 @@ impl Core {
             id: sweep_id.clone(),
             seq,
             name: name.clone(),
-            state: READY,
+            state: SweepState::Ready,
             error: String::new(),
             created_ms: now,
             updated_ms: now,
@@ -36,10 +37,14 @@ impl Core {
                 NewJob {
                     id: j.id.clone(),
                     seq: j.seq,
-                    kind: j.kind.clone(),
+                    kind: j.kind,
                     label: j.label.clone(),
                     model: j.model.clone(),
-                    state: if blocked { BLOCKED } else { READY },
+                    state: if blocked {
+                        JobState::Blocked
+                    } else {
+                        JobState::Ready
+                    },
                     error: String::new(),
                     depends_on: j.depends_on.clone(),
                     shards: j
@@ -47,8 +52,12 @@ impl Core {
                         .iter()
                         .map(|s| NewShard {
                             id: s.id.clone(),
-                            state: if blocked { BLOCKED } else { READY },
-                            attempt: 0,
+                            state: if blocked {
+                                ShardState::Blocked
+                            } else {
+                                ShardState::Ready
+                            },
+                            attempt: Attempt(0),
                             task_failures: 0,
                             infra_failures: 0,
                             units: s.units,
@@ -64,7 +73,16 @@ impl Core {
                 c.execute(
                     "INSERT INTO sweeps (id, seq, name, source_path, yaml, sweep_json, state,
                         error, created_ms, updated_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,'',?8,?8)",
-                    params![id, seq, name, source_path, yaml, record_json, READY, now],
+                    params![
+                        id,
+                        seq,
+                        name,
+                        source_path,
+                        yaml,
+                        record_json,
+                        SweepState::Ready.code(),
+                        now
+                    ],
                 )?;
                 for f in &files {
                     c.execute(
@@ -75,7 +93,11 @@ impl Core {
                 }
                 for j in &jobs {
                     let blocked = !j.depends_on.is_empty();
-                    let st = if blocked { BLOCKED } else { READY };
+                    let (job_state, shard_state) = if blocked {
+                        (JobState::Blocked, ShardState::Blocked)
+                    } else {
+                        (JobState::Ready, ShardState::Ready)
+                    };
                     c.execute(
                         "INSERT INTO jobs (id, sweep_id, seq, kind, label, model, state,
                             depends_on, error, meta_json) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,'',?9)",
@@ -83,10 +105,10 @@ impl Core {
                             j.id,
                             id,
                             j.seq,
-                            j.kind,
+                            j.kind.as_str(),
                             j.label,
                             j.model,
-                            st,
+                            job_state.code(),
                             serde_json::to_string(&j.depends_on).expect("ids serialise"),
                             serde_json::to_string(&j.meta).expect("meta serialises"),
                         ],
@@ -102,7 +124,7 @@ impl Core {
                             j.id,
                             id,
                             s.seq,
-                            st,
+                            shard_state.code(),
                             s.spec_json,
                             serde_json::to_string(&s.files).expect("files serialise"),
                             s.units as i64,
@@ -160,7 +182,7 @@ impl Core {
         let job = PlannedJob {
             id: job_id,
             seq: 1,
-            kind: JobKind::Noop.as_str().into(),
+            kind: JobKind::Noop,
             label: format!("{} no-op shards", specs.len()),
             model: String::new(),
             depends_on: Vec::new(),
@@ -195,7 +217,7 @@ impl Core {
     }
 
     /// Cancel a sweep; running shards get a `Cancel` on their worker's stream.
-    pub async fn cancel(&self, sweep_id: &str) -> Result<Option<pb::SweepStatus>, Status> {
+    pub async fn cancel(&self, sweep_id: &str) -> CoordinatorResult<Option<pb::SweepStatus>> {
         let (running, fut, changes) = {
             let mut s = lock(&self.sched);
             if !s.sweeps.contains_key(sweep_id) {
@@ -206,7 +228,7 @@ impl Core {
             let fut = self.persist(changes.clone(), Vec::new());
             (running, fut, changes)
         };
-        fut.await.map_err(internal)?;
+        fut.await?;
         self.committed(&changes);
         let senders = lock(&self.senders);
         for (shard, attempt, worker) in running {
@@ -214,7 +236,7 @@ impl Core {
                 let _ = tx.send(Ok(pb::CoordinatorMessage {
                     kind: Some(pb::coordinator_message::Kind::Cancel(pb::Cancel {
                         shard_id: shard,
-                        attempt,
+                        attempt: attempt.0,
                         reason: "the sweep was cancelled".into(),
                     })),
                 }));

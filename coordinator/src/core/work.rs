@@ -3,13 +3,14 @@
 //! acknowledged only after their commit.
 
 use super::*;
+use crate::error::{CoordinatorError, CoordinatorResult};
 
 impl Core {
     /// A worker said hello on a new stream; returns its connection number. An older stream of
     /// the same worker is dropped first (its shards requeued).
-    pub async fn connect(&self, hello: pb::Hello, tx: WorkerTx) -> Result<u64, Status> {
+    pub async fn connect(&self, hello: pb::Hello, tx: WorkerTx) -> CoordinatorResult<u64> {
         if hello.worker_id.trim().is_empty() {
-            return Err(Status::invalid_argument("hello.worker_id is empty"));
+            return Err(CoordinatorError::Invalid("hello.worker_id is empty".into()));
         }
         let id = hello.worker_id.clone();
         self.disconnect(&id, None, "the worker connected again")
@@ -101,11 +102,11 @@ impl Core {
             if let Some(w) = s.workers.get_mut(worker) {
                 w.waiting = w.waiting.saturating_sub(picks.len() as u32);
             }
-            let kinds: Vec<(String, String)> = picks
+            let kinds: Vec<(JobKind, String)> = picks
                 .iter()
                 .map(|(_, _, j)| {
                     let job = &s.jobs[j];
-                    (job.kind.clone(), job.sweep_id.clone())
+                    (job.kind, job.sweep_id.clone())
                 })
                 .collect();
             let ids: Vec<String> = picks.iter().map(|p| p.0.clone()).collect();
@@ -148,7 +149,7 @@ impl Core {
                 let files: Vec<FileEntry> = serde_json::from_str(&files).unwrap_or_default();
                 let msg = pb::Assignment {
                     shard_id: shard,
-                    attempt,
+                    attempt: attempt.0,
                     job_id: job,
                     sweep_id: sweep,
                     spec: spec.into_bytes(),
@@ -241,7 +242,7 @@ impl Core {
         };
         let row = ResultRow {
             shard: r.shard_id.clone(),
-            attempt,
+            attempt: Attempt(attempt),
             json,
             artifacts,
             seconds: r.seconds,
@@ -250,7 +251,13 @@ impl Core {
         let (verdict, fut, changes) = {
             let mut s = lock(&self.sched);
             let mut changes = Vec::new();
-            let v = s.succeed(&r.shard_id, attempt, r.units, r.seconds, &mut changes);
+            let v = s.succeed(
+                &r.shard_id,
+                Attempt(attempt),
+                r.units,
+                r.seconds,
+                &mut changes,
+            );
             let fut = (v == Verdict::Accepted).then(|| self.persist(changes.clone(), vec![row]));
             (v, fut, changes)
         };
@@ -275,7 +282,7 @@ impl Core {
         let (verdict, fut, changes) = {
             let mut s = lock(&self.sched);
             let mut changes = Vec::new();
-            let v = s.fail(&shard, attempt, kind, &f.message, &mut changes);
+            let v = s.fail(&shard, Attempt(attempt), kind, &f.message, &mut changes);
             let fut = (v == Verdict::Accepted).then(|| self.persist(changes.clone(), Vec::new()));
             (v, fut, changes)
         };

@@ -22,6 +22,7 @@
 mod outcomes;
 
 use crate::store::state::*;
+use flotilla_contract::{Attempt, JobKind};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
@@ -30,24 +31,24 @@ use std::time::Instant;
 pub enum Change {
     Assigned {
         shard: String,
-        attempt: u32,
+        attempt: Attempt,
         worker: String,
     },
     Succeeded {
         shard: String,
-        attempt: u32,
+        attempt: Attempt,
     },
     /// Back in the queue after a failure of `attempt`.
     Requeued {
         shard: String,
-        attempt: u32,
+        attempt: Attempt,
         outcome: String,
         task_failures: u32,
         infra_failures: u32,
     },
     ShardFailed {
         shard: String,
-        attempt: u32,
+        attempt: Attempt,
         error: String,
         task_failures: u32,
         infra_failures: u32,
@@ -57,7 +58,7 @@ pub enum Change {
     },
     Job {
         job: String,
-        state: i64,
+        state: JobState,
         error: String,
     },
     /// Every job this one depends on succeeded: complete its shard specs from their results
@@ -67,7 +68,7 @@ pub enum Change {
     },
     Sweep {
         sweep: String,
-        state: i64,
+        state: SweepState,
         error: String,
     },
 }
@@ -95,7 +96,7 @@ pub struct SweepMem {
     pub id: String,
     pub seq: i64,
     pub name: String,
-    pub state: i64,
+    pub state: SweepState,
     pub error: String,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -109,11 +110,11 @@ pub struct JobMem {
     pub id: String,
     pub sweep_id: String,
     pub seq: i64,
-    pub kind: String,
+    pub kind: JobKind,
     pub label: String,
     /// The model the job's shards load (preference for workers that have it loaded).
     pub model: String,
-    pub state: i64,
+    pub state: JobState,
     pub error: String,
     pub depends_on: Vec<String>,
     pub dependents: Vec<String>,
@@ -128,8 +129,8 @@ pub struct JobMem {
 pub struct ShardMem {
     pub id: String,
     pub job_id: String,
-    pub state: i64,
-    pub attempt: u32,
+    pub state: ShardState,
+    pub attempt: Attempt,
     pub worker: Option<String>,
     pub task_failures: u32,
     pub infra_failures: u32,
@@ -181,10 +182,10 @@ impl WorkerMem {
 pub struct NewJob {
     pub id: String,
     pub seq: i64,
-    pub kind: String,
+    pub kind: JobKind,
     pub label: String,
     pub model: String,
-    pub state: i64,
+    pub state: JobState,
     pub error: String,
     pub depends_on: Vec<String>,
     pub shards: Vec<NewShard>,
@@ -193,8 +194,8 @@ pub struct NewJob {
 #[derive(Debug, Clone)]
 pub struct NewShard {
     pub id: String,
-    pub state: i64,
-    pub attempt: u32,
+    pub state: ShardState,
+    pub attempt: Attempt,
     pub task_failures: u32,
     pub infra_failures: u32,
     pub units: u64,
@@ -208,10 +209,6 @@ pub struct Scheduler {
     pub jobs: HashMap<String, JobMem>,
     pub shards: HashMap<String, ShardMem>,
     pub workers: HashMap<String, WorkerMem>,
-}
-
-fn terminal(state: i64) -> bool {
-    matches!(state, SUCCEEDED | FAILED | CANCELLED)
 }
 
 impl Scheduler {
@@ -251,9 +248,9 @@ impl Scheduler {
         };
         for s in job.shards {
             match s.state {
-                SUCCEEDED => mem.done += 1,
-                FAILED => mem.failed += 1,
-                READY if !terminal(job.state) && job.state != BLOCKED => {
+                ShardState::Succeeded => mem.done += 1,
+                ShardState::Failed => mem.failed += 1,
+                ShardState::Ready if !job.state.is_final() && job.state != JobState::Blocked => {
                     mem.ready.push_back(s.id.clone())
                 }
                 _ => {}
@@ -320,7 +317,7 @@ impl Scheduler {
         worker_id: &str,
         n: u32,
         changes: &mut Vec<Change>,
-    ) -> Vec<(String, u32, String)> {
+    ) -> Vec<(String, Attempt, String)> {
         let mut out = Vec::new();
         let Some(worker) = self.workers.get(worker_id) else {
             return out;
@@ -337,12 +334,12 @@ impl Scheduler {
             let Some(sweep) = self.sweeps.get(sid) else {
                 continue;
             };
-            if terminal(sweep.state) {
+            if sweep.state.is_final() {
                 continue;
             }
             for jid in &sweep.jobs {
                 let job = &self.jobs[jid];
-                if job.ready.is_empty() || terminal(job.state) || job.state == BLOCKED {
+                if job.ready.is_empty() || job.state.is_final() || job.state == JobState::Blocked {
                     continue;
                 }
                 // Tail rule: leave the last shards to the faster idle workers.
@@ -364,15 +361,15 @@ impl Scheduler {
                     break;
                 };
                 let shard = self.shards.get_mut(&shard_id).expect("queued shard exists");
-                if shard.state != READY {
+                if shard.state != ShardState::Ready {
                     continue;
                 }
-                shard.state = RUNNING;
-                shard.attempt += 1;
+                shard.state = ShardState::Running;
+                shard.attempt = shard.attempt.next();
                 shard.worker = Some(worker_id.to_string());
                 job.running += 1;
-                if job.state == READY {
-                    job.state = RUNNING;
+                if job.state == JobState::Ready {
+                    job.state = JobState::Running;
                 }
                 changes.push(Change::Assigned {
                     shard: shard_id.clone(),
@@ -393,11 +390,11 @@ impl Scheduler {
             .collect();
         for s in sweeps {
             let sweep = self.sweeps.get_mut(&s).expect("sweep of a job exists");
-            if sweep.state == READY {
-                sweep.state = RUNNING;
+            if sweep.state == SweepState::Ready {
+                sweep.state = SweepState::Running;
                 changes.push(Change::Sweep {
                     sweep: s,
-                    state: RUNNING,
+                    state: SweepState::Running,
                     error: String::new(),
                 });
             }
@@ -425,7 +422,7 @@ impl Scheduler {
     pub fn has_ready_work(&self) -> bool {
         self.order.iter().any(|s| {
             self.sweeps.get(s).is_some_and(|s| {
-                !terminal(s.state)
+                !s.state.is_final()
                     && s.jobs
                         .iter()
                         .any(|j| self.jobs.get(j).is_some_and(|j| !j.ready.is_empty()))

@@ -6,13 +6,13 @@ use super::*;
 
 impl Scheduler {
     /// Is (shard, attempt) the current running attempt?
-    pub fn fence(&self, shard_id: &str, attempt: u32) -> Verdict {
+    pub fn fence(&self, shard_id: &str, attempt: Attempt) -> Verdict {
         let Some(shard) = self.shards.get(shard_id) else {
             return Verdict::Refused(format!("unknown shard {shard_id}"));
         };
         match shard.state {
-            RUNNING if shard.attempt == attempt => Verdict::Accepted,
-            SUCCEEDED if shard.attempt == attempt => Verdict::Duplicate,
+            ShardState::Running if shard.attempt == attempt => Verdict::Accepted,
+            ShardState::Succeeded if shard.attempt == attempt => Verdict::Duplicate,
             _ if shard.attempt != attempt => Verdict::Refused(format!(
                 "attempt {attempt} of shard {shard_id} is superseded (the current attempt is {})",
                 shard.attempt
@@ -27,7 +27,7 @@ impl Scheduler {
     pub fn succeed(
         &mut self,
         shard_id: &str,
-        attempt: u32,
+        attempt: Attempt,
         units: u64,
         seconds: f64,
         changes: &mut Vec<Change>,
@@ -37,7 +37,7 @@ impl Scheduler {
             return v;
         }
         let shard = self.shards.get_mut(shard_id).expect("fenced shard exists");
-        shard.state = SUCCEEDED;
+        shard.state = ShardState::Succeeded;
         let worker = shard.worker.take();
         let job_id = shard.job_id.clone();
         changes.push(Change::Succeeded {
@@ -58,22 +58,23 @@ impl Scheduler {
         let job = self.jobs.get_mut(&job_id).expect("job of a shard exists");
         job.running = job.running.saturating_sub(1);
         job.done += 1;
-        if job.done as usize == job.shards.len() && !terminal(job.state) {
-            job.state = SUCCEEDED;
+        if job.done as usize == job.shards.len() && !job.state.is_final() {
+            job.state = JobState::Succeeded;
             changes.push(Change::Job {
                 job: job_id.clone(),
-                state: SUCCEEDED,
+                state: JobState::Succeeded,
                 error: String::new(),
             });
             let dependents = job.dependents.clone();
             for d in dependents {
                 let ready = {
                     let dj = &self.jobs[&d];
-                    dj.state == BLOCKED
-                        && dj
-                            .depends_on
-                            .iter()
-                            .all(|x| self.jobs.get(x).is_some_and(|x| x.state == SUCCEEDED))
+                    dj.state == JobState::Blocked
+                        && dj.depends_on.iter().all(|x| {
+                            self.jobs
+                                .get(x)
+                                .is_some_and(|x| x.state == JobState::Succeeded)
+                        })
                 };
                 if ready {
                     changes.push(Change::Unblocked { job: d });
@@ -90,14 +91,14 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
-        if job.state != BLOCKED {
+        if job.state != JobState::Blocked {
             return;
         }
-        job.state = READY;
+        job.state = JobState::Ready;
         for s in &job.shards {
             if let Some(shard) = self.shards.get_mut(s) {
-                if shard.state == BLOCKED || shard.state == READY {
-                    shard.state = READY;
+                if shard.state == ShardState::Blocked || shard.state == ShardState::Ready {
+                    shard.state = ShardState::Ready;
                     job.ready.push_back(s.clone());
                 }
             }
@@ -108,7 +109,7 @@ impl Scheduler {
     pub fn fail(
         &mut self,
         shard_id: &str,
-        attempt: u32,
+        attempt: Attempt,
         kind: FailureKind,
         message: &str,
         changes: &mut Vec<Change>,
@@ -152,7 +153,7 @@ impl Scheduler {
         let job = self.jobs.get_mut(&job_id).expect("job of a shard exists");
         job.running = job.running.saturating_sub(1);
         if !over {
-            shard.state = READY;
+            shard.state = ShardState::Ready;
             changes.push(Change::Requeued {
                 shard: shard_id.to_string(),
                 attempt,
@@ -160,13 +161,13 @@ impl Scheduler {
                 task_failures: shard.task_failures,
                 infra_failures: shard.infra_failures,
             });
-            if !terminal(job.state) {
+            if !job.state.is_final() {
                 // Retries go to the front: the job should not finish without them.
                 job.ready.push_front(shard_id.to_string());
             }
             return Verdict::Accepted;
         }
-        shard.state = FAILED;
+        shard.state = ShardState::Failed;
         job.failed += 1;
         let error = format!(
             "shard {shard_id} failed after {} task and {} infrastructure failures; last ({what}): {message}",
@@ -189,15 +190,15 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
-        if terminal(job.state) {
+        if job.state.is_final() {
             return;
         }
-        job.state = FAILED;
+        job.state = JobState::Failed;
         job.error = error.to_string();
         job.ready.clear();
         changes.push(Change::Job {
             job: job_id.to_string(),
-            state: FAILED,
+            state: JobState::Failed,
             error: error.to_string(),
         });
         for d in job.dependents.clone() {
@@ -214,19 +215,22 @@ impl Scheduler {
         let Some(sweep) = self.sweeps.get(sweep_id) else {
             return;
         };
-        if terminal(sweep.state) {
+        if sweep.state.is_final() {
             return;
         }
         let jobs: Vec<&JobMem> = sweep.jobs.iter().filter_map(|j| self.jobs.get(j)).collect();
-        if !jobs.iter().all(|j| terminal(j.state)) {
+        if !jobs.iter().all(|j| j.state.is_final()) {
             return;
         }
-        let failed: Vec<&&JobMem> = jobs.iter().filter(|j| j.state == FAILED).collect();
+        let failed: Vec<&&JobMem> = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Failed)
+            .collect();
         let (state, error) = if failed.is_empty() {
-            (SUCCEEDED, String::new())
+            (SweepState::Succeeded, String::new())
         } else {
             (
-                FAILED,
+                SweepState::Failed,
                 format!(
                     "{} of {} jobs failed; first: {}: {}",
                     failed.len(),
@@ -266,7 +270,7 @@ impl Scheduler {
         w.waiting = 0;
         let running: Vec<String> = w.running.drain().collect();
         for s in running {
-            let attempt = self.shards.get(&s).map(|s| s.attempt).unwrap_or(0);
+            let attempt = self.shards.get(&s).map(|s| s.attempt).unwrap_or_default();
             self.fail(&s, attempt, FailureKind::Infrastructure, reason, changes);
         }
         true
@@ -278,32 +282,32 @@ impl Scheduler {
         &mut self,
         sweep_id: &str,
         changes: &mut Vec<Change>,
-    ) -> Vec<(String, u32, String)> {
+    ) -> Vec<(String, Attempt, String)> {
         let mut running = Vec::new();
         let Some(sweep) = self.sweeps.get(sweep_id) else {
             return running;
         };
-        if terminal(sweep.state) {
+        if sweep.state.is_final() {
             return running;
         }
         for jid in sweep.jobs.clone() {
             let job = self.jobs.get_mut(&jid).expect("job of a sweep exists");
-            if terminal(job.state) {
+            if job.state.is_final() {
                 continue;
             }
-            job.state = CANCELLED;
+            job.state = JobState::Cancelled;
             job.ready.clear();
             changes.push(Change::Job {
                 job: jid.clone(),
-                state: CANCELLED,
+                state: JobState::Cancelled,
                 error: "cancelled".into(),
             });
             for sid in job.shards.clone() {
                 let shard = self.shards.get_mut(&sid).expect("shard of a job exists");
-                if terminal(shard.state) {
+                if shard.state.is_final() {
                     continue;
                 }
-                if shard.state == RUNNING {
+                if shard.state == ShardState::Running {
                     if let Some(w) = shard.worker.take() {
                         if let Some(wm) = self.workers.get_mut(&w) {
                             wm.running.remove(&sid);
@@ -311,16 +315,16 @@ impl Scheduler {
                         running.push((sid.clone(), shard.attempt, w));
                     }
                 }
-                shard.state = CANCELLED;
+                shard.state = ShardState::Cancelled;
                 changes.push(Change::ShardCancelled { shard: sid });
             }
         }
         let sweep = self.sweeps.get_mut(sweep_id).expect("checked above");
-        sweep.state = CANCELLED;
+        sweep.state = SweepState::Cancelled;
         sweep.error = "cancelled".into();
         changes.push(Change::Sweep {
             sweep: sweep_id.to_string(),
-            state: CANCELLED,
+            state: SweepState::Cancelled,
             error: "cancelled".into(),
         });
         running

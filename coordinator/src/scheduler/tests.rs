@@ -6,7 +6,7 @@ fn sweep(s: &mut Scheduler, id: &str, retries: (u32, u32)) {
         id: id.into(),
         seq: 1,
         name: id.into(),
-        state: READY,
+        state: SweepState::Ready,
         error: String::new(),
         created_ms: 0,
         updated_ms: 0,
@@ -20,17 +20,25 @@ fn job(id: &str, model: &str, shards: usize, deps: &[&str]) -> NewJob {
     NewJob {
         id: id.into(),
         seq: 0,
-        kind: "noop".into(),
+        kind: JobKind::Noop,
         label: id.into(),
         model: model.into(),
-        state: if deps.is_empty() { READY } else { BLOCKED },
+        state: if deps.is_empty() {
+            JobState::Ready
+        } else {
+            JobState::Blocked
+        },
         error: String::new(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
         shards: (0..shards)
             .map(|i| NewShard {
                 id: format!("{id}.s{i}"),
-                state: if deps.is_empty() { READY } else { BLOCKED },
-                attempt: 0,
+                state: if deps.is_empty() {
+                    ShardState::Ready
+                } else {
+                    ShardState::Blocked
+                },
+                attempt: Attempt(0),
                 task_failures: 0,
                 infra_failures: 0,
                 units: 1,
@@ -59,7 +67,7 @@ fn workers_get_shards_of_models_they_have_loaded_first() {
     let got = s.pick("w1", 3, &mut ch);
     let ids: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
     assert_eq!(ids, ["b.s0", "b.s1", "a.s0"]);
-    assert_eq!(got[0].1, 1, "first attempt is 1");
+    assert_eq!(got[0].1, Attempt(1), "first attempt is 1");
     assert_eq!(
         ch.len(),
         4,
@@ -79,7 +87,7 @@ fn fencing_refuses_superseded_attempts_and_ignores_duplicates() {
     // w1 vanishes; the shard goes to w2 under attempt 2.
     assert!(s.drop_worker("w1", None, "stream dropped", &mut ch));
     let (_, second, _) = s.pick("w2", 1, &mut ch).remove(0);
-    assert_eq!(second, first + 1);
+    assert_eq!(second, first.next());
     assert!(
         matches!(s.succeed(&shard, first, 1, 1.0, &mut ch), Verdict::Refused(r) if r.contains("superseded"))
     );
@@ -91,7 +99,7 @@ fn fencing_refuses_superseded_attempts_and_ignores_duplicates() {
         s.succeed(&shard, second, 1, 1.0, &mut ch),
         Verdict::Duplicate
     );
-    assert_eq!(s.sweeps["sw"].state, SUCCEEDED);
+    assert_eq!(s.sweeps["sw"].state, SweepState::Succeeded);
 }
 
 #[test]
@@ -111,16 +119,16 @@ fn task_and_infrastructure_failures_have_separate_budgets() {
     ] {
         let a = attempt(&mut s, &mut ch);
         assert_eq!(s.fail("a.s0", a, kind, "x", &mut ch), Verdict::Accepted);
-        assert_eq!(s.shards["a.s0"].state, READY);
+        assert_eq!(s.shards["a.s0"].state, ShardState::Ready);
     }
     // A second task failure is over the task budget: the job fails, and b with it.
     let a = attempt(&mut s, &mut ch);
     s.fail("a.s0", a, FailureKind::Task, "bad case file", &mut ch);
-    assert_eq!(s.shards["a.s0"].state, FAILED);
-    assert_eq!(s.jobs["a"].state, FAILED);
-    assert_eq!(s.jobs["b"].state, FAILED);
+    assert_eq!(s.shards["a.s0"].state, ShardState::Failed);
+    assert_eq!(s.jobs["a"].state, JobState::Failed);
+    assert_eq!(s.jobs["b"].state, JobState::Failed);
     assert!(s.jobs["b"].error.contains("depends on job a"));
-    assert_eq!(s.sweeps["sw"].state, FAILED);
+    assert_eq!(s.sweeps["sw"].state, SweepState::Failed);
     assert!(
         s.sweeps["sw"].error.contains("bad case file"),
         "{}",

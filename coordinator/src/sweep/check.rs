@@ -89,7 +89,7 @@ impl FileRoot {
 
 /// Is `spec` spelled like a model flotilla can load? (Existence is [`ModelCheck::Local`]'s
 /// business.)
-pub fn model_syntax(spec: &str) -> Result<(), String> {
+pub(crate) fn model_syntax(spec: &str) -> Result<(), String> {
     if let Some(hub) = spec.strip_prefix("hf:") {
         let repo = hub.split('@').next().unwrap_or("");
         let parts: Vec<&str> = repo.split('/').collect();

@@ -20,7 +20,7 @@ mod parse;
 pub mod yaml;
 
 pub use check::{file_key, Cell, FileRoot, ModelCheck};
-pub use parse::{parse, parse_scale};
+pub use parse::parse;
 
 use flotilla_contract::case_result::ChunkSettings;
 use flotilla_contract::case_result::Truncation;

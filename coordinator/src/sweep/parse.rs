@@ -385,7 +385,7 @@ fn parse_judge(r: &mut Reader, node: Option<&Node>, top_line: usize) -> JudgeEnt
         }
     }
     if let Some(n) = f.get("scale") {
-        match r.string(n, "judge.scale").map(|s| parse_scale(&s)) {
+        match r.string(n, "judge.scale").map(|s| s.parse::<Scale>()) {
             Some(Ok(s)) => judge.scale = s,
             Some(Err(e)) => r.error(n.line, format!("judge.scale: {e}")),
             None => {}
@@ -407,18 +407,13 @@ fn parse_judge(r: &mut Reader, node: Option<&Node>, top_line: usize) -> JudgeEnt
     judge
 }
 
-/// `0-10`, `1-10`: MIN below MAX, at most 100 (the contract's one parser of scales).
-pub fn parse_scale(s: &str) -> Result<Scale, String> {
-    s.parse::<Scale>().map_err(|e| e.to_string())
-}
-
 fn parse_generation(
     r: &mut Reader,
     node: Option<&Node>,
     seed: u64,
 ) -> (SamplingParams, Truncation) {
     let mut p = SamplingParams {
-        max_new_tokens: 256,
+        max_tokens: 256,
         seed,
         ..Default::default()
     };
@@ -440,7 +435,7 @@ fn parse_generation(
     if let Some(n) = f.get("max_tokens") {
         match r.uint(n, "generation.max_tokens") {
             Some(0) => r.error(n.line, "`generation.max_tokens` must be at least 1"),
-            Some(t) => p.max_new_tokens = t as usize,
+            Some(t) => p.max_tokens = t as usize,
             None => {}
         }
     }

@@ -30,6 +30,22 @@ impl Truncation {
     }
 }
 
+impl std::str::FromStr for Truncation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Truncation::parse(s)
+    }
+}
+
+impl std::fmt::Display for Truncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Truncation::Head => "head",
+            Truncation::HeadTail => "head_tail",
+        })
+    }
+}
+
 /// A recorded truncation: never a silent cut.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TruncationRecord {

@@ -37,6 +37,20 @@ impl Task {
     }
 }
 
+impl std::str::FromStr for Task {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Task::parse(s)
+            .ok_or_else(|| Error::input(format!("task `{s}`: expected rag, document or criteria")))
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One benchmark case, whatever file format it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Case {

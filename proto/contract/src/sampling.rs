@@ -17,7 +17,9 @@ pub struct SamplingParams {
     /// (1.0 turns it off), as transformers does.
     pub repetition_penalty: f32,
     pub seed: u64,
-    pub max_new_tokens: usize,
+    /// Tokens to generate at most (`--max-tokens`, the sweep's `generation.max_tokens`).
+    #[serde(alias = "max_new_tokens")]
+    pub max_tokens: usize,
     /// Generation ends when the text contains one of these; the text is cut before it.
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (benchmarks that need exact lengths).
@@ -32,7 +34,7 @@ impl Default for SamplingParams {
             top_k: 0,
             repetition_penalty: 1.0,
             seed: 0,
-            max_new_tokens: 128,
+            max_tokens: 128,
             stop: Vec::new(),
             ignore_eos: false,
         }
@@ -60,8 +62,8 @@ impl SamplingParams {
                 self.repetition_penalty
             )));
         }
-        if self.max_new_tokens == 0 {
-            return Err(Error::input("max_new_tokens must be at least 1"));
+        if self.max_tokens == 0 {
+            return Err(Error::input("max_tokens must be at least 1"));
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(Error::input("a stop string must not be empty"));

@@ -158,8 +158,9 @@ pub struct NoopShard {
     pub fail: Option<String>,
 }
 
-/// What a no-op shard answers.
+/// What a no-op shard answers (an empty answer reads too).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NoopResult {
     /// The worker that ran it.
     pub worker_id: String,

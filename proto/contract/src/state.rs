@@ -62,13 +62,21 @@ impl std::str::FromStr for JobKind {
     }
 }
 
-macro_rules! stored_state {
-    ($(#[$doc:meta])* $name:ident, $pb:ty { $($(#[$vdoc:meta])* $variant:ident = $code:expr),+ $(,)? }) => {
+/// The lifecycle every job, shard and sweep goes through, as one enum per thing (so a job
+/// state cannot be stored as a shard's by mistake), numbered as the wire's enums.
+macro_rules! lifecycle_states {
+    ($($(#[$doc:meta])* $name:ident;)+) => {$(
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vdoc])* $variant = $code),+
+            /// Waiting for the jobs it depends on (an eval waits for its adapter's training).
+            Blocked = 1,
+            Ready = 2,
+            Running = 3,
+            Succeeded = 4,
+            Failed = 5,
+            Cancelled = 6,
         }
 
         impl $name {
@@ -79,64 +87,52 @@ macro_rules! stored_state {
 
             /// The state a stored number names; an unknown number is a damaged database.
             pub fn from_code(code: i64) -> Result<Self> {
-                match code {
-                    $($code => Ok($name::$variant),)+
-                    other => Err(Error::input(format!(
-                        "{} {other} is not a known state", stringify!($name)
-                    ))),
-                }
+                Ok(match code {
+                    1 => $name::Blocked,
+                    2 => $name::Ready,
+                    3 => $name::Running,
+                    4 => $name::Succeeded,
+                    5 => $name::Failed,
+                    6 => $name::Cancelled,
+                    other => {
+                        return Err(Error::input(format!(
+                            "{} {other} is not a known state",
+                            stringify!($name)
+                        )))
+                    }
+                })
             }
 
             /// Whether nothing more will happen to it.
             pub fn is_final(self) -> bool {
-                matches!(self.code(), 4..=6)
+                matches!(self, $name::Succeeded | $name::Failed | $name::Cancelled)
             }
         }
-
-        impl From<$name> for $pb {
-            fn from(s: $name) -> $pb {
-                <$pb>::try_from(s.code() as i32).unwrap_or_default()
-            }
-        }
-    };
+    )+};
 }
 
-stored_state!(
+lifecycle_states! {
     /// A job's state: blocked on the jobs it depends on, ready, running, or ended.
-    JobState, pb::JobState {
-        /// Waiting for the jobs it depends on (an eval waits for its adapter's training).
-        Blocked = 1,
-        Ready = 2,
-        Running = 3,
-        Succeeded = 4,
-        Failed = 5,
-        Cancelled = 6,
-    }
-);
-
-stored_state!(
+    JobState;
     /// A shard's state. A shard is `Blocked` while its job is; `Running` has a current attempt.
-    ShardState, pb::JobState {
-        Blocked = 1,
-        Ready = 2,
-        Running = 3,
-        Succeeded = 4,
-        Failed = 5,
-        Cancelled = 6,
-    }
-);
+    ShardState;
+    /// A sweep's state as stored (`Ready` and `Blocked` both show as queued on the wire: see
+    /// [`SweepState::to_wire`]).
+    SweepState;
+}
 
-stored_state!(
-    /// A sweep's state as stored (`Ready` and `Blocked` both show as queued on the wire).
-    SweepState, pb::SweepState {
-        Blocked = 1,
-        Ready = 2,
-        Running = 3,
-        Succeeded = 4,
-        Failed = 5,
-        Cancelled = 6,
+/// Job states travel as the wire's `JobState`, number for number.
+impl From<JobState> for pb::JobState {
+    fn from(s: JobState) -> pb::JobState {
+        pb::JobState::try_from(s.code() as i32).unwrap_or_default()
     }
-);
+}
+
+impl From<SweepState> for pb::SweepState {
+    fn from(s: SweepState) -> pb::SweepState {
+        s.to_wire()
+    }
+}
 
 impl SweepState {
     /// What `SweepStatus.state` shows: queued until a shard runs.
@@ -190,6 +186,18 @@ mod tests {
         assert!(JobState::from_code(7).is_err());
         assert!(JobState::Cancelled.is_final() && !JobState::Running.is_final());
         assert_eq!(SweepState::Blocked.to_wire(), pb::SweepState::Queued);
+        assert_eq!(
+            pb::SweepState::from(SweepState::Ready),
+            pb::SweepState::Queued
+        );
+        assert_eq!(
+            pb::SweepState::from(SweepState::Running),
+            pb::SweepState::Running
+        );
+        assert_eq!(
+            pb::SweepState::from(SweepState::Cancelled),
+            pb::SweepState::Cancelled
+        );
     }
 
     #[test]

@@ -60,17 +60,33 @@ fn rating_re() -> &'static Regex {
     })
 }
 
+/// Why a model's reply could not be read (no valid rating, no structured answer). It is
+/// recorded with the case (`Verdict.error`, `CaseResult.parse_error`), never dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ReplyError(pub String);
+
+impl std::ops::Deref for ReplyError {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Read `Rating: [[N]]` (the last one) from a reply; an error says why it is not valid.
-pub fn parse_rating(reply: &str, scale: Scale) -> std::result::Result<f64, String> {
+pub fn parse_rating(reply: &str, scale: Scale) -> std::result::Result<f64, ReplyError> {
     let m = rating_re()
         .captures_iter(reply)
         .last()
-        .ok_or_else(|| "no `Rating: [[N]]` in the reply".to_string())?;
+        .ok_or_else(|| ReplyError("no `Rating: [[N]]` in the reply".into()))?;
     let v: f64 = m[1]
         .parse()
-        .map_err(|_| format!("`{}` is not a number", &m[1]))?;
+        .map_err(|_| ReplyError(format!("`{}` is not a number", &m[1])))?;
     if v < scale.min as f64 || v > scale.max as f64 {
-        return Err(format!("rating {v} is outside {}-{}", scale.min, scale.max));
+        return Err(ReplyError(format!(
+            "rating {v} is outside {}-{}",
+            scale.min, scale.max
+        )));
     }
     Ok(v)
 }
@@ -81,7 +97,7 @@ pub struct LocalJudge<'a> {
     pub model: &'a LanguageModel,
     pub scale: Scale,
     /// Tokens allowed for the explanation.
-    pub max_explanation_tokens: usize,
+    pub explanation_tokens: usize,
 }
 
 impl LocalJudge<'_> {
@@ -91,7 +107,7 @@ impl LocalJudge<'_> {
         let prompt = lm.render_chat(&messages, true)?;
         let prompt_ids = lm.tokenizer.encode(&prompt, false)?;
         let params = SamplingParams {
-            max_new_tokens: self.max_explanation_tokens,
+            max_tokens: self.explanation_tokens,
             stop: vec!["Rating:".into(), "[[".into()],
             ..Default::default()
         };
@@ -165,7 +181,7 @@ pub fn verdict_from_text(judge: &str, reply: &str, scale: Scale) -> Verdict {
             geval: None,
             explanation,
             raw: reply.into(),
-            error: Some(e),
+            error: Some(e.0),
         },
     }
 }

@@ -10,6 +10,8 @@
 //!   G-Eval); [`openai`] asks OpenAI-compatible endpoints.
 //! - [`metrics`] computes exact / regex match, token F1, fabricated URLs and numbers.
 //! - [`runner`] runs cases: context, answer, structured parse and retry, judges, metrics.
+//! - [`setup`] resolves named judges once ([`setup::JudgePanel`]) — the one builder behind
+//!   `flotilla eval` and the worker's shards.
 //!
 //! The words it records in (cases, [`flotilla_contract::CaseResult`], scales, variants) and the
 //! aggregation into the final table ([`report`], [`stats`]) belong to `flotilla-contract` and
@@ -23,5 +25,6 @@ pub mod openai;
 pub mod prompts;
 pub mod retrieval;
 pub mod runner;
+pub mod setup;
 
 pub use flotilla_contract::{dataset, report, stats};

@@ -21,20 +21,33 @@ pub struct EndpointJudge {
 }
 
 impl EndpointJudge {
-    /// Parse `openai:MODEL@BASE_URL`.
-    pub fn parse(spec: &str, scale: Scale, max_tokens: usize) -> Option<Self> {
-        let rest = spec.strip_prefix("openai:")?;
-        let (model, base) = rest.split_once('@')?;
-        Some(Self {
-            name: spec.to_string(),
-            base_url: base.trim_end_matches('/').to_string(),
+    /// A judge at `base_url` asking for `model`, named `openai:MODEL@BASE_URL` (the name
+    /// [`flotilla_contract::JudgeSpec`] prints); the API key comes from
+    /// `FLOTILLA_JUDGE_API_KEY`.
+    pub fn new(model: &str, base_url: &str, scale: Scale, max_tokens: usize) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_string();
+        Self {
+            name: format!("openai:{model}@{base_url}"),
+            base_url,
             model: model.to_string(),
             api_key_env: Some("FLOTILLA_JUDGE_API_KEY".into()),
             scale,
             timeout: Duration::from_secs(120),
             retries: 3,
             max_tokens,
-        })
+        }
+    }
+
+    /// Parse `openai:MODEL@BASE_URL` (through [`flotilla_contract::JudgeSpec`]).
+    pub fn parse(spec: &str, scale: Scale, max_tokens: usize) -> Option<Self> {
+        match spec.parse().ok()? {
+            flotilla_contract::JudgeSpec::Endpoint { model, base_url } => {
+                let mut e = Self::new(&model, &base_url, scale, max_tokens);
+                e.name = spec.to_string();
+                Some(e)
+            }
+            _ => None,
+        }
     }
 
     /// Ask the endpoint; a verdict always comes back (with `error` set on failure).

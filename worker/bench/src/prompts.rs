@@ -2,6 +2,7 @@
 //! a DSPy-style structured prompt whose output is parsed back into fields, and a user's own
 //! Jinja template. Every variant yields chat messages that the model's chat template renders.
 
+use crate::judge::ReplyError;
 pub use flotilla_contract::variant::Variant;
 use flotilla_engine::chat::ChatMessage;
 use flotilla_engine::error::{Error, Result};
@@ -127,13 +128,17 @@ pub fn build(variant: &Variant, i: &PromptInputs, strict: bool) -> Result<BuiltP
 }
 
 /// The `answer` field of a structured reply, or why it could not be read.
-pub fn parse_structured(reply: &str, prefixed: bool) -> std::result::Result<String, String> {
+pub fn parse_structured(reply: &str, prefixed: bool) -> std::result::Result<String, ReplyError> {
     let body = if prefixed {
         reply
     } else {
         match reply.find(ANSWER_MARKER) {
             Some(p) => &reply[p + ANSWER_MARKER.len()..],
-            None => return Err(format!("no `{ANSWER_MARKER}` marker in the reply")),
+            None => {
+                return Err(ReplyError(format!(
+                    "no `{ANSWER_MARKER}` marker in the reply"
+                )))
+            }
         }
     };
     let end = [COMPLETED_MARKER, "[[ ##"]
@@ -143,7 +148,7 @@ pub fn parse_structured(reply: &str, prefixed: bool) -> std::result::Result<Stri
         .unwrap_or(body.len());
     let answer = body[..end].trim();
     if answer.is_empty() {
-        return Err("the `answer` field is empty".into());
+        return Err(ReplyError("the `answer` field is empty".into()));
     }
     Ok(answer.to_string())
 }

@@ -17,7 +17,7 @@ use super::prompts::{build, parse_structured, PromptInputs};
 use super::retrieval::{recall_at_k, Retriever};
 use flotilla_contract::case_result::Metrics;
 pub use flotilla_contract::case_result::{CaseResult, Truncation, TruncationRecord};
-use flotilla_contract::judging::{jury_score, Scale, Verdict};
+use flotilla_contract::judging::{jury_score, Verdict};
 use flotilla_contract::variant::Variant;
 use flotilla_engine::error::{Error, Result};
 use flotilla_engine::loader::LanguageModel;
@@ -34,8 +34,6 @@ pub struct EvalSettings {
     pub top_k: usize,
     pub truncation: Truncation,
     pub sampling: SamplingParams,
-    pub scale: Scale,
-    pub judge_explanation_tokens: usize,
 }
 
 /// A judge used by the runner.
@@ -51,7 +49,7 @@ impl Clone for Judge<'_> {
                 name: j.name.clone(),
                 model: j.model,
                 scale: j.scale,
-                max_explanation_tokens: j.max_explanation_tokens,
+                explanation_tokens: j.explanation_tokens,
             }),
             Judge::Endpoint(e) => Judge::Endpoint(e.clone()),
         }
@@ -238,7 +236,7 @@ impl<'a> Runner<'a> {
             match parse_structured(&raw, prefixed) {
                 Ok(a) => r.answer = a,
                 Err(e) => {
-                    r.parse_error = Some(e);
+                    r.parse_error = Some(e.0);
                     r.parse_retried = true;
                     let (_, raw2, p2, c2) = self.answer(variant, &inputs, true)?;
                     r.prompt_tokens += p2;
@@ -316,7 +314,7 @@ impl<'a> Runner<'a> {
             .encode(&lm.render_chat(&built.messages, true)?, false)?
             .len()
             + 16;
-        let budget = ctx.saturating_sub(overhead + self.settings.sampling.max_new_tokens);
+        let budget = ctx.saturating_sub(overhead + self.settings.sampling.max_tokens);
         let ids = lm.tokenizer.encode(text, false)?;
         if ids.len() <= budget {
             return Ok((text.to_string(), None));

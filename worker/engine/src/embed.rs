@@ -77,11 +77,20 @@ impl EmbeddingModel {
             }))
             .map_err(|e| Error::model(&tok_path, format!("truncation: {e}")))?;
 
+        // Weights are read and widened to f32 on the CPU, then moved: a device may lack the
+        // conversion from the stored dtype (candle's CUDA build has no f8 cast kernel for
+        // every target), and the embedder is small.
         let files = safetensors_files(dir)?;
-        let vb = unsafe {
-            candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, &opts.device)
+        let mut tensors = std::collections::HashMap::new();
+        for f in &files {
+            let read = candle_core::safetensors::load(f, &candle_core::Device::Cpu)
+                .map_err(|e| Error::model(f, format!("cannot read weights: {e}")))?;
+            for (name, t) in read {
+                let t = t.to_dtype(DType::F32)?.to_device(&opts.device)?;
+                tensors.insert(name, t);
+            }
         }
-        .map_err(|e| Error::model(dir, format!("cannot read weights: {e}")))?;
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &opts.device);
         let model = BertModel::load(vb, &config)
             .map_err(|e| Error::model(dir, format!("weights do not match config.json: {e}")))?;
         Ok(Self {

@@ -141,7 +141,7 @@ impl LanguageModel {
                 "the prompt has {longest} tokens but the model's context is {ctx} tokens"
             )));
         }
-        let max_new = params.max_new_tokens.min(ctx - longest);
+        let max_new = params.max_tokens.min(ctx - longest);
         let device = self.model.device().clone();
         let pad_id = self.tokenizer.eos_ids.first().copied().unwrap_or(0);
 

@@ -7,6 +7,16 @@
 //!   only ops that record a backward (candle's fused rms_norm, softmax_last_dim, rope and
 //!   quantized matmul record none).
 //! - [`trainer`] runs AdamW with warmup + cosine, accumulation, clipping, checkpoints, resume.
+//! - [`optim`] is AdamW as PyTorch computes it, the schedules and global-norm clipping.
+//! - [`weights`] loads dense Hugging Face-layout base weights from GGUF or safetensors.
+//! - [`apply`] puts an adapter on a loaded model unmerged, or merges it into a Hugging Face
+//!   folder.
+//! - [`config`] is the contract's `train_config` ([`TrainConfig`]): the coordinator checks a
+//!   sweep's `train:` block with the same type, without linking this crate.
+//!
+//! Owns: everything from training records to a PEFT adapter on disk. Does not own: the
+//! inference forward, tokenizers and loading (`flotilla-engine`), where training runs (the
+//! worker process runs a train shard; `flotilla train` runs it in-process).
 
 pub mod apply;
 pub mod data;

@@ -1,7 +1,7 @@
 //! The registry in etcd: lease-bound worker keys and the leader election.
 
 use super::*;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Error, Result};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,7 +19,7 @@ impl EtcdRegistry {
     /// Connects to etcd (`http://host:2379`, or `host:2379`) and checks that it answers.
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
         if endpoints.is_empty() {
-            bail!("no etcd endpoints given");
+            return Err(Error::Invalid("no etcd endpoints given".into()));
         }
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
@@ -28,11 +28,11 @@ impl EtcdRegistry {
         let joined = endpoints.join(",");
         let mut client = Client::connect(endpoints, Some(options))
             .await
-            .with_context(|| format!("cannot connect to etcd at {joined}"))?;
+            .map_err(Error::etcd(format!("cannot connect to etcd at {joined}")))?;
         tokio::time::timeout(Duration::from_secs(5), client.status())
             .await
-            .map_err(|_| anyhow!("etcd at {joined} did not answer within 5 s"))?
-            .with_context(|| format!("etcd at {joined} did not answer"))?;
+            .map_err(|_| Error::Lost(format!("etcd at {joined} did not answer within 5 s")))?
+            .map_err(Error::etcd(format!("etcd at {joined} did not answer")))?;
         Ok(Self {
             client,
             endpoints: endpoints.to_vec(),
@@ -61,7 +61,7 @@ impl EtcdRegistry {
         let resp = client
             .get(WORKERS_PREFIX, Some(GetOptions::new().with_prefix()))
             .await
-            .context("cannot list workers in etcd")?;
+            .map_err(Error::etcd("cannot list workers in etcd"))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut workers = BTreeMap::new();
         for kv in resp.kvs() {
@@ -156,7 +156,9 @@ impl Registry for EtcdRegistry {
                 ),
             )
             .await
-            .context("cannot read the coordinator's leader key in etcd")?;
+            .map_err(Error::etcd(
+                "cannot read the coordinator's leader key in etcd",
+            ))?;
         Ok(resp
             .kvs()
             .first()
@@ -179,7 +181,7 @@ impl SessionKind {
         let lease = client
             .lease_grant(ttl.as_secs() as i64, None)
             .await
-            .context("cannot grant an etcd lease")?
+            .map_err(Error::etcd("cannot grant an etcd lease"))?
             .id();
         match self {
             SessionKind::Worker { key, value } => {
@@ -190,7 +192,7 @@ impl SessionKind {
                         Some(etcd_client::PutOptions::new().with_lease(lease)),
                     )
                     .await
-                    .with_context(|| format!("cannot write {key} in etcd"))?;
+                    .map_err(Error::etcd(format!("cannot write {key} in etcd")))?;
                 Ok((lease, key.clone()))
             }
             SessionKind::Leader { address } => {
@@ -198,7 +200,7 @@ impl SessionKind {
                 let campaign = campaigner.campaign(LEADER_ELECTION, address.as_str(), lease);
                 tokio::select! {
                     resp = campaign => {
-                        let resp = resp.context("etcd election for the coordinator failed")?;
+                        let resp = resp.map_err(Error::etcd("etcd election for the coordinator failed"))?;
                         let key = resp
                             .leader()
                             .map(|l| String::from_utf8_lossy(l.key()).into_owned())
@@ -206,7 +208,7 @@ impl SessionKind {
                         Ok((lease, key))
                     }
                     reason = keep_lease(client.clone(), lease, ttl) => {
-                        Err(anyhow!("lost the etcd lease while campaigning: {reason}"))
+                        Err(Error::Lost(format!("lost the etcd lease while campaigning: {reason}")))
                     }
                 }
             }
@@ -239,7 +241,10 @@ async fn keep_lease(mut client: Client, lease: i64, ttl: Duration) -> String {
 
 /// Whether etcd still knows `lease` (false when it expired or was revoked).
 async fn lease_alive(client: &mut Client, lease: i64) -> Result<bool> {
-    let resp = client.lease_time_to_live(lease, None).await?;
+    let resp = client
+        .lease_time_to_live(lease, None)
+        .await
+        .map_err(Error::etcd(format!("cannot read lease {lease:x}")))?;
     Ok(resp.ttl() > 0)
 }
 
@@ -269,7 +274,7 @@ async fn run_session(
                 held.send_replace(false);
                 let (new_lease, key) = kind.acquire(&mut client, ttl).await?;
                 tracing::info!(key, "registered again in etcd with a new lease");
-                Ok::<_, anyhow::Error>(new_lease)
+                Ok::<_, Error>(new_lease)
             };
             tokio::select! {
                 _ = &mut stop => {

@@ -1,7 +1,7 @@
 //! The registry in process: embedded mode (`flotilla run`) and tests.
 
 use super::*;
-use anyhow::Result;
+use crate::error::Result;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -20,7 +20,7 @@
 //!
 //! Files: this one (the trait, entries, registrations), `memory.rs`, `etcd.rs`.
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -138,7 +138,9 @@ impl std::fmt::Debug for Registration {
 
 fn check_worker_id(id: &str) -> Result<()> {
     if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
-        bail!("worker id {id:?} is not valid: it must be non-empty, without '/' or spaces");
+        return Err(Error::Invalid(format!(
+            "worker id {id:?} is not valid: it must be non-empty, without '/' or spaces"
+        )));
     }
     Ok(())
 }

@@ -271,15 +271,22 @@ impl Llama {
             .index_select(&positions, 0)?
             .reshape((b, t, half))?;
 
-        // Additive mask over (query, key): hide left pads, and the future during prefill.
+        // Additive mask over (query, key): hide left pads, and the future during prefill. A
+        // pad query still sees itself: a row with every key hidden would softmax to NaN, and
+        // NaN in a pad's keys and values reaches the real rows through 0 x NaN in the value
+        // product. (Our CPU kernels happen to zero NaN activations; candle's CUDA matmuls do
+        // not, which is how the device check found it: batched prompts after the longest one
+        // came back as a lone end-of-text token.)
         let needs_mask = t > 1 || cache.pads.iter().any(|&p| p > 0);
         let mask = if needs_mask {
             let mut m = vec![0f32; b * t * total];
             for (bi, &pad) in cache.pads.iter().enumerate() {
                 for j in 0..t {
+                    let query = past + j;
                     let row = &mut m[(bi * t + j) * total..(bi * t + j + 1) * total];
                     for (s, v) in row.iter_mut().enumerate() {
-                        if s < pad || s > past + j {
+                        let pad_self = query < pad && s == query;
+                        if (s < pad || s > query) && !pad_self {
                             *v = f32::NEG_INFINITY;
                         }
                     }
