@@ -7,12 +7,13 @@
 //! output format. A seeded held-out split (stratified by task and language) keeps some cases
 //! out of training so that the fine-tune can be evaluated on questions it never saw.
 
+use crate::args::{CaseFiles, RetrievalArgs};
 use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
 use flotilla_bench::dataset::{load_dataset, Case, Task};
 use flotilla_bench::documents::{load_document, Document};
 use flotilla_bench::prompts::{build, PromptInputs, Variant, ANSWER_MARKER, COMPLETED_MARKER};
-use flotilla_bench::retrieval::{numbered_context, whole_text, ChunkSettings, Retriever};
+use flotilla_bench::retrieval::{numbered_context, whole_text, Retriever};
 use flotilla_bench::runner::Truncation;
 use flotilla_engine::loader::flotilla_home;
 use flotilla_engine::{device, ChatMessage, EmbeddingModel, LoadOptions};
@@ -31,34 +32,24 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct FromBenchmarkArgs {
-    /// Case file (Flow or flotilla JSONL); repeat for several. (A sweep's `datasets[].cases`.)
-    #[arg(long, required = true, alias = "benchmark")]
-    pub cases: Vec<PathBuf>,
-    /// Folder the cases' documents are in (default: each case file's folder).
-    #[arg(long)]
-    pub documents: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: CaseFiles,
     /// Only these tasks (rag, document); repeatable.
     #[arg(long)]
-    pub task: Vec<String>,
+    pub task: Vec<Task>,
     /// The prompt variant whose messages the examples use (query_first, query_last,
     /// structured, structured_constrained, custom:FILE.jinja).
     #[arg(long, default_value = "query_last")]
-    pub variant: String,
-    /// Embedding model for RAG retrieval (as in `flotilla eval`).
-    #[arg(long, default_value = "minilm")]
-    pub embedder: String,
-    #[arg(long, default_value_t = 4)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 800)]
-    pub chunk_size: usize,
-    #[arg(long, default_value_t = 160)]
-    pub chunk_overlap: usize,
+    pub variant: Variant,
+    /// Retrieval for RAG cases (as in `flotilla eval`).
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
     /// Documents longer than this many characters are cut (document cases), by --truncation.
     #[arg(long, default_value_t = 24_000)]
     pub max_document_chars: usize,
     /// What to do with a document longer than --max-document-chars: head or head_tail.
     #[arg(long, default_value = "head_tail")]
-    pub truncation: String,
+    pub truncation: Truncation,
     /// Share of cases held out from training (0 keeps all; at least one case per task and
     /// language group of two or more is held out otherwise).
     #[arg(long, default_value_t = 0.25)]
@@ -96,40 +87,34 @@ struct Skipped {
 
 fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()> {
     // Validate every flag before reading documents or loading the embedder.
-    let variant = Variant::parse(&a.variant)?;
+    let variant = a.variant.clone();
     if let Variant::Custom { template } = &variant {
         anyhow::ensure!(
             Path::new(template).exists(),
             "--variant custom:{template}: no such file"
         );
     }
-    let truncation = Truncation::parse(&a.truncation)?;
+    let truncation = a.truncation;
     anyhow::ensure!(
         (0.0..1.0).contains(&a.holdout),
         "--holdout {}: expected a fraction in [0, 1)",
         a.holdout
     );
-    anyhow::ensure!(a.top_k > 0, "--top-k must be at least 1");
+    anyhow::ensure!(a.retrieval.top_k > 0, "--top-k must be at least 1");
     anyhow::ensure!(
         a.max_document_chars >= 64,
         "--max-document-chars {}: too small to hold a document",
         a.max_document_chars
     );
-    let tasks = a
-        .task
-        .iter()
-        .map(|t| match Task::parse(t) {
-            Some(Task::Criteria) | None => {
-                anyhow::bail!("--task {t}: expected rag or document")
-            }
-            Some(task) => Ok(task),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tasks = a.task.clone();
+    if let Some(t) = tasks.iter().find(|t| **t == Task::Criteria) {
+        anyhow::bail!("--task {t}: expected rag or document");
+    }
 
     let mut cases: Vec<Case> = Vec::new();
     let mut bad_lines = Vec::new();
-    for path in &a.cases {
-        let ds = load_dataset(path, a.documents.as_deref())
+    for path in &a.input.cases {
+        let ds = load_dataset(path, a.input.documents.as_deref())
             .with_context(|| format!("--cases {}", path.display()))?;
         for e in &ds.errors {
             tracing::warn!("{e}");
@@ -142,7 +127,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
                 .filter(|c| tasks.is_empty() || tasks.contains(&c.task)),
         );
     }
-    anyhow::ensure!(!cases.is_empty(), "no cases in {:?}", a.cases);
+    anyhow::ensure!(!cases.is_empty(), "no cases in {:?}", a.input.cases);
 
     let mut skipped = Vec::new();
     let usable: Vec<&Case> = cases
@@ -166,9 +151,9 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         device: device::parse_device(&a.device)?,
     };
     let embedder = if usable.iter().any(|c| c.task == Task::Rag) {
-        let pb = spinner(format!("loading {}", a.embedder));
-        let e = EmbeddingModel::load(&a.embedder, &opts)
-            .with_context(|| format!("--embedder {}", a.embedder))?;
+        let pb = spinner(format!("loading {}", a.retrieval.embedder));
+        let e = EmbeddingModel::load(&a.retrieval.embedder, &opts)
+            .with_context(|| format!("--embedder {}", a.retrieval.embedder))?;
         pb.finish_and_clear();
         Some(e)
     } else {
@@ -177,10 +162,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
     let retriever = embedder.as_ref().map(|e| {
         Retriever::new(
             e,
-            ChunkSettings {
-                size: a.chunk_size,
-                overlap: a.chunk_overlap,
-            },
+            a.retrieval.chunks(),
             Some(flotilla_home().join("cache").join("embeddings")),
         )
     });
@@ -219,7 +201,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
                     .as_ref()
                     .context("RAG cases need an embedding model (--embedder)")?;
                 let hits = retriever
-                    .retrieve(&case.query, &docs, a.top_k)
+                    .retrieve(&case.query, &docs, a.retrieval.top_k)
                     .with_context(|| format!("case {}: retrieval", case.id))?;
                 numbered_context(&hits)
             }
@@ -256,7 +238,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         !examples.is_empty(),
         "none of the {} cases in {:?} can become an example ({} skipped: no reference answer, criteria, or unreadable documents)",
         cases.len(),
-        a.cases,
+        a.input.cases,
         skipped.len()
     );
 
@@ -296,10 +278,10 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         }
     }
     let manifest = serde_json::json!({
-        "source": a.cases,
-        "documents": a.documents,
+        "source": a.input.cases,
+        "documents": a.input.documents,
         "variant": variant.name(),
-        "retrieval": {"embedder": a.embedder, "top_k": a.top_k, "chunk_size": a.chunk_size, "chunk_overlap": a.chunk_overlap},
+        "retrieval": {"embedder": a.retrieval.embedder, "top_k": a.retrieval.top_k, "chunk_size": a.retrieval.chunk_size, "chunk_overlap": a.retrieval.chunk_overlap},
         "max_document_chars": a.max_document_chars,
         "truncation": a.truncation,
         "holdout": a.holdout,

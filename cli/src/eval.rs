@@ -1,11 +1,12 @@
 //! `flotilla eval`: a model over benchmark cases, in-process, with judges and statistics;
 //! writes the results folder and prints the tables.
 
+use crate::args::{CaseFiles, RetrievalArgs};
 use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
 use flotilla_bench::dataset::{load_dataset, Case, Task};
 use flotilla_bench::report::{build_report, markdown, write_outputs};
-use flotilla_bench::retrieval::{ChunkSettings, Retriever};
+use flotilla_bench::retrieval::Retriever;
 use flotilla_bench::runner::{EvalSettings, Runner};
 use flotilla_bench::setup::JudgePanel;
 use flotilla_contract::{JudgeSpec, Scale, Truncation, Variant};
@@ -19,12 +20,8 @@ pub struct Args {
     /// The model under test (GGUF, HF directory, hf:org/name, or a demo alias).
     #[arg(long)]
     pub model: String,
-    /// Case file (Flow or flotilla JSONL); repeat for several. (A sweep's `datasets[].cases`.)
-    #[arg(long, required = true, alias = "dataset")]
-    pub cases: Vec<PathBuf>,
-    /// Folder the cases' documents are in (default: each case file's folder).
-    #[arg(long)]
-    pub documents: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: CaseFiles,
     /// Only these tasks (rag, document, criteria); repeatable.
     #[arg(long)]
     pub task: Vec<Task>,
@@ -40,15 +37,8 @@ pub struct Args {
     /// Rating scale: 0-10, or 1-10 as Flow Benchmark Tools uses.
     #[arg(long, default_value = "0-10")]
     pub scale: Scale,
-    /// Embedding model for RAG retrieval.
-    #[arg(long, default_value = "minilm")]
-    pub embedder: String,
-    #[arg(long, default_value_t = 4)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 800)]
-    pub chunk_size: usize,
-    #[arg(long, default_value_t = 160)]
-    pub chunk_overlap: usize,
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
     /// What to do with a document longer than the context: head or head_tail.
     #[arg(long, default_value = "head_tail")]
     pub truncation: Truncation,
@@ -101,8 +91,8 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     let tasks = a.task.clone();
     let (scale, truncation) = (a.scale, a.truncation);
     let mut cases: Vec<Case> = Vec::new();
-    for d in &a.cases {
-        let ds = load_dataset(d, a.documents.as_deref())?;
+    for d in &a.input.cases {
+        let ds = load_dataset(d, a.input.documents.as_deref())?;
         for e in &ds.errors {
             tracing::warn!("{e}");
             eprintln!("warning: skipped {e}");
@@ -113,7 +103,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
                 .filter(|c| tasks.is_empty() || tasks.contains(&c.task)),
         );
     }
-    anyhow::ensure!(!cases.is_empty(), "no cases to run in {:?}", a.cases);
+    anyhow::ensure!(!cases.is_empty(), "no cases to run in {:?}", a.input.cases);
 
     let device = device::parse_device(&a.device)?;
     let opts = LoadOptions { device };
@@ -144,8 +134,8 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     )?;
     let embedder = if cases.iter().any(|c| c.task == Task::Rag) {
         Some(
-            EmbeddingModel::load(&a.embedder, &opts)
-                .with_context(|| format!("--embedder {}", a.embedder))?,
+            EmbeddingModel::load(&a.retrieval.embedder, &opts)
+                .with_context(|| format!("--embedder {}", a.retrieval.embedder))?,
         )
     } else {
         None
@@ -154,10 +144,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     let retriever = embedder.as_ref().map(|e| {
         Retriever::new(
             e,
-            ChunkSettings {
-                size: a.chunk_size,
-                overlap: a.chunk_overlap,
-            },
+            a.retrieval.chunks(),
             Some(flotilla_home().join("cache").join("embeddings")),
         )
     });
@@ -178,7 +165,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         model_label: a.model.clone(),
         adapter_label: "base".into(),
         variants: variants.clone(),
-        top_k: a.top_k,
+        top_k: a.retrieval.top_k,
         truncation,
         sampling: SamplingParams {
             max_tokens: a.max_tokens,

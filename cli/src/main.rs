@@ -2,6 +2,7 @@
 //! command line, sets up logging and threads, and reports errors as one clear sentence.
 
 mod adapter;
+mod args;
 mod bench;
 mod bench_train;
 mod cluster;

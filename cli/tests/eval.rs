@@ -6,38 +6,52 @@ mod common;
 
 use common::{flotilla, ok_json, repo, tmp};
 use std::path::Path;
+use std::process::Output;
 
 fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// `flotilla eval --model smollm2 ARGS... --max-tokens MAX --explanation-tokens EXPLAIN
+/// --out OUT --output json`, waited for.
+fn eval_smollm2(args: &[&str], max_tokens: u32, explanation_tokens: u32, out: &Path) -> Output {
+    let (max, explain) = (max_tokens.to_string(), explanation_tokens.to_string());
+    let mut all = vec!["eval", "--model", "smollm2"];
+    all.extend_from_slice(args);
+    all.extend([
+        "--max-tokens",
+        max.as_str(),
+        "--explanation-tokens",
+        explain.as_str(),
+        "--out",
+        out.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    flotilla(&all)
 }
 
 #[test]
 fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
     let flow = repo().join("../shared/peer/flow_benchmark_tools");
     let out = tmp("flow");
-    let v = ok_json(&flotilla(&[
-        "eval",
-        "--model",
-        "smollm2",
-        "--judge",
-        "self",
-        "--scale",
-        "1-10",
-        "--cases",
-        flow.join("rag_benchmark.jsonl").to_str().unwrap(),
-        "--cases",
-        flow.join("criteria_benchmark.jsonl").to_str().unwrap(),
-        "--documents",
-        flow.join("files").to_str().unwrap(),
-        "--max-tokens",
-        "48",
-        "--explanation-tokens",
-        "24",
-        "--out",
-        out.to_str().unwrap(),
-        "--output",
-        "json",
-    ]));
+    let v = ok_json(&eval_smollm2(
+        &[
+            "--judge",
+            "self",
+            "--scale",
+            "1-10",
+            "--cases",
+            flow.join("rag_benchmark.jsonl").to_str().unwrap(),
+            "--cases",
+            flow.join("criteria_benchmark.jsonl").to_str().unwrap(),
+            "--documents",
+            flow.join("files").to_str().unwrap(),
+        ],
+        48,
+        24,
+        &out,
+    ));
     assert_eq!(v["failed_cases"].as_array().unwrap().len(), 0, "{v}");
     for f in [
         "results.json",
@@ -83,29 +97,23 @@ fn shipped_english_japanese_benchmark_compares_four_variants() {
     let bench = repo().join("examples/benchmarks/en-ja");
     let out = tmp("enja");
     let template = format!("custom:{}", bench.join("answer.jinja").display());
-    let v = ok_json(&flotilla(&[
-        "eval",
-        "--model",
-        "smollm2",
-        "--cases",
-        bench.join("smoke.jsonl").to_str().unwrap(),
-        "--variant",
-        "query_first",
-        "--variant",
-        "query_last",
-        "--variant",
-        "structured",
-        "--variant",
-        &template,
-        "--max-tokens",
-        "48",
-        "--explanation-tokens",
-        "24",
-        "--out",
-        out.to_str().unwrap(),
-        "--output",
-        "json",
-    ]));
+    let v = ok_json(&eval_smollm2(
+        &[
+            "--cases",
+            bench.join("smoke.jsonl").to_str().unwrap(),
+            "--variant",
+            "query_first",
+            "--variant",
+            "query_last",
+            "--variant",
+            "structured",
+            "--variant",
+            &template,
+        ],
+        48,
+        24,
+        &out,
+    ));
     let configs = v["configurations"].as_array().unwrap();
     assert_eq!(configs.len(), 16, "4 variants x (rag, document) x (en, ja)");
     assert!(configs
@@ -152,27 +160,21 @@ fn same_seed_same_inputs_give_byte_identical_scores() {
     let bench = repo().join("examples/benchmarks/en-ja");
     let run = |tag: &str| {
         let out = tmp(tag);
-        ok_json(&flotilla(&[
-            "eval",
-            "--model",
-            "smollm2",
-            "--cases",
-            bench.join("smoke.jsonl").to_str().unwrap(),
-            "--task",
-            "rag",
-            "--variant",
-            "query_last",
-            "--max-tokens",
-            "32",
-            "--explanation-tokens",
-            "16",
-            "--seed",
-            "5",
-            "--out",
-            out.to_str().unwrap(),
-            "--output",
-            "json",
-        ]));
+        ok_json(&eval_smollm2(
+            &[
+                "--cases",
+                bench.join("smoke.jsonl").to_str().unwrap(),
+                "--task",
+                "rag",
+                "--variant",
+                "query_last",
+                "--seed",
+                "5",
+            ],
+            32,
+            16,
+            &out,
+        ));
         let mut v = read_json(&out.join("results.json"));
         v.as_object_mut().unwrap().remove("timings");
         serde_json::to_string_pretty(&v).unwrap()
@@ -204,21 +206,7 @@ fn broken_cases_fail_alone_and_bad_flags_fail_before_loading() {
     )
     .unwrap();
     let out = dir.join("out");
-    let o = flotilla(&[
-        "eval",
-        "--model",
-        "smollm2",
-        "--cases",
-        cases.to_str().unwrap(),
-        "--max-tokens",
-        "24",
-        "--explanation-tokens",
-        "16",
-        "--out",
-        out.to_str().unwrap(),
-        "--output",
-        "json",
-    ]);
+    let o = eval_smollm2(&["--cases", cases.to_str().unwrap()], 24, 16, &out);
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(
         stderr.contains("cases.jsonl:4"),

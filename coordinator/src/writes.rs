@@ -71,40 +71,30 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
                 outcome,
                 task_failures,
                 infra_failures,
-            } => {
-                c.prepare_cached(
-                    "UPDATE shards SET state = ?2, worker_id = '', task_failures = ?3,
-                        infra_failures = ?4, error = ?5 WHERE id = ?1",
-                )?
-                .execute(params![
-                    shard,
-                    ShardState::Ready.code(),
-                    task_failures,
-                    infra_failures,
-                    outcome
-                ])?;
-                end_attempt(c, shard, *attempt, outcome, now)?;
-            }
+            } => attempt_failed(
+                c,
+                shard,
+                *attempt,
+                ShardState::Ready,
+                (*task_failures, *infra_failures),
+                outcome,
+                now,
+            )?,
             Change::ShardFailed {
                 shard,
                 attempt,
                 error,
                 task_failures,
                 infra_failures,
-            } => {
-                c.prepare_cached(
-                    "UPDATE shards SET state = ?2, worker_id = '', task_failures = ?3,
-                        infra_failures = ?4, error = ?5 WHERE id = ?1",
-                )?
-                .execute(params![
-                    shard,
-                    ShardState::Failed.code(),
-                    task_failures,
-                    infra_failures,
-                    error
-                ])?;
-                end_attempt(c, shard, *attempt, error, now)?;
-            }
+            } => attempt_failed(
+                c,
+                shard,
+                *attempt,
+                ShardState::Failed,
+                (*task_failures, *infra_failures),
+                error,
+                now,
+            )?,
             Change::ShardCancelled { shard } => {
                 c.prepare_cached("UPDATE shards SET state = ?2, worker_id = '' WHERE id = ?1")?
                     .execute(params![shard, ShardState::Cancelled.code()])?;
@@ -142,6 +132,31 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
         }
     }
     Ok(())
+}
+
+/// A failed attempt: the shard back in the queue (`Ready`) or failed for good, its failure
+/// counts and message kept, the attempt closed.
+fn attempt_failed(
+    c: &Connection,
+    shard: &str,
+    attempt: Attempt,
+    state: ShardState,
+    (task_failures, infra_failures): (u32, u32),
+    message: &str,
+    now: i64,
+) -> StoreResult<()> {
+    c.prepare_cached(
+        "UPDATE shards SET state = ?2, worker_id = '', task_failures = ?3,
+            infra_failures = ?4, error = ?5 WHERE id = ?1",
+    )?
+    .execute(params![
+        shard,
+        state.code(),
+        task_failures,
+        infra_failures,
+        message
+    ])?;
+    end_attempt(c, shard, attempt, message, now)
 }
 
 fn end_attempt(

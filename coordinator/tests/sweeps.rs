@@ -306,21 +306,24 @@ fn blank(case: &flotilla_contract::dataset::Case, spec: &GenerateShard) -> CaseR
         variant: spec.variant.clone(),
         query: case.query.clone(),
         reference_answer: case.reference_answer.clone(),
-        prompt: "p".into(),
-        raw_answer: "a".into(),
-        answer: "a".into(),
+        // Retrieval and prompt.
         hits: Vec::new(),
         recall_at_k: None,
+        prompt: "p".into(),
         truncation: None,
+        prompt_tokens: 1,
+        // Generation.
+        raw_answer: "a".into(),
         parse_error: None,
         parse_retried: false,
-        verdicts: Vec::new(),
-        score: None,
-        metrics: Default::default(),
-        prompt_tokens: 1,
+        answer: "a".into(),
         completion_tokens: 1,
         latency_s: 0.0,
         error: None,
+        // Scoring (judged later by the fake worker).
+        metrics: Default::default(),
+        verdicts: Vec::new(),
+        score: None,
     }
 }
 

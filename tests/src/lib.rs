@@ -7,8 +7,10 @@
 pub mod etcd;
 pub mod tiny;
 
+use candle_core::{Device, Tensor};
+use flotilla_engine::models::llama::KvCache;
 use flotilla_engine::{EmbeddingModel, LanguageModel, LoadOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// A demo model's path in the model cache; panics with the fix if it is missing.
@@ -48,6 +50,55 @@ pub fn minilm() -> &'static EmbeddingModel {
     })
 }
 
+/// A language model (GGUF file or Hugging Face directory) loaded with default options.
+pub fn load_model(p: &Path) -> LanguageModel {
+    LanguageModel::load(p.to_str().unwrap(), &LoadOptions::default()).expect("load model")
+}
+
+/// `ids` as a one-row batch on the CPU.
+fn one_row(ids: &[u32]) -> Tensor {
+    Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+/// All-position logits (`[tokens, vocab]`) of the inference forward in full f32 attention
+/// (GGUF models otherwise round attention to f16 like llama.cpp, which a bit-level comparison
+/// must switch off).
+pub fn inference_logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
+    let mut model = (*lm.model).clone();
+    model.f16_attention = false;
+    let mut cache = KvCache::new(model.config.num_layers, vec![0]);
+    model
+        .forward(&one_row(ids), &mut cache, true)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+}
+
+/// Next-token logits after `ids`, as the model computes them for generation.
+pub fn next_logits(lm: &LanguageModel, ids: &[u32]) -> Vec<f32> {
+    let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
+    lm.model
+        .forward(&one_row(ids), &mut cache, false)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// Largest absolute value in a tensor.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// A file under `tests/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -78,6 +129,35 @@ pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("number") as f32)
         .collect()
+}
+
+/// One prompt of a recorded reference run (llama.cpp, PEFT): its name and text, the
+/// reference's prompt token ids and its greedy continuation.
+pub struct ReferenceCase {
+    pub name: String,
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+}
+
+impl ReferenceCase {
+    /// Read from one entry of a fixture's `cases` list.
+    pub fn from_json(c: &serde_json::Value) -> Self {
+        ReferenceCase {
+            name: c["name"].as_str().unwrap().to_string(),
+            prompt: c["prompt_text"].as_str().unwrap().to_string(),
+            prompt_ids: json_ids(&c["prompt_ids"]),
+            greedy_ids: json_ids(&c["greedy_ids"]),
+        }
+    }
+}
+
+/// The `cases` list of a JSON fixture.
+pub fn fixture_cases(name: &str) -> Vec<serde_json::Value> {
+    json_fixture(name)["cases"]
+        .as_array()
+        .expect("cases")
+        .clone()
 }
 
 /// A fresh temporary directory, removed when dropped.

@@ -5,38 +5,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use flotilla_engine::convert::{gguf_to_hf, OutDType};
-use flotilla_engine::models::llama::KvCache;
 use flotilla_engine::{LanguageModel, LoadOptions};
-use flotilla_tests::temp_dir;
 use flotilla_tests::tiny::{write_tiny_gguf, LAYERS};
-use std::path::Path;
-
-fn load(p: &Path) -> LanguageModel {
-    LanguageModel::load(p.to_str().unwrap(), &LoadOptions::default()).unwrap()
-}
-
-/// All-position logits in full f32 attention (GGUF models otherwise round attention to f16
-/// like llama.cpp, which a bit-level comparison with the HF path must switch off).
-fn logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
-    let mut model = (*lm.model).clone();
-    model.f16_attention = false;
-    let mut cache = KvCache::new(model.config.num_layers, vec![0]);
-    let x = Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    model.forward(&x, &mut cache, true).unwrap()
-}
-
-/// Largest absolute value in a tensor.
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use flotilla_tests::{inference_logits, load_model, max_abs, temp_dir};
 
 fn check_arch(arch: &str) {
     let dir = temp_dir(&format!("tiny-{arch}"));
@@ -44,8 +15,8 @@ fn check_arch(arch: &str) {
     write_tiny_gguf(arch, &gguf);
     let hf_dir = dir.path().join("hf");
     gguf_to_hf(&gguf, &hf_dir, OutDType::F32).unwrap();
-    let a = load(&gguf);
-    let b = load(&hf_dir);
+    let a = load_model(&gguf);
+    let b = load_model(&hf_dir);
     assert_eq!(a.info.architecture, arch);
     assert_eq!(b.info.architecture, arch);
     assert_eq!(a.model.config.attention_bias, arch == "qwen2");
@@ -54,7 +25,7 @@ fn check_arch(arch: &str) {
         .tokenizer
         .encode("Rhinos eat grass and leaves in the savanna at dawn.", false)
         .unwrap();
-    let (la, lb) = (logits(&a, &ids), logits(&b, &ids));
+    let (la, lb) = (inference_logits(&a, &ids), inference_logits(&b, &ids));
     let diff = max_abs(&(la - &lb).unwrap());
     let scale = max_abs(&lb);
     assert!(
@@ -157,9 +128,9 @@ fn sharded_safetensors_directories_load_like_single_files() {
         serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
     )
     .unwrap();
-    let (a, b) = (load(&single), load(&sharded));
+    let (a, b) = (load_model(&single), load_model(&sharded));
     let ids = a.tokenizer.encode("Two shards, one model.", false).unwrap();
-    let diff = max_abs(&(logits(&a, &ids) - logits(&b, &ids)).unwrap());
+    let diff = max_abs(&(inference_logits(&a, &ids) - inference_logits(&b, &ids)).unwrap());
     assert_eq!(diff, 0.0);
     // A shard named in the index but missing is named in the error.
     std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();

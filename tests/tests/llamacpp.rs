@@ -8,33 +8,16 @@
 //! flotilla's GGUF attention rounds to f16 as llama.cpp's KV cache does; with it, most prompts
 //! agree on all 32 tokens. Remaining early divergences must be near-ties (see NEAR_TIE).
 
-use candle_core::{Device, Tensor};
-use flotilla_engine::models::llama::KvCache;
 use flotilla_engine::SamplingParams;
-use flotilla_tests::{json_fixture, json_ids as ids, smollm2};
+use flotilla_tests::{fixture_cases, next_logits, smollm2, ReferenceCase};
 
 /// Logit gap under which two tokens count as tied: Q4_1 rounding moves logits by about this.
 const NEAR_TIE: f32 = 0.25;
 
-struct Case {
-    name: String,
-    prompt: String,
-    prompt_ids: Vec<u32>,
-    greedy_ids: Vec<u32>,
-}
-
-fn cases() -> Vec<Case> {
-    let f = json_fixture("llamacpp-smollm2.json");
-    f["cases"]
-        .as_array()
-        .expect("cases")
+fn cases() -> Vec<ReferenceCase> {
+    fixture_cases("llamacpp-smollm2.json")
         .iter()
-        .map(|c| Case {
-            name: c["name"].as_str().unwrap().to_string(),
-            prompt: c["prompt_text"].as_str().unwrap().to_string(),
-            prompt_ids: ids(&c["prompt_ids"]),
-            greedy_ids: ids(&c["greedy_ids"]),
-        })
+        .map(ReferenceCase::from_json)
         .collect()
 }
 
@@ -81,19 +64,7 @@ fn greedy_ids_agree_with_llama_cpp() {
         let margin = if agree < possible {
             let mut ids = c.prompt_ids.clone();
             ids.extend(&c.greedy_ids[..agree]);
-            let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
-            let x = Tensor::new(ids.as_slice(), &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let logits = lm
-                .model
-                .forward(&x, &mut cache, false)
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let logits = next_logits(lm, &ids);
             let top = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             top - logits[c.greedy_ids[agree] as usize]
         } else {

@@ -12,15 +12,13 @@
 //! a divergence is allowed only where PEFT itself saw a near-tie (gap under NEAR_TIE), and
 //! flotilla's own gap between the two candidates is then checked to be as small.
 
-use candle_core::{Device, Tensor};
 use flotilla_engine::convert::{gguf_to_hf, OutDType};
-use flotilla_engine::models::llama::KvCache;
-use flotilla_engine::{LanguageModel, LoadOptions, SamplingParams};
+use flotilla_engine::{LanguageModel, SamplingParams};
 use flotilla_tests::{
-    fixture, json_fixture, json_floats as floats, json_ids as ids, smollm2_path, temp_dir,
+    fixture, fixture_cases, json_floats as floats, json_ids as ids, load_model, next_logits,
+    smollm2_path, temp_dir, ReferenceCase,
 };
 use flotilla_train::{load_with_adapter, merge_to_hf_dir, LoraAdapter};
-use std::path::Path;
 use std::sync::OnceLock;
 
 /// Logit gap under which two candidates count as tied. Both sides are f32 on identical weights
@@ -44,20 +42,25 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let f = json_fixture(GENERATIONS);
-    let cases: Vec<Case> = f["cases"]
-        .as_array()
-        .expect("cases")
+    let cases: Vec<Case> = fixture_cases(GENERATIONS)
         .iter()
-        .map(|c| Case {
-            name: c["name"].as_str().unwrap().to_string(),
-            prompt: c["prompt_text"].as_str().unwrap().to_string(),
-            prompt_ids: ids(&c["prompt_ids"]),
-            greedy_ids: ids(&c["greedy_ids"]),
-            greedy_gaps: floats(&c["greedy_gaps"]),
-            top5_ids: ids(&c["top5_ids"]),
-            top5_logits: floats(&c["top5_logits"]),
-            base_greedy_ids: ids(&c["base_greedy_ids"]),
+        .map(|c| {
+            let ReferenceCase {
+                name,
+                prompt,
+                prompt_ids,
+                greedy_ids,
+            } = ReferenceCase::from_json(c);
+            Case {
+                name,
+                prompt,
+                prompt_ids,
+                greedy_ids,
+                greedy_gaps: floats(&c["greedy_gaps"]),
+                top5_ids: ids(&c["top5_ids"]),
+                top5_logits: floats(&c["top5_logits"]),
+                base_greedy_ids: ids(&c["base_greedy_ids"]),
+            }
         })
         .collect();
     assert!(cases.len() >= 4, "fixture has {} cases", cases.len());
@@ -72,12 +75,8 @@ fn hf_base() -> &'static LanguageModel {
         let dir = temp_dir("peft-hf");
         let hf = dir.path().join("smollm2-hf");
         gguf_to_hf(&smollm2_path(), &hf, OutDType::F32).expect("convert the demo GGUF");
-        load(&hf)
+        load_model(&hf)
     })
-}
-
-fn load(p: &Path) -> LanguageModel {
-    LanguageModel::load(p.to_str().unwrap(), &LoadOptions::default()).expect("load model")
 }
 
 fn with_fixture_adapter() -> &'static LanguageModel {
@@ -96,22 +95,6 @@ fn greedy(lm: &LanguageModel, prompt_ids: &[u32], n: usize) -> Vec<u32> {
         .generate_ids(&[prompt_ids.to_vec()], &params)
         .expect("generate");
     out[0].token_ids.clone()
-}
-
-/// Next-token logits after `ids`.
-fn next_logits(lm: &LanguageModel, ids: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
-    let x = Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    lm.model
-        .forward(&x, &mut cache, false)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
 }
 
 fn top_k(logits: &[f32], k: usize) -> Vec<u32> {
@@ -332,7 +315,7 @@ fn merged_peft_adapter_generates_as_peft() {
     let merged_dir = dir.path().join("merged");
     merge_to_hf_dir(hf.to_str().unwrap(), &adapter, &merged_dir).unwrap();
     std::fs::remove_dir_all(&hf).unwrap();
-    let merged = load(&merged_dir);
+    let merged = load_model(&merged_dir);
     let mut failures = Vec::new();
     let mut report = Vec::new();
     for c in cases() {

@@ -23,6 +23,22 @@ async fn next(events: &mut mpsc::Receiver<WorkerEvent>, within: Duration) -> Wor
         .expect("the watch stays open")
 }
 
+/// The ids of the registered workers, in the registry's order.
+async fn worker_ids(reg: &EtcdRegistry) -> Vec<String> {
+    reg.workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect()
+}
+
+/// The lease `key` is held under in etcd now; panics with `what` if the key is absent.
+async fn lease_of(reg: &EtcdRegistry, key: &str, what: &str) -> i64 {
+    let found = reg.client().get(key, None).await.unwrap();
+    found.kvs().first().expect(what).lease()
+}
+
 #[tokio::test]
 async fn workers_appear_and_disappear_with_their_registrations() {
     let etcd = Etcd::start();
@@ -45,13 +61,7 @@ async fn workers_appear_and_disappear_with_their_registrations() {
     let late = reg.register_worker("pc-2", "{}".into()).await.unwrap();
     assert!(matches!(next(&mut events, Duration::from_secs(5)).await,
         WorkerEvent::Up(e) if e.id == "pc-2"));
-    let ids: Vec<String> = reg
-        .workers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|w| w.id)
-        .collect();
+    let ids = worker_ids(&reg).await;
     assert_eq!(ids, ["pc-1", "pc-2"]);
 
     // A worker that stops cleanly revokes its lease: gone at once, not after the TTL.
@@ -61,13 +71,7 @@ async fn workers_appear_and_disappear_with_their_registrations() {
         WorkerEvent::Down("pc-1".into())
     );
     assert!(late.is_held());
-    let ids: Vec<String> = reg
-        .workers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|w| w.id)
-        .collect();
+    let ids = worker_ids(&reg).await;
     assert_eq!(ids, ["pc-2"]);
 
     // A process about to exit releases its key and waits until it is gone.
@@ -129,16 +133,8 @@ async fn a_worker_whose_lease_is_lost_registers_again() {
     ));
 
     // Someone (an operator, a partition longer than the TTL) ends the lease.
-    let mut client = reg.client();
-    let kv = client
-        .get(registration.key(), None)
-        .await
-        .unwrap()
-        .kvs()
-        .first()
-        .cloned()
-        .expect("the worker key exists");
-    client.lease_revoke(kv.lease()).await.unwrap();
+    let lease = lease_of(&reg, registration.key(), "the worker key exists").await;
+    reg.client().lease_revoke(lease).await.unwrap();
 
     assert_eq!(
         next(&mut events, Duration::from_secs(5)).await,
@@ -152,15 +148,8 @@ async fn a_worker_whose_lease_is_lost_registers_again() {
         }),
         "the worker registers again with a new lease"
     );
-    let kv2 = client
-        .get(registration.key(), None)
-        .await
-        .unwrap()
-        .kvs()
-        .first()
-        .cloned()
-        .expect("the worker key is back");
-    assert_ne!(kv2.lease(), kv.lease());
+    let lease2 = lease_of(&reg, registration.key(), "the worker key is back").await;
+    assert_ne!(lease2, lease);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(registration.is_held());
 }

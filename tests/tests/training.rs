@@ -5,10 +5,8 @@
 //! reach the adapter of a straight one.
 
 use candle_core::{Device, Tensor};
-use flotilla_engine::models::llama::KvCache;
-use flotilla_engine::{LanguageModel, LoadOptions};
 use flotilla_tests::tiny::write_tiny_gguf;
-use flotilla_tests::{smollm2_path, temp_dir};
+use flotilla_tests::{inference_logits, load_model, max_abs, smollm2_path, temp_dir};
 use flotilla_train::data::Batch;
 use flotilla_train::model::TrainModel;
 use flotilla_train::weights::BaseWeights;
@@ -16,26 +14,6 @@ use flotilla_train::{
     apply_adapter, merge_to_hf_dir, LoraSettings, TrainConfig, TrainEvent, Trainer,
 };
 use std::path::{Path, PathBuf};
-
-fn load(p: &Path) -> LanguageModel {
-    LanguageModel::load(p.to_str().unwrap(), &LoadOptions::default()).unwrap()
-}
-
-/// All-position logits of the inference forward, in f32 attention.
-fn inference_logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
-    let mut model = (*lm.model).clone();
-    model.f16_attention = false;
-    let mut cache = KvCache::new(model.config.num_layers, vec![0]);
-    let x = Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    model
-        .forward(&x, &mut cache, true)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-}
 
 /// One row holding `ids`, every next token a target.
 fn batch_of(ids: &[u32]) -> Batch {
@@ -54,15 +32,6 @@ fn batch_of(ids: &[u32]) -> Batch {
         segments: vec![0; t],
         target_tokens: t - 1,
     }
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Give every B a small random value, so gradients reach every A too.
@@ -91,7 +60,7 @@ const TEXT: &str = "Rhinos eat grass and leaves in the savanna at dawn, then res
 fn training_forward_computes_the_inference_logits_on_tiny_llama_and_qwen2() {
     for arch in ["llama", "qwen2"] {
         let (_dir, gguf, model) = tiny_model(arch, &LoraSettings::default());
-        let lm = load(&gguf);
+        let lm = load_model(&gguf);
         let ids = lm.tokenizer.encode(TEXT, false).unwrap();
         let b = batch_of(&ids);
         // Fresh adapters have B = 0: the training model is exactly the base model.
@@ -115,7 +84,7 @@ fn finite_differences_agree_with_autograd() {
     };
     let (_dir, gguf, model) = tiny_model("llama", &lora);
     randomize_b(&model, 0.05);
-    let lm = load(&gguf);
+    let lm = load_model(&gguf);
     let ids = lm.tokenizer.encode(TEXT, false).unwrap();
     let b = batch_of(&ids);
     let n = b.target_tokens as f64;
@@ -228,12 +197,12 @@ fn an_adapter_gives_the_same_logits_unmerged_on_gguf_and_merged_into_a_directory
         adapter.save(&adir).unwrap();
         let reloaded = flotilla_train::LoraAdapter::load(&adir).unwrap();
 
-        let lm = load(&gguf);
+        let lm = load_model(&gguf);
         let ids = lm.tokenizer.encode(TEXT, false).unwrap();
         let unmerged = inference_logits(&apply_adapter(&lm, &reloaded).unwrap(), &ids);
         let merged_dir = dir.path().join("merged");
         merge_to_hf_dir(gguf.to_str().unwrap(), &reloaded, &merged_dir).unwrap();
-        let merged = inference_logits(&load(&merged_dir), &ids);
+        let merged = inference_logits(&load_model(&merged_dir), &ids);
         let training = model
             .logits(&model.hidden(&batch_of(&ids), None).unwrap())
             .unwrap();

@@ -9,6 +9,7 @@ use flotilla_coordinator::sweep::Retries;
 use flotilla_coordinator::{serve, CoordinatorConfig, RunningCoordinator};
 use flotilla_engine::loader::LoadOptions;
 use flotilla_proto::v1 as pb;
+use flotilla_tests::TempDir;
 use flotilla_worker::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,6 +19,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 const TOKEN: &str = "agent-test-token";
+
+/// A running worker agent.
+type Agent = JoinHandle<Result<(), flotilla_worker::WorkerError>>;
 
 async fn coordinator(
     dir: &Path,
@@ -39,7 +43,7 @@ fn worker(
     token: &str,
     slots: u32,
     stop: &watch::Receiver<bool>,
-) -> JoinHandle<Result<(), flotilla_worker::WorkerError>> {
+) -> Agent {
     let config = AgentConfig {
         worker_id: id.into(),
         coordinator: CoordinatorAddress::Direct(address),
@@ -60,15 +64,44 @@ fn worker(
     }))
 }
 
-fn noops(n: usize, sleep_ms: u64) -> Vec<NoopShard> {
-    vec![
-        NoopShard {
-            units: 1,
-            sleep_ms,
-            fail: None
-        };
-        n
-    ]
+/// A coordinator on a free loopback port, with its own data folder and registry.
+async fn start(tag: &str) -> (TempDir, Arc<MemoryRegistry>, RunningCoordinator) {
+    let dir = flotilla_tests::temp_dir(tag);
+    let registry = Arc::new(MemoryRegistry::new());
+    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    (dir, registry, c)
+}
+
+/// Worker `w1`, one slot, connecting to `c` with `token`.
+fn one_worker(
+    dir: &Path,
+    c: &RunningCoordinator,
+    registry: Arc<MemoryRegistry>,
+    token: &str,
+    stop: &watch::Receiver<bool>,
+) -> Agent {
+    let address = format!("http://{}", c.local_addr());
+    worker(dir, "w1", address, registry, token, 1, stop)
+}
+
+/// Stop the agent, which must end without error, then the coordinator.
+async fn stop_all(stop_tx: watch::Sender<bool>, agent: Agent, c: RunningCoordinator) {
+    stop_tx.send(true).unwrap();
+    agent.await.unwrap().unwrap();
+    c.shutdown().await;
+}
+
+/// Submit a sweep of `n` no-op shards sleeping `sleep_ms` each, with default retries; its id.
+async fn submit_noops(c: &RunningCoordinator, name: &str, n: usize, sleep_ms: u64) -> String {
+    let shard = NoopShard {
+        units: 1,
+        sleep_ms,
+        fail: None,
+    };
+    c.core()
+        .submit_noop(name, vec![shard; n], Retries::default())
+        .await
+        .unwrap()
 }
 
 async fn wait_end(c: &RunningCoordinator, sweep: &str, within: Duration) -> pb::SweepStatus {
@@ -94,11 +127,19 @@ async fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Wait up to five seconds until the registry's worker count satisfies `done`; `what` is the
+/// failure message.
+async fn wait_workers(registry: &MemoryRegistry, what: &str, done: impl Fn(usize) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done(registry.workers().await.unwrap().len()) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn agents_share_the_work_and_every_result_is_stored_once() {
-    let dir = flotilla_tests::temp_dir("agent-share");
-    let registry = Arc::new(MemoryRegistry::new());
-    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let (dir, registry, c) = start("agent-share").await;
     let address = format!("http://{}", c.local_addr());
     let (stop_tx, stop) = watch::channel(false);
     let agents: Vec<_> = (1..=2)
@@ -115,17 +156,9 @@ async fn agents_share_the_work_and_every_result_is_stored_once() {
         })
         .collect();
     // Both register in the registry.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while registry.workers().await.unwrap().len() < 2 {
-        assert!(Instant::now() < deadline, "the workers did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_workers(&registry, "the workers did not register", |n| n >= 2).await;
 
-    let sweep = c
-        .core()
-        .submit_noop("shared", noops(40, 10), Retries::default())
-        .await
-        .unwrap();
+    let sweep = submit_noops(&c, "shared", 40, 10).await;
     let st = wait_end(&c, &sweep, Duration::from_secs(30)).await;
     assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{st:?}");
     assert_eq!((st.shards_done, st.shards_failed), (40, 0));
@@ -141,39 +174,21 @@ async fn agents_share_the_work_and_every_result_is_stored_once() {
         a.await.unwrap().unwrap();
     }
     // Stopped workers deregister.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !registry.workers().await.unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the stopped workers are still registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_workers(&registry, "the stopped workers are still registered", |n| {
+        n == 0
+    })
+    .await;
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_reconnect_when_the_coordinator_restarts_and_the_sweep_completes() {
-    let dir = flotilla_tests::temp_dir("agent-restart");
-    let registry = Arc::new(MemoryRegistry::new());
-    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let (dir, registry, c) = start("agent-restart").await;
     let addr = c.local_addr();
     let (stop_tx, stop) = watch::channel(false);
-    let agent = worker(
-        dir.path(),
-        "w1",
-        format!("http://{addr}"),
-        registry.clone(),
-        TOKEN,
-        1,
-        &stop,
-    );
+    let agent = one_worker(dir.path(), &c, registry, TOKEN, &stop);
 
-    let sweep = c
-        .core()
-        .submit_noop("restart", noops(12, 100), Retries::default())
-        .await
-        .unwrap();
+    let sweep = submit_noops(&c, "restart", 12, 100).await;
     wait_until(Duration::from_secs(20), "three shards done", || {
         c.core().status(&sweep).unwrap().shards_done >= 3
     })
@@ -186,33 +201,17 @@ async fn agents_reconnect_when_the_coordinator_restarts_and_the_sweep_completes(
     let st = wait_end(&c, &sweep, Duration::from_secs(30)).await;
     assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{st:?}");
     assert_eq!(st.shards_done, 12);
-    stop_tx.send(true).unwrap();
-    agent.await.unwrap().unwrap();
-    c.shutdown().await;
+    stop_all(stop_tx, agent, c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_shard_frees_its_slot_at_once() {
-    let dir = flotilla_tests::temp_dir("agent-cancel");
-    let registry = Arc::new(MemoryRegistry::new());
-    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let (dir, registry, c) = start("agent-cancel").await;
     let (stop_tx, stop) = watch::channel(false);
-    let agent = worker(
-        dir.path(),
-        "w1",
-        format!("http://{}", c.local_addr()),
-        registry,
-        TOKEN,
-        1,
-        &stop,
-    );
+    let agent = one_worker(dir.path(), &c, registry, TOKEN, &stop);
 
     // One slot, taken by a shard that would sleep for a minute.
-    let slow = c
-        .core()
-        .submit_noop("slow", noops(1, 60_000), Retries::default())
-        .await
-        .unwrap();
+    let slow = submit_noops(&c, "slow", 1, 60_000).await;
     wait_until(Duration::from_secs(10), "the slow shard running", || {
         c.core().workers().iter().any(|w| w.running == 1)
     })
@@ -220,37 +219,21 @@ async fn a_cancelled_shard_frees_its_slot_at_once() {
     c.core().cancel(&slow).await.unwrap();
 
     // The next sweep runs now, not in a minute.
-    let quick = c
-        .core()
-        .submit_noop("quick", noops(1, 0), Retries::default())
-        .await
-        .unwrap();
+    let quick = submit_noops(&c, "quick", 1, 0).await;
     let st = wait_end(&c, &quick, Duration::from_secs(5)).await;
     assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{st:?}");
     assert_eq!(
         c.core().status(&slow).unwrap().state,
         pb::SweepState::Cancelled as i32
     );
-    stop_tx.send(true).unwrap();
-    agent.await.unwrap().unwrap();
-    c.shutdown().await;
+    stop_all(stop_tx, agent, c).await;
 }
 
 #[tokio::test]
 async fn task_failures_are_reported_with_their_message() {
-    let dir = flotilla_tests::temp_dir("agent-fail");
-    let registry = Arc::new(MemoryRegistry::new());
-    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let (dir, registry, c) = start("agent-fail").await;
     let (stop_tx, stop) = watch::channel(false);
-    let agent = worker(
-        dir.path(),
-        "w1",
-        format!("http://{}", c.local_addr()),
-        registry,
-        TOKEN,
-        1,
-        &stop,
-    );
+    let agent = one_worker(dir.path(), &c, registry, TOKEN, &stop);
 
     let bad = NoopShard {
         units: 0,
@@ -274,39 +257,23 @@ async fn task_failures_are_reported_with_their_message() {
         st.jobs.iter().map(|j| &j.error).collect::<Vec<_>>()
     );
     assert!(said.contains("case 7 is unreadable"), "{said}");
-    stop_tx.send(true).unwrap();
-    agent.await.unwrap().unwrap();
-    c.shutdown().await;
+    stop_all(stop_tx, agent, c).await;
 }
 
 #[tokio::test]
 async fn a_refused_token_ends_the_agent_with_a_clear_error() {
-    let dir = flotilla_tests::temp_dir("agent-token");
-    let registry = Arc::new(MemoryRegistry::new());
-    let c = coordinator(dir.path(), "127.0.0.1:0".parse().unwrap(), registry.clone()).await;
+    let (dir, registry, c) = start("agent-token").await;
     let (_stop_tx, stop) = watch::channel(false);
-    let agent = worker(
-        dir.path(),
-        "w1",
-        format!("http://{}", c.local_addr()),
-        registry.clone(),
-        "wrong",
-        1,
-        &stop,
-    );
+    let agent = one_worker(dir.path(), &c, registry.clone(), "wrong", &stop);
     let err = tokio::time::timeout(Duration::from_secs(10), agent)
         .await
         .expect("the agent gives up")
         .unwrap()
         .unwrap_err();
     assert!(format!("{err:#}").contains("refused the token"), "{err:#}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !registry.workers().await.unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the refused worker is still registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_workers(&registry, "the refused worker is still registered", |n| {
+        n == 0
+    })
+    .await;
     c.shutdown().await;
 }

@@ -21,7 +21,7 @@ use super::capabilities::Capabilities;
 use super::exec::{Completed, ShardError};
 use super::models::ModelCache;
 use super::shard_task::run_shard;
-use crate::error::{Result, WorkerError};
+use crate::error::{io, Result, WorkerError};
 use candle_core::Device;
 use flotilla_client::client::{self, Client, ClientTls};
 use flotilla_client::registry::{Registration, Registry};
@@ -151,10 +151,7 @@ impl Agent {
         if config.slots == 0 {
             return Err(WorkerError::Invalid("--slots must be at least 1".into()));
         }
-        std::fs::create_dir_all(&config.work_dir).map_err(WorkerError::io(format!(
-            "cannot create {}",
-            config.work_dir.display()
-        )))?;
+        std::fs::create_dir_all(&config.work_dir).map_err(io(&config.work_dir))?;
         let cache = Arc::new(ArtifactCache::new(config.cache_dir.join("artifacts"))?);
         let capabilities = Capabilities::detect(&config.device_name, config.slots);
         let (done_tx, done_rx) = mpsc::unbounded_channel();

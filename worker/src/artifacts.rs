@@ -6,7 +6,7 @@
 //! own with the sweep's relative paths, so the engine reads ordinary files. Produced files (a
 //! trained adapter) go up with [`upload_file`], in chunks below gRPC's message cap.
 
-use crate::error::{Result, WorkerError};
+use crate::error::{io, Result, WorkerError};
 use flotilla_client::client::Client;
 use flotilla_proto::v1::{ArtifactRef, FileRef};
 use sha2::{Digest, Sha256};
@@ -17,8 +17,7 @@ pub use flotilla_client::hash::{hex, CHUNK_BYTES};
 
 /// sha256 and size of a file; the error names it.
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    flotilla_client::hash::sha256_file(path)
-        .map_err(WorkerError::io(format!("cannot read {}", path.display())))
+    flotilla_client::hash::sha256_file(path).map_err(io(&path))
 }
 
 fn check_sha(sha: &str) -> Result<()> {
@@ -60,10 +59,7 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl ArtifactCache {
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(WorkerError::io(format!(
-            "cannot create the artifact cache {}",
-            dir.display()
-        )))?;
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         Ok(Self { dir })
     }
 
@@ -97,10 +93,8 @@ impl ArtifactCache {
             )));
         }
         let tmp = self.tmp_path(&artifact.sha256);
-        std::fs::write(&tmp, data)
-            .map_err(WorkerError::io(format!("cannot write {}", tmp.display())))?;
-        std::fs::rename(&tmp, &dest)
-            .map_err(WorkerError::io(format!("cannot write {}", dest.display())))?;
+        std::fs::write(&tmp, data).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         Ok(dest)
     }
 
@@ -130,18 +124,11 @@ impl ArtifactCache {
             let src = self.path(artifact)?;
             let dest = root.join(sweep_path(&f.path)?);
             if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(WorkerError::io(format!(
-                    "cannot create {}",
-                    parent.display()
-                )))?;
+                std::fs::create_dir_all(parent).map_err(io(&parent))?;
             }
             let _ = std::fs::remove_file(&dest);
             if std::fs::hard_link(&src, &dest).is_err() {
-                std::fs::copy(&src, &dest).map_err(WorkerError::io(format!(
-                    "cannot copy {} to {}",
-                    src.display(),
-                    dest.display()
-                )))?;
+                std::fs::copy(&src, &dest).map_err(io(&dest))?;
             }
         }
         Ok(())

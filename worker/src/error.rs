@@ -2,20 +2,15 @@
 //! that fails is not one of these: it is a [`crate::exec::ShardError`] reported to the
 //! coordinator, and the worker goes on.)
 
-use std::fmt::Display;
-
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// A setting that cannot be used (`--slots 0`, a sweep path that leaves its folder, a
     /// malformed artifact hash).
     #[error("{0}")]
     Invalid(String),
-    /// A local file or folder that cannot be read or written.
-    #[error("{message}: {cause}")]
-    Io {
-        message: String,
-        cause: std::io::Error,
-    },
+    /// A local file or folder that cannot be read or written (named with the OS's reason).
+    #[error(transparent)]
+    File(#[from] flotilla_contract::Error),
     /// The coordinator or etcd could not be reached or refused a call.
     #[error(transparent)]
     Client(#[from] flotilla_client::Error),
@@ -29,9 +24,7 @@ pub enum WorkerError {
 
 pub type Result<T> = std::result::Result<T, WorkerError>;
 
-impl WorkerError {
-    pub(crate) fn io(message: impl Display) -> impl FnOnce(std::io::Error) -> WorkerError {
-        let message = message.to_string();
-        move |cause| WorkerError::Io { message, cause }
-    }
+/// The I/O error of `path`, as a worker error naming the path.
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> WorkerError + '_ {
+    move |e| flotilla_contract::Error::io(path, e).into()
 }

@@ -51,11 +51,9 @@ impl From<Error> for ShardError {
         match e {
             // A model that is missing or unusable, bad settings, a template that does not
             // render: the shard's input is at fault.
-            Error::Model { .. } | Error::Input(_) | Error::Template(_) => {
-                ShardError::Task(e.to_string())
-            }
+            Error::Template(_) => ShardError::Task(e.to_string()),
             // The device or the disk failed under us.
-            Error::Candle(_) | Error::Io { .. } => ShardError::Infrastructure(e.to_string()),
+            Error::Candle(_) => ShardError::Infrastructure(e.to_string()),
             Error::Contract(e) => e.into(),
         }
     }

@@ -4,7 +4,7 @@
 
 use super::agent::{AgentConfig, ProgressCell};
 use super::artifacts::ArtifactCache;
-use super::error::WorkerError;
+use super::error::io;
 use super::exec::{execute, Completed, ShardContext, ShardError};
 use flotilla_client::client::Client;
 use flotilla_proto::v1::{Assignment, FileRef};
@@ -81,10 +81,7 @@ pub(crate) async fn run_shard(
     let prepared = (|| {
         let _ = std::fs::remove_dir_all(&dir);
         for d in [&root, &scratch] {
-            std::fs::create_dir_all(d).map_err(|cause| WorkerError::Io {
-                message: format!("cannot create {}", d.display()),
-                cause,
-            })?;
+            std::fs::create_dir_all(d).map_err(io(d))?;
         }
         cache.materialize(&a.files, &root)
     })();

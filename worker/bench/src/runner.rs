@@ -104,23 +104,8 @@ impl<'a> Runner<'a> {
 
     /// Run every case under every variant, generating and judging, calling `progress` after
     /// each.
-    pub fn run(
-        &mut self,
-        cases: &[Case],
-        mut progress: impl FnMut(&CaseResult),
-    ) -> Vec<CaseResult> {
-        let mut results = Vec::new();
-        for case in cases {
-            for v in self.variants_for(case) {
-                let t0 = Instant::now();
-                let mut r = self.generate_case(case, &v);
-                judge_result(&self.judges, &mut r, case.criteria.as_deref());
-                r.latency_s = t0.elapsed().as_secs_f64();
-                progress(&r);
-                results.push(r);
-            }
-        }
-        results
+    pub fn run(&mut self, cases: &[Case], progress: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+        self.each(cases, true, progress)
     }
 
     /// The generation step alone: every case under every variant, answered and measured
@@ -129,12 +114,28 @@ impl<'a> Runner<'a> {
     pub fn generate(
         &mut self,
         cases: &[Case],
+        progress: impl FnMut(&CaseResult),
+    ) -> Vec<CaseResult> {
+        self.each(cases, false, progress)
+    }
+
+    /// Every case under every variant: generated, and judged when `judge` (then the latency
+    /// covers the judging too).
+    fn each(
+        &mut self,
+        cases: &[Case],
+        judge: bool,
         mut progress: impl FnMut(&CaseResult),
     ) -> Vec<CaseResult> {
         let mut results = Vec::new();
         for case in cases {
             for v in self.variants_for(case) {
-                let r = self.generate_case(case, &v);
+                let t0 = Instant::now();
+                let mut r = self.generate_case(case, &v);
+                if judge {
+                    judge_result(&self.judges, &mut r, case.criteria.as_deref());
+                    r.latency_s = t0.elapsed().as_secs_f64();
+                }
                 progress(&r);
                 results.push(r);
             }
@@ -203,7 +204,7 @@ impl<'a> Runner<'a> {
             r.answer = case.query.clone();
             return Ok(());
         }
-        let docs = self.documents(case).map_err(Error::Input)?;
+        let docs = self.documents(case).map_err(Error::input)?;
         let context = match case.task {
             Task::Rag => {
                 let retriever = self.retriever.ok_or_else(|| {

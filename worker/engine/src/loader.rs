@@ -23,6 +23,50 @@ pub use flotilla_contract::model_ref::{
     flotilla_home, model_cache, resolve, ModelSource, DEMO_ALIASES,
 };
 
+/// The model's chat template, if it ships one, with its tokenizer's BOS and EOS strings.
+fn chat_template(src: Option<&str>, tokenizer: &TextTokenizer) -> Result<Option<ChatTemplate>> {
+    src.map(|src| {
+        ChatTemplate::new(
+            src,
+            tokenizer.bos_token.as_deref(),
+            tokenizer.eos_token.as_deref(),
+        )
+    })
+    .transpose()
+}
+
+/// A loaded model with its tokenizer, chat template and the facts `model inspect` shows:
+/// the last step of loading, the same for every format. `source` is (path, format, parameter
+/// count, weight dtypes with tensor counts).
+fn assemble(
+    model: Llama,
+    tokenizer: TextTokenizer,
+    template_src: Option<String>,
+    source: (&Path, &str, u64, BTreeMap<String, usize>),
+    config: ModelConfig,
+) -> Result<LanguageModel> {
+    let (path, format, parameters, weight_dtypes) = source;
+    let template = chat_template(template_src.as_deref(), &tokenizer)?;
+    let info = ModelInfo {
+        path: path.to_path_buf(),
+        format: format.into(),
+        architecture: config.architecture.name().into(),
+        parameters,
+        weight_dtypes,
+        context_length: config.max_position_embeddings,
+        chat_template: template_src,
+        bos_token: tokenizer.bos_token.clone(),
+        eos_tokens: eos_texts(&tokenizer),
+        config,
+    };
+    Ok(LanguageModel {
+        model: Arc::new(model),
+        tokenizer,
+        template,
+        info,
+    })
+}
+
 /// What `flotilla model inspect` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
@@ -202,36 +246,18 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned();
-    let template = match &template_src {
-        Some(src) => Some(ChatTemplate::new(
-            src,
-            tokenizer.bos_token.as_deref(),
-            tokenizer.eos_token.as_deref(),
-        )?),
-        None => None,
-    };
-    let info = ModelInfo {
-        path: path.to_path_buf(),
-        format: "gguf".into(),
-        architecture: config.architecture.name().into(),
-        parameters: content
-            .tensor_infos
-            .values()
-            .map(|t| t.shape.elem_count() as u64)
-            .sum(),
-        weight_dtypes: dtypes,
-        context_length: config.max_position_embeddings,
-        chat_template: template_src,
-        bos_token: tokenizer.bos_token.clone(),
-        eos_tokens: eos_texts(&tokenizer),
-        config,
-    };
-    Ok(LanguageModel {
-        model: Arc::new(model),
+    let parameters = content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count() as u64)
+        .sum();
+    assemble(
+        model,
         tokenizer,
-        template,
-        info,
-    })
+        template_src,
+        (path, "gguf", parameters, dtypes),
+        config,
+    )
 }
 
 fn eos_texts(t: &TextTokenizer) -> Vec<String> {
@@ -437,30 +463,11 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
         None,
         dtype,
     )?;
-    let template = match &template_src {
-        Some(src) => Some(ChatTemplate::new(
-            src,
-            tokenizer.bos_token.as_deref(),
-            tokenizer.eos_token.as_deref(),
-        )?),
-        None => None,
-    };
-    let info = ModelInfo {
-        path: dir.to_path_buf(),
-        format: "safetensors".into(),
-        architecture: config.architecture.name().into(),
-        parameters,
-        weight_dtypes: dtypes,
-        context_length: config.max_position_embeddings,
-        chat_template: template_src,
-        bos_token: tokenizer.bos_token.clone(),
-        eos_tokens: eos_texts(&tokenizer),
-        config,
-    };
-    Ok(LanguageModel {
-        model: Arc::new(model),
+    assemble(
+        model,
         tokenizer,
-        template,
-        info,
-    })
+        template_src,
+        (dir, "safetensors", parameters, dtypes),
+        config,
+    )
 }

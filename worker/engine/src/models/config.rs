@@ -22,6 +22,19 @@ impl Architecture {
         }
     }
 
+    /// The architecture a GGUF `general.architecture` or a `config.json` `model_type` names;
+    /// the error names the field and the value.
+    fn parse(path: &std::path::Path, field: &str, name: &str) -> Result<Self> {
+        match name {
+            "llama" => Ok(Architecture::Llama),
+            "qwen2" => Ok(Architecture::Qwen2),
+            other => Err(Error::model(
+                path,
+                format!("{field} = `{other}` is not supported (flotilla runs llama and qwen2)"),
+            )),
+        }
+    }
+
     fn hf_class(self) -> &'static str {
         match self {
             Architecture::Llama => "LlamaForCausalLM",
@@ -67,18 +80,7 @@ impl ModelConfig {
             .and_then(|v| v.to_string().ok())
             .ok_or_else(|| Error::model(path, "GGUF metadata has no general.architecture"))?
             .clone();
-        let architecture = match arch_name.as_str() {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            other => {
-                return Err(Error::model(
-                    path,
-                    format!(
-                        "general.architecture = `{other}` is not supported (flotilla runs llama and qwen2)"
-                    ),
-                ))
-            }
-        };
+        let architecture = Architecture::parse(path, "general.architecture", &arch_name)?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize> {
             md.get(&key(k))
@@ -152,18 +154,7 @@ impl ModelConfig {
             .get("model_type")
             .and_then(|x| x.as_str())
             .ok_or_else(|| Error::model(path, "field `model_type` is missing"))?;
-        let architecture = match model_type {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            other => {
-                return Err(Error::model(
-                    path,
-                    format!(
-                        "model_type = `{other}` is not supported (flotilla runs llama and qwen2)"
-                    ),
-                ))
-            }
-        };
+        let architecture = Architecture::parse(path, "model_type", model_type)?;
         let req = |k: &str| -> Result<usize> {
             v.get(k)
                 .and_then(|x| x.as_u64())
