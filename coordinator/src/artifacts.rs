@@ -33,7 +33,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
 }
 
 /// Content addresses as the client computes them: one definition for both sides.
-pub use flotilla_client::hash::{hex, sha256_file as hash_file, sha256_hex};
+pub use flotilla_client::hash::{hex, sha256_hex};
 
 fn valid_sha(s: &str) -> bool {
     s.len() == 64

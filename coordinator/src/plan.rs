@@ -337,32 +337,28 @@ impl Planner<'_> {
         seqs: Vec<i64>,
     ) -> CoordinatorResult<()> {
         let mut judges = Vec::new();
+        // The model a judge job loads: its first local judge (for model affinity).
+        let mut judge_model = None;
         for j in &self.sweep.judge.judges {
             let spec: JudgeSpec = j
                 .parse()
                 .map_err(|e: ContractError| CoordinatorError::Invalid(e.to_string()))?;
+            let model = spec.resolve(&m.model);
+            if !spec.is_endpoint() && judge_model.is_none() {
+                judge_model = Some(model.clone());
+            }
             judges.push(JudgeModel {
                 name: j.clone(),
-                model: spec.resolve(&m.model),
+                model,
             });
         }
-        // The model a judge job loads: its first local judge (for model affinity).
-        let judge_model = self
-            .sweep
-            .judge
-            .judges
-            .iter()
-            .zip(&judges)
-            .find(|(j, _)| !j.parse::<JudgeSpec>().is_ok_and(|s| s.is_endpoint()))
-            .map(|(_, j)| j.model.clone())
-            .unwrap_or_default();
         let (jid, jseq) = self.new_id();
         self.jobs.push(PlannedJob {
             id: jid.clone(),
             seq: jseq,
             kind: JobKind::Judge,
             label: format!("judge {label}"),
-            model: judge_model,
+            model: judge_model.unwrap_or_default(),
             depends_on: vec![gid.clone()],
             meta: JobMeta::Judge {
                 generate_job: gid,

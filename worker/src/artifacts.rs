@@ -4,16 +4,15 @@
 //! worker keeps one copy per hash in its [`ArtifactCache`] (downloaded in chunks, checked
 //! against the hash before it is kept), and lays each shard's files out under a folder of its
 //! own with the sweep's relative paths, so the engine reads ordinary files. Produced files (a
-//! trained adapter) go up with [`upload_file`], in chunks below gRPC's message cap.
+//! trained adapter) go up with `flotilla_client::Client::upload_file`, in chunks below gRPC's message cap.
 
 use crate::error::{io, Result, WorkerError};
 use flotilla_client::client::Client;
 use flotilla_proto::v1::{ArtifactRef, FileRef};
-use sha2::{Digest, Sha256};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use flotilla_client::hash::{hex, CHUNK_BYTES};
+pub use flotilla_client::hash::{hex, sha256_hex};
 
 /// sha256 and size of a file; the error names it.
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
@@ -84,7 +83,7 @@ impl ArtifactCache {
     /// Stores bytes already in hand (tests, embedded uploads), checked like a download.
     pub fn insert_bytes(&self, artifact: &ArtifactRef, data: &[u8]) -> Result<PathBuf> {
         let dest = self.path(artifact)?;
-        let got = hex(&Sha256::digest(data));
+        let got = sha256_hex(data);
         if got != artifact.sha256 || data.len() as u64 != artifact.size {
             return Err(WorkerError::Corrupt(format!(
                 "artifact {} is corrupt: got sha256 {got}, {} bytes",
@@ -135,12 +134,6 @@ impl ArtifactCache {
     }
 }
 
-/// Uploads a file as an artifact, in chunks; returns its reference as the coordinator
-/// stored it (checked against the local hash).
-pub async fn upload_file(client: &Client, path: &Path) -> Result<ArtifactRef> {
-    Ok(client.upload_file(path).await?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +155,7 @@ mod tests {
         let cache = ArtifactCache::new(dir.join("cache")).unwrap();
         let data = b"hello shard";
         let good = ArtifactRef {
-            sha256: hex(&Sha256::digest(data)),
+            sha256: sha256_hex(data),
             size: data.len() as u64,
         };
         assert!(!cache.has(&good));

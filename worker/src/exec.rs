@@ -20,7 +20,6 @@ use flotilla_contract::shard::{
 use flotilla_contract::{JudgeSpec, ShardOutput, ShardSpec};
 use flotilla_engine::error::Error;
 use flotilla_proto::v1::FileRef;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -168,7 +167,7 @@ fn adapter_identity(files: &[FileRef], dir: &str) -> String {
         })
         .collect();
     parts.sort();
-    super::artifacts::hex(&Sha256::digest(parts.join("\n").as_bytes()))
+    flotilla_client::hash::sha256_hex(parts.join("\n").as_bytes())
 }
 
 fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardError> {

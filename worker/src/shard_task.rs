@@ -155,7 +155,7 @@ pub(crate) async fn run_shard(
                 return Err(ShardError::Cancelled);
             }
             let client = live_client(&mut current).await?;
-            match super::artifacts::upload_file(&client, path).await {
+            match client.upload_file(path).await {
                 Ok(r) => break r,
                 Err(e) if tries < 2 => {
                     tries += 1;

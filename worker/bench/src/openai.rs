@@ -38,18 +38,6 @@ impl EndpointJudge {
         }
     }
 
-    /// Parse `openai:MODEL@BASE_URL` (through [`flotilla_contract::JudgeSpec`]).
-    pub fn parse(spec: &str, scale: Scale, max_tokens: usize) -> Option<Self> {
-        match spec.parse().ok()? {
-            flotilla_contract::JudgeSpec::Endpoint { model, base_url } => {
-                let mut e = Self::new(&model, &base_url, scale, max_tokens);
-                e.name = spec.to_string();
-                Some(e)
-            }
-            _ => None,
-        }
-    }
-
     /// Ask the endpoint; a verdict always comes back (with `error` set on failure).
     pub fn judge(&self, input: &JudgeInput) -> Verdict {
         match self.complete(input) {

@@ -45,7 +45,12 @@ impl JudgePanel {
                     Resolved::Endpoint(e)
                 }
                 (JudgeSpec::SelfModel, Some(m)) => Resolved::Local(m.clone()),
-                (JudgeSpec::SelfModel, None) => Resolved::Local(load("self")?),
+                (JudgeSpec::SelfModel, None) => {
+                    return Err(flotilla_engine::Error::input(format!(
+                        "judge {name}: `self` names the model under test, and there is none here \
+                         (a judge shard's judges arrive with `self` already replaced)"
+                    )))
+                }
                 (JudgeSpec::Model(m), _) => Resolved::Local(load(m)?),
             };
             members.push((name.clone(), resolved));
