@@ -42,7 +42,9 @@ import sys
 
 import numpy as np
 import llama_cpp
-from llama_cpp import Llama
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from llamacpp_common import open_model  # noqa: E402
 
 # Each case: a short name and the exact prompt text fed to the tokenizer.
 PROMPTS = [
@@ -124,15 +126,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for llama.cpp")
     args = ap.parse_args()
 
-    llm = Llama(
-        model_path=args.model,
-        n_ctx=2048,
-        n_threads=args.threads,
-        n_threads_batch=args.threads,
-        logits_all=False,
-        verbose=False,
-        seed=0,
-    )
+    llm = open_model(args.model, args.threads)
     eos_id = llm.token_eos()
     meta = llm.metadata
 

@@ -20,12 +20,15 @@ Needs llama-cpp-python built with CMAKE_ARGS="-DGGML_NATIVE=OFF" (see vs-llamacp
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 
 import numpy as np
-from llama_cpp import Llama
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from llamacpp_common import open_model  # noqa: E402
 
 PARAGRAPH = (
     "The river wound slowly through the valley, past orchards heavy with apples and fields "
@@ -47,17 +50,9 @@ def main():
         ap.error("--prompt-tokens, --decode-tokens and --runs must be at least 1")
 
     n_batch = max(512, args.prompt_tokens)
-    llm = Llama(
-        model_path=args.model,
-        n_ctx=max(2048, args.prompt_tokens + args.decode_tokens + 16),
-        n_batch=n_batch,
-        n_ubatch=n_batch,
-        n_threads=args.threads,
-        n_threads_batch=args.threads,
-        logits_all=False,
-        verbose=False,
-        seed=0,
-    )
+    llm = open_model(args.model, args.threads,
+                     n_ctx=max(2048, args.prompt_tokens + args.decode_tokens + 16),
+                     n_batch=n_batch)
     n_vocab = llm.n_vocab()
 
     reps, ids = 1, []

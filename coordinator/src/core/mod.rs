@@ -19,7 +19,7 @@ use crate::artifacts::ArtifactStore;
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::plan::{self, FileEntry, JobMeta, PlannedJob};
 use crate::scheduler::{
-    Change, FailureKind, NewJob, NewShard, Scheduler, SweepMem, Verdict, WorkerMem,
+    Change, FailureKind, JobHead, NewJob, NewShard, Scheduler, SweepMem, Verdict, WorkerMem,
 };
 use crate::store::{self, now_ms, state::*, stored, Store, StoreError, StoreResult};
 use crate::sweep::{Retries, Sweep};
@@ -171,22 +171,24 @@ impl Core {
                         Ok((
                             r.get::<_, String>(1)?,
                             NewJob {
-                                id: r.get(0)?,
-                                seq: r.get(2)?,
-                                kind: r.get::<_, String>(3)?.parse().map_err(
-                                    |e: flotilla_contract::Error| {
-                                        rusqlite::Error::FromSqlConversionFailure(
-                                            3,
-                                            rusqlite::types::Type::Text,
-                                            Box::new(e),
-                                        )
-                                    },
-                                )?,
-                                label: r.get(4)?,
-                                model: r.get(5)?,
-                                state: stored(r, 6, JobState::from_code)?,
-                                error: r.get(8)?,
-                                depends_on: serde_json::from_str(&deps).unwrap_or_default(),
+                                head: JobHead {
+                                    id: r.get(0)?,
+                                    seq: r.get(2)?,
+                                    kind: r.get::<_, String>(3)?.parse().map_err(
+                                        |e: flotilla_contract::Error| {
+                                            rusqlite::Error::FromSqlConversionFailure(
+                                                3,
+                                                rusqlite::types::Type::Text,
+                                                Box::new(e),
+                                            )
+                                        },
+                                    )?,
+                                    label: r.get(4)?,
+                                    model: r.get(5)?,
+                                    state: stored(r, 6, JobState::from_code)?,
+                                    error: r.get(8)?,
+                                    depends_on: serde_json::from_str(&deps).unwrap_or_default(),
+                                },
                                 shards: Vec::new(),
                             },
                         ))
@@ -195,7 +197,7 @@ impl Core {
                 let jobs = jobs
                     .into_iter()
                     .map(|(s, mut j)| {
-                        j.shards = shards.remove(&j.id).unwrap_or_default();
+                        j.shards = shards.remove(&j.head.id).unwrap_or_default();
                         (s, j)
                     })
                     .collect();
@@ -316,16 +318,16 @@ fn status_of(s: &Scheduler, sweep_id: &str) -> Option<pb::SweepStatus> {
         st.shards_running += j.running;
         st.shards_failed += j.failed;
         st.jobs.push(pb::JobStatus {
-            job_id: j.id.clone(),
-            kind: j.kind.as_str().into(),
-            label: j.label.clone(),
-            state: pb::JobState::from(j.state) as i32,
+            job_id: j.head.id.clone(),
+            kind: j.head.kind.as_str().into(),
+            label: j.head.label.clone(),
+            state: pb::JobState::from(j.head.state) as i32,
             shards_total: total,
             shards_done: j.done,
             shards_running: j.running,
             shards_failed: j.failed,
-            depends_on: j.depends_on.clone(),
-            error: j.error.clone(),
+            depends_on: j.head.depends_on.clone(),
+            error: j.head.error.clone(),
         });
     }
     Some(st)

@@ -35,18 +35,20 @@ impl Core {
             .map(|j| {
                 let blocked = !j.depends_on.is_empty();
                 NewJob {
-                    id: j.id.clone(),
-                    seq: j.seq,
-                    kind: j.kind,
-                    label: j.label.clone(),
-                    model: j.model.clone(),
-                    state: if blocked {
-                        JobState::Blocked
-                    } else {
-                        JobState::Ready
+                    head: JobHead {
+                        id: j.id.clone(),
+                        seq: j.seq,
+                        kind: j.kind,
+                        label: j.label.clone(),
+                        model: j.model.clone(),
+                        state: if blocked {
+                            JobState::Blocked
+                        } else {
+                            JobState::Ready
+                        },
+                        error: String::new(),
+                        depends_on: j.depends_on.clone(),
                     },
-                    error: String::new(),
-                    depends_on: j.depends_on.clone(),
                     shards: j
                         .shards
                         .iter()

@@ -106,7 +106,7 @@ impl Core {
                 .iter()
                 .map(|(_, _, j)| {
                     let job = &s.jobs[j];
-                    (job.kind, job.sweep_id.clone())
+                    (job.head.kind, job.sweep_id.clone())
                 })
                 .collect();
             let ids: Vec<String> = picks.iter().map(|p| p.0.clone()).collect();

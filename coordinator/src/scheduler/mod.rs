@@ -105,10 +105,11 @@ pub struct SweepMem {
     pub retry_infra: u32,
 }
 
+/// What a job is, as planned and as stored: the part of a job that [`NewJob`] hands to the
+/// scheduler and [`JobMem`] keeps.
 #[derive(Debug, Clone)]
-pub struct JobMem {
+pub struct JobHead {
     pub id: String,
-    pub sweep_id: String,
     pub seq: i64,
     pub kind: JobKind,
     pub label: String,
@@ -117,6 +118,13 @@ pub struct JobMem {
     pub state: JobState,
     pub error: String,
     pub depends_on: Vec<String>,
+}
+
+/// A job while the coordinator runs: its head, and where its shards stand.
+#[derive(Debug, Clone)]
+pub struct JobMem {
+    pub head: JobHead,
+    pub sweep_id: String,
     pub dependents: Vec<String>,
     pub shards: Vec<String>,
     pub ready: VecDeque<String>,
@@ -180,14 +188,7 @@ impl WorkerMem {
 /// A job as planned, for [`Scheduler::add_job`].
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    pub id: String,
-    pub seq: i64,
-    pub kind: JobKind,
-    pub label: String,
-    pub model: String,
-    pub state: JobState,
-    pub error: String,
-    pub depends_on: Vec<String>,
+    pub head: JobHead,
     pub shards: Vec<NewShard>,
 }
 
@@ -229,16 +230,10 @@ impl Scheduler {
 
     /// Add a job of a known sweep; ready shards go into its queue in order.
     pub fn add_job(&mut self, sweep_id: &str, job: NewJob) {
+        let head = job.head;
         let mut mem = JobMem {
-            id: job.id.clone(),
+            head: head.clone(),
             sweep_id: sweep_id.to_string(),
-            seq: job.seq,
-            kind: job.kind,
-            label: job.label,
-            model: job.model,
-            state: job.state,
-            error: job.error,
-            depends_on: job.depends_on.clone(),
             dependents: Vec::new(),
             shards: Vec::new(),
             ready: VecDeque::new(),
@@ -250,7 +245,7 @@ impl Scheduler {
             match s.state {
                 ShardState::Succeeded => mem.done += 1,
                 ShardState::Failed => mem.failed += 1,
-                ShardState::Ready if !job.state.is_final() && job.state != JobState::Blocked => {
+                ShardState::Ready if !head.state.is_final() && head.state != JobState::Blocked => {
                     mem.ready.push_back(s.id.clone())
                 }
                 _ => {}
@@ -260,7 +255,7 @@ impl Scheduler {
                 s.id.clone(),
                 ShardMem {
                     id: s.id,
-                    job_id: job.id.clone(),
+                    job_id: head.id.clone(),
                     state: s.state,
                     attempt: s.attempt,
                     worker: None,
@@ -270,15 +265,15 @@ impl Scheduler {
                 },
             );
         }
-        for d in &job.depends_on {
+        for d in &head.depends_on {
             if let Some(dep) = self.jobs.get_mut(d) {
-                dep.dependents.push(job.id.clone());
+                dep.dependents.push(head.id.clone());
             }
         }
         if let Some(s) = self.sweeps.get_mut(sweep_id) {
-            s.jobs.push(job.id.clone());
+            s.jobs.push(head.id.clone());
         }
-        self.jobs.insert(job.id, mem);
+        self.jobs.insert(head.id, mem);
     }
 
     /// Register a connected worker (replacing an older connection of the same id, whose
@@ -339,14 +334,17 @@ impl Scheduler {
             }
             for jid in &sweep.jobs {
                 let job = &self.jobs[jid];
-                if job.ready.is_empty() || job.state.is_final() || job.state == JobState::Blocked {
+                if job.ready.is_empty()
+                    || job.head.state.is_final()
+                    || job.head.state == JobState::Blocked
+                {
                     continue;
                 }
                 // Tail rule: leave the last shards to the faster idle workers.
                 if faster > 0 && job.ready.len() <= faster {
                     continue;
                 }
-                candidates.push((!loaded.contains(job.model.as_str()), i, jid.clone()));
+                candidates.push((!loaded.contains(job.head.model.as_str()), i, jid.clone()));
                 i += 1;
             }
         }
@@ -368,8 +366,8 @@ impl Scheduler {
                 shard.attempt = shard.attempt.next();
                 shard.worker = Some(worker_id.to_string());
                 job.running += 1;
-                if job.state == JobState::Ready {
-                    job.state = JobState::Running;
+                if job.head.state == JobState::Ready {
+                    job.head.state = JobState::Running;
                 }
                 changes.push(Change::Assigned {
                     shard: shard_id.clone(),

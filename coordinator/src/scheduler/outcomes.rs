@@ -58,8 +58,8 @@ impl Scheduler {
         let job = self.jobs.get_mut(&job_id).expect("job of a shard exists");
         job.running = job.running.saturating_sub(1);
         job.done += 1;
-        if job.done as usize == job.shards.len() && !job.state.is_final() {
-            job.state = JobState::Succeeded;
+        if job.done as usize == job.shards.len() && !job.head.state.is_final() {
+            job.head.state = JobState::Succeeded;
             changes.push(Change::Job {
                 job: job_id.clone(),
                 state: JobState::Succeeded,
@@ -69,11 +69,11 @@ impl Scheduler {
             for d in dependents {
                 let ready = {
                     let dj = &self.jobs[&d];
-                    dj.state == JobState::Blocked
-                        && dj.depends_on.iter().all(|x| {
+                    dj.head.state == JobState::Blocked
+                        && dj.head.depends_on.iter().all(|x| {
                             self.jobs
                                 .get(x)
-                                .is_some_and(|x| x.state == JobState::Succeeded)
+                                .is_some_and(|x| x.head.state == JobState::Succeeded)
                         })
                 };
                 if ready {
@@ -91,10 +91,10 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
-        if job.state != JobState::Blocked {
+        if job.head.state != JobState::Blocked {
             return;
         }
-        job.state = JobState::Ready;
+        job.head.state = JobState::Ready;
         for s in &job.shards {
             if let Some(shard) = self.shards.get_mut(s) {
                 if shard.state == ShardState::Blocked || shard.state == ShardState::Ready {
@@ -161,7 +161,7 @@ impl Scheduler {
                 task_failures: shard.task_failures,
                 infra_failures: shard.infra_failures,
             });
-            if !job.state.is_final() {
+            if !job.head.state.is_final() {
                 // Retries go to the front: the job should not finish without them.
                 job.ready.push_front(shard_id.to_string());
             }
@@ -190,11 +190,11 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
-        if job.state.is_final() {
+        if job.head.state.is_final() {
             return;
         }
-        job.state = JobState::Failed;
-        job.error = error.to_string();
+        job.head.state = JobState::Failed;
+        job.head.error = error.to_string();
         job.ready.clear();
         changes.push(Change::Job {
             job: job_id.to_string(),
@@ -219,12 +219,12 @@ impl Scheduler {
             return;
         }
         let jobs: Vec<&JobMem> = sweep.jobs.iter().filter_map(|j| self.jobs.get(j)).collect();
-        if !jobs.iter().all(|j| j.state.is_final()) {
+        if !jobs.iter().all(|j| j.head.state.is_final()) {
             return;
         }
         let failed: Vec<&&JobMem> = jobs
             .iter()
-            .filter(|j| j.state == JobState::Failed)
+            .filter(|j| j.head.state == JobState::Failed)
             .collect();
         let (state, error) = if failed.is_empty() {
             (SweepState::Succeeded, String::new())
@@ -235,8 +235,8 @@ impl Scheduler {
                     "{} of {} jobs failed; first: {}: {}",
                     failed.len(),
                     jobs.len(),
-                    failed[0].label,
-                    failed[0].error
+                    failed[0].head.label,
+                    failed[0].head.error
                 ),
             )
         };
@@ -292,10 +292,10 @@ impl Scheduler {
         }
         for jid in sweep.jobs.clone() {
             let job = self.jobs.get_mut(&jid).expect("job of a sweep exists");
-            if job.state.is_final() {
+            if job.head.state.is_final() {
                 continue;
             }
-            job.state = JobState::Cancelled;
+            job.head.state = JobState::Cancelled;
             job.ready.clear();
             changes.push(Change::Job {
                 job: jid.clone(),

@@ -18,18 +18,20 @@ fn sweep(s: &mut Scheduler, id: &str, retries: (u32, u32)) {
 
 fn job(id: &str, model: &str, shards: usize, deps: &[&str]) -> NewJob {
     NewJob {
-        id: id.into(),
-        seq: 0,
-        kind: JobKind::Noop,
-        label: id.into(),
-        model: model.into(),
-        state: if deps.is_empty() {
-            JobState::Ready
-        } else {
-            JobState::Blocked
+        head: JobHead {
+            id: id.into(),
+            seq: 0,
+            kind: JobKind::Noop,
+            label: id.into(),
+            model: model.into(),
+            state: if deps.is_empty() {
+                JobState::Ready
+            } else {
+                JobState::Blocked
+            },
+            error: String::new(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
         },
-        error: String::new(),
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
         shards: (0..shards)
             .map(|i| NewShard {
                 id: format!("{id}.s{i}"),
@@ -125,9 +127,9 @@ fn task_and_infrastructure_failures_have_separate_budgets() {
     let a = attempt(&mut s, &mut ch);
     s.fail("a.s0", a, FailureKind::Task, "bad case file", &mut ch);
     assert_eq!(s.shards["a.s0"].state, ShardState::Failed);
-    assert_eq!(s.jobs["a"].state, JobState::Failed);
-    assert_eq!(s.jobs["b"].state, JobState::Failed);
-    assert!(s.jobs["b"].error.contains("depends on job a"));
+    assert_eq!(s.jobs["a"].head.state, JobState::Failed);
+    assert_eq!(s.jobs["b"].head.state, JobState::Failed);
+    assert!(s.jobs["b"].head.error.contains("depends on job a"));
     assert_eq!(s.sweeps["sw"].state, SweepState::Failed);
     assert!(
         s.sweeps["sw"].error.contains("bad case file"),
