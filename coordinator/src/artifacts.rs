@@ -69,6 +69,35 @@ impl ArtifactStore {
         self.path(sha256).map(|p| p.is_file()).unwrap_or(false)
     }
 
+    /// Store `bytes` made here (an aggregated adapter); returns its sha256.
+    pub fn put(&self, bytes: &[u8]) -> Result<String, ArtifactError> {
+        let sha = sha256_hex(bytes);
+        if !self.exists(&sha) {
+            let mut up = self.begin(&sha, bytes.len() as u64)?;
+            up.write(bytes)?;
+            up.finish()?;
+        }
+        Ok(sha)
+    }
+
+    /// The content of a stored artifact.
+    pub fn read(&self, sha256: &str) -> Result<Vec<u8>, ArtifactError> {
+        let path = self.path(sha256)?;
+        if !path.is_file() {
+            return Err(ArtifactError::Missing(sha256.to_string()));
+        }
+        std::fs::read(&path).map_err(io(&path))
+    }
+
+    /// Remove a stored artifact (an old checkpoint); absent is fine.
+    pub fn remove(&self, sha256: &str) -> Result<(), ArtifactError> {
+        let path = self.path(sha256)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Start receiving an upload that claims `sha256` and `size`.
     pub fn begin(&self, sha256: &str, size: u64) -> Result<Upload, ArtifactError> {
         let target = self.path(sha256)?;

@@ -17,6 +17,9 @@
 //! - [`store`]: SQLite (one thread, group commit). **Where a result is stored**:
 //!   [`core::Core::result`] fences it and writes it through [`writes::apply`].
 //! - [`artifacts`]: the content-addressed blob folder (sha256-checked uploads).
+//! - [`training`]: distributed LoRA training — each round's shards, and applying a finished
+//!   round (sync: summed gradients and one AdamW step; diloco: averaged deltas and an outer
+//!   Nesterov step) exactly once, with the adapter checkpointed as artifacts.
 //! - [`aggregate`]: the sweep's report over all judged cases (CIs, paired comparisons).
 //! - [`error`]: [`CoordinatorError`], the domain's errors (turned into gRPC statuses by the
 //!   service alone).
@@ -65,6 +68,7 @@ pub mod service;
 pub mod store;
 pub mod submit;
 pub mod sweep;
+pub mod training;
 pub mod writes;
 
 pub use error::{CoordinatorError, CoordinatorResult};

@@ -42,6 +42,8 @@ pub enum JobMeta {
         model: String,
         adapter: String,
     },
+    /// A distributed train job (`train_round` shards, added round by round).
+    TrainRound(crate::training::RunMeta),
     Generate {
         /// The train job whose adapter this job uses.
         train_job: Option<String>,
@@ -195,18 +197,40 @@ impl Planner<'_> {
                 config["seed"] = self.sweep.seed.into();
             }
             let (id, seq) = self.new_id();
+            trained.insert(a.name.clone(), id.clone());
+            let label = format!("train {} on {}", a.name, m.name);
+            if block.get("distributed").is_some_and(|d| !d.is_null()) {
+                let run = crate::training::RunMeta {
+                    model: m.model.clone(),
+                    adapter: a.name.clone(),
+                    config,
+                    files: shard_files,
+                };
+                let shards = crate::training::round_shards(&id, &run, 0, None)
+                    .map_err(|e| CoordinatorError::Invalid(e.to_string()))?;
+                self.jobs.push(PlannedJob {
+                    id,
+                    seq,
+                    kind: JobKind::TrainRound,
+                    label: format!("{label} (distributed)"),
+                    model: m.model.clone(),
+                    depends_on: Vec::new(),
+                    meta: JobMeta::TrainRound(run),
+                    shards,
+                });
+                continue;
+            }
             let spec = TrainShard {
                 model: m.model.clone(),
                 adapter_name: a.name.clone(),
                 config,
             };
             let units = block.get("steps").and_then(|s| s.as_u64()).unwrap_or(1);
-            trained.insert(a.name.clone(), id.clone());
             self.jobs.push(PlannedJob {
                 id: id.clone(),
                 seq,
                 kind: JobKind::Train,
-                label: format!("train {} on {}", a.name, m.name),
+                label,
                 model: m.model.clone(),
                 depends_on: Vec::new(),
                 meta: JobMeta::Train {
@@ -399,15 +423,22 @@ pub fn finalize(conn: &Connection, job_id: &str) -> StoreResult<()> {
         JobMeta::Generate {
             train_job: Some(train_job),
         } => {
-            // The trained adapter's files, under adapters/<train job>/.
-            let artifacts: String = conn.query_row(
-                "SELECT r.artifacts_json FROM results r JOIN shards s ON s.id = r.shard_id
-                 WHERE s.job_id = ?1",
-                params![train_job],
-                |r| r.get(0),
-            )?;
-            let artifacts: Vec<FileEntry> = serde_json::from_str(&artifacts)
-                .map_err(|e| sql_err(format!("train job {train_job}: bad artifacts: {e}")))?;
+            // The trained adapter's files, under adapters/<train job>/: a distributed run's
+            // final round, or the one train shard's upload.
+            let artifacts = match crate::training::final_adapter(conn, &train_job)? {
+                Some(files) => files,
+                None => {
+                    let artifacts: String = conn.query_row(
+                        "SELECT r.artifacts_json FROM results r JOIN shards s ON s.id = r.shard_id
+                         WHERE s.job_id = ?1",
+                        params![train_job],
+                        |r| r.get(0),
+                    )?;
+                    serde_json::from_str(&artifacts).map_err(|e| {
+                        sql_err(format!("train job {train_job}: bad artifacts: {e}"))
+                    })?
+                }
+            };
             let mut stmt = conn.prepare("SELECT id, files_json FROM shards WHERE job_id = ?1")?;
             let rows: Vec<(String, String)> = stmt
                 .query_map(params![job_id], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -40,4 +40,14 @@ CREATE TABLE IF NOT EXISTS results (shard_id TEXT PRIMARY KEY, attempt INTEGER N
 CREATE TABLE IF NOT EXISTS artifacts (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL,
     created_ms INTEGER NOT NULL);
 
+-- A distributed training run after each applied round: the adapter, its config and the
+-- optimizer state (`adapter_json`: three artifacts), the round's figures, who contributed.
+-- Round 0's `heldout_before` is the held-out loss of the initial adapter; the last row
+-- (`final`) is the evaluation of the final adapter.
+CREATE TABLE IF NOT EXISTS train_rounds (job_id TEXT NOT NULL, round INTEGER NOT NULL,
+    adapter_json TEXT NOT NULL, state_t INTEGER NOT NULL, loss REAL, heldout_loss REAL,
+    heldout_before REAL, target_tokens INTEGER NOT NULL, tokens INTEGER NOT NULL,
+    workers TEXT NOT NULL, bytes_sent INTEGER NOT NULL, bytes_received INTEGER NOT NULL,
+    final INTEGER NOT NULL, stored_ms INTEGER NOT NULL, PRIMARY KEY (job_id, round));
+
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);

@@ -146,6 +146,7 @@ pub async fn serve(config: CoordinatorConfig) -> CoordinatorResult<RunningCoordi
     let mut tasks = vec![
         tokio::spawn(core.clone().dispatch_loop()),
         tokio::spawn(core.clone().reap_loop()),
+        tokio::spawn(core.clone().round_loop()),
     ];
     let mut events = config.registry.watch_workers().await?;
     let watcher = core.clone();

@@ -119,6 +119,7 @@ pub fn apply(c: &Connection, changes: &[Change], results: &[ResultRow]) -> Store
                         ShardState::Blocked.code()
                     ])?;
             }
+            Change::RoundReady { .. } => {}
             Change::Sweep {
                 sweep,
                 state,
@@ -170,5 +171,33 @@ fn end_attempt(
         "UPDATE attempts SET ended_ms = ?3, outcome = ?4 WHERE shard_id = ?1 AND attempt = ?2",
     )?
     .execute(params![shard, attempt.0, now, outcome])?;
+    Ok(())
+}
+
+/// Insert planned shards of `job_id` in `state` (at submission, and each distributed round).
+pub fn insert_shards(
+    c: &Connection,
+    sweep_id: &str,
+    job_id: &str,
+    shards: &[plan::PlannedShard],
+    state: ShardState,
+) -> StoreResult<()> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO shards (id, job_id, sweep_id, seq, state, spec_json, files_json, units,
+            attempt, task_failures, infra_failures, worker_id, error)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,0,0,0,'','')",
+    )?;
+    for s in shards {
+        stmt.execute(params![
+            s.id,
+            job_id,
+            sweep_id,
+            s.seq,
+            state.code(),
+            s.spec_json,
+            serde_json::to_string(&s.files).expect("files serialise"),
+            s.units as i64,
+        ])?;
+    }
     Ok(())
 }

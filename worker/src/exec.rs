@@ -15,7 +15,7 @@ use flotilla_bench::runner::{judge_result, CaseResult, EvalSettings, Runner};
 use flotilla_bench::setup::JudgePanel;
 use flotilla_contract::shard::{
     GenerateResult, GenerateShard, JudgeResult, JudgeShard, NoopResult, NoopShard, TrainResult,
-    TrainShard,
+    TrainRoundResult, TrainRoundShard, TrainShard,
 };
 use flotilla_contract::{JudgeSpec, ShardOutput, ShardSpec};
 use flotilla_engine::error::Error;
@@ -130,6 +130,7 @@ pub fn execute(spec_json: &[u8], ctx: &ShardContext) -> Result<Completed, ShardE
         ShardSpec::Generate(spec) => generate(spec, ctx),
         ShardSpec::Judge(spec) => judge(spec, ctx),
         ShardSpec::Train(spec) => train(spec, ctx),
+        ShardSpec::TrainRound(spec) => train_round(spec, ctx),
     }
 }
 
@@ -322,6 +323,80 @@ fn train(spec: TrainShard, ctx: &ShardContext) -> Result<Completed, ShardError> 
     Ok(Completed {
         units: summary.tokens as u64,
         output: ShardOutput::Train(TrainResult { metrics }),
+        uploads,
+    })
+}
+
+/// One worker's part of a distributed training round (`flotilla_train::rounds`). The model
+/// and data stay loaded for the run's next round; the contribution is uploaded as
+/// `contribution.safetensors`, compressed as the run says; round 0 also uploads the initial
+/// adapter's files, from which the coordinator starts.
+fn train_round(spec: TrainRoundShard, ctx: &ShardContext) -> Result<Completed, ShardError> {
+    use flotilla_contract::tensors::TensorSet;
+    use flotilla_train::rounds::RoundTrainer;
+    use flotilla_train::TrainConfig;
+    let source = PathBuf::from(format!("adapter {}", spec.adapter_name));
+    let config = TrainConfig::from_json_value(&spec.config, &source, ctx.root)?;
+    let compression = config
+        .distributed
+        .as_ref()
+        .map(|d| d.compression)
+        .unwrap_or_default();
+    // The run's identity: the same model and config (sweep paths, so the same on every
+    // worker and every round).
+    let key = format!("{}\n{}", spec.model, spec.config);
+    ctx.check_cancel()?;
+    let global = match &spec.adapter {
+        Some(dir) => {
+            let file = ctx.local(dir)?.join("adapter_model.safetensors");
+            let bytes = std::fs::read(&file)
+                .map_err(|e| ShardError::Infrastructure(format!("{}: {e}", file.display())))?;
+            Some(TensorSet::decode(&bytes, &file.display().to_string())?)
+        }
+        None => None,
+    };
+    let mut slot = ctx.models.round_trainer();
+    if slot.as_ref().is_none_or(|t| t.key != key) {
+        *slot = None;
+        *slot = Some(RoundTrainer::new(&config, &spec.model, key, ctx.device)?);
+    }
+    let trainer = slot.as_mut().expect("the round trainer was just set");
+    let total = spec.micro_batches.len() as u32;
+    (ctx.progress)(0, total);
+    let out = trainer.run(&spec, global.as_ref())?;
+    ctx.check_cancel()?;
+    let dir = ctx.scratch.join("round");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ShardError::Infrastructure(format!("{}: {e}", dir.display())))?;
+    let mut uploads = Vec::new();
+    let mut contribution_bytes = 0;
+    if !out.contribution.is_empty() {
+        let bytes = out.contribution.encode(compression)?;
+        contribution_bytes = bytes.len() as u64;
+        let file = dir.join("contribution.safetensors");
+        std::fs::write(&file, bytes)
+            .map_err(|e| ShardError::Infrastructure(format!("{}: {e}", file.display())))?;
+        uploads.push(("contribution.safetensors".to_string(), file));
+    }
+    if spec.adapter.is_none() {
+        let init = dir.join("initial");
+        let _ = std::fs::remove_dir_all(&init);
+        // The adapter as the seed made it, before this round's training moved it.
+        trainer.save_initial(&init)?;
+        for name in ["adapter_config.json", "adapter_model.safetensors"] {
+            uploads.push((format!("initial/{name}"), init.join(name)));
+        }
+    }
+    (ctx.progress)(total, total);
+    Ok(Completed {
+        units: out.tokens,
+        output: ShardOutput::TrainRound(TrainRoundResult {
+            loss: out.loss,
+            target_tokens: out.target_tokens,
+            tokens: out.tokens,
+            eval_loss: out.eval_loss,
+            contribution_bytes,
+        }),
         uploads,
     })
 }

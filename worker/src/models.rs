@@ -40,6 +40,9 @@ pub struct ModelCache {
     capacity: usize,
     /// Most recently used last.
     entries: Mutex<Vec<Entry>>,
+    /// The distributed training run this worker last took part in (model and tokenized
+    /// data), kept for its next round.
+    rounds: Mutex<Option<flotilla_train::rounds::RoundTrainer>>,
 }
 
 impl ModelCache {
@@ -49,7 +52,15 @@ impl ModelCache {
             options,
             capacity: capacity.max(1),
             entries: Mutex::new(Vec::new()),
+            rounds: Mutex::new(None),
         }
+    }
+
+    /// The kept round trainer (one run at a time; a shard of another run replaces it).
+    pub fn round_trainer(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<flotilla_train::rounds::RoundTrainer>> {
+        self.rounds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get_or_load(

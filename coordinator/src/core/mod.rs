@@ -12,6 +12,7 @@
 //! worker (`service.rs`). All three requeue the worker's running shards as infrastructure
 //! failures.
 
+mod rounds;
 mod sweeps;
 mod work;
 
@@ -23,7 +24,7 @@ use crate::scheduler::{
 };
 use crate::store::{self, now_ms, state::*, stored, Store, StoreError, StoreResult};
 use crate::sweep::{Retries, Sweep};
-pub use crate::writes::{apply, ResultRow};
+pub use crate::writes::{apply, insert_shards, ResultRow};
 use flotilla_contract::{Attempt, JobKind, ShardOutput, ShardSpec};
 use flotilla_proto::v1 as pb;
 use rusqlite::params;
@@ -59,6 +60,9 @@ pub struct Core {
     pub data_dir: PathBuf,
     changed: watch::Sender<u64>,
     kick: Notify,
+    /// Distributed training jobs with a round to apply (`rounds.rs`).
+    rounds_tx: mpsc::UnboundedSender<String>,
+    rounds_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     next_connection: AtomicU64,
     pub heartbeat: Duration,
     pub heartbeat_timeout: Duration,
@@ -83,6 +87,7 @@ impl Core {
         let store = Store::open(&data_dir.join("coordinator.db"))?;
         let artifacts = ArtifactStore::open(&data_dir.join("artifacts"))?;
         let (changed, _) = watch::channel(0);
+        let (rounds_tx, rounds_rx) = mpsc::unbounded_channel();
         let core = Arc::new(Core {
             id: format!("coordinator-{}-{}", std::process::id(), now_ms()),
             sched: Mutex::new(Scheduler::new()),
@@ -92,6 +97,8 @@ impl Core {
             data_dir: data_dir.to_path_buf(),
             changed,
             kick: Notify::new(),
+            rounds_tx,
+            rounds_rx: Mutex::new(Some(rounds_rx)),
             next_connection: AtomicU64::new(1),
             heartbeat,
             heartbeat_timeout,
@@ -218,6 +225,10 @@ impl Core {
         if requeued > 0 {
             tracing::info!(requeued, "attempts running before the restart are requeued");
         }
+        // Rounds whose shards all succeeded before the restart but were not applied.
+        for job in s.rounds_pending() {
+            let _ = self.rounds_tx.send(job);
+        }
         Ok(())
     }
 
@@ -243,6 +254,9 @@ impl Core {
                         wake = true;
                     }
                     Change::Requeued { .. } => wake = true,
+                    Change::RoundReady { job } => {
+                        let _ = self.rounds_tx.send(job.clone());
+                    }
                     Change::Sweep { sweep, .. } => {
                         if let Some(m) = s.sweeps.get_mut(sweep) {
                             m.updated_ms = now_ms();

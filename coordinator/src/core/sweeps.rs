@@ -115,23 +115,7 @@ impl Core {
                             serde_json::to_string(&j.meta).expect("meta serialises"),
                         ],
                     )?;
-                    let mut stmt = c.prepare_cached(
-                        "INSERT INTO shards (id, job_id, sweep_id, seq, state, spec_json,
-                            files_json, units, attempt, task_failures, infra_failures,
-                            worker_id, error) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,0,0,0,'','')",
-                    )?;
-                    for s in &j.shards {
-                        stmt.execute(params![
-                            s.id,
-                            j.id,
-                            id,
-                            s.seq,
-                            shard_state.code(),
-                            s.spec_json,
-                            serde_json::to_string(&s.files).expect("files serialise"),
-                            s.units as i64,
-                        ])?;
-                    }
+                    insert_shards(c, &id, &j.id, &j.shards, shard_state)?;
                 }
                 Ok(())
             })

@@ -71,6 +71,11 @@ pub enum Change {
         state: SweepState,
         error: String,
     },
+    /// Every shard of a distributed training job's current round succeeded: after the commit
+    /// the coordinator applies the round (nothing to write here).
+    RoundReady {
+        job: String,
+    },
 }
 
 /// How a failure is counted.

@@ -59,31 +59,102 @@ impl Scheduler {
         job.running = job.running.saturating_sub(1);
         job.done += 1;
         if job.done as usize == job.shards.len() && !job.head.state.is_final() {
-            job.head.state = JobState::Succeeded;
-            changes.push(Change::Job {
-                job: job_id.clone(),
-                state: JobState::Succeeded,
-                error: String::new(),
-            });
-            let dependents = job.dependents.clone();
-            for d in dependents {
-                let ready = {
-                    let dj = &self.jobs[&d];
-                    dj.head.state == JobState::Blocked
-                        && dj.head.depends_on.iter().all(|x| {
-                            self.jobs
-                                .get(x)
-                                .is_some_and(|x| x.head.state == JobState::Succeeded)
-                        })
-                };
-                if ready {
-                    changes.push(Change::Unblocked { job: d });
-                }
+            if job.head.kind == JobKind::TrainRound {
+                // A round of a distributed run is complete: the coordinator applies it and
+                // adds the next round's shards, or ends the job (core::rounds).
+                changes.push(Change::RoundReady { job: job_id });
+            } else {
+                self.job_succeeded(&job_id, changes);
             }
-            let sweep = self.jobs[&job_id].sweep_id.clone();
-            self.check_sweep(&sweep, changes);
         }
         Verdict::Accepted
+    }
+
+    /// Mark a job succeeded: its dependents whose dependencies all succeeded are unblocked,
+    /// and its sweep ends if this was its last job.
+    pub fn job_succeeded(&mut self, job_id: &str, changes: &mut Vec<Change>) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if job.head.state.is_final() {
+            return;
+        }
+        job.head.state = JobState::Succeeded;
+        changes.push(Change::Job {
+            job: job_id.to_string(),
+            state: JobState::Succeeded,
+            error: String::new(),
+        });
+        let dependents = job.dependents.clone();
+        for d in dependents {
+            let ready = {
+                let dj = &self.jobs[&d];
+                dj.head.state == JobState::Blocked
+                    && dj.head.depends_on.iter().all(|x| {
+                        self.jobs
+                            .get(x)
+                            .is_some_and(|x| x.head.state == JobState::Succeeded)
+                    })
+            };
+            if ready {
+                changes.push(Change::Unblocked { job: d });
+            }
+        }
+        let sweep = self.jobs[job_id].sweep_id.clone();
+        self.check_sweep(&sweep, changes);
+    }
+
+    /// Fail a job from outside its shards (a distributed round that cannot be applied).
+    pub fn job_failed(&mut self, job_id: &str, error: &str, changes: &mut Vec<Change>) {
+        self.fail_job(job_id, error, changes);
+        if let Some(sweep) = self.jobs.get(job_id).map(|j| j.sweep_id.clone()) {
+            self.check_sweep(&sweep, changes);
+        }
+    }
+
+    /// The next round's shards of a distributed training job, already stored as `Ready`.
+    pub fn add_round(&mut self, job_id: &str, shards: Vec<NewShard>) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if job.head.state.is_final() {
+            return;
+        }
+        for s in shards {
+            if self.shards.contains_key(&s.id) {
+                continue;
+            }
+            job.shards.push(s.id.clone());
+            job.ready.push_back(s.id.clone());
+            self.shards.insert(
+                s.id.clone(),
+                ShardMem {
+                    id: s.id,
+                    job_id: job_id.to_string(),
+                    state: s.state,
+                    attempt: s.attempt,
+                    worker: None,
+                    task_failures: s.task_failures,
+                    infra_failures: s.infra_failures,
+                    units: s.units,
+                },
+            );
+        }
+    }
+
+    /// Distributed training jobs whose shards have all succeeded but which have not ended:
+    /// a round waiting to be applied (after a restart).
+    pub fn rounds_pending(&self) -> Vec<String> {
+        self.jobs
+            .values()
+            .filter(|j| {
+                j.head.kind == JobKind::TrainRound
+                    && !j.head.state.is_final()
+                    && j.head.state != JobState::Blocked
+                    && j.done as usize == j.shards.len()
+            })
+            .map(|j| j.head.id.clone())
+            .collect()
     }
 
     /// After the store made an unblocked job's specs complete: queue its shards.

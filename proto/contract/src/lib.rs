@@ -18,6 +18,9 @@
 //! - [`train_config`]: a LoRA training run's configuration ([`TrainConfig`]), as `train.yaml`
 //!   and a sweep's `train:` block write it.
 //! - [`model_ref`]: a `--model` value resolved to files (no loading).
+//! - [`tensors`] and [`optim`]: named f32 tensors in safetensors files (F32 / F16 / I8) and
+//!   the optimizer arithmetic on them (AdamW, clipping, DiLoCo's outer Nesterov step), so the
+//!   coordinator can aggregate distributed training without a tensor library.
 //! - [`report`] and [`stats`]: aggregation of case results into the final table (bootstrap CIs,
 //!   paired comparisons) and the output folder.
 //!
@@ -30,11 +33,13 @@ pub mod dataset;
 pub mod error;
 pub mod judging;
 pub mod model_ref;
+pub mod optim;
 pub mod report;
 pub mod sampling;
 pub mod shard;
 pub mod state;
 pub mod stats;
+pub mod tensors;
 pub mod train_config;
 pub mod variant;
 

@@ -144,6 +144,63 @@ pub struct TrainResult {
     pub metrics: serde_json::Value,
 }
 
+/// One worker's part of one round of a distributed training run (`distributed:` in the
+/// `train:` block; docs/TRAINING.md). A round is one optimizer step (sync) or `inner_steps`
+/// local steps (diloco); the coordinator adds a round's shards when the previous round is
+/// applied.
+///
+/// The training data is one seeded stream of micro-batches (`batch_size` rows each), the same
+/// stream a single worker draws: micro-batch `k` is the `k`-th one it would draw. A shard names
+/// the micro-batches it computes, so N workers compute exactly the one-worker batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRoundShard {
+    /// Base model spec.
+    pub model: String,
+    pub adapter_name: String,
+    /// The `train:` block as JSON, as for [`TrainShard`] (paths are sweep paths).
+    pub config: serde_json::Value,
+    /// The round (0-based): the optimizer step for sync, the outer step for diloco.
+    pub round: u32,
+    /// Sweep path of the current global adapter (a PEFT folder: `adapter_config.json` and
+    /// `adapter_model.safetensors`); none in round 0, where every worker starts from the
+    /// adapter the config's seed initialises (and uploads it, for the coordinator).
+    pub adapter: Option<String>,
+    /// The global micro-batch indices to compute. sync: this worker's share of the step;
+    /// diloco: `inner_steps x grad_accum` of them, `grad_accum` per local step. Empty: an
+    /// evaluation-only shard (the held-out loss of `adapter`).
+    pub micro_batches: Vec<u64>,
+    /// The position of this shard's first micro-batch within its optimizer step (sync):
+    /// dropout masks are seeded by (step, position) as on one worker.
+    pub first_position: u32,
+    /// diloco: the global inner step of this round's first local step (for the learning-rate
+    /// schedule).
+    pub first_inner_step: u64,
+    /// Also compute the held-out loss of `adapter` (before any training in this shard).
+    pub eval: bool,
+}
+
+/// What a round shard produced. Its tensors are uploaded first as the artifact
+/// `contribution.safetensors` (and, in round 0, the initial adapter's two files); see
+/// `flotilla_contract::tensors` for the encodings.
+///
+/// sync: the *sum* over its micro-batches of the gradient of the summed token loss (not yet
+/// divided: the coordinator divides by the target tokens of the whole step). diloco: the
+/// delta `global - local` after its local steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRoundResult {
+    /// Summed negative log-likelihood over its target tokens (sync), or the mean loss over its
+    /// local steps (diloco).
+    pub loss: f64,
+    /// Target (loss-bearing) tokens it computed.
+    pub target_tokens: u64,
+    /// All tokens it processed (rows x sequence length).
+    pub tokens: u64,
+    /// Held-out loss of the incoming adapter, when asked.
+    pub eval_loss: Option<f64>,
+    /// Bytes of the contribution file.
+    pub contribution_bytes: u64,
+}
+
 /// A shard that does nothing: for `flotilla bench dispatch` and protocol tests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoopShard {
@@ -172,6 +229,7 @@ pub struct NoopResult {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ShardSpec {
     Train(TrainShard),
+    TrainRound(TrainRoundShard),
     Generate(GenerateShard),
     Judge(JudgeShard),
     Noop(NoopShard),
@@ -181,6 +239,7 @@ impl ShardSpec {
     pub fn kind(&self) -> JobKind {
         match self {
             ShardSpec::Train(_) => JobKind::Train,
+            ShardSpec::TrainRound(_) => JobKind::TrainRound,
             ShardSpec::Generate(_) => JobKind::Generate,
             ShardSpec::Judge(_) => JobKind::Judge,
             ShardSpec::Noop(_) => JobKind::Noop,
@@ -206,8 +265,8 @@ fn from_tagged<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resu
     if let Some(k) = &kind {
         if k.parse::<JobKind>().is_err() {
             return Err(Error::input(format!(
-                "this worker does not know shard kind {k:?} (it knows train, generate, judge, \
-                 noop); is it older than the coordinator?"
+                "this worker does not know shard kind {k:?} (it knows train, train_round, \
+                 generate, judge, noop); is it older than the coordinator?"
             )));
         }
     }
@@ -241,6 +300,7 @@ fn sniff_kind(bytes: &[u8]) -> Option<String> {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ShardOutput {
     Train(TrainResult),
+    TrainRound(TrainRoundResult),
     Generate(GenerateResult),
     Judge(JudgeResult),
     Noop(NoopResult),
@@ -250,6 +310,7 @@ impl ShardOutput {
     pub fn kind(&self) -> JobKind {
         match self {
             ShardOutput::Train(_) => JobKind::Train,
+            ShardOutput::TrainRound(_) => JobKind::TrainRound,
             ShardOutput::Generate(_) => JobKind::Generate,
             ShardOutput::Judge(_) => JobKind::Judge,
             ShardOutput::Noop(_) => JobKind::Noop,
@@ -340,6 +401,17 @@ mod tests {
                 adapter_name: "lora".into(),
                 config: serde_json::json!({"data": "train.jsonl", "seed": 7}),
             }),
+            ShardSpec::TrainRound(TrainRoundShard {
+                model: "smollm2".into(),
+                adapter_name: "lora".into(),
+                config: serde_json::json!({"data": "train.jsonl", "steps": 4}),
+                round: 3,
+                adapter: Some("adapters/j1/round-000003".into()),
+                micro_batches: vec![6, 7],
+                first_position: 0,
+                first_inner_step: 0,
+                eval: true,
+            }),
             ShardSpec::Generate(GenerateShard {
                 model: "smollm2".into(),
                 model_label: "small".into(),
@@ -388,6 +460,13 @@ mod tests {
         let outputs = [
             ShardOutput::Train(TrainResult {
                 metrics: serde_json::json!({"final_loss": 1.5}),
+            }),
+            ShardOutput::TrainRound(TrainRoundResult {
+                loss: 12.5,
+                target_tokens: 40,
+                tokens: 64,
+                eval_loss: Some(2.25),
+                contribution_bytes: 4096,
             }),
             ShardOutput::Generate(GenerateResult {
                 cases: vec![case_result()],

@@ -13,8 +13,11 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
-    /// Train a LoRA adapter.
+    /// Train a LoRA adapter on one worker.
     Train,
+    /// Train a LoRA adapter across workers, round by round: the coordinator adds each round's
+    /// shards when it has applied the previous round.
+    TrainRound,
     /// Generate answers for cases (no verdicts).
     Generate,
     /// Judge generated answers with a jury.
@@ -24,8 +27,9 @@ pub enum JobKind {
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Train,
+        JobKind::TrainRound,
         JobKind::Generate,
         JobKind::Judge,
         JobKind::Noop,
@@ -35,6 +39,7 @@ impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Train => "train",
+            JobKind::TrainRound => "train_round",
             JobKind::Generate => "generate",
             JobKind::Judge => "judge",
             JobKind::Noop => "noop",

@@ -1,4 +1,5 @@
-//! LoRA fine-tuning on one worker (flotilla-train).
+//! LoRA fine-tuning on a worker (flotilla-train): a whole run, or one worker's part of a
+//! distributed round.
 //!
 //! - [`data`] turns chat / prompt-completion JSONL into token batches with a loss mask on the
 //!   assistant tokens (padding or packing, seeded shuffling, a resumable position).
@@ -7,6 +8,8 @@
 //!   only ops that record a backward (candle's fused rms_norm, softmax_last_dim, rope and
 //!   quantized matmul record none).
 //! - [`trainer`] runs AdamW with warmup + cosine, accumulation, clipping, checkpoints, resume.
+//! - [`rounds`] is a worker's part of a distributed round (sync gradients, DiLoCo local steps
+//!   and delta), with the model and data kept between rounds.
 //! - [`optim`] is AdamW as PyTorch computes it, the schedules and global-norm clipping.
 //! - [`weights`] loads dense Hugging Face-layout base weights from GGUF or safetensors.
 //! - [`apply`] puts an adapter on a loaded model unmerged, or merges it into a Hugging Face
@@ -23,6 +26,7 @@ pub mod data;
 pub mod lora;
 pub mod model;
 pub mod optim;
+pub mod rounds;
 pub mod trainer;
 pub mod weights;
 

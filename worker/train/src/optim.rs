@@ -1,28 +1,16 @@
 //! AdamW (PyTorch's formulation, decoupled weight decay), the learning-rate schedule (linear
 //! warmup, then cosine, linear or constant, as transformers' schedulers), and clipping by
 //! global norm. The optimizer's moments are saved with every checkpoint so a resumed run
-//! continues bit for bit.
+//! continues bit for bit. The schedule and the clipping rule are the contract's
+//! (`flotilla_contract::optim`), which the coordinator applies to distributed runs.
 
-use super::config::{OptimizerSettings, Schedule};
+use super::config::OptimizerSettings;
 use candle_core::{Device, Tensor, Var};
 use flotilla_engine::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The learning rate for optimizer step `step` (0-based) of `total`.
-pub fn lr_at(s: &OptimizerSettings, step: usize, total: usize) -> f64 {
-    if step < s.warmup_steps {
-        return s.lr * step as f64 / s.warmup_steps.max(1) as f64;
-    }
-    let progress =
-        (step - s.warmup_steps) as f64 / total.saturating_sub(s.warmup_steps).max(1) as f64;
-    let factor = match s.schedule {
-        Schedule::Constant => 1.0,
-        Schedule::Linear => (1.0 - progress).max(0.0),
-        Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
-    };
-    s.lr * factor
-}
+pub use flotilla_contract::optim::lr_at;
 
 /// AdamW over a fixed list of variables.
 pub struct AdamW {
@@ -116,17 +104,16 @@ pub fn clip_factor(grads: &[Tensor], max_norm: f64) -> Result<(f64, f64)> {
         sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     }
     let norm = sq.sqrt();
-    let factor = if max_norm > 0.0 && norm > max_norm {
-        max_norm / (norm + 1e-6)
-    } else {
-        1.0
-    };
-    Ok((norm, factor))
+    Ok((
+        norm,
+        flotilla_contract::optim::clip_factor_of(norm, max_norm),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Schedule;
 
     #[test]
     fn schedule_warms_up_then_decays() {

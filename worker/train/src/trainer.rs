@@ -184,15 +184,31 @@ impl Trainer {
         if total == 0 {
             return Err(Error::input("a training step has no target tokens"));
         }
+        let (grads, nll) = self.gradient_sums(batches, step, 0, total as f64)?;
+        Ok((grads, nll / total as f64))
+    }
+
+    /// Gradients of (the summed token loss over `batches`) / `denom`, and that summed loss.
+    /// `batches` are the micro-batches at `first_position..` of optimizer step `step`: dropout
+    /// is seeded by (step, position), so a step's micro-batches computed on several workers
+    /// draw the masks one worker would.
+    pub fn gradient_sums(
+        &self,
+        batches: &[Batch],
+        step: usize,
+        first_position: usize,
+        denom: f64,
+    ) -> Result<(Vec<Tensor>, f64)> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.vars.len()];
         let mut nll = 0f64;
         for (i, b) in batches.iter().enumerate() {
+            let position = (first_position + i) as u64;
             let seed = self
                 .config
                 .seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add((step as u64) << 16 | i as u64);
-            let (loss, sum) = self.model.loss(b, total as f64, Some(seed))?;
+                .wrapping_add((step as u64) << 16 | position);
+            let (loss, sum) = self.model.loss(b, denom, Some(seed))?;
             nll += sum;
             let store = loss.backward()?;
             for (slot, var) in grads.iter_mut().zip(&self.vars) {
@@ -211,7 +227,7 @@ impl Trainer {
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::input("no micro-batches to compute gradients on"))?;
-        Ok((grads, nll / total as f64))
+        Ok((grads, nll))
     }
 
     /// Clip `grads` to the configured global norm and apply one AdamW step at `lr`; returns

@@ -65,6 +65,8 @@ pub struct DataLoader {
     epoch: u64,
     cursor: usize,
     order: Vec<usize>,
+    /// Batches drawn since the start of epoch 0, when known (not after a [`DataLoader::seek`]).
+    drawn: Option<u64>,
 }
 
 impl DataLoader {
@@ -118,6 +120,7 @@ impl DataLoader {
             epoch: 0,
             cursor: 0,
             order,
+            drawn: Some(0),
         })
     }
 
@@ -153,6 +156,27 @@ impl DataLoader {
         self.epoch = pos.epoch + (pos.cursor / n) as u64;
         self.cursor = pos.cursor % n;
         self.order = epoch_order(n, self.seed, self.epoch);
+        self.drawn = (pos.epoch == 0 && pos.cursor == 0).then_some(0);
+    }
+
+    /// Batch number `index` (0-based) of the stream that [`DataLoader::next_batch`] draws from
+    /// the start: what a distributed run's workers compute, each its own indices. Moving
+    /// forward skips rows without building them; moving back starts the stream again.
+    pub fn batch_at(&mut self, index: u64) -> Batch {
+        let drawn = match self.drawn {
+            Some(d) if d <= index => d,
+            _ => {
+                self.seek(DataPosition {
+                    epoch: 0,
+                    cursor: 0,
+                });
+                0
+            }
+        };
+        for _ in drawn..index {
+            self.next_rows();
+        }
+        self.next_batch()
     }
 
     /// The next example in order, moving on to the next epoch (reshuffled) at the end.
@@ -175,36 +199,38 @@ impl DataLoader {
         self.order[self.cursor]
     }
 
-    /// The next batch of `batch_size` rows.
-    pub fn next_batch(&mut self) -> Batch {
+    /// The example indices of the next batch's rows.
+    fn next_rows(&mut self) -> Vec<Vec<usize>> {
+        self.drawn = self.drawn.map(|d| d + 1);
         let mut rows: Vec<Vec<usize>> = Vec::with_capacity(self.batch_size);
-        if self.packing {
-            for _ in 0..self.batch_size {
-                let mut row = vec![self.take()];
+        for _ in 0..self.batch_size {
+            let mut row = vec![self.take()];
+            if self.packing {
                 let mut used = self.examples[row[0]].ids.len();
                 while used + self.examples[self.peek()].ids.len() <= self.seq_len {
                     let i = self.take();
                     used += self.examples[i].ids.len();
                     row.push(i);
                 }
-                rows.push(row);
             }
-            let rows: Vec<Vec<&TokenizedExample>> = rows
-                .iter()
-                .map(|r| r.iter().map(|&i| &self.examples[i]).collect())
-                .collect();
-            build_batch(&rows, self.seq_len, self.pad_id)
-        } else {
-            for _ in 0..self.batch_size {
-                rows.push(vec![self.take()]);
-            }
-            let rows: Vec<Vec<&TokenizedExample>> = rows
-                .iter()
-                .map(|r| r.iter().map(|&i| &self.examples[i]).collect())
-                .collect();
-            let longest = rows.iter().map(|r| r[0].ids.len()).max().unwrap_or(1);
-            build_batch(&rows, longest, self.pad_id)
+            rows.push(row);
         }
+        rows
+    }
+
+    /// The next batch of `batch_size` rows.
+    pub fn next_batch(&mut self) -> Batch {
+        let rows = self.next_rows();
+        let rows: Vec<Vec<&TokenizedExample>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&i| &self.examples[i]).collect())
+            .collect();
+        let seq_len = if self.packing {
+            self.seq_len
+        } else {
+            rows.iter().map(|r| r[0].ids.len()).max().unwrap_or(1)
+        };
+        build_batch(&rows, seq_len, self.pad_id)
     }
 }
 
@@ -464,6 +490,24 @@ mod tests {
             b.seek(pos);
             let resumed: Vec<Batch> = (0..6).map(|_| b.next_batch()).collect();
             assert_eq!(resumed, expected, "packing={packing}");
+        }
+    }
+
+    #[test]
+    fn batch_at_is_the_indexed_batch_of_the_stream_in_any_order() {
+        for packing in [false, true] {
+            let mut a = DataLoader::new(examples(7), 3, 12, packing, 5).unwrap();
+            let stream: Vec<Batch> = (0..9).map(|_| a.next_batch()).collect();
+            let mut b = DataLoader::new(examples(7), 3, 12, packing, 5).unwrap();
+            for i in [4u64, 5, 8, 1, 0, 7] {
+                assert_eq!(b.batch_at(i), stream[i as usize], "packing={packing} i={i}");
+            }
+            // After a seek the count is unknown: the stream starts again.
+            b.seek(DataPosition {
+                epoch: 1,
+                cursor: 2,
+            });
+            assert_eq!(b.batch_at(3), stream[3]);
         }
     }
 

@@ -1,0 +1,634 @@
+//! Distributed LoRA training on the coordinator (`distributed:` in a `train:` block;
+//! docs/TRAINING.md): the round shards, and applying a finished round.
+//!
+//! A distributed train job is a `train_round` job whose shards are added one round at a time.
+//! When every shard of round `r` has succeeded (`Change::RoundReady`), [`close_round`], inside
+//! one store transaction, reads their contributions, applies the optimizer — sync: the summed
+//! gradients divided by the step's target tokens, clipped, one AdamW step; diloco: the
+//! token-weighted mean of the deltas as the outer gradient of a Nesterov SGD step — stores the
+//! new adapter and optimizer state as artifacts, records the round in `train_rounds`, and
+//! inserts round `r + 1`'s shards. The row and the next shards commit together: a round is
+//! applied exactly once, and a coordinator killed at any point resumes at the last applied
+//! round (a round whose shards all succeeded but which was not applied is applied at start).
+//!
+//! After the last training round comes one evaluation shard (the held-out loss of the final
+//! adapter); its row is marked final and the job ends. The final adapter is then the files
+//! `adapters/<job>/` that dependent generate jobs use, as for a one-worker train job.
+
+use crate::artifacts::ArtifactStore;
+use crate::plan::{FileEntry, JobMeta, PlannedShard};
+use crate::store::{now_ms, state::*, StoreError, StoreResult};
+use crate::writes::insert_shards;
+use flotilla_contract::optim::{
+    add_scaled, check_finite, clip_factor_of, global_norm, lr_at, nesterov_step, scale, AdamState,
+};
+use flotilla_contract::shard::{TrainRoundResult, TrainRoundShard};
+use flotilla_contract::tensors::{NamedTensor, TensorSet};
+use flotilla_contract::train_config::{Compression, DistMode, TrainConfig};
+use flotilla_contract::{ShardOutput, ShardSpec};
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+
+/// What every round shard of a run shares (stored in the job's meta).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// Base model spec.
+    pub model: String,
+    /// The sweep's adapter name.
+    pub adapter: String,
+    /// The `train:` block (sweep paths, seed filled in).
+    pub config: serde_json::Value,
+    /// The training data files every shard needs.
+    pub files: Vec<FileEntry>,
+}
+
+impl RunMeta {
+    pub fn config(&self) -> StoreResult<TrainConfig> {
+        serde_json::from_value(self.config.clone())
+            .map_err(|e| StoreError::Other(format!("adapter {}: train: {e}", self.adapter)))
+    }
+}
+
+/// How a run is cut into rounds.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    mode: DistMode,
+    workers: usize,
+    grad_accum: usize,
+    inner_steps: usize,
+    steps: usize,
+    /// Training rounds; round `rounds` is the final evaluation.
+    rounds: usize,
+    eval_every: usize,
+}
+
+impl Layout {
+    fn of(cfg: &TrainConfig) -> StoreResult<Self> {
+        let d = cfg.distributed.as_ref().ok_or_else(|| {
+            StoreError::Other("a train_round job without a distributed block".into())
+        })?;
+        Ok(Self {
+            mode: d.mode,
+            workers: d.workers.max(1),
+            grad_accum: cfg.grad_accum.max(1),
+            inner_steps: d.inner_steps.max(1),
+            steps: cfg.steps,
+            rounds: d.rounds(cfg.steps),
+            eval_every: cfg.eval_every,
+        })
+    }
+}
+
+/// The sweep path of the adapter after round `round` (before round `round + 1`).
+pub fn adapter_dir(job_id: &str, round: usize) -> String {
+    format!("adapters/{job_id}/round-{round:05}")
+}
+
+fn shard_prefix(job_id: &str, round: usize) -> String {
+    format!("{job_id}.r{round:05}.")
+}
+
+/// The shards of `round` (the final evaluation when `round` is the number of training
+/// rounds), starting from `adapter` (the files of the global adapter, none in round 0).
+pub fn round_shards(
+    job_id: &str,
+    meta: &RunMeta,
+    round: usize,
+    adapter: Option<&[FileEntry]>,
+) -> StoreResult<Vec<PlannedShard>> {
+    let cfg = meta.config()?;
+    let l = Layout::of(&cfg)?;
+    let adapter_path = adapter.map(|_| adapter_dir(job_id, round.saturating_sub(1)));
+    let mut parts: Vec<(Vec<u64>, u32, u64)> = Vec::new();
+    if round >= l.rounds {
+        parts.push((Vec::new(), 0, 0));
+    } else {
+        match l.mode {
+            DistMode::Sync => {
+                // This step's micro-batches, cut into at most `workers` contiguous parts.
+                let first = (round * l.grad_accum) as u64;
+                let n = l.workers.min(l.grad_accum);
+                let mut at = 0usize;
+                for k in 0..n {
+                    let len = l.grad_accum / n + usize::from(k < l.grad_accum % n);
+                    let ids = (at..at + len).map(|i| first + i as u64).collect();
+                    parts.push((ids, at as u32, 0));
+                    at += len;
+                }
+            }
+            DistMode::Diloco => {
+                // Each worker: `inner_steps` local steps (fewer in a last, short round) on its
+                // own stretch of the stream.
+                let h = l.inner_steps.min(l.steps - round * l.inner_steps);
+                let per = h * l.grad_accum;
+                let base = (round * l.inner_steps * l.grad_accum * l.workers) as u64;
+                for k in 0..l.workers {
+                    let first = base + (k * per) as u64;
+                    let ids = (first..first + per as u64).collect();
+                    parts.push((ids, 0, (round * l.inner_steps) as u64));
+                }
+            }
+        }
+    }
+    let eval_round = l.eval_every > 0 && round % l.eval_every.max(1) == 0;
+    let mut out = Vec::new();
+    for (k, (ids, first_position, first_inner_step)) in parts.into_iter().enumerate() {
+        let spec = TrainRoundShard {
+            model: meta.model.clone(),
+            adapter_name: meta.adapter.clone(),
+            config: meta.config.clone(),
+            round: round as u32,
+            adapter: adapter_path.clone(),
+            micro_batches: ids,
+            first_position,
+            first_inner_step,
+            eval: k == 0 && (round >= l.rounds || eval_round || round == 0),
+        };
+        let mut files = meta.files.clone();
+        files.extend(adapter.unwrap_or_default().iter().cloned());
+        out.push(PlannedShard {
+            id: format!("{}s{}", shard_prefix(job_id, round), k + 1),
+            seq: (round * 1000 + k + 1) as i64,
+            units: (spec.micro_batches.len() as u64).max(1),
+            spec_json: ShardSpec::TrainRound(spec).to_json(),
+            files,
+        });
+    }
+    Ok(out)
+}
+
+/// What applying a round led to.
+#[derive(Debug)]
+pub enum RoundOutcome {
+    /// The round's shards have not all succeeded (or were already applied).
+    NotReady,
+    /// The next round's shards, stored `Ready`.
+    Next(Vec<PlannedShard>),
+    /// The run is complete.
+    Done,
+}
+
+/// One contribution, as stored.
+struct Contribution {
+    shard: String,
+    worker: String,
+    output: TrainRoundResult,
+    files: Vec<FileEntry>,
+}
+
+/// A row of `train_rounds`: the run after a round.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRow {
+    pub round: usize,
+    pub adapter: FileEntry,
+    pub config: FileEntry,
+    pub state: FileEntry,
+    pub state_t: usize,
+    pub loss: Option<f64>,
+    pub heldout_loss: Option<f64>,
+    pub target_tokens: u64,
+    pub tokens: u64,
+    pub workers: Vec<String>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub last: bool,
+}
+
+fn other(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+/// The rows of a job, oldest first.
+pub fn rounds(c: &Connection, job_id: &str) -> StoreResult<Vec<RoundRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT round, adapter_json, state_t, loss, heldout_loss, target_tokens, tokens,
+                workers, bytes_sent, bytes_received, final
+         FROM train_rounds WHERE job_id = ?1 ORDER BY round",
+    )?;
+    let rows = stmt
+        .query_map(params![job_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<f64>>(3)?,
+                r.get::<_, Option<f64>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, i64>(9)?,
+                r.get::<_, bool>(10)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(
+            |(round, files, t, loss, held, tt, tok, workers, sent, recv, last)| {
+                let [adapter, config, state]: [FileEntry; 3] = serde_json::from_str(&files)
+                    .map_err(|e| other(format!("train_rounds {job_id}/{round}: {e}")))?;
+                Ok(RoundRow {
+                    round: round as usize,
+                    adapter,
+                    config,
+                    state,
+                    state_t: t as usize,
+                    loss,
+                    heldout_loss: held,
+                    target_tokens: tt as u64,
+                    tokens: tok as u64,
+                    workers: serde_json::from_str(&workers).unwrap_or_default(),
+                    bytes_sent: sent as u64,
+                    bytes_received: recv as u64,
+                    last,
+                })
+            },
+        )
+        .collect()
+}
+
+fn insert_row(c: &Connection, job_id: &str, row: &RoundRow) -> StoreResult<()> {
+    let files = [&row.adapter, &row.config, &row.state];
+    c.execute(
+        "INSERT INTO train_rounds (job_id, round, adapter_json, state_t, loss, heldout_loss,
+            target_tokens, tokens, workers, bytes_sent, bytes_received, final, stored_ms)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+        params![
+            job_id,
+            row.round as i64,
+            serde_json::to_string(&files).map_err(other)?,
+            row.state_t as i64,
+            row.loss,
+            row.heldout_loss,
+            row.target_tokens as i64,
+            row.tokens as i64,
+            serde_json::to_string(&row.workers).map_err(other)?,
+            row.bytes_sent as i64,
+            row.bytes_received as i64,
+            row.last,
+            now_ms()
+        ],
+    )?;
+    Ok(())
+}
+
+/// The run's meta, from its job.
+pub fn run_meta(c: &Connection, job_id: &str) -> StoreResult<RunMeta> {
+    let meta: String = c.query_row(
+        "SELECT meta_json FROM jobs WHERE id = ?1",
+        params![job_id],
+        |r| r.get(0),
+    )?;
+    match serde_json::from_str::<JobMeta>(&meta) {
+        Ok(JobMeta::TrainRound(run)) => Ok(run),
+        Ok(_) => Err(other(format!(
+            "job {job_id} is not a distributed train job"
+        ))),
+        Err(e) => Err(other(format!("job {job_id}: bad meta: {e}"))),
+    }
+}
+
+/// The files of the final adapter of a finished run, under `adapters/<job>/` (for the jobs
+/// that evaluate it); None if the job is not a finished distributed run.
+pub fn final_adapter(c: &Connection, job_id: &str) -> StoreResult<Option<Vec<FileEntry>>> {
+    let Some(last) = rounds(c, job_id)?.pop().filter(|r| r.last) else {
+        return Ok(None);
+    };
+    Ok(Some(vec![
+        FileEntry {
+            path: "adapter_config.json".into(),
+            ..last.config
+        },
+        FileEntry {
+            path: "adapter_model.safetensors".into(),
+            ..last.adapter
+        },
+    ]))
+}
+
+fn contributions(
+    c: &Connection,
+    job_id: &str,
+    round: usize,
+) -> StoreResult<Option<Vec<Contribution>>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT s.id, s.state, r.result_json, r.artifacts_json,
+                (SELECT a.worker_id FROM attempts a WHERE a.shard_id = s.id AND a.attempt = r.attempt)
+         FROM shards s LEFT JOIN results r ON r.shard_id = s.id
+         WHERE s.job_id = ?1 AND s.id LIKE ?2 ORDER BY s.seq",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![job_id, format!("{}%", shard_prefix(job_id, round))],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for (shard, state, result, files, worker) in rows {
+        let (Some(result), Some(files)) = (result, files) else {
+            return Ok(None);
+        };
+        if state != ShardState::Succeeded.code() {
+            return Ok(None);
+        }
+        let output = match ShardOutput::from_json(result.as_bytes()).map_err(other)? {
+            ShardOutput::TrainRound(o) => o,
+            o => return Err(other(format!("shard {shard}: a {} output", o.kind()))),
+        };
+        out.push(Contribution {
+            shard,
+            worker: worker.unwrap_or_default(),
+            output,
+            files: serde_json::from_str(&files).map_err(other)?,
+        });
+    }
+    Ok(Some(out))
+}
+
+fn read_set(store: &ArtifactStore, f: &FileEntry, what: &str) -> StoreResult<TensorSet> {
+    let bytes = store.read(&f.sha256).map_err(other)?;
+    TensorSet::decode(&bytes, what).map_err(other)
+}
+
+fn put(store: &ArtifactStore, path: &str, bytes: &[u8]) -> StoreResult<FileEntry> {
+    Ok(FileEntry {
+        path: path.to_string(),
+        sha256: store.put(bytes).map_err(other)?,
+        size: bytes.len() as u64,
+    })
+}
+
+/// Optimizer state as one tensor file: `m/<name>`, `v/<name>` (AdamW) or `momentum/<name>`
+/// (Nesterov).
+fn state_set(parts: &[(&str, &TensorSet)]) -> TensorSet {
+    let mut out = Vec::new();
+    for (prefix, set) in parts {
+        for t in &set.tensors {
+            out.push(NamedTensor {
+                name: format!("{prefix}/{}", t.name),
+                ..t.clone()
+            });
+        }
+    }
+    TensorSet::new(out)
+}
+
+fn state_part(state: &TensorSet, prefix: &str) -> TensorSet {
+    let p = format!("{prefix}/");
+    TensorSet::new(
+        state
+            .tensors
+            .iter()
+            .filter_map(|t| {
+                t.name.strip_prefix(&p).map(|n| NamedTensor {
+                    name: n.to_string(),
+                    ..t.clone()
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Apply round `r` of `job_id` if all its shards succeeded (see the module's note). Runs
+/// inside one store transaction.
+pub fn close_round(
+    c: &Connection,
+    store: &ArtifactStore,
+    job_id: &str,
+) -> StoreResult<RoundOutcome> {
+    let meta = run_meta(c, job_id)?;
+    let cfg = meta.config()?;
+    let l = Layout::of(&cfg)?;
+    let done = rounds(c, job_id)?;
+    if done.last().is_some_and(|r| r.last) {
+        return Ok(RoundOutcome::Done);
+    }
+    let r = done.len();
+    let Some(contribs) = contributions(c, job_id, r)? else {
+        return Ok(RoundOutcome::NotReady);
+    };
+    let eval = contribs.iter().find_map(|c| c.output.eval_loss);
+    let workers: Vec<String> = {
+        let mut w: Vec<String> = contribs.iter().map(|c| c.worker.clone()).collect();
+        w.sort();
+        w.dedup();
+        w
+    };
+    let bytes_sent: u64 = contribs.iter().flat_map(|c| &c.files).map(|f| f.size).sum();
+    let prev = done.last().cloned();
+    let bytes_received = prev
+        .as_ref()
+        .map(|p| (p.adapter.size + p.config.size) * contribs.len() as u64)
+        .unwrap_or(0);
+    let target_tokens: u64 = contribs.iter().map(|c| c.output.target_tokens).sum();
+    let tokens: u64 = contribs.iter().map(|c| c.output.tokens).sum();
+    // The held-out loss measured at the start of this round belongs to the previous adapter.
+    if let (Some(p), Some(e)) = (&prev, eval) {
+        c.execute(
+            "UPDATE train_rounds SET heldout_loss = ?3 WHERE job_id = ?1 AND round = ?2",
+            params![job_id, p.round as i64, e],
+        )?;
+    }
+    if r >= l.rounds {
+        let p = prev.ok_or_else(|| other(format!("job {job_id}: an evaluation round first")))?;
+        insert_row(
+            c,
+            job_id,
+            &RoundRow {
+                round: r,
+                loss: None,
+                heldout_loss: eval,
+                target_tokens: 0,
+                tokens: 0,
+                workers,
+                bytes_sent,
+                bytes_received,
+                last: true,
+                ..p
+            },
+        )?;
+        return Ok(RoundOutcome::Done);
+    }
+    // Where the run stands before this round.
+    let (mut adapter, config_file, mut state, state_t) = match &prev {
+        Some(p) => (
+            read_set(store, &p.adapter, "the global adapter")?,
+            p.config.clone(),
+            Some(read_set(store, &p.state, "the optimizer state")?),
+            p.state_t,
+        ),
+        None => {
+            let file = |name: &str| {
+                contribs
+                    .iter()
+                    .flat_map(|c| &c.files)
+                    .find(|f| f.path == format!("initial/{name}"))
+                    .cloned()
+                    .ok_or_else(|| other(format!("round 0 of {job_id} uploaded no initial {name}")))
+            };
+            (
+                read_set(
+                    store,
+                    &file("adapter_model.safetensors")?,
+                    "the initial adapter",
+                )?,
+                file("adapter_config.json")?,
+                None,
+                0,
+            )
+        }
+    };
+    let mut sets = Vec::new();
+    for c in &contribs {
+        let f = c
+            .files
+            .iter()
+            .find(|f| f.path == "contribution.safetensors")
+            .ok_or_else(|| other(format!("shard {} uploaded no contribution", c.shard)))?;
+        let set = read_set(store, f, &format!("shard {}: contribution", c.shard))?;
+        adapter
+            .check_same_layout(&set, &format!("shard {}: contribution", c.shard))
+            .map_err(other)?;
+        check_finite(&set, &format!("shard {}: contribution", c.shard)).map_err(other)?;
+        sets.push((c.output.target_tokens, c.output.loss, set));
+    }
+    if target_tokens == 0 {
+        return Err(other(format!("round {r} of {job_id} had no target tokens")));
+    }
+    let (loss, state_out, t) = match l.mode {
+        DistMode::Sync => {
+            let mut grad = adapter.zeros_like();
+            let mut nll = 0.0;
+            for (_, loss, set) in &sets {
+                add_scaled(&mut grad, set, 1.0, "gradient").map_err(other)?;
+                nll += loss;
+            }
+            scale(&mut grad, 1.0 / target_tokens as f32);
+            let factor = clip_factor_of(global_norm(&grad), cfg.optimizer.max_grad_norm);
+            if factor < 1.0 {
+                scale(&mut grad, factor as f32);
+            }
+            let mut adam = match &state {
+                Some(s) => AdamState {
+                    t: state_t,
+                    m: state_part(s, "m"),
+                    v: state_part(s, "v"),
+                },
+                None => AdamState::new(&adapter),
+            };
+            let lr = lr_at(&cfg.optimizer, r, l.steps);
+            adam.step(&cfg.optimizer, &mut adapter, &grad, lr)
+                .map_err(other)?;
+            let out = state_set(&[("m", &adam.m), ("v", &adam.v)]);
+            (nll / target_tokens as f64, out, adam.t)
+        }
+        DistMode::Diloco => {
+            let d = cfg.distributed.as_ref().expect("the layout checked it");
+            let mut outer = adapter.zeros_like();
+            let mut loss = 0.0;
+            for (tt, l, set) in &sets {
+                let w = *tt as f64 / target_tokens as f64;
+                add_scaled(&mut outer, set, w as f32, "delta").map_err(other)?;
+                loss += w * l;
+            }
+            let mut momentum = match state.take() {
+                Some(s) => state_part(&s, "momentum"),
+                None => adapter.zeros_like(),
+            };
+            nesterov_step(
+                &mut adapter,
+                &mut momentum,
+                &outer,
+                d.outer_lr,
+                d.outer_momentum,
+            )
+            .map_err(other)?;
+            (loss, state_set(&[("momentum", &momentum)]), state_t + 1)
+        }
+    };
+    check_finite(&adapter, &format!("round {r}: the new adapter")).map_err(other)?;
+    let dir = adapter_dir(job_id, r);
+    let adapter_file = put(
+        store,
+        &format!("{dir}/adapter_model.safetensors"),
+        &adapter.encode(Compression::None).map_err(other)?,
+    )?;
+    let config_file = FileEntry {
+        path: format!("{dir}/adapter_config.json"),
+        ..config_file
+    };
+    let state_file = put(
+        store,
+        &format!("{dir}/optimizer.safetensors"),
+        &state_out.encode(Compression::None).map_err(other)?,
+    )?;
+    insert_row(
+        c,
+        job_id,
+        &RoundRow {
+            round: r,
+            adapter: adapter_file.clone(),
+            config: config_file.clone(),
+            state: state_file,
+            state_t: t,
+            loss: Some(loss),
+            heldout_loss: None,
+            target_tokens,
+            tokens,
+            workers,
+            bytes_sent,
+            bytes_received,
+            last: false,
+        },
+    )?;
+    if r == 0 {
+        if let Some(e) = eval {
+            c.execute(
+                "UPDATE train_rounds SET heldout_before = ?3 WHERE job_id = ?1 AND round = ?2",
+                params![job_id, 0i64, e],
+            )?;
+        }
+    }
+    let next = round_shards(job_id, &meta, r + 1, Some(&[config_file, adapter_file]))?;
+    let sweep: String = c.query_row(
+        "SELECT sweep_id FROM jobs WHERE id = ?1",
+        params![job_id],
+        |row| row.get(0),
+    )?;
+    insert_shards(c, &sweep, job_id, &next, ShardState::Ready)?;
+    prune(c, store, job_id, cfg.keep_checkpoints)?;
+    Ok(RoundOutcome::Next(next))
+}
+
+/// Keep the newest `keep` checkpoints' adapter and optimizer files; older rounds keep their
+/// figures, and their files are removed from the artifact store.
+fn prune(c: &Connection, store: &ArtifactStore, job_id: &str, keep: usize) -> StoreResult<()> {
+    let all = rounds(c, job_id)?;
+    if all.len() <= keep {
+        return Ok(());
+    }
+    let (old, kept) = all.split_at(all.len() - keep);
+    let live: std::collections::HashSet<&str> = kept
+        .iter()
+        .flat_map(|r| [r.adapter.sha256.as_str(), r.state.sha256.as_str()])
+        .collect();
+    for r in old {
+        for f in [&r.adapter, &r.state] {
+            if !live.contains(f.sha256.as_str()) {
+                store.remove(&f.sha256).map_err(other)?;
+            }
+        }
+    }
+    Ok(())
+}

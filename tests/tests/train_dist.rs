@@ -1,0 +1,328 @@
+//! LoRA training across workers on the real SmolLM2, a real coordinator on a loopback port and
+//! three in-process workers: sync data-parallel training split 1, 2 and 3 ways gives the
+//! one-worker result (relative Frobenius difference <= 1e-3 on every LoRA tensor after 5
+//! steps, against `flotilla train` in process), and a DiLoCo run completes with its rounds,
+//! losses and bytes recorded.
+
+use flotilla_client::registry::{MemoryRegistry, Registry};
+use flotilla_contract::tensors::TensorSet;
+use flotilla_coordinator::client::{Client, SubmitSweep};
+use flotilla_coordinator::training::{self, RoundRow};
+use flotilla_coordinator::{serve, CoordinatorConfig, RunningCoordinator};
+use flotilla_engine::loader::LoadOptions;
+use flotilla_proto::v1 as pb;
+use flotilla_tests::{smollm2_path, TempDir};
+use flotilla_worker::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const STEPS: usize = 5;
+
+/// The `train:` block shared by every run; `distributed` is appended.
+fn train_block(model_line: &str) -> String {
+    format!(
+        "{model_line}data: train.jsonl
+steps: {STEPS}
+batch_size: 1
+grad_accum: 6
+max_seq_len: 64
+holdout: 0.25
+eval_every: 0
+checkpoint_every: 0
+seed: 5
+lora:
+  rank: 4
+  alpha: 8
+  dropout: 0.1
+  target_modules: [q_proj, v_proj]
+optimizer:
+  lr: 0.002
+  warmup_steps: 1
+  max_grad_norm: 0.5
+"
+    )
+}
+
+fn write_data(dir: &Path) {
+    let pairs = [
+        ("When does the garden open?", "At nine in the morning."),
+        (
+            "How many passengers does the ferry carry?",
+            "120 passengers.",
+        ),
+        ("Where is the tea house?", "By the pond, past the bridge."),
+        ("How many bicycles fit on the ferry?", "Twenty bicycles."),
+        ("What colour is the lighthouse?", "Red and white."),
+        ("Who built the old mill?", "The Verhoeven family, in 1820."),
+        ("Is there a cafe at the pier?", "Yes, it opens at eight."),
+        ("How long is the crossing?", "About forty minutes."),
+    ];
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|(q, a)| {
+            serde_json::json!({"messages": [{"role": "user", "content": q},
+                {"role": "assistant", "content": a}]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("train.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    std::fs::write(
+        dir.join("docs/pier.txt"),
+        "The cafe at the pier opens at eight.",
+    )
+    .unwrap();
+    let case = serde_json::json!({"id": "pier", "task": "document", "language": "en",
+        "query": "When does the cafe open?", "reference_answer": "At eight.",
+        "documents": ["docs/pier.txt"]});
+    std::fs::write(dir.join("cases.jsonl"), case.to_string() + "\n").unwrap();
+}
+
+/// A sweep training one distributed adapter with `distributed` (YAML lines, indented).
+fn write_sweep(dir: &Path, name: &str, distributed: &str) -> std::path::PathBuf {
+    let block: String = train_block("")
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    let yaml = format!(
+        "name: {name}
+seed: 5
+models: [smollm2]
+variants: [query_first]
+adapters:
+  - name: lora
+    train:
+{block}      distributed:
+{distributed}datasets:
+  - name: tiny
+    cases: cases.jsonl
+judge:
+  judges: [smollm2]
+generation:
+  max_tokens: 8
+"
+    );
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+struct Cluster {
+    _dir: TempDir,
+    coordinator: RunningCoordinator,
+    stop: watch::Sender<bool>,
+    client: Client,
+}
+
+async fn cluster(workers: usize) -> Cluster {
+    let dir = flotilla_tests::temp_dir("train-dist");
+    let registry = Arc::new(MemoryRegistry::new());
+    let mut config =
+        CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path(), registry.clone());
+    config.heartbeat = Duration::from_millis(500);
+    let coordinator = serve(config).await.expect("the coordinator starts");
+    let address = format!("http://{}", coordinator.local_addr());
+    let (stop, stop_rx) = watch::channel(false);
+    for i in 0..workers {
+        let id = format!("w{}", i + 1);
+        let config = AgentConfig {
+            worker_id: id.clone(),
+            coordinator: CoordinatorAddress::Direct(address.clone()),
+            registry: Some(registry.clone() as Arc<dyn Registry>),
+            token: String::new(),
+            tls: Default::default(),
+            slots: 1,
+            device_name: "cpu".into(),
+            device: candle_core::Device::Cpu,
+            models: Arc::new(ModelCache::new(LoadOptions::default(), 1)),
+            cache_dir: dir.path().join("cache").join(&id),
+            work_dir: dir.path().join("work").join(&id),
+            max_backoff: Duration::from_millis(500),
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(run_worker(config, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+    let client = Client::connect(&address, None).await.expect("client");
+    Cluster {
+        _dir: dir,
+        coordinator,
+        stop,
+        client,
+    }
+}
+
+/// Submit `sweep`, wait for its distributed train job to end, and return its rounds.
+async fn train(c: &Cluster, sweep: &Path) -> Vec<RoundRow> {
+    let status = c
+        .client
+        .submit_file(sweep)
+        .await
+        .expect("the sweep is accepted");
+    let core = c.coordinator.core();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let job = loop {
+        let st = core.status(&status.sweep_id).expect("the sweep exists");
+        let j = st
+            .jobs
+            .iter()
+            .find(|j| j.kind == "train_round")
+            .expect("a distributed train job")
+            .clone();
+        if j.state == pb::JobState::Succeeded as i32 {
+            break j.job_id;
+        }
+        assert!(
+            j.state != pb::JobState::Failed as i32,
+            "training failed: {}",
+            j.error
+        );
+        assert!(Instant::now() < deadline, "training did not end: {j:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    core.cancel(&status.sweep_id).await.unwrap();
+    let id = job.clone();
+    core.store
+        .call(move |conn| training::rounds(conn, &id))
+        .await
+        .unwrap()
+}
+
+fn adapter_of(c: &Cluster, row: &RoundRow) -> TensorSet {
+    let bytes = c
+        .coordinator
+        .core()
+        .artifacts
+        .read(&row.adapter.sha256)
+        .unwrap();
+    TensorSet::decode(&bytes, "final adapter").unwrap()
+}
+
+/// max over tensors of ||a - b||_F / ||b||_F.
+fn max_rel_frobenius(a: &TensorSet, b: &TensorSet) -> f64 {
+    b.check_same_layout(a, "compared adapter").unwrap();
+    a.tensors
+        .iter()
+        .zip(&b.tensors)
+        .map(|(x, y)| {
+            let d: f64 = x
+                .data
+                .iter()
+                .zip(&y.data)
+                .map(|(p, q)| ((p - q) as f64).powi(2))
+                .sum();
+            let n: f64 = y.data.iter().map(|q| (*q as f64).powi(2)).sum();
+            (d / n.max(1e-30)).sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_training_on_one_two_and_three_workers_gives_the_one_worker_adapter() {
+    let dir = flotilla_tests::temp_dir("train-dist-data");
+    write_data(dir.path());
+    // The reference: one process, `flotilla train`'s loop.
+    let cfg_path = dir.path().join("train.yaml");
+    std::fs::write(&cfg_path, train_block("")).unwrap();
+    let cfg = flotilla_train::TrainConfig::from_file(&cfg_path).unwrap();
+    let model = smollm2_path().display().to_string();
+    let out = dir.path().join("local");
+    let summary = tokio::task::spawn_blocking(move || {
+        flotilla_train::train(
+            &cfg,
+            &model,
+            &out,
+            false,
+            &candle_core::Device::Cpu,
+            &mut |_| true,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let local = TensorSet::decode(
+        &std::fs::read(summary.adapter.join("adapter_model.safetensors")).unwrap(),
+        "local adapter",
+    )
+    .unwrap();
+
+    let c = cluster(3).await;
+    let mut contributors = Vec::new();
+    for n in [1, 2, 3] {
+        let sweep = write_sweep(
+            dir.path(),
+            &format!("sync{n}"),
+            &format!("        mode: sync\n        workers: {n}\n"),
+        );
+        let rows = train(&c, &sweep).await;
+        assert_eq!(rows.len(), STEPS + 1, "5 steps and the final evaluation");
+        let last = rows.last().unwrap();
+        assert!(last.last && last.heldout_loss.is_some(), "{last:?}");
+        for r in &rows[..STEPS] {
+            assert!(
+                r.loss.is_some_and(|l| l.is_finite()) && r.target_tokens > 0,
+                "{r:?}"
+            );
+            assert!(r.bytes_sent > 0, "{r:?}");
+        }
+        assert!(
+            rows[1].bytes_received > 0,
+            "the adapter travels to the workers"
+        );
+        let diff = max_rel_frobenius(&adapter_of(&c, last), &local);
+        eprintln!("sync on {n} worker(s): max relative Frobenius difference {diff:e}");
+        assert!(
+            diff <= 1e-3,
+            "{n} worker(s): relative Frobenius difference {diff:e} from one process"
+        );
+        let all: std::collections::BTreeSet<String> =
+            rows.iter().flat_map(|r| r.workers.clone()).collect();
+        contributors.push(all.len());
+    }
+    assert!(
+        contributors[2] >= 2,
+        "a 3-way split was computed by {} worker(s)",
+        contributors[2]
+    );
+    c.stop.send(true).unwrap();
+    c.coordinator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn diloco_rounds_average_two_workers_deltas_and_checkpoint_each_round() {
+    let dir = flotilla_tests::temp_dir("train-diloco-data");
+    write_data(dir.path());
+    let c = cluster(2).await;
+    let sweep = write_sweep(
+        dir.path(),
+        "diloco",
+        "        mode: diloco\n        workers: 2\n        inner_steps: 2\n        \
+         compression: int8\n",
+    );
+    let rows = train(&c, &sweep).await;
+    // 5 inner steps at H = 2: rounds of 2, 2 and 1 steps, then the evaluation.
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for r in &rows[..3] {
+        assert!(r.loss.is_some_and(|l| l.is_finite()), "{r:?}");
+        assert_eq!(r.state_t, r.round + 1, "one outer step per round");
+    }
+    let first = adapter_of(&c, &rows[0]);
+    let last = adapter_of(&c, &rows[3]);
+    assert!(
+        max_rel_frobenius(&last, &first) > 0.0,
+        "training moved the adapter"
+    );
+    // int8 contributions: about a quarter of f32's bytes for the same tensors.
+    let f32_bytes = (first.len() * 4) as u64;
+    assert!(
+        rows[1].bytes_sent < f32_bytes,
+        "{} bytes sent for {} f32 bytes per worker",
+        rows[1].bytes_sent,
+        f32_bytes
+    );
+    c.stop.send(true).unwrap();
+    c.coordinator.shutdown().await;
+}
