@@ -150,6 +150,22 @@ pub struct ShardMem {
     pub units: u64,
 }
 
+impl ShardMem {
+    /// A shard of `job_id` as planned or stored, not running anywhere.
+    pub fn new(job_id: &str, s: NewShard) -> Self {
+        Self {
+            id: s.id,
+            job_id: job_id.to_string(),
+            state: s.state,
+            attempt: s.attempt,
+            worker: None,
+            task_failures: s.task_failures,
+            infra_failures: s.infra_failures,
+            units: s.units,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerMem {
     pub id: String,
@@ -256,19 +272,7 @@ impl Scheduler {
                 _ => {}
             }
             mem.shards.push(s.id.clone());
-            self.shards.insert(
-                s.id.clone(),
-                ShardMem {
-                    id: s.id,
-                    job_id: head.id.clone(),
-                    state: s.state,
-                    attempt: s.attempt,
-                    worker: None,
-                    task_failures: s.task_failures,
-                    infra_failures: s.infra_failures,
-                    units: s.units,
-                },
-            );
+            self.shards.insert(s.id.clone(), ShardMem::new(&head.id, s));
         }
         for d in &head.depends_on {
             if let Some(dep) = self.jobs.get_mut(d) {

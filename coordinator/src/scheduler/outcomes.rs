@@ -126,19 +126,7 @@ impl Scheduler {
             }
             job.shards.push(s.id.clone());
             job.ready.push_back(s.id.clone());
-            self.shards.insert(
-                s.id.clone(),
-                ShardMem {
-                    id: s.id,
-                    job_id: job_id.to_string(),
-                    state: s.state,
-                    attempt: s.attempt,
-                    worker: None,
-                    task_failures: s.task_failures,
-                    infra_failures: s.infra_failures,
-                    units: s.units,
-                },
-            );
+            self.shards.insert(s.id.clone(), ShardMem::new(job_id, s));
         }
     }
 
