@@ -15,9 +15,14 @@
 //! adapter); its row is marked final and the job ends. The final adapter is then the files
 //! `adapters/<job>/` that dependent generate jobs use, as for a one-worker train job.
 
+mod rows;
+
+use rows::insert_row;
+pub use rows::{final_adapter, rounds, RoundRow};
+
 use crate::artifacts::ArtifactStore;
 use crate::plan::{FileEntry, JobMeta, PlannedShard};
-use crate::store::{now_ms, state::*, StoreError, StoreResult};
+use crate::store::{state::*, StoreError, StoreResult};
 use crate::writes::insert_shards;
 use flotilla_contract::optim::{
     add_scaled, check_finite, clip_factor_of, global_norm, lr_at, nesterov_step, scale, AdamState,
@@ -176,100 +181,9 @@ struct Contribution {
     files: Vec<FileEntry>,
 }
 
-/// A row of `train_rounds`: the run after a round.
-#[derive(Debug, Clone, Serialize)]
-pub struct RoundRow {
-    pub round: usize,
-    pub adapter: FileEntry,
-    pub config: FileEntry,
-    pub state: FileEntry,
-    pub state_t: usize,
-    pub loss: Option<f64>,
-    pub heldout_loss: Option<f64>,
-    pub target_tokens: u64,
-    pub tokens: u64,
-    pub workers: Vec<String>,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub last: bool,
-}
-
-fn other(e: impl std::fmt::Display) -> StoreError {
+/// A message as a store error.
+pub(crate) fn other(e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(e.to_string())
-}
-
-/// The rows of a job, oldest first.
-pub fn rounds(c: &Connection, job_id: &str) -> StoreResult<Vec<RoundRow>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT round, adapter_json, state_t, loss, heldout_loss, target_tokens, tokens,
-                workers, bytes_sent, bytes_received, final
-         FROM train_rounds WHERE job_id = ?1 ORDER BY round",
-    )?;
-    let rows = stmt
-        .query_map(params![job_id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<f64>>(3)?,
-                r.get::<_, Option<f64>>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, i64>(8)?,
-                r.get::<_, i64>(9)?,
-                r.get::<_, bool>(10)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(
-            |(round, files, t, loss, held, tt, tok, workers, sent, recv, last)| {
-                let [adapter, config, state]: [FileEntry; 3] = serde_json::from_str(&files)
-                    .map_err(|e| other(format!("train_rounds {job_id}/{round}: {e}")))?;
-                Ok(RoundRow {
-                    round: round as usize,
-                    adapter,
-                    config,
-                    state,
-                    state_t: t as usize,
-                    loss,
-                    heldout_loss: held,
-                    target_tokens: tt as u64,
-                    tokens: tok as u64,
-                    workers: serde_json::from_str(&workers).unwrap_or_default(),
-                    bytes_sent: sent as u64,
-                    bytes_received: recv as u64,
-                    last,
-                })
-            },
-        )
-        .collect()
-}
-
-fn insert_row(c: &Connection, job_id: &str, row: &RoundRow) -> StoreResult<()> {
-    let files = [&row.adapter, &row.config, &row.state];
-    c.execute(
-        "INSERT INTO train_rounds (job_id, round, adapter_json, state_t, loss, heldout_loss,
-            target_tokens, tokens, workers, bytes_sent, bytes_received, final, stored_ms)
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
-        params![
-            job_id,
-            row.round as i64,
-            serde_json::to_string(&files).map_err(other)?,
-            row.state_t as i64,
-            row.loss,
-            row.heldout_loss,
-            row.target_tokens as i64,
-            row.tokens as i64,
-            serde_json::to_string(&row.workers).map_err(other)?,
-            row.bytes_sent as i64,
-            row.bytes_received as i64,
-            row.last,
-            now_ms()
-        ],
-    )?;
-    Ok(())
 }
 
 /// The run's meta, from its job.
@@ -286,24 +200,6 @@ pub fn run_meta(c: &Connection, job_id: &str) -> StoreResult<RunMeta> {
         ))),
         Err(e) => Err(other(format!("job {job_id}: bad meta: {e}"))),
     }
-}
-
-/// The files of the final adapter of a finished run, under `adapters/<job>/` (for the jobs
-/// that evaluate it); None if the job is not a finished distributed run.
-pub fn final_adapter(c: &Connection, job_id: &str) -> StoreResult<Option<Vec<FileEntry>>> {
-    let Some(last) = rounds(c, job_id)?.pop().filter(|r| r.last) else {
-        return Ok(None);
-    };
-    Ok(Some(vec![
-        FileEntry {
-            path: "adapter_config.json".into(),
-            ..last.config
-        },
-        FileEntry {
-            path: "adapter_model.safetensors".into(),
-            ..last.adapter
-        },
-    ]))
 }
 
 fn contributions(
