@@ -9,153 +9,14 @@
 
 mod common;
 
+use common::procs::*;
 use common::{ok_json, tmp};
-use flotilla_tests::etcd::{free_port, Etcd};
+use flotilla_tests::etcd::free_port;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-const TOKEN: &str = "e2e-shared-secret";
-/// How long a sweep may take on a loaded two-core CI machine.
-const SWEEP_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// `flotilla ARGS` with no token in the environment (tests pass --token-file explicitly).
-fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flotilla"));
-    c.args(["--threads", "1"])
-        .args(args)
-        .env_remove("FLOTILLA_TOKEN")
-        .env_remove("FLOTILLA_TOKEN_FILE")
-        .env_remove("FLOTILLA_ETCD")
-        .env_remove("FLOTILLA_COORDINATOR");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    run_within(args, SWEEP_TIMEOUT)
-}
-
-/// `flotilla ARGS`, killed if it runs longer than `limit` (a stalled sweep must fail the
-/// test, not hang it).
-fn run_within(args: &[&str], limit: Duration) -> Output {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let base =
-        std::env::temp_dir().join(format!("flotilla-cluster-out-{}-{n}", std::process::id()));
-    let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
-    let mut child = cmd(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("run flotilla");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "flotilla {args:?} ran longer than {limit:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = Output {
-        status,
-        stdout: std::fs::read(&out_path).unwrap_or_default(),
-        stderr: std::fs::read(&err_path).unwrap_or_default(),
-    };
-    let _ = std::fs::remove_file(&out_path);
-    let _ = std::fs::remove_file(&err_path);
-    output
-}
-
-/// A background `flotilla` process, killed (SIGKILL) when dropped; its output goes to a log
-/// file shown when a test fails.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = cmd(args)
-            .env("FLOTILLA_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn flotilla");
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-        }
-    }
-
-    /// kill -9.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        format!(
-            "--- {} ---\n{}",
-            self.name,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        )
-    }
-
-    /// Waits for the process to exit on its own.
-    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn logs(procs: &[&Proc]) -> String {
-    procs.iter().map(|p| p.log()).collect::<Vec<_>>().join("\n")
-}
-
-/// Polls `f` until it gives a value, or panics with `what` and the processes' logs.
-fn wait_for<T>(
-    within: Duration,
-    what: &str,
-    procs: &[&Proc],
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n{}", logs(procs));
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use std::process::Output;
+use std::time::Duration;
 
 /// The benchmark and the sweep: two short English documents, `cases` cases (RAG and
 /// document), and with `lora` a two-step LoRA trained by the sweep.
@@ -219,23 +80,18 @@ fn write_sweep(
         })
         .collect();
     std::fs::write(dir.join("cases.jsonl"), lines.join("\n") + "\n").unwrap();
-    let train: Vec<String> = [
-        ("When does the garden open?", "At 9."),
-        (
-            "How many passengers does the ferry carry?",
-            "120 passengers.",
-        ),
-        ("Where is the tea house?", "By the pond."),
-        ("How many bicycles fit on the ferry?", "20 bicycles."),
-    ]
-    .iter()
-    .map(|(q, a)| {
-        serde_json::json!({"messages": [{"role": "user", "content": q},
-            {"role": "assistant", "content": a}]})
-        .to_string()
-    })
-    .collect();
-    std::fs::write(dir.join("train.jsonl"), train.join("\n") + "\n").unwrap();
+    flotilla_tests::write_chat_jsonl(
+        &dir.join("train.jsonl"),
+        &[
+            ("When does the garden open?", "At 9."),
+            (
+                "How many passengers does the ferry carry?",
+                "120 passengers.",
+            ),
+            ("Where is the tea house?", "By the pond."),
+            ("How many bicycles fit on the ferry?", "20 bicycles."),
+        ],
+    );
     let adapters = if lora {
         "adapters:
   - base
@@ -280,162 +136,6 @@ shard_size: {shard_size}
     let path = dir.join("sweep.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
-}
-
-/// A cluster: etcd, one coordinator, workers; all killed when dropped.
-struct Cluster {
-    dir: PathBuf,
-    etcd: Etcd,
-    token_file: PathBuf,
-    port: u16,
-    coordinator: Option<Proc>,
-    workers: BTreeMap<String, Proc>,
-}
-
-impl Cluster {
-    fn start(dir: &Path, workers: usize) -> Cluster {
-        let etcd = Etcd::start();
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-        let port = free_port();
-        let mut c = Cluster {
-            dir: dir.to_path_buf(),
-            coordinator: None,
-            etcd,
-            token_file,
-            port,
-            workers: BTreeMap::new(),
-        };
-        c.coordinator = Some(c.spawn_coordinator("coordinator-1"));
-        for i in 1..=workers {
-            let id = format!("w{i}");
-            let p = c.spawn_worker(&id);
-            c.workers.insert(id, p);
-        }
-        c.wait_ready();
-        c
-    }
-
-    fn spawn_coordinator(&self, name: &str) -> Proc {
-        let listen = format!("127.0.0.1:{}", self.port);
-        Proc::spawn(
-            name,
-            &self.dir,
-            &[
-                "coordinator",
-                "--etcd",
-                &self.etcd.endpoint(),
-                "--listen",
-                &listen,
-                "--advertise",
-                &listen,
-                "--data-dir",
-                self.dir.join("coordinator-data").to_str().unwrap(),
-                "--token-file",
-                self.token_file.to_str().unwrap(),
-                "--lease-ttl-s",
-                "2",
-            ],
-        )
-    }
-
-    fn spawn_worker(&self, id: &str) -> Proc {
-        Proc::spawn(
-            id,
-            &self.dir,
-            &[
-                "worker",
-                "--etcd",
-                &self.etcd.endpoint(),
-                "--token-file",
-                self.token_file.to_str().unwrap(),
-                "--id",
-                id,
-                "--work-dir",
-                self.dir.join(format!("work-{id}")).to_str().unwrap(),
-                "--lease-ttl-s",
-                "2",
-            ],
-        )
-    }
-
-    fn procs(&self) -> Vec<&Proc> {
-        self.coordinator
-            .iter()
-            .chain(self.workers.values())
-            .collect()
-    }
-
-    /// `flotilla ARGS --etcd E --token-file T --output json` (the CLI finds the coordinator
-    /// through the leader key).
-    fn cli(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        let endpoint = self.etcd.endpoint();
-        all.extend([
-            "--etcd",
-            &endpoint,
-            "--token-file",
-            self.token_file.to_str().unwrap(),
-            "--output",
-            "json",
-        ]);
-        run(&all)
-    }
-
-    fn cli_json(&self, args: &[&str]) -> Value {
-        let out = self.cli(args);
-        if !out.status.success() {
-            panic!(
-                "flotilla {args:?} failed: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                logs(&self.procs())
-            );
-        }
-        ok_json(&out)
-    }
-
-    /// `flotilla workers`, or None while the coordinator cannot be reached.
-    fn workers_json(&self) -> Option<Vec<Value>> {
-        let out = self.cli(&["workers"]);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).unwrap())
-    }
-
-    /// Waits until every worker is connected to the coordinator.
-    fn wait_ready(&self) {
-        let n = self.workers.len();
-        wait_for(
-            Duration::from_secs(120),
-            "the workers to connect",
-            &self.procs(),
-            || {
-                let ws = self.workers_json()?;
-                (ws.iter().filter(|w| w["connected"] == true).count() >= n).then_some(())
-            },
-        );
-    }
-
-    fn submit(&self, sweep: &Path) -> String {
-        let v = self.cli_json(&["sweep", "submit", sweep.to_str().unwrap()]);
-        v["sweep_id"].as_str().unwrap().to_string()
-    }
-
-    fn status(&self, sweep_id: &str) -> Option<Value> {
-        let out = self.cli(&["sweep", "status", sweep_id]);
-        out.status.success().then(|| ok_json(&out))
-    }
-
-    /// `flotilla sweep watch` until the sweep ends; it must succeed.
-    fn watch(&self, sweep_id: &str) -> Value {
-        let v = self.cli_json(&["sweep", "watch", sweep_id]);
-        assert_eq!(v["state"], "succeeded", "{v:#}\n{}", logs(&self.procs()));
-        v
-    }
-
-    fn results(&self, sweep_id: &str, out: &Path) -> Value {
-        self.cli_json(&["sweep", "results", sweep_id, "--out", out.to_str().unwrap()])
-    }
 }
 
 fn read_json(p: &Path) -> Value {

@@ -206,7 +206,7 @@ impl Planner<'_> {
                     config,
                     files: shard_files,
                 };
-                let shards = crate::training::round_shards(&id, &run, 0, None)
+                let shards = crate::training::round_shards(&id, &run, 0, None, &[])
                     .map_err(|e| CoordinatorError::Invalid(e.to_string()))?;
                 self.jobs.push(PlannedJob {
                     id,

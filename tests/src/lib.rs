@@ -160,6 +160,20 @@ pub fn fixture_cases(name: &str) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// Writes `pairs` of (question, answer) as a chat-format training file, one
+/// `{"messages": [user, assistant]}` object a line.
+pub fn write_chat_jsonl(path: &Path, pairs: &[(&str, &str)]) {
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|(q, a)| {
+            serde_json::json!({"messages": [{"role": "user", "content": q},
+                {"role": "assistant", "content": a}]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").expect("write the training file");
+}
+
 /// A fresh temporary directory, removed when dropped.
 pub fn temp_dir(tag: &str) -> TempDir {
     let base = std::env::temp_dir().join(format!(

@@ -59,15 +59,7 @@ fn write_data(dir: &Path) {
         ("Is there a cafe at the pier?", "Yes, it opens at eight."),
         ("How long is the crossing?", "About forty minutes."),
     ];
-    let lines: Vec<String> = pairs
-        .iter()
-        .map(|(q, a)| {
-            serde_json::json!({"messages": [{"role": "user", "content": q},
-                {"role": "assistant", "content": a}]})
-            .to_string()
-        })
-        .collect();
-    std::fs::write(dir.join("train.jsonl"), lines.join("\n") + "\n").unwrap();
+    flotilla_tests::write_chat_jsonl(&dir.join("train.jsonl"), &pairs);
     std::fs::create_dir_all(dir.join("docs")).unwrap();
     std::fs::write(
         dir.join("docs/pier.txt"),

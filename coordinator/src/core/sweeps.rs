@@ -216,6 +216,12 @@ impl Core {
         };
         fut.await?;
         self.committed(&changes);
+        self.send_cancels(running, "the sweep was cancelled");
+        Ok(self.status(sweep_id))
+    }
+
+    /// Tell workers to stop attempts that no longer count.
+    pub(super) fn send_cancels(&self, running: Vec<(String, Attempt, String)>, reason: &str) {
         let senders = lock(&self.senders);
         for (shard, attempt, worker) in running {
             if let Some((_, tx)) = senders.get(&worker) {
@@ -223,13 +229,11 @@ impl Core {
                     kind: Some(pb::coordinator_message::Kind::Cancel(pb::Cancel {
                         shard_id: shard,
                         attempt: attempt.0,
-                        reason: "the sweep was cancelled".into(),
+                        reason: reason.into(),
                     })),
                 }));
             }
         }
-        drop(senders);
-        Ok(self.status(sweep_id))
     }
 
     /// Connected and recently seen workers, for `ListWorkers`.

@@ -265,6 +265,9 @@ impl Scheduler {
         for s in job.shards {
             match s.state {
                 ShardState::Succeeded => mem.done += 1,
+                // Only a round closed at its timeout cancels shards of a live job: they count
+                // as settled (scheduler::outcomes::close_round_early).
+                ShardState::Cancelled if !head.state.is_final() => mem.done += 1,
                 ShardState::Failed => mem.failed += 1,
                 ShardState::Ready if !head.state.is_final() && head.state != JobState::Blocked => {
                     mem.ready.push_back(s.id.clone())

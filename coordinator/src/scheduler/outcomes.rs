@@ -130,6 +130,72 @@ impl Scheduler {
         }
     }
 
+    /// The shards of a distributed job's round (`prefix`: the round's shard-id prefix) that
+    /// have succeeded, and those still open (ready or running); `None` when the job has
+    /// ended.
+    pub fn round_progress(&self, job_id: &str, prefix: &str) -> Option<(usize, usize)> {
+        let job = self.jobs.get(job_id)?;
+        if job.head.state.is_final() {
+            return None;
+        }
+        let mut succeeded = 0;
+        let mut open = 0;
+        for s in job.shards.iter().filter(|s| s.starts_with(prefix)) {
+            match self.shards.get(s).map(|s| s.state) {
+                Some(ShardState::Succeeded) => succeeded += 1,
+                Some(st) if !st.is_final() => open += 1,
+                _ => {}
+            }
+        }
+        Some((succeeded, open))
+    }
+
+    /// Close a round at its timeout with the contributions that arrived: the round's open
+    /// shards are cancelled (queued ones dropped, running ones returned for the caller to
+    /// send `Cancel`; their late results are refused) and count as settled, so the round is
+    /// ready to apply (`Change::RoundReady`).
+    pub fn close_round_early(
+        &mut self,
+        job_id: &str,
+        prefix: &str,
+        changes: &mut Vec<Change>,
+    ) -> Vec<(String, Attempt, String)> {
+        let mut running = Vec::new();
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return running;
+        };
+        if job.head.state.is_final() {
+            return running;
+        }
+        job.ready.retain(|s| !s.starts_with(prefix));
+        for sid in job.shards.iter().filter(|s| s.starts_with(prefix)) {
+            let Some(shard) = self.shards.get_mut(sid) else {
+                continue;
+            };
+            if shard.state.is_final() {
+                continue;
+            }
+            if shard.state == ShardState::Running {
+                job.running = job.running.saturating_sub(1);
+                if let Some(w) = shard.worker.take() {
+                    if let Some(wm) = self.workers.get_mut(&w) {
+                        wm.running.remove(sid);
+                    }
+                    running.push((sid.clone(), shard.attempt, w));
+                }
+            }
+            shard.state = ShardState::Cancelled;
+            job.done += 1;
+            changes.push(Change::ShardCancelled { shard: sid.clone() });
+        }
+        if job.done as usize == job.shards.len() {
+            changes.push(Change::RoundReady {
+                job: job_id.to_string(),
+            });
+        }
+        running
+    }
+
     /// Distributed training jobs whose shards have all succeeded but which have not ended:
     /// a round waiting to be applied (after a restart).
     pub fn rounds_pending(&self) -> Vec<String> {

@@ -174,3 +174,60 @@ fn slow_workers_leave_the_tail_to_faster_idle_ones() {
     assert!(s.pick("slow", 1, &mut ch).is_empty());
     assert_eq!(s.pick("fast", 1, &mut ch).len(), 1);
 }
+
+#[test]
+fn a_round_closed_at_its_timeout_cancels_its_open_shards_and_refuses_their_results() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    let mut j = job("t", "smollm2", 0, &[]);
+    j.head.kind = JobKind::TrainRound;
+    j.shards = ["t.r00000.s1", "t.r00000.s2", "t.r00000.s3"]
+        .iter()
+        .map(|id| NewShard {
+            id: id.to_string(),
+            state: ShardState::Ready,
+            attempt: Attempt(0),
+            task_failures: 0,
+            infra_failures: 0,
+            units: 1,
+        })
+        .collect();
+    s.add_job("sw", j);
+    worker(&mut s, "w1", &[], 1);
+    worker(&mut s, "w2", &[], 1);
+    let mut ch = Vec::new();
+    let a = s.pick("w1", 1, &mut ch);
+    let b = s.pick("w2", 1, &mut ch);
+    assert_eq!(s.round_progress("t", "t.r00000."), Some((0, 3)));
+    assert_eq!(
+        s.succeed(&a[0].0, a[0].1, 1, 1.0, &mut ch),
+        Verdict::Accepted
+    );
+    assert_eq!(s.round_progress("t", "t.r00000."), Some((1, 2)));
+    ch.clear();
+    let running = s.close_round_early("t", "t.r00000.", &mut ch);
+    assert_eq!(
+        running,
+        vec![(b[0].0.clone(), b[0].1, "w2".to_string())],
+        "the running straggler is returned to be cancelled"
+    );
+    let cancelled = ch
+        .iter()
+        .filter(|c| matches!(c, Change::ShardCancelled { .. }))
+        .count();
+    assert_eq!(cancelled, 2, "the running and the queued shard: {ch:?}");
+    assert!(
+        ch.iter()
+            .any(|c| matches!(c, Change::RoundReady { job } if job == "t")),
+        "the round is ready to apply: {ch:?}"
+    );
+    assert!(matches!(
+        s.succeed(&b[0].0, b[0].1, 1, 1.0, &mut ch),
+        Verdict::Refused(_)
+    ));
+    assert!(
+        s.pick("w1", 1, &mut ch).is_empty(),
+        "the dropped queued shard is not handed out"
+    );
+    assert_eq!(s.round_progress("t", "t.r00000."), Some((1, 0)));
+}

@@ -93,13 +93,29 @@ fn shard_prefix(job_id: &str, round: usize) -> String {
     format!("{job_id}.r{round:05}.")
 }
 
+/// The round a round shard's id names (`<job>.rNNNNN.sK`).
+pub fn round_of(shard_id: &str) -> Option<usize> {
+    let (_, tail) = shard_id.rsplit_once(".r")?;
+    let (round, _) = tail.split_once(".s")?;
+    round.parse().ok()
+}
+
+/// The shard-id prefix of `round` of `job_id`.
+pub fn round_prefix(job_id: &str, round: usize) -> String {
+    shard_prefix(job_id, round)
+}
+
 /// The shards of `round` (the final evaluation when `round` is the number of training
 /// rounds), starting from `adapter` (the files of the global adapter, none in round 0).
+/// `leftover`: micro-batches of the previous round's shards that were dropped at its
+/// timeout; diloco runs them in one more shard of this round (sync skips them: a step uses
+/// the slices that arrived).
 pub fn round_shards(
     job_id: &str,
     meta: &RunMeta,
     round: usize,
     adapter: Option<&[FileEntry]>,
+    leftover: &[u64],
 ) -> StoreResult<Vec<PlannedShard>> {
     let cfg = meta.config()?;
     let l = Layout::of(&cfg)?;
@@ -131,6 +147,9 @@ pub fn round_shards(
                     let first = base + (k * per) as u64;
                     let ids = (first..first + per as u64).collect();
                     parts.push((ids, 0, (round * l.inner_steps) as u64));
+                }
+                if !leftover.is_empty() {
+                    parts.push((leftover.to_vec(), 0, (round * l.inner_steps) as u64));
                 }
             }
         }
@@ -202,13 +221,15 @@ pub fn run_meta(c: &Connection, job_id: &str) -> StoreResult<RunMeta> {
     }
 }
 
+/// The contributions to `round`, and the micro-batches of its shards dropped at the
+/// round's timeout; `None` while a shard is still open (or none succeeded).
 fn contributions(
     c: &Connection,
     job_id: &str,
     round: usize,
-) -> StoreResult<Option<Vec<Contribution>>> {
+) -> StoreResult<Option<(Vec<Contribution>, Vec<u64>)>> {
     let mut stmt = c.prepare_cached(
-        "SELECT s.id, s.state, r.result_json, r.artifacts_json,
+        "SELECT s.id, s.state, r.result_json, r.artifacts_json, s.spec_json,
                 (SELECT a.worker_id FROM attempts a WHERE a.shard_id = s.id AND a.attempt = r.attempt)
          FROM shards s LEFT JOIN results r ON r.shard_id = s.id
          WHERE s.job_id = ?1 AND s.id LIKE ?2 ORDER BY s.seq",
@@ -222,16 +243,22 @@ fn contributions(
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
     let mut out = Vec::new();
-    for (shard, state, result, files, worker) in rows {
+    let mut leftover = Vec::new();
+    for (shard, state, result, files, spec, worker) in rows {
+        if state == ShardState::Cancelled.code() {
+            match ShardSpec::from_json(spec.as_bytes()).map_err(other)? {
+                ShardSpec::TrainRound(s) => leftover.extend(s.micro_batches),
+                s => return Err(other(format!("shard {shard}: a {} spec", s.kind()))),
+            }
+            continue;
+        }
         let (Some(result), Some(files)) = (result, files) else {
             return Ok(None);
         };
@@ -249,7 +276,10 @@ fn contributions(
             files: serde_json::from_str(&files).map_err(other)?,
         });
     }
-    Ok(Some(out))
+    if out.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((out, leftover)))
 }
 
 fn read_set(store: &ArtifactStore, f: &FileEntry, what: &str) -> StoreResult<TensorSet> {
@@ -311,9 +341,17 @@ pub fn close_round(
         return Ok(RoundOutcome::Done);
     }
     let r = done.len();
-    let Some(contribs) = contributions(c, job_id, r)? else {
+    let Some((contribs, leftover)) = contributions(c, job_id, r)? else {
         return Ok(RoundOutcome::NotReady);
     };
+    if !leftover.is_empty() {
+        tracing::info!(
+            job = job_id,
+            round = r,
+            micro_batches = leftover.len(),
+            "round closed at its timeout; the dropped shards' data moves to the next round (diloco)"
+        );
+    }
     let eval = contribs.iter().find_map(|c| c.output.eval_loss);
     let workers: Vec<String> = {
         let mut w: Vec<String> = contribs.iter().map(|c| c.worker.clone()).collect();
@@ -496,7 +534,18 @@ pub fn close_round(
             )?;
         }
     }
-    let next = round_shards(job_id, &meta, r + 1, Some(&[config_file, adapter_file]))?;
+    let leftover = if l.mode == DistMode::Diloco {
+        leftover
+    } else {
+        Vec::new()
+    };
+    let next = round_shards(
+        job_id,
+        &meta,
+        r + 1,
+        Some(&[config_file, adapter_file]),
+        &leftover,
+    )?;
     let sweep: String = c.query_row(
         "SELECT sweep_id FROM jobs WHERE id = ?1",
         params![job_id],
