@@ -4,12 +4,12 @@
 //! each other — exactly as `flotilla eval` computes them for one machine.
 
 use crate::core::{Core, SweepRecord};
-use crate::plan::{FileEntry, JobMeta};
+use crate::plan::FileEntry;
 use crate::store::StoreError;
 use crate::sweep::file_key;
 use flotilla_contract::case_result::CaseResult;
 use flotilla_contract::judging::Scale;
-use flotilla_contract::report::{build_report, markdown, Report};
+use flotilla_contract::report::{build_report, markdown, Report, TrainingRun};
 use flotilla_contract::{JobKind, ShardOutput};
 use flotilla_proto::v1 as pb;
 use rusqlite::params;
@@ -20,6 +20,8 @@ pub struct SweepOutcome {
     pub cases: Vec<CaseResult>,
     /// `(adapter name, model name, file)` of each trained adapter.
     pub adapters: Vec<(String, String, FileEntry)>,
+    /// How each adapter was trained.
+    pub training: Vec<TrainingRun>,
 }
 
 /// Read the judged cases and trained adapters of a sweep.
@@ -57,30 +59,12 @@ pub async fn load(core: &Core, sweep_id: &str) -> Result<Option<SweepOutcome>, S
                 };
                 cases.extend(judged.cases);
             }
-            let mut stmt = c.prepare(
-                "SELECT j.meta_json, r.artifacts_json FROM results r
-                 JOIN shards s ON s.id = r.shard_id JOIN jobs j ON j.id = s.job_id
-                 WHERE j.sweep_id = ?1 AND j.kind = ?2 ORDER BY j.seq",
-            )?;
-            let mut adapters = Vec::new();
-            for row in stmt.query_map(params![id, JobKind::Train.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })? {
-                let (meta, files) = row?;
-                let (Ok(JobMeta::Train { model, adapter }), Ok(files)) = (
-                    serde_json::from_str::<JobMeta>(&meta),
-                    serde_json::from_str::<Vec<FileEntry>>(&files),
-                ) else {
-                    continue;
-                };
-                for f in files {
-                    adapters.push((adapter.clone(), model.clone(), f));
-                }
-            }
+            let trained = crate::training::training_runs(c, &id)?;
             Ok(Some(SweepOutcome {
                 record,
                 cases,
-                adapters,
+                adapters: trained.adapters,
+                training: trained.runs,
             }))
         })
         .await
@@ -100,12 +84,14 @@ pub fn report(outcome: &SweepOutcome) -> Report {
             }
             None => (0, Scale::default(), String::new(), "base".to_string()),
         };
-    build_report(
+    let mut report = build_report(
         &outcome.cases,
         seed,
         scale,
         &[("variant", variant.as_str()), ("adapter", adapter.as_str())],
-    )
+    );
+    report.training = outcome.training.clone();
+    report
 }
 
 /// `GetResults`.

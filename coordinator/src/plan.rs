@@ -202,6 +202,7 @@ impl Planner<'_> {
             if block.get("distributed").is_some_and(|d| !d.is_null()) {
                 let run = crate::training::RunMeta {
                     model: m.model.clone(),
+                    model_name: m.name.clone(),
                     adapter: a.name.clone(),
                     config,
                     files: shard_files,

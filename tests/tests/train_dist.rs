@@ -5,7 +5,9 @@
 //! losses and bytes recorded.
 
 use flotilla_client::registry::{MemoryRegistry, Registry};
+use flotilla_contract::state::ShardState;
 use flotilla_contract::tensors::TensorSet;
+use flotilla_contract::ShardSpec;
 use flotilla_coordinator::client::{Client, SubmitSweep};
 use flotilla_coordinator::training::{self, RoundRow};
 use flotilla_coordinator::{serve, CoordinatorConfig, RunningCoordinator};
@@ -149,6 +151,11 @@ async fn cluster(workers: usize) -> Cluster {
 
 /// Submit `sweep`, wait for its distributed train job to end, and return its rounds.
 async fn train(c: &Cluster, sweep: &Path) -> Vec<RoundRow> {
+    train_job(c, sweep).await.1
+}
+
+/// [`train`], also giving the job's id.
+async fn train_job(c: &Cluster, sweep: &Path) -> (String, Vec<RoundRow>) {
     let status = c
         .client
         .submit_file(sweep)
@@ -177,8 +184,38 @@ async fn train(c: &Cluster, sweep: &Path) -> Vec<RoundRow> {
     };
     core.cancel(&status.sweep_id).await.unwrap();
     let id = job.clone();
-    core.store
+    let rows = core
+        .store
         .call(move |conn| training::rounds(conn, &id))
+        .await
+        .unwrap();
+    (job, rows)
+}
+
+/// The job's shards of `round`: (state code, micro-batches), in order.
+async fn round_shards_of(c: &Cluster, job: &str, round: usize) -> Vec<(i64, Vec<u64>)> {
+    let prefix = training::round_prefix(job, round);
+    c.coordinator
+        .core()
+        .store
+        .call(move |conn| {
+            let mut stmt =
+                conn.prepare("SELECT state, spec_json FROM shards WHERE id LIKE ?1 ORDER BY seq")?;
+            let rows = stmt
+                .query_map([format!("{prefix}%")], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(state, spec)| match ShardSpec::from_json(spec.as_bytes()) {
+                        Ok(ShardSpec::TrainRound(s)) => (state, s.micro_batches),
+                        other => panic!("a round shard's spec: {other:?}"),
+                    },
+                )
+                .collect())
+        })
         .await
         .unwrap()
 }
@@ -294,9 +331,59 @@ async fn diloco_rounds_average_two_workers_deltas_and_checkpoint_each_round() {
         "        mode: diloco\n        workers: 2\n        inner_steps: 2\n        \
          compression: int8\n",
     );
-    let rows = train(&c, &sweep).await;
+    let (job, rows) = train_job(&c, &sweep).await;
     // 5 inner steps at H = 2: rounds of 2, 2 and 1 steps, then the evaluation.
     assert_eq!(rows.len(), 4, "{rows:?}");
+    // What results.json's `training` and `sweep watch` show.
+    let id = job.clone();
+    let (trained, progress) = c
+        .coordinator
+        .core()
+        .store
+        .call(move |conn| {
+            let sweep: String =
+                conn.query_row("SELECT sweep_id FROM jobs WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })?;
+            Ok((
+                training::training_runs(conn, &sweep)?,
+                training::progress(conn, &id)?,
+            ))
+        })
+        .await
+        .unwrap();
+    let run = &trained.runs[0];
+    assert_eq!(
+        (run.mode.as_str(), run.steps, run.rounds),
+        ("diloco", STEPS, 3),
+        "{run:?}"
+    );
+    assert_eq!(
+        run.loss.iter().map(|l| l.step).collect::<Vec<_>>(),
+        [2, 4, 5]
+    );
+    assert_eq!(run.heldout_loss, rows[3].heldout_loss);
+    assert_eq!(
+        run.bytes_sent,
+        rows.iter().map(|r| r.bytes_sent).sum::<u64>()
+    );
+    assert!(!run.workers.is_empty() && run.wall_s > 0.0, "{run:?}");
+    assert_eq!(
+        run.checkpoints.iter().map(|k| k.round).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "the last keep_checkpoints (3) rounds"
+    );
+    assert_eq!(
+        trained
+            .adapters
+            .iter()
+            .map(|a| a.2.path.as_str())
+            .collect::<Vec<_>>(),
+        ["adapter_config.json", "adapter_model.safetensors"],
+        "the final adapter goes into the results folder"
+    );
+    let p = progress.expect("progress after the rounds");
+    assert_eq!((p.round, p.rounds, p.step, p.steps), (3, 3, 5, 5));
     for r in &rows[..3] {
         assert!(r.loss.is_some_and(|l| l.is_finite()), "{r:?}");
         assert_eq!(r.state_t, r.round + 1, "one outer step per round");
@@ -315,6 +402,54 @@ async fn diloco_rounds_average_two_workers_deltas_and_checkpoint_each_round() {
         rows[1].bytes_sent,
         f32_bytes
     );
+    c.stop.send(true).unwrap();
+    c.coordinator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_past_its_timeout_closes_with_the_contributions_that_arrived() {
+    let dir = flotilla_tests::temp_dir("train-timeout-data");
+    write_data(dir.path());
+    // Three shards a round on two workers, and a one-second timeout: each round closes as
+    // soon as its first shard succeeds, dropping the others.
+    let c = cluster(2).await;
+    let sweep = write_sweep(
+        dir.path(),
+        "timeout",
+        "        mode: diloco\n        workers: 3\n        inner_steps: 3\n        \
+         round_timeout_s: 1\n",
+    );
+    let (job, rows) = train_job(&c, &sweep).await;
+    assert_eq!(
+        rows.len(),
+        3,
+        "rounds of 3 and 2 steps, then the evaluation: {rows:?}"
+    );
+    assert_eq!(rows[1].state_t, 2, "each round applied once: {rows:?}");
+    let first = round_shards_of(&c, &job, 0).await;
+    let succeeded = ShardState::Succeeded.code();
+    let cancelled = ShardState::Cancelled.code();
+    assert!(
+        first.iter().any(|s| s.0 == succeeded) && first.iter().any(|s| s.0 == cancelled),
+        "round 0 closed early: {first:?}"
+    );
+    let dropped: Vec<u64> = first
+        .iter()
+        .filter(|s| s.0 == cancelled)
+        .flat_map(|s| s.1.clone())
+        .collect();
+    let second = round_shards_of(&c, &job, 1).await;
+    assert_eq!(
+        second.len(),
+        4,
+        "three shards and the dropped data: {second:?}"
+    );
+    assert_eq!(
+        second[3].1, dropped,
+        "round 0's dropped micro-batches run in round 1"
+    );
+    let contributed = first.iter().filter(|s| s.0 == succeeded).count();
+    assert!(contributed < 3, "{first:?}");
     c.stop.send(true).unwrap();
     c.coordinator.shutdown().await;
 }

@@ -2,7 +2,7 @@
 //! and one per job (hidden when stderr is not a terminal). A dropped watch (a coordinator
 //! restarting) is resumed for up to a minute before giving up.
 
-use super::render::{is_final, job_state};
+use super::render::{is_final, job_state, train_progress};
 use anyhow::{bail, Result};
 use flotilla_coordinator::client::Client;
 use flotilla_proto::v1 as pb;
@@ -49,10 +49,14 @@ impl Bars {
             bar.set_length(u64::from(j.shards_total));
             bar.set_position(u64::from(j.shards_done));
             let state = job_state(j.state);
+            let label = match &j.training {
+                Some(t) => format!("{}  {}", j.label, train_progress(t)),
+                None => j.label.clone(),
+            };
             bar.set_message(if state == "running" || state == "succeeded" {
-                j.label.clone()
+                label
             } else {
-                format!("{} ({state})", j.label)
+                format!("{label} ({state})")
             });
         }
     }

@@ -64,6 +64,10 @@ pub fn status_json(s: &pb::SweepStatus) -> Value {
             "shards_failed": j.shards_failed,
             "depends_on": j.depends_on,
             "error": (!j.error.is_empty()).then_some(&j.error),
+            "training": j.training.as_ref().map(|t| json!({
+                "round": t.round, "rounds": t.rounds, "step": t.step, "steps": t.steps,
+                "loss": t.loss, "heldout_loss": t.heldout_loss,
+            })),
         })).collect::<Vec<_>>(),
     })
 }
@@ -106,11 +110,15 @@ pub fn status_text(s: &pb::SweepStatus) -> String {
     }
     for j in &s.jobs {
         out.push_str(&format!(
-            "  {:<9} {:<10} {:>9}  {}{}\n",
+            "  {:<11} {:<10} {:>9}  {}{}{}\n",
             j.kind,
             job_state(j.state),
             format!("{}/{}", j.shards_done, j.shards_total),
             j.label,
+            j.training
+                .as_ref()
+                .map(|t| format!("  {}", train_progress(t)))
+                .unwrap_or_default(),
             if j.error.is_empty() {
                 String::new()
             } else {
@@ -119,6 +127,21 @@ pub fn status_text(s: &pb::SweepStatus) -> String {
         ));
     }
     out
+}
+
+/// "round 3/10, step 3/10, loss 2.3141, held-out 2.4012".
+pub fn train_progress(t: &pb::TrainProgress) -> String {
+    let mut s = format!(
+        "round {}/{}, step {}/{}",
+        t.round, t.rounds, t.step, t.steps
+    );
+    if let Some(l) = t.loss {
+        s.push_str(&format!(", loss {l:.4}"));
+    }
+    if let Some(l) = t.heldout_loss {
+        s.push_str(&format!(", held-out {l:.4}"));
+    }
+    s
 }
 
 fn gib(bytes: u64) -> String {
@@ -255,6 +278,7 @@ pub fn results_json(results: &Results, out: Option<&Path>, files: &[PathBuf]) ->
         "files": files,
         "configurations": results.report.configurations,
         "comparisons": results.report.comparisons,
+        "training": results.report.training,
         "adapters": results.raw.adapters.iter().map(|a| json!({
             "path": a.path,
             "sha256": a.artifact.as_ref().map(|x| x.sha256.clone()),

@@ -108,8 +108,13 @@ impl Core {
     }
 
     async fn load(&self) -> CoordinatorResult<()> {
-        type Loaded = (Vec<(SweepMem, String)>, Vec<(String, NewJob)>, usize);
-        let (sweeps, jobs, requeued): Loaded = self
+        type Loaded = (
+            Vec<(SweepMem, String)>,
+            Vec<(String, NewJob)>,
+            usize,
+            Vec<(String, Option<pb::TrainProgress>)>,
+        );
+        let (sweeps, jobs, requeued, training): Loaded = self
             .store
             .call(|c| {
                 // Attempts cut short by the restart: back to the queue.
@@ -207,8 +212,20 @@ impl Core {
                         j.shards = shards.remove(&j.head.id).unwrap_or_default();
                         (s, j)
                     })
-                    .collect();
-                Ok((sweeps, jobs, requeued))
+                    .collect::<Vec<_>>();
+                // Where each distributed training run stands, for `sweep watch`.
+                let mut training = Vec::new();
+                for (_, j) in &jobs {
+                    if j.head.kind == JobKind::TrainRound {
+                        // A display figure: a run whose rows cannot be read still loads.
+                        let p = crate::training::progress(c, &j.head.id).unwrap_or_else(|e| {
+                            tracing::warn!(job = %j.head.id, error = %e, "training progress");
+                            None
+                        });
+                        training.push((j.head.id.clone(), p));
+                    }
+                }
+                Ok((sweeps, jobs, requeued, training))
             })
             .await?;
         let mut s = lock(&self.sched);
@@ -221,6 +238,9 @@ impl Core {
         }
         for (sweep, job) in jobs {
             s.add_job(&sweep, job);
+        }
+        for (job, progress) in training {
+            s.set_training(&job, progress);
         }
         if requeued > 0 {
             tracing::info!(requeued, "attempts running before the restart are requeued");
@@ -342,6 +362,7 @@ fn status_of(s: &Scheduler, sweep_id: &str) -> Option<pb::SweepStatus> {
             shards_failed: j.failed,
             depends_on: j.head.depends_on.clone(),
             error: j.head.error.clone(),
+            training: j.training,
         });
     }
     Some(st)

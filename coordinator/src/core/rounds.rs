@@ -156,8 +156,9 @@ impl Core {
             let mut changes = Vec::new();
             match outcome {
                 Ok(RoundOutcome::NotReady) => return,
-                Ok(RoundOutcome::Next(shards)) => {
+                Ok(RoundOutcome::Next(shards, progress)) => {
                     let n = shards.len();
+                    s.set_training(job, progress);
                     s.add_round(
                         job,
                         shards
@@ -174,8 +175,9 @@ impl Core {
                     );
                     tracing::info!(job, shards = n, "training round applied; next round queued");
                 }
-                Ok(RoundOutcome::Done) => {
+                Ok(RoundOutcome::Done(progress)) => {
                     tracing::info!(job, "distributed training finished");
+                    s.set_training(job, progress);
                     s.job_succeeded(job, &mut changes);
                 }
                 Err(e) => {

@@ -136,6 +136,8 @@ pub struct JobMem {
     pub done: u32,
     pub running: u32,
     pub failed: u32,
+    /// A distributed training job: where its rounds stand (set as rounds are applied).
+    pub training: Option<flotilla_proto::v1::TrainProgress>,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +263,7 @@ impl Scheduler {
             done: 0,
             running: 0,
             failed: 0,
+            training: None,
         };
         for s in job.shards {
             match s.state {

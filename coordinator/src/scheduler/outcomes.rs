@@ -196,6 +196,17 @@ impl Scheduler {
         running
     }
 
+    /// Record where a distributed job's rounds stand (shown by `sweep watch`).
+    pub fn set_training(
+        &mut self,
+        job_id: &str,
+        progress: Option<flotilla_proto::v1::TrainProgress>,
+    ) {
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.training = progress;
+        }
+    }
+
     /// Distributed training jobs whose shards have all succeeded but which have not ended:
     /// a round waiting to be applied (after a restart).
     pub fn rounds_pending(&self) -> Vec<String> {

@@ -16,9 +16,11 @@
 //! `adapters/<job>/` that dependent generate jobs use, as for a one-worker train job.
 
 mod rows;
+mod summary;
 
 use rows::insert_row;
 pub use rows::{final_adapter, rounds, RoundRow};
+pub use summary::{progress, training_runs};
 
 use crate::artifacts::ArtifactStore;
 use crate::plan::{FileEntry, JobMeta, PlannedShard};
@@ -39,6 +41,9 @@ use serde::{Deserialize, Serialize};
 pub struct RunMeta {
     /// Base model spec.
     pub model: String,
+    /// The sweep's model name (results folders: `adapters/<adapter>/<model name>/`).
+    #[serde(default)]
+    pub model_name: String,
     /// The sweep's adapter name.
     pub adapter: String,
     /// The `train:` block (sweep paths, seed filled in).
@@ -81,6 +86,16 @@ impl Layout {
             rounds: d.rounds(cfg.steps),
             eval_every: cfg.eval_every,
         })
+    }
+}
+
+impl Layout {
+    /// The optimizer steps done after training round `round` (diloco: inner steps).
+    fn step_after(&self, round: usize) -> usize {
+        match self.mode {
+            DistMode::Sync => round + 1,
+            DistMode::Diloco => ((round + 1) * self.inner_steps).min(self.steps),
+        }
     }
 }
 
@@ -186,10 +201,10 @@ pub fn round_shards(
 pub enum RoundOutcome {
     /// The round's shards have not all succeeded (or were already applied).
     NotReady,
-    /// The next round's shards, stored `Ready`.
-    Next(Vec<PlannedShard>),
+    /// The next round's shards, stored `Ready`, and where the run stands.
+    Next(Vec<PlannedShard>, Option<flotilla_proto::v1::TrainProgress>),
     /// The run is complete.
-    Done,
+    Done(Option<flotilla_proto::v1::TrainProgress>),
 }
 
 /// One contribution, as stored.
@@ -338,7 +353,7 @@ pub fn close_round(
     let l = Layout::of(&cfg)?;
     let done = rounds(c, job_id)?;
     if done.last().is_some_and(|r| r.last) {
-        return Ok(RoundOutcome::Done);
+        return Ok(RoundOutcome::Done(progress(c, job_id)?));
     }
     let r = done.len();
     let Some((contribs, leftover)) = contributions(c, job_id, r)? else {
@@ -392,7 +407,7 @@ pub fn close_round(
                 ..p
             },
         )?;
-        return Ok(RoundOutcome::Done);
+        return Ok(RoundOutcome::Done(progress(c, job_id)?));
     }
     // Where the run stands before this round.
     let (mut adapter, config_file, mut state, state_t) = match &prev {
@@ -524,6 +539,7 @@ pub fn close_round(
             bytes_sent,
             bytes_received,
             last: false,
+            stored_ms: 0,
         },
     )?;
     if r == 0 {
@@ -553,7 +569,7 @@ pub fn close_round(
     )?;
     insert_shards(c, &sweep, job_id, &next, ShardState::Ready)?;
     prune(c, store, job_id, cfg.keep_checkpoints)?;
-    Ok(RoundOutcome::Next(next))
+    Ok(RoundOutcome::Next(next, progress(c, job_id)?))
 }
 
 /// Keep the newest `keep` checkpoints' adapter and optimizer files; older rounds keep their

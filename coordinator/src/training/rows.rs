@@ -23,13 +23,15 @@ pub struct RoundRow {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub last: bool,
+    /// When the row was stored (ms since the epoch; set by the store).
+    pub stored_ms: i64,
 }
 
 /// The rows of a job, oldest first.
 pub fn rounds(c: &Connection, job_id: &str) -> StoreResult<Vec<RoundRow>> {
     let mut stmt = c.prepare_cached(
         "SELECT round, adapter_json, state_t, loss, heldout_loss, target_tokens, tokens,
-                workers, bytes_sent, bytes_received, final
+                workers, bytes_sent, bytes_received, final, stored_ms
          FROM train_rounds WHERE job_id = ?1 ORDER BY round",
     )?;
     let rows = stmt
@@ -46,12 +48,13 @@ pub fn rounds(c: &Connection, job_id: &str) -> StoreResult<Vec<RoundRow>> {
                 r.get::<_, i64>(8)?,
                 r.get::<_, i64>(9)?,
                 r.get::<_, bool>(10)?,
+                r.get::<_, i64>(11)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
         .map(
-            |(round, files, t, loss, held, tt, tok, workers, sent, recv, last)| {
+            |(round, files, t, loss, held, tt, tok, workers, sent, recv, last, stored_ms)| {
                 let [adapter, config, state]: [FileEntry; 3] = serde_json::from_str(&files)
                     .map_err(|e| other(format!("train_rounds {job_id}/{round}: {e}")))?;
                 Ok(RoundRow {
@@ -68,6 +71,7 @@ pub fn rounds(c: &Connection, job_id: &str) -> StoreResult<Vec<RoundRow>> {
                     bytes_sent: sent as u64,
                     bytes_received: recv as u64,
                     last,
+                    stored_ms,
                 })
             },
         )

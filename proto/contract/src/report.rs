@@ -93,6 +93,60 @@ pub struct Report {
     pub case_scores: Vec<CaseScore>,
     /// Wall-clock figures: the only part that differs between identical runs.
     pub timings: Vec<Timing>,
+    /// One entry per trained adapter of a sweep (empty for `flotilla eval`); its `wall_s` and
+    /// `workers` differ between identical runs.
+    #[serde(default)]
+    pub training: Vec<TrainingRun>,
+}
+
+/// How an adapter of a sweep was trained (`results.json` `training`, docs/RESULTS.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRun {
+    pub adapter: String,
+    pub model: String,
+    /// `single` (one worker), `sync` or `diloco`.
+    pub mode: String,
+    /// The workers that contributed.
+    pub workers: Vec<String>,
+    /// Optimizer steps (diloco: inner steps per worker, summed over rounds).
+    pub steps: usize,
+    /// Rounds applied by the coordinator (0 for `single`).
+    pub rounds: usize,
+    /// Bytes of gradients, deltas and adapters the workers uploaded.
+    pub bytes_sent: u64,
+    /// Bytes of global adapters the workers downloaded.
+    pub bytes_received: u64,
+    /// Training loss per step (sync, single: the final step only) or round (diloco).
+    pub loss: Vec<LossPoint>,
+    /// Held-out loss of the final adapter, where the data has a held-out split.
+    pub heldout_loss: Option<f64>,
+    pub wall_s: f64,
+    /// The checkpoints kept in the coordinator's artifact store (the last `keep_checkpoints`).
+    #[serde(default)]
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// The training loss after a round (the step it ends on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossPoint {
+    pub round: Option<usize>,
+    pub step: usize,
+    pub loss: f64,
+    /// The held-out loss of the adapter after this round, where it was measured.
+    pub heldout_loss: Option<f64>,
+}
+
+/// A kept adapter checkpoint: a PEFT folder in the artifact store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub round: usize,
+    pub step: usize,
+    pub loss: Option<f64>,
+    pub heldout_loss: Option<f64>,
+    /// The sweep path of its folder (`adapters/<job>/round-NNNNN`).
+    pub path: String,
+    /// sha256 of its `adapter_model.safetensors`.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +233,7 @@ pub fn build_report(
         })
         .collect();
     Report {
+        training: Vec::new(),
         flotilla_version: env!("CARGO_PKG_VERSION").to_string(),
         seed,
         scale,
@@ -414,6 +469,9 @@ pub fn markdown(report: &Report) -> String {
             ));
         }
     }
+    if !report.training.is_empty() {
+        s.push_str(&training_markdown(&report.training));
+    }
     s.push_str("\n## Timings\n\n| configuration | mean latency (s) | prompt tokens | completion tokens |\n|---|---|---|---|\n");
     for t in &report.timings {
         s.push_str(&format!(
@@ -425,4 +483,77 @@ pub fn markdown(report: &Report) -> String {
         ));
     }
     s
+}
+
+/// The report's training section: one row per trained adapter, then its loss by step/round.
+fn training_markdown(runs: &[TrainingRun]) -> String {
+    let opt = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    let mut s = String::from(
+        "\n## Training\n\n| adapter | model | mode | workers | steps | rounds | sent | received | final loss | held-out loss | wall (s) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for t in runs {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            t.adapter,
+            t.model,
+            t.mode,
+            t.workers.join(", "),
+            t.steps,
+            t.rounds,
+            human_bytes(t.bytes_sent),
+            human_bytes(t.bytes_received),
+            opt(t.loss.last().map(|l| l.loss)),
+            opt(t.heldout_loss),
+            t.wall_s
+        ));
+    }
+    for t in runs.iter().filter(|t| !t.checkpoints.is_empty()) {
+        s.push_str(&format!(
+            "\n{} on {}, checkpoints kept:\n\n| round | step | loss | held-out | folder | adapter sha256 |\n|---|---|---|---|---|---|\n",
+            t.adapter, t.model
+        ));
+        for k in &t.checkpoints {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                k.round,
+                k.step,
+                opt(k.loss),
+                opt(k.heldout_loss),
+                k.path,
+                &k.sha256[..k.sha256.len().min(12)]
+            ));
+        }
+    }
+    for t in runs.iter().filter(|t| t.loss.len() > 1) {
+        s.push_str(&format!(
+            "\n{} on {} ({}), loss by round:\n\n| round | step | loss | held-out |\n|---|---|---|---|\n",
+            t.adapter, t.model, t.mode
+        ));
+        for l in &t.loss {
+            s.push_str(&format!(
+                "| {} | {} | {:.4} | {} |\n",
+                l.round.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                l.step,
+                l.loss,
+                opt(l.heldout_loss)
+            ));
+        }
+    }
+    s
+}
+
+/// Bytes as B / KiB / MiB / GiB.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
