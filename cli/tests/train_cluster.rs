@@ -1,0 +1,238 @@
+//! Distributed LoRA training on a cluster of real processes: a real etcd on a loopback port,
+//! a `flotilla coordinator` process, `flotilla worker` processes on the real SmolLM2, the sweep
+//! submitted and followed with `flotilla sweep`.
+//!
+//! What must hold: a worker that joins mid-run contributes to later rounds; a worker killed
+//! with SIGKILL mid-round is replaced (its shard runs again on the other worker) and the run
+//! completes; a coordinator killed with SIGKILL mid-run resumes at the last applied round,
+//! nothing applied twice; `sweep results` reports the run and downloads the final adapter.
+
+mod common;
+
+use common::procs::*;
+use common::tmp;
+use rusqlite::Connection;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Rounds of the run: 8 inner steps at H = 2.
+const ROUNDS: usize = 4;
+
+/// A sweep with one distributed (diloco, two workers) adapter, evaluated on one case.
+fn write_sweep(dir: &Path) -> PathBuf {
+    flotilla_tests::write_chat_jsonl(
+        &dir.join("train.jsonl"),
+        &[
+            ("When does the garden open?", "At nine."),
+            ("How many passengers does the ferry carry?", "120."),
+            ("Where is the tea house?", "By the pond."),
+            ("How many bicycles fit on the ferry?", "Twenty."),
+            ("What colour is the lighthouse?", "Red and white."),
+            ("How long is the crossing?", "Forty minutes."),
+        ],
+    );
+    std::fs::write(
+        dir.join("pier.txt"),
+        "The cafe at the pier opens at eight.\n",
+    )
+    .unwrap();
+    let case = serde_json::json!({"id": "pier", "task": "document", "language": "en",
+        "query": "When does the cafe open?", "reference_answer": "At eight.",
+        "documents": ["pier.txt"]});
+    std::fs::write(dir.join("cases.jsonl"), case.to_string() + "\n").unwrap();
+    let yaml = format!(
+        "name: dist
+seed: 3
+models: [smollm2]
+variants: [query_first]
+adapters:
+  - name: lora
+    train:
+      data: train.jsonl
+      steps: {}
+      batch_size: 1
+      grad_accum: 2
+      max_seq_len: 48
+      holdout: 0.34
+      eval_every: 0
+      checkpoint_every: 0
+      keep_checkpoints: 2
+      lora:
+        rank: 4
+        alpha: 8
+        target_modules: [q_proj, v_proj]
+      distributed:
+        mode: diloco
+        workers: 2
+        inner_steps: 2
+        compression: fp16
+datasets:
+  - name: tiny
+    cases: cases.jsonl
+judge:
+  judges: [smollm2]
+  explanation_tokens: 4
+generation:
+  max_tokens: 6
+",
+        ROUNDS * 2
+    );
+    let path = dir.join("sweep.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// The coordinator's database, read beside the running coordinator.
+fn db(c: &Cluster) -> Connection {
+    Connection::open(c.dir.join("coordinator-data/coordinator.db")).unwrap()
+}
+
+/// `(round, workers, state_t, final)` of every applied round.
+fn rounds(c: &Cluster) -> Vec<(usize, Vec<String>, usize, bool)> {
+    let conn = db(c);
+    let mut stmt = conn
+        .prepare("SELECT round, workers, state_t, final FROM train_rounds ORDER BY round")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as usize,
+            serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default(),
+            r.get::<_, i64>(2)? as usize,
+            r.get::<_, bool>(3)?,
+        ))
+    })
+    .unwrap()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap()
+}
+
+/// Rounds applied so far, as `sweep status` shows them.
+fn applied(c: &Cluster, sweep: &str) -> Option<u64> {
+    let st = c.status(sweep)?;
+    st["jobs"]
+        .as_array()?
+        .iter()
+        .find(|j| j["kind"] == "train_round")?["training"]["round"]
+        .as_u64()
+}
+
+/// The number of shards `worker` is running now.
+fn running_on(c: &Cluster, worker: &str) -> usize {
+    c.workers_json()
+        .unwrap_or_default()
+        .iter()
+        .find(|w| w["worker_id"] == worker)
+        .and_then(|w| w["running"].as_u64())
+        .unwrap_or(0) as usize
+}
+
+/// Checks what every run must end with, and returns the results JSON.
+fn check_finished(c: &Cluster, sweep: &str, out: &Path) -> Value {
+    c.watch(sweep);
+    let rows = rounds(c);
+    assert_eq!(
+        rows.len(),
+        ROUNDS + 1,
+        "{ROUNDS} rounds and the evaluation: {rows:?}"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.0, i, "rounds applied in order, none twice: {rows:?}");
+        if !r.3 {
+            assert_eq!(r.2, i + 1, "one outer step per applied round: {rows:?}");
+        }
+    }
+    let results = c.results(sweep, out);
+    let t = &results["training"][0];
+    assert_eq!(t["mode"], "diloco", "{results:#}");
+    assert_eq!(t["rounds"], ROUNDS as u64, "{t:#}");
+    assert_eq!(t["steps"], (ROUNDS * 2) as u64, "{t:#}");
+    assert!(
+        t["heldout_loss"].as_f64().is_some_and(f64::is_finite),
+        "{t:#}"
+    );
+    assert_eq!(
+        t["checkpoints"].as_array().map(Vec::len),
+        Some(2),
+        "keep_checkpoints: 2: {t:#}"
+    );
+    let adapter = out.join("adapters/lora/smollm2/adapter_model.safetensors");
+    assert!(
+        adapter.is_file(),
+        "the final adapter is downloaded: {results:#}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Training"), "{report}");
+    results
+}
+
+#[test]
+fn a_late_worker_contributes_and_one_killed_mid_round_is_replaced() {
+    let dir = tmp("train-late-kill");
+    let sweep_file = write_sweep(&dir);
+    let mut c = Cluster::start(&dir, 1);
+    let sweep = c.submit(&sweep_file);
+    wait_for(SWEEP_TIMEOUT, "round 0 to be applied", &c.procs(), || {
+        applied(&c, &sweep).filter(|r| *r >= 1)
+    });
+    // A worker that joins mid-run takes part in a later round.
+    let w2 = c.spawn_worker("w2");
+    c.workers.insert("w2".into(), w2);
+    wait_for(
+        SWEEP_TIMEOUT,
+        "w2 to contribute to a round",
+        &c.procs(),
+        || {
+            rounds(&c)
+                .iter()
+                .any(|r| r.1.contains(&"w2".to_string()))
+                .then_some(())
+        },
+    );
+    assert!(
+        !rounds(&c)[0].1.contains(&"w2".to_string()),
+        "w2 joined after round 0"
+    );
+    // Then it is killed in the middle of a shard of a later round.
+    wait_for(SWEEP_TIMEOUT, "w2 to run a shard", &c.procs(), || {
+        (running_on(&c, "w2") > 0).then_some(())
+    });
+    let killed_at = rounds(&c).len();
+    c.workers.get_mut("w2").unwrap().kill();
+    check_finished(&c, &sweep, &dir.join("out"));
+    // Its shard ran again, on w1.
+    let conn = db(&c);
+    let rerun: Vec<(String, String, String)> = conn
+        .prepare(
+            "SELECT a.shard_id, a.outcome, b.worker_id FROM attempts a
+             JOIN attempts b ON b.shard_id = a.shard_id AND b.attempt > a.attempt
+             WHERE a.worker_id = 'w2' AND a.outcome <> 'succeeded' AND b.outcome = 'succeeded'",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        rerun.iter().any(|r| r.2 == "w1"),
+        "the killed worker's shard (round {killed_at}) ran again on w1: {rerun:?}\n{}",
+        logs(&c.procs())
+    );
+}
+
+#[test]
+fn a_coordinator_killed_mid_run_resumes_at_the_last_applied_round() {
+    let dir = tmp("train-coordinator-kill");
+    let sweep_file = write_sweep(&dir);
+    let mut c = Cluster::start(&dir, 2);
+    let sweep = c.submit(&sweep_file);
+    wait_for(SWEEP_TIMEOUT, "round 1 to be applied", &c.procs(), || {
+        applied(&c, &sweep).filter(|r| *r >= 2)
+    });
+    c.coordinator.as_mut().unwrap().kill();
+    let before = rounds(&c).len();
+    assert!(before >= 2 && before <= ROUNDS + 1, "{before}");
+    c.coordinator = Some(c.spawn_coordinator("coordinator-2"));
+    check_finished(&c, &sweep, &dir.join("out"));
+    let after = applied(&c, &sweep).unwrap_or_default();
+    assert_eq!(after, ROUNDS as u64, "the watch shows every round applied");
+}
