@@ -27,6 +27,12 @@ pub struct Args {
     pub steps: Option<usize>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Run the training on a cluster: submit it to the coordinator (--coordinator or --etcd),
+    /// follow it, and download the adapter into the output directory.
+    #[arg(long)]
+    pub submit: bool,
+    #[command(flatten)]
+    pub connect: crate::cluster::connect::ConnectArgs,
 }
 
 pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
@@ -49,6 +55,15 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         a.out.clone().or_else(|| cfg.out.clone()).with_context(|| {
             format!("{}: no `out` in the config; pass --out", a.config.display())
         })?;
+    if a.submit {
+        anyhow::ensure!(
+            !a.resume,
+            "--resume is for local runs: a submitted run resumes on the coordinator by itself"
+        );
+        return crate::cluster::train_submit::run(
+            &a.config, &model, a.steps, &out_dir, &a.connect, out,
+        );
+    }
     let device = device::parse_device(&a.device)?;
 
     let pb = ProgressBar::new(cfg.steps as u64);

@@ -236,3 +236,46 @@ fn a_coordinator_killed_mid_run_resumes_at_the_last_applied_round() {
     let after = applied(&c, &sweep).unwrap_or_default();
     assert_eq!(after, ROUNDS as u64, "the watch shows every round applied");
 }
+
+#[test]
+fn flotilla_train_submit_trains_on_the_cluster_and_downloads_the_adapter() {
+    let dir = tmp("train-submit");
+    write_sweep(&dir);
+    std::fs::write(
+        dir.join("train.yaml"),
+        "model: smollm2\ndata: train.jsonl\nsteps: 3\nbatch_size: 1\ngrad_accum: 2\n\
+         max_seq_len: 48\nholdout: 0.34\neval_every: 0\ncheckpoint_every: 0\nseed: 4\n\
+         lora: {rank: 4, alpha: 8, target_modules: [q_proj, v_proj]}\n\
+         distributed: {mode: sync, workers: 2}\nout: run\n",
+    )
+    .unwrap();
+    let c = Cluster::start(&dir, 2);
+    let config = dir.join("train.yaml");
+    let v = c.cli_json(&["train", "--config", config.to_str().unwrap(), "--submit"]);
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let t = &v["training"];
+    assert_eq!(
+        (t["mode"].as_str(), t["steps"].as_u64()),
+        (Some("sync"), Some(3)),
+        "{v:#}"
+    );
+    assert!(t["loss"].as_array().is_some_and(|l| l.len() == 3), "{t:#}");
+    // `out: run` is relative to the config, as for a local run.
+    let adapter = dir.join("run/adapter");
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (cfg["peft_type"].as_str(), cfg["r"].as_u64()),
+        (Some("LORA"), Some(4))
+    );
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+    // Without a coordinator to submit to, one clear line.
+    let out = run(&["train", "--config", config.to_str().unwrap(), "--submit"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--coordinator") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -25,6 +25,15 @@ pub trait SubmitSweep {
         path: &Path,
         models: ModelCheck,
     ) -> CoordinatorResult<pb::SweepStatus>;
+
+    /// Submit sweep text that stands for the file `path` (the files it names are read
+    /// beside `path`).
+    async fn submit_text(
+        &self,
+        yaml: &str,
+        path: &Path,
+        models: ModelCheck,
+    ) -> CoordinatorResult<pb::SweepStatus>;
 }
 
 impl SubmitSweep for Client {
@@ -33,7 +42,18 @@ impl SubmitSweep for Client {
         path: &Path,
         models: ModelCheck,
     ) -> CoordinatorResult<pb::SweepStatus> {
-        let sweep = Sweep::load(path, models)?;
+        let yaml = std::fs::read_to_string(path)
+            .map_err(|e| CoordinatorError::Invalid(format!("{}: {e}", path.display())))?;
+        self.submit_text(&yaml, path, models).await
+    }
+
+    async fn submit_text(
+        &self,
+        yaml: &str,
+        path: &Path,
+        models: ModelCheck,
+    ) -> CoordinatorResult<pb::SweepStatus> {
+        let sweep = Sweep::load_text(yaml, path, models)?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let files = sweep.local_files(&FileRoot::local(&dir)).map_err(|e| {
             CoordinatorError::Invalid(format!("listing the files {} names: {e}", path.display()))
@@ -46,12 +66,10 @@ impl SubmitSweep for Client {
                 artifact: Some(art),
             });
         }
-        let yaml = std::fs::read_to_string(path)
-            .map_err(|e| CoordinatorError::Invalid(format!("{}: {e}", path.display())))?;
         let status = self
             .grpc()
             .submit_sweep(pb::SubmitSweepRequest {
-                yaml,
+                yaml: yaml.to_string(),
                 source_path: path.display().to_string(),
                 files: refs,
             })

@@ -145,6 +145,27 @@ fn syntax_errors_and_empty_files_are_one_clear_error() {
     );
 }
 
+#[test]
+fn a_sweep_that_only_trains_may_leave_out_datasets_and_variants() {
+    let s = sweep::parse(
+        "name: t\nmodels: [smollm2]\nadapters:\n  - name: lora\n    train: {data: d.jsonl, steps: 2}\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap();
+    assert!(s.datasets.is_empty());
+    assert_eq!(s.variants, ["query_first"]);
+    let e = sweep::parse(
+        "name: t\nmodels: [smollm2]\nvariants: [query_first]\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("t.yaml:1: the sweep needs `datasets`"),
+        "{e}"
+    );
+}
+
 fn judged(mut r: CaseResult, score: f64) -> CaseResult {
     r.verdicts = vec![Verdict {
         judge: "smollm2".into(),

@@ -13,6 +13,7 @@ pub mod progress;
 pub mod render;
 pub mod run;
 pub mod sweep;
+pub mod train_submit;
 pub mod worker;
 pub mod workers;
 

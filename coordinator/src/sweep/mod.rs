@@ -198,7 +198,13 @@ impl Sweep {
             line: 0,
             message: format!("cannot read the sweep file: {e}"),
         })?;
-        let sweep = parse(&text, path)?;
+        Self::load_text(&text, path, models)
+    }
+
+    /// As [`Sweep::load`], for sweep text that stands for `path` (relative paths are read
+    /// beside it).
+    pub fn load_text(text: &str, path: &Path, models: ModelCheck) -> Result<Sweep, SweepErrors> {
+        let sweep = parse(text, path)?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         sweep.check(&FileRoot::local(dir), models)?;
         Ok(sweep)

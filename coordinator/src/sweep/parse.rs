@@ -43,8 +43,14 @@ pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
         .unwrap_or_default();
 
     let mut variants = Vec::new();
-    if let Some(list) = top
-        .require(&mut r, "variants")
+    // A sweep without datasets generates nothing: its variants may be left out.
+    let training_only = top.get("variants").is_none() && top.get("datasets").is_none();
+    if training_only {
+        variants.push(Variant::QueryFirst.name());
+    }
+    if let Some(list) = (!training_only)
+        .then(|| top.require(&mut r, "variants"))
+        .flatten()
         .and_then(|n| r.strings(n, "variants"))
     {
         for (v, line) in list {
@@ -78,10 +84,21 @@ pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
         Some(n) => parse_languages(&mut r, n, "languages"),
         None => Vec::new(),
     };
-    let datasets = top
-        .require(&mut r, "datasets")
-        .map(|n| parse_datasets(&mut r, n, &default_tasks, &default_languages))
-        .unwrap_or_default();
+    // A sweep without datasets only trains (what `flotilla train --submit` sends).
+    let trains = adapters
+        .iter()
+        .any(|a| matches!(a.source, AdapterSource::Train(_)));
+    let datasets = match top.get("datasets") {
+        Some(n) => parse_datasets(&mut r, n, &default_tasks, &default_languages),
+        None if trains => Vec::new(),
+        None => {
+            r.error(
+                top.line,
+                "the sweep needs `datasets` (only a sweep that trains an adapter may leave them out)",
+            );
+            Vec::new()
+        }
+    };
 
     let judge = parse_judge(&mut r, top.get("judge"), top.line);
     let (sampling, truncation) = parse_generation(&mut r, top.get("generation"), seed);

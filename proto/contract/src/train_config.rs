@@ -418,6 +418,20 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// The config file as a sweep's `train:` block: its keys as written (paths still relative
+    /// to the file), less `model` and `out`, which a sweep sets. The file is validated first.
+    pub fn sweep_block(path: &Path) -> Result<serde_json::Value> {
+        Self::from_file(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut v: serde_json::Value = serde_yaml_ng::from_str(&text)
+            .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+        if let Some(m) = v.as_object_mut() {
+            m.remove("model");
+            m.remove("out");
+        }
+        Ok(v)
+    }
+
     /// From a JSON value (a sweep's `train:` block); `source` names it in errors, `base_dir`
     /// resolves relative paths.
     pub fn from_json_value(
