@@ -121,6 +121,7 @@ fn single(
         rounds: 0,
         bytes_sent: files.iter().map(|f| f.size).sum(),
         bytes_received: 0,
+        tokens: metrics["tokens"].as_u64().unwrap_or(0),
         loss: metrics["final_train_loss"]
             .as_f64()
             .map(|loss| LossPoint {
@@ -175,6 +176,7 @@ fn distributed(c: &Connection, job: &str, out: &mut Trained) -> StoreResult<()> 
         rounds: training.len(),
         bytes_sent: rows.iter().map(|r| r.bytes_sent).sum(),
         bytes_received: rows.iter().map(|r| r.bytes_received).sum(),
+        tokens: rows.iter().map(|r| r.tokens).sum(),
         loss: training
             .iter()
             .filter_map(|r| {

@@ -116,6 +116,9 @@ pub struct TrainingRun {
     pub bytes_sent: u64,
     /// Bytes of global adapters the workers downloaded.
     pub bytes_received: u64,
+    /// Tokens the workers trained on (all positions of their batches).
+    #[serde(default)]
+    pub tokens: u64,
     /// Training loss per step (sync, single: the final step only) or round (diloco).
     pub loss: Vec<LossPoint>,
     /// Held-out loss of the final adapter, where the data has a held-out split.
