@@ -207,8 +207,11 @@ impl Planner<'_> {
                     config,
                     files: shard_files,
                 };
-                let shards = crate::training::round_shards(&id, &run, 0, None, &[])
-                    .map_err(|e| CoordinatorError::Invalid(e.to_string()))?;
+                let shards = crate::training::round_shards(&id, &run, 0, None, &[], &[])
+                    .map_err(|e| CoordinatorError::Invalid(e.to_string()))?
+                    .into_iter()
+                    .map(|s| s.shard)
+                    .collect();
                 self.jobs.push(PlannedJob {
                     id,
                     seq,

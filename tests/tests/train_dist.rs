@@ -363,6 +363,10 @@ async fn diloco_rounds_average_two_workers_deltas_and_checkpoint_each_round() {
         [2, 4, 5]
     );
     assert_eq!(run.heldout_loss, rows[3].heldout_loss);
+    assert!(
+        run.heldout_loss_before.is_some_and(|b| b.is_finite()),
+        "the initial adapter's held-out loss: {run:?}"
+    );
     assert_eq!(
         run.bytes_sent,
         rows.iter().map(|r| r.bytes_sent).sum::<u64>()
@@ -382,6 +386,40 @@ async fn diloco_rounds_average_two_workers_deltas_and_checkpoint_each_round() {
         ["adapter_config.json", "adapter_model.safetensors"],
         "the final adapter goes into the results folder"
     );
+    // The applied rounds' deltas were removed from the artifact store.
+    let id = job.clone();
+    let contributions: Vec<String> = c
+        .coordinator
+        .core()
+        .store
+        .call(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT r.artifacts_json FROM results r JOIN shards s ON s.id = r.shard_id
+                 WHERE s.job_id = ?1",
+            )?;
+            let rows = stmt
+                .query_map([&id], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|f| serde_json::from_str::<Vec<serde_json::Value>>(f).unwrap())
+        .filter(|e| e["path"] == "contribution.safetensors")
+        .map(|e| e["sha256"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        contributions.len(),
+        6,
+        "two workers' deltas in each of 3 rounds"
+    );
+    for sha in &contributions {
+        assert!(
+            c.coordinator.core().artifacts.read(sha).is_err(),
+            "contribution {sha} is still stored"
+        );
+    }
     let p = progress.expect("progress after the rounds");
     assert_eq!((p.round, p.rounds, p.step, p.steps), (3, 3, 5, 5));
     for r in &rows[..3] {

@@ -166,6 +166,7 @@ impl Core {
                             task_failures: r.get::<_, i64>(4)? as u32,
                             infra_failures: r.get::<_, i64>(5)? as u32,
                             units: r.get::<_, i64>(6)? as u64,
+                            prefer: None,
                         },
                     ))
                 })? {

@@ -164,12 +164,13 @@ impl Core {
                         shards
                             .into_iter()
                             .map(|p| NewShard {
-                                id: p.id,
+                                id: p.shard.id,
                                 state: ShardState::Ready,
                                 attempt: Attempt(0),
                                 task_failures: 0,
                                 infra_failures: 0,
-                                units: p.units,
+                                units: p.shard.units,
+                                prefer: p.prefer,
                             })
                             .collect(),
                     );
@@ -196,5 +197,16 @@ impl Core {
             Err(e) => tracing::error!(job, error = %e, "cannot record a training round's outcome"),
         }
         self.kick.notify_one();
+        // The applied round's gradients or deltas are no longer needed.
+        let store = self.artifacts.clone();
+        let id = job.to_string();
+        match self
+            .store
+            .call(move |c| training::drop_contributions(c, &store, &id))
+            .await
+        {
+            Ok(freed) => tracing::debug!(job, freed, "contributions removed"),
+            Err(e) => tracing::warn!(job, error = %e, "cannot remove a round's contributions"),
+        }
     }
 }

@@ -63,6 +63,7 @@ impl Core {
                             task_failures: 0,
                             infra_failures: 0,
                             units: s.units,
+                            prefer: None,
                         })
                         .collect(),
                 }

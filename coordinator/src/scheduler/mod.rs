@@ -150,6 +150,7 @@ pub struct ShardMem {
     pub task_failures: u32,
     pub infra_failures: u32,
     pub units: u64,
+    pub prefer: Option<String>,
 }
 
 impl ShardMem {
@@ -164,6 +165,7 @@ impl ShardMem {
             task_failures: s.task_failures,
             infra_failures: s.infra_failures,
             units: s.units,
+            prefer: s.prefer,
         }
     }
 }
@@ -223,6 +225,9 @@ pub struct NewShard {
     pub task_failures: u32,
     pub infra_failures: u32,
     pub units: u64,
+    /// The worker this shard is sized for (a sync training share); others leave it to that
+    /// worker while it is connected with a free slot. Kept in memory only.
+    pub prefer: Option<String>,
 }
 
 #[derive(Default)]
@@ -355,8 +360,9 @@ impl Scheduler {
                 {
                     continue;
                 }
-                // Tail rule: leave the last shards to the faster idle workers.
-                if faster > 0 && job.ready.len() <= faster {
+                // Tail rule: leave the last shards to the faster idle workers (not a training
+                // round's: its shares are sized for their workers already).
+                if faster > 0 && job.head.kind != JobKind::TrainRound && job.ready.len() <= faster {
                     continue;
                 }
                 candidates.push((!loaded.contains(job.head.model.as_str()), i, jid.clone()));
@@ -364,13 +370,35 @@ impl Scheduler {
             }
         }
         candidates.sort();
+        // Shards sized for another worker that can take them now are left to it (only
+        // training rounds size shards for workers).
+        let kept: HashSet<String> = candidates
+            .iter()
+            .filter(|(_, _, jid)| self.jobs[jid].head.kind == JobKind::TrainRound)
+            .flat_map(|(_, _, jid)| self.jobs[jid].ready.iter())
+            .filter(|sid| {
+                self.shards
+                    .get(*sid)
+                    .and_then(|s| s.prefer.as_deref())
+                    .is_some_and(|p| {
+                        p != worker_id
+                            && self.workers.get(p).is_some_and(|w| {
+                                w.connected && (w.running.len() as u32) < w.slots()
+                            })
+                    })
+            })
+            .cloned()
+            .collect();
         'jobs: for (_, _, jid) in candidates {
             loop {
                 if out.len() as u32 >= n {
                     break 'jobs;
                 }
                 let job = self.jobs.get_mut(&jid).expect("candidate job exists");
-                let Some(shard_id) = job.ready.pop_front() else {
+                let Some(at) = job.ready.iter().position(|s| !kept.contains(s)) else {
+                    break;
+                };
+                let Some(shard_id) = job.ready.remove(at) else {
                     break;
                 };
                 let shard = self.shards.get_mut(&shard_id).expect("queued shard exists");

@@ -44,6 +44,7 @@ fn job(id: &str, model: &str, shards: usize, deps: &[&str]) -> NewJob {
                 task_failures: 0,
                 infra_failures: 0,
                 units: 1,
+                prefer: None,
             })
             .collect(),
     }
@@ -190,6 +191,7 @@ fn a_round_closed_at_its_timeout_cancels_its_open_shards_and_refuses_their_resul
             task_failures: 0,
             infra_failures: 0,
             units: 1,
+            prefer: None,
         })
         .collect();
     s.add_job("sw", j);
@@ -230,4 +232,27 @@ fn a_round_closed_at_its_timeout_cancels_its_open_shards_and_refuses_their_resul
         "the dropped queued shard is not handed out"
     );
     assert_eq!(s.round_progress("t", "t.r00000."), Some((1, 0)));
+}
+
+#[test]
+fn a_share_sized_for_a_worker_is_left_to_it_while_it_can_take_it() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    let mut j = job("t", "smollm2", 3, &[]);
+    j.head.kind = JobKind::TrainRound;
+    j.shards[0].prefer = Some("fast".into());
+    j.shards[1].prefer = Some("slow".into());
+    j.shards[2].prefer = Some("gone".into());
+    s.add_job("sw", j);
+    worker(&mut s, "slow", &[], 1);
+    worker(&mut s, "fast", &[], 1);
+    let mut ch = Vec::new();
+    let got = s.pick("slow", 1, &mut ch);
+    assert_eq!(got[0].0, "t.s1", "the fast worker's share is left to it");
+    let got = s.pick("fast", 2, &mut ch);
+    assert_eq!(
+        got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(),
+        ["t.s0", "t.s2"],
+        "its own share, and one meant for a worker that is not here"
+    );
 }

@@ -124,31 +124,44 @@ pub fn round_prefix(job_id: &str, round: usize) -> String {
 /// rounds), starting from `adapter` (the files of the global adapter, none in round 0).
 /// `leftover`: micro-batches of the previous round's shards that were dropped at its
 /// timeout; diloco runs them in one more shard of this round (sync skips them: a step uses
-/// the slices that arrived).
+/// the slices that arrived). `speeds`: the tokens/s each worker measured in the previous
+/// round, fastest first; sync sizes its shares by them, each share meant for its worker.
 pub fn round_shards(
     job_id: &str,
     meta: &RunMeta,
     round: usize,
     adapter: Option<&[FileEntry]>,
     leftover: &[u64],
-) -> StoreResult<Vec<PlannedShard>> {
+    speeds: &[(String, f64)],
+) -> StoreResult<Vec<RoundShard>> {
     let cfg = meta.config()?;
     let l = Layout::of(&cfg)?;
     let adapter_path = adapter.map(|_| adapter_dir(job_id, round.saturating_sub(1)));
     let mut parts: Vec<(Vec<u64>, u32, u64)> = Vec::new();
+    let mut prefer: Vec<Option<String>> = Vec::new();
     if round >= l.rounds {
         parts.push((Vec::new(), 0, 0));
     } else {
         match l.mode {
             DistMode::Sync => {
-                // This step's micro-batches, cut into at most `workers` contiguous parts.
+                // This step's micro-batches, cut into at most `workers` contiguous parts sized
+                // by the measured speeds (equal for workers not measured yet).
                 let first = (round * l.grad_accum) as u64;
                 let n = l.workers.min(l.grad_accum);
+                let known: Vec<f64> = speeds.iter().take(n).map(|s| s.1).collect();
+                let mean = if known.is_empty() {
+                    1.0
+                } else {
+                    known.iter().sum::<f64>() / known.len() as f64
+                };
+                let weights: Vec<f64> = (0..n)
+                    .map(|k| known.get(k).copied().unwrap_or(mean))
+                    .collect();
                 let mut at = 0usize;
-                for k in 0..n {
-                    let len = l.grad_accum / n + usize::from(k < l.grad_accum % n);
+                for (k, len) in shares(l.grad_accum, &weights).into_iter().enumerate() {
                     let ids = (at..at + len).map(|i| first + i as u64).collect();
                     parts.push((ids, at as u32, 0));
+                    prefer.push(speeds.get(k).map(|s| s.0.clone()));
                     at += len;
                 }
             }
@@ -185,15 +198,62 @@ pub fn round_shards(
         };
         let mut files = meta.files.clone();
         files.extend(adapter.unwrap_or_default().iter().cloned());
-        out.push(PlannedShard {
-            id: format!("{}s{}", shard_prefix(job_id, round), k + 1),
-            seq: (round * 1000 + k + 1) as i64,
-            units: (spec.micro_batches.len() as u64).max(1),
-            spec_json: ShardSpec::TrainRound(spec).to_json(),
-            files,
+        out.push(RoundShard {
+            shard: PlannedShard {
+                id: format!("{}s{}", shard_prefix(job_id, round), k + 1),
+                seq: (round * 1000 + k + 1) as i64,
+                units: (spec.micro_batches.len() as u64).max(1),
+                spec_json: ShardSpec::TrainRound(spec).to_json(),
+                files,
+            },
+            prefer: prefer.get(k).cloned().flatten(),
         });
     }
     Ok(out)
+}
+
+/// A round's shard, and the worker its share was sized for.
+#[derive(Debug)]
+pub struct RoundShard {
+    pub shard: PlannedShard,
+    pub prefer: Option<String>,
+}
+
+/// `total` split in proportion to `weights` (largest remainder), every part at least 1;
+/// `total` must be at least the number of parts.
+fn shares(total: usize, weights: &[f64]) -> Vec<usize> {
+    let n = weights.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let spare = total.saturating_sub(n);
+    let sum: f64 = weights.iter().map(|w| w.max(0.0)).sum();
+    let exact: Vec<f64> = weights
+        .iter()
+        .map(|w| {
+            if sum > 0.0 {
+                spare as f64 * w.max(0.0) / sum
+            } else {
+                spare as f64 / n as f64
+            }
+        })
+        .collect();
+    let mut out: Vec<usize> = exact.iter().map(|x| 1 + x.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|a, b| {
+        let fa = exact[*a] - exact[*a].floor();
+        let fb = exact[*b] - exact[*b].floor();
+        fb.total_cmp(&fa).then(a.cmp(b))
+    });
+    let mut left = total - out.iter().sum::<usize>().min(total);
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        out[i] += 1;
+        left -= 1;
+    }
+    out
 }
 
 /// What applying a round led to.
@@ -202,7 +262,7 @@ pub enum RoundOutcome {
     /// The round's shards have not all succeeded (or were already applied).
     NotReady,
     /// The next round's shards, stored `Ready`, and where the run stands.
-    Next(Vec<PlannedShard>, Option<flotilla_proto::v1::TrainProgress>),
+    Next(Vec<RoundShard>, Option<flotilla_proto::v1::TrainProgress>),
     /// The run is complete.
     Done(Option<flotilla_proto::v1::TrainProgress>),
 }
@@ -211,6 +271,8 @@ pub enum RoundOutcome {
 struct Contribution {
     shard: String,
     worker: String,
+    /// The attempt's seconds, as the worker reported them.
+    seconds: f64,
     output: TrainRoundResult,
     files: Vec<FileEntry>,
 }
@@ -244,7 +306,7 @@ fn contributions(
     round: usize,
 ) -> StoreResult<Option<(Vec<Contribution>, Vec<u64>)>> {
     let mut stmt = c.prepare_cached(
-        "SELECT s.id, s.state, r.result_json, r.artifacts_json, s.spec_json,
+        "SELECT s.id, s.state, r.result_json, r.artifacts_json, s.spec_json, r.seconds,
                 (SELECT a.worker_id FROM attempts a WHERE a.shard_id = s.id AND a.attempt = r.attempt)
          FROM shards s LEFT JOIN results r ON r.shard_id = s.id
          WHERE s.job_id = ?1 AND s.id LIKE ?2 ORDER BY s.seq",
@@ -259,14 +321,15 @@ fn contributions(
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, Option<String>>(3)?,
                     r.get::<_, String>(4)?,
-                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<f64>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
     let mut leftover = Vec::new();
-    for (shard, state, result, files, spec, worker) in rows {
+    for (shard, state, result, files, spec, seconds, worker) in rows {
         if state == ShardState::Cancelled.code() {
             match ShardSpec::from_json(spec.as_bytes()).map_err(other)? {
                 ShardSpec::TrainRound(s) => leftover.extend(s.micro_batches),
@@ -287,6 +350,7 @@ fn contributions(
         out.push(Contribution {
             shard,
             worker: worker.unwrap_or_default(),
+            seconds: seconds.unwrap_or(0.0),
             output,
             files: serde_json::from_str(&files).map_err(other)?,
         });
@@ -561,15 +625,68 @@ pub fn close_round(
         r + 1,
         Some(&[config_file, adapter_file]),
         &leftover,
+        &speeds(&contribs),
     )?;
     let sweep: String = c.query_row(
         "SELECT sweep_id FROM jobs WHERE id = ?1",
         params![job_id],
         |row| row.get(0),
     )?;
-    insert_shards(c, &sweep, job_id, &next, ShardState::Ready)?;
+    let planned: Vec<PlannedShard> = next.iter().map(|n| n.shard.clone()).collect();
+    insert_shards(c, &sweep, job_id, &planned, ShardState::Ready)?;
     prune(c, store, job_id, cfg.keep_checkpoints)?;
     Ok(RoundOutcome::Next(next, progress(c, job_id)?))
+}
+
+/// Each contributing worker's tokens per second in a round, fastest first (ties by id).
+fn speeds(contribs: &[Contribution]) -> Vec<(String, f64)> {
+    let mut per: std::collections::BTreeMap<&str, (u64, f64)> = Default::default();
+    for c in contribs.iter().filter(|c| !c.worker.is_empty()) {
+        let e = per.entry(c.worker.as_str()).or_default();
+        e.0 += c.output.tokens;
+        e.1 += c.seconds;
+    }
+    let mut out: Vec<(String, f64)> = per
+        .into_iter()
+        .filter(|(_, (tokens, secs))| *tokens > 0 && *secs > 0.0)
+        .map(|(w, (tokens, secs))| (w.to_string(), tokens as f64 / secs))
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// After a round is applied and committed: remove its contributions (gradients or deltas)
+/// from the artifact store, where no other stored result names the same bytes. Returns the
+/// bytes freed.
+pub fn drop_contributions(c: &Connection, store: &ArtifactStore, job_id: &str) -> StoreResult<u64> {
+    let Some(last) = rounds(c, job_id)?.pop() else {
+        return Ok(0);
+    };
+    let prefix = shard_prefix(job_id, last.round);
+    let mut stmt =
+        c.prepare_cached("SELECT r.artifacts_json FROM results r WHERE r.shard_id LIKE ?1")?;
+    let files: Vec<String> = stmt
+        .query_map(params![format!("{prefix}%")], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut freed = 0;
+    for f in files {
+        let entries: Vec<FileEntry> = serde_json::from_str(&f).map_err(other)?;
+        for e in entries
+            .iter()
+            .filter(|e| e.path == "contribution.safetensors")
+        {
+            let shared: i64 = c.query_row(
+                "SELECT COUNT(*) FROM results WHERE shard_id NOT LIKE ?1 AND artifacts_json LIKE ?2",
+                params![format!("{prefix}%"), format!("%{}%", e.sha256)],
+                |r| r.get(0),
+            )?;
+            if shared == 0 {
+                store.remove(&e.sha256).map_err(other)?;
+                freed += e.size;
+            }
+        }
+    }
+    Ok(freed)
 }
 
 /// Keep the newest `keep` checkpoints' adapter and optimizer files; older rounds keep their
@@ -592,4 +709,30 @@ fn prune(c: &Connection, store: &ArtifactStore, job_id: &str, keep: usize) -> St
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_follow_the_weights_and_give_everyone_at_least_one() {
+        assert_eq!(shares(6, &[1.0, 1.0, 1.0]), [2, 2, 2]);
+        assert_eq!(shares(6, &[2.0, 1.0]), [4, 2]);
+        assert_eq!(shares(7, &[3.0, 1.0]), [5, 2]);
+        assert_eq!(shares(3, &[100.0, 1.0, 1.0]), [1, 1, 1]);
+        assert_eq!(shares(5, &[0.0, 0.0]), [3, 2]);
+        for (total, w) in [(9, vec![5.0, 3.0, 1.0]), (4, vec![1.0, 2.0, 3.0, 4.0])] {
+            let s = shares(total, &w);
+            assert_eq!(s.iter().sum::<usize>(), total, "{s:?}");
+            assert!(s.iter().all(|x| *x >= 1), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn round_ids_name_their_round() {
+        assert_eq!(round_of("sw-1.j1.r00012.s3"), Some(12));
+        assert_eq!(round_of("sw-1.j1.s3"), None);
+        assert!(round_prefix("j", 3).starts_with("j.r00003."));
+    }
 }

@@ -133,6 +133,7 @@ fn single(
             .into_iter()
             .collect(),
         heldout_loss: metrics["eval_loss_after"].as_f64(),
+        heldout_loss_before: metrics["eval_loss_before"].as_f64(),
         wall_s: metrics["seconds"].as_f64().unwrap_or(seconds),
         checkpoints: Vec::new(),
     });
@@ -189,6 +190,14 @@ fn distributed(c: &Connection, job: &str, out: &mut Trained) -> StoreResult<()> 
             })
             .collect(),
         heldout_loss: rows.iter().rev().find_map(|r| r.heldout_loss),
+        heldout_loss_before: c
+            .query_row(
+                "SELECT heldout_before FROM train_rounds WHERE job_id = ?1 AND round = 0",
+                params![job],
+                |r| r.get::<_, Option<f64>>(0),
+            )
+            .optional()?
+            .flatten(),
         wall_s,
         checkpoints: training[training.len() - keep..]
             .iter()

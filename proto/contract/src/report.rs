@@ -1,5 +1,5 @@
 //! Results of an eval: per-configuration statistics, paired comparisons, and the output
-//! folder: `results.json` (flotilla's schema, docs/RESULTS.md), `flow_results.json` (Flow
+//! folder: `results.json` (flotilla's schema, docs/EVAL.md), `flow_results.json` (Flow
 //! Benchmark Tools' `runs[].benchmark_outputs[].evaluations[]` layout), `cases.jsonl` (every
 //! prompt, answer, retrieval hit and score) and `report.md`.
 //!
@@ -99,7 +99,7 @@ pub struct Report {
     pub training: Vec<TrainingRun>,
 }
 
-/// How an adapter of a sweep was trained (`results.json` `training`, docs/RESULTS.md).
+/// How an adapter of a sweep was trained (`results.json` `training`, docs/EVAL.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRun {
     pub adapter: String,
@@ -123,6 +123,9 @@ pub struct TrainingRun {
     pub loss: Vec<LossPoint>,
     /// Held-out loss of the final adapter, where the data has a held-out split.
     pub heldout_loss: Option<f64>,
+    /// Held-out loss of the adapter before training (LoRA B = 0: the base model's).
+    #[serde(default)]
+    pub heldout_loss_before: Option<f64>,
     pub wall_s: f64,
     /// The checkpoints kept in the coordinator's artifact store (the last `keep_checkpoints`).
     #[serde(default)]
@@ -492,7 +495,7 @@ pub fn markdown(report: &Report) -> String {
 fn training_markdown(runs: &[TrainingRun]) -> String {
     let opt = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     let mut s = String::from(
-        "\n## Training\n\n| adapter | model | mode | workers | steps | rounds | sent | received | final loss | held-out loss | wall (s) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n## Training\n\n| adapter | model | mode | workers | steps | rounds | sent | received | final loss | held-out loss (before) | wall (s) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for t in runs {
         s.push_str(&format!(
@@ -506,7 +509,7 @@ fn training_markdown(runs: &[TrainingRun]) -> String {
             human_bytes(t.bytes_sent),
             human_bytes(t.bytes_received),
             opt(t.loss.last().map(|l| l.loss)),
-            opt(t.heldout_loss),
+            format!("{} ({})", opt(t.heldout_loss), opt(t.heldout_loss_before)),
             t.wall_s
         ));
     }
