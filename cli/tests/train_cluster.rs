@@ -279,3 +279,51 @@ fn flotilla_train_submit_trains_on_the_cluster_and_downloads_the_adapter() {
         "{err}"
     );
 }
+
+/// The short version of `scripts/bench/train-dist.sh` (QUICK=1), so the benchmark cannot rot:
+/// one worker, sync and DiLoCo through `flotilla run --workers 2` on the same token budget.
+#[test]
+fn the_train_dist_benchmark_runs_and_sync_matches_one_worker() {
+    let dir = tmp("bench-train-dist");
+    let report = dir.join("train-dist.json");
+    let out = std::process::Command::new("bash")
+        .arg(common::repo().join("scripts/bench/train-dist.sh"))
+        .env("QUICK", "1")
+        .env("FLOTILLA_BIN", env!("CARGO_BIN_EXE_flotilla"))
+        .env("THREADS", "1")
+        .env("WORK", &dir)
+        .env("OUT", &report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    let by = |name: &str| runs.iter().find(|r| r["run"] == name).unwrap().clone();
+    let (single, sync, h1, h2) = (by("single"), by("sync"), by("diloco-h1"), by("diloco-h2"));
+    let loss = |r: &Value| r["heldout_loss"].as_f64().unwrap();
+    assert!(
+        (loss(&sync) / loss(&single) - 1.0).abs() < 1e-3,
+        "sync on 2 workers ends where one worker does: {sync} vs {single}"
+    );
+    assert_eq!(single["tokens"], sync["tokens"], "the same token budget");
+    assert_eq!(single["tokens"], h1["tokens"], "the same token budget");
+    let bytes =
+        |r: &Value| r["bytes_sent"].as_u64().unwrap() + r["bytes_received"].as_u64().unwrap();
+    assert!(
+        bytes(&sync) > bytes(&h1) && bytes(&h1) > bytes(&h2),
+        "fewer rounds, fewer bytes: {} {} {}",
+        bytes(&sync),
+        bytes(&h1),
+        bytes(&h2)
+    );
+    assert_eq!(
+        (h1["rounds"].as_u64(), h2["rounds"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert!(v["lan_1gbps_3b"].as_array().is_some_and(|e| !e.is_empty()));
+}

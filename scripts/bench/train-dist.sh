@@ -8,11 +8,14 @@
 #
 # Environment (all optional):
 #   FLOTILLA_BIN  flotilla binary (default: target/debug/flotilla, built if missing)
-#   STEPS         optimizer steps of the one-worker and sync runs (default 400)
+#   STEPS         optimizer steps of the one-worker and sync runs (default 200)
 #   DATA MAXLEN   a chat JSONL to train on instead, and its max_seq_len (default 64)
 #   WORKERS       workers of the distributed runs (default 2)
 #   THREADS       CPU threads shared by the in-process workers (default 2)
 #   COMPRESSION   none | fp16 | int8 (default none)
+#   OUTER_LR OUTER_MOMENTUM  DiLoCo's outer Nesterov step (default 0.7, 0.9)
+#   H             DiLoCo's inner steps to try, space-separated (default "10 50")
+#   DILOCO_ONLY=1 skip the one-worker and sync runs (outer-optimizer ablations)
 #   QUICK=1       a minute's version for CI: 4 steps, H = 1 and 2
 #   OUT           the JSON report (default /tmp/flotilla-train-dist/train-dist.json)
 # On a 2-core machine the workers share the CPUs: the bytes and losses are what to read,
@@ -27,14 +30,19 @@ WORK="${WORK:-/tmp/flotilla-train-dist}"
 mkdir -p "$WORK"
 OUT="${OUT:-$WORK/train-dist.json}"
 ARGS=(--flotilla "$BIN" --workers "${WORKERS:-2}" --threads "${THREADS:-2}"
-      --compression "${COMPRESSION:-none}" --work "$WORK" --json-out "$OUT")
+      --compression "${COMPRESSION:-none}" --work "$WORK" --json-out "$OUT"
+      --outer-lr "${OUTER_LR:-0.7}" --outer-momentum "${OUTER_MOMENTUM:-0.9}")
+if [ "${DILOCO_ONLY:-0}" = 1 ]; then
+  ARGS+=(--diloco-only)
+fi
 if [ -n "${DATA:-}" ]; then
   ARGS+=(--data "$DATA" --max-seq-len "${MAXLEN:-512}")
 fi
 if [ "${QUICK:-0}" = 1 ]; then
   ARGS+=(--steps 4 --h 1 2 --synthetic 40)
 else
-  ARGS+=(--steps "${STEPS:-400}")
+  # shellcheck disable=SC2206
+  ARGS+=(--steps "${STEPS:-200}" --h ${H:-10 50})
 fi
 python3 scripts/bench/train_dist.py "${ARGS[@]}"
 echo "report: $OUT"

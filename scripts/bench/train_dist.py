@@ -121,7 +121,7 @@ def main():
                     help="chat JSONL to train on (e.g. examples/train/en-ja-lora.jsonl with "
                          "--max-seq-len 512); default: --synthetic short examples")
     ap.add_argument("--synthetic", type=int, default=240)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--h", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--grad-accum", type=int, default=2)
@@ -129,6 +129,10 @@ def main():
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--compression", default="none")
+    ap.add_argument("--outer-lr", type=float, default=0.7)
+    ap.add_argument("--outer-momentum", type=float, default=0.9)
+    ap.add_argument("--diloco-only", action="store_true",
+                    help="skip the one-worker and sync runs (outer-optimizer ablations)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/flotilla-train-dist")
     ap.add_argument("--json-out", default=None)
@@ -136,14 +140,17 @@ def main():
     w = a.workers
     if a.steps % w:
         sys.exit(f"--steps {a.steps} must be a multiple of --workers {w} (the same token budget)")
-    runs = [run(a, "single", 1, train_block(a, a.steps, None))]
-    runs.append(run(a, "sync", w, train_block(a, a.steps, {
-        "mode": "sync", "workers": w, "compression": a.compression})))
+    runs = []
+    if not a.diloco_only:
+        runs.append(run(a, "single", 1, train_block(a, a.steps, None)))
+        runs.append(run(a, "sync", w, train_block(a, a.steps, {
+            "mode": "sync", "workers": w, "compression": a.compression})))
     for h in a.h:
         runs.append(run(a, f"diloco-h{h}", w, train_block(a, a.steps // w, {
-            "mode": "diloco", "workers": w, "inner_steps": h, "compression": a.compression})))
-    sync = runs[1]
-    sync_bytes = sync["bytes_sent"] + sync["bytes_received"]
+            "mode": "diloco", "workers": w, "inner_steps": h, "compression": a.compression,
+            "outer_lr": a.outer_lr, "outer_momentum": a.outer_momentum})))
+    sync = next((r for r in runs if r["mode"] == "sync"), None)
+    sync_bytes = sync["bytes_sent"] + sync["bytes_received"] if sync else 0
     rows = []
     for r in runs:
         total = r["bytes_sent"] + r["bytes_received"]
@@ -151,16 +158,17 @@ def main():
             "run": r["name"], "mode": r["mode"], "workers": len(r["workers"]), "steps": r["steps"],
             "rounds": r["rounds"], "bytes_sent": r["bytes_sent"], "bytes_received": r["bytes_received"],
             "bytes_per_step": round(total / a.steps) if r["mode"] != "single" else 0,
-            "bytes_vs_sync": round(sync_bytes / total, 1) if total and r["mode"] != "single" else None,
+            "bytes_vs_sync": round(sync_bytes / total, 1) if sync and total and r["mode"] != "single" else None,
             "heldout_loss": r["heldout_loss"],
             "heldout_vs_sync_pct": round(100 * (r["heldout_loss"] / sync["heldout_loss"] - 1), 2)
-            if r["heldout_loss"] and sync["heldout_loss"] else None,
+            if sync and r["heldout_loss"] and sync["heldout_loss"] else None,
             "tokens": r["tokens"], "wall_s": round(r["wall_s"], 1),
             "tokens_per_s": round(r["tokens"] / r["wall_s"], 1) if r["wall_s"] else None,
         })
     report = {
         "data": a.data or f"synthetic:{a.synthetic}", "model": a.model, "steps": a.steps, "workers": w, "grad_accum": a.grad_accum,
         "rank": a.rank, "compression": a.compression, "threads": a.threads,
+        "outer_lr": a.outer_lr, "outer_momentum": a.outer_momentum,
         "loadavg": os.getloadavg(), "runs": rows, "lan_1gbps_3b": lan_estimate(max(w, 4)),
     }
     print("| run | workers | steps | rounds | sent | received | bytes/step | fewer bytes than sync | held-out loss | vs sync | tokens/s | wall (s) |")
