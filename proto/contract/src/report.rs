@@ -9,7 +9,7 @@
 use crate::case_result::CaseResult;
 use crate::error::{Error, Result};
 use crate::judging::Scale;
-use crate::stats::{compare_paired, summarize, PairedComparison, Summary};
+use crate::stats::{compare_paired, holm, summarize, PairedComparison, Summary, MIN_PAIRED_N};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +71,12 @@ pub struct Comparison {
     pub b: ConfigKey,
     #[serde(flatten)]
     pub stats: PairedComparison,
+    /// `p_value` adjusted by Holm's method over every comparison of the report.
+    #[serde(default)]
+    pub p_holm: f64,
+    /// Fewer than `stats::MIN_PAIRED_N` paired cases: no difference can be significant.
+    #[serde(default)]
+    pub underpowered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,6 +236,11 @@ pub fn build_report(
     if pooled.len() < groups.len() {
         comparisons.extend(paired(&pooled, baselines, seed));
     }
+    let ps: Vec<f64> = comparisons.iter().map(|c| c.stats.p_value).collect();
+    for (c, p) in comparisons.iter_mut().zip(holm(&ps)) {
+        c.p_holm = p;
+        c.underpowered = c.stats.n < MIN_PAIRED_N;
+    }
     let case_scores = results
         .iter()
         .map(|r| CaseScore {
@@ -301,6 +312,9 @@ fn paired(
                     a: a.clone(),
                     b: b.clone(),
                     stats,
+                    // Set over the whole family in build_report.
+                    p_holm: 1.0,
+                    underpowered: true,
                 });
             }
         }
@@ -385,14 +399,17 @@ fn flow_results(report: &Report, results: &[CaseResult]) -> serde_json::Value {
         let ratings: Vec<Option<f64>> = rs.iter().map(|r| r.score).collect();
         let valid: Vec<f64> = ratings.iter().flatten().copied().collect();
         let mean = (!valid.is_empty()).then(|| valid.iter().sum::<f64>() / valid.len() as f64);
-        let std = mean.map(|m| {
-            (valid.iter().map(|x| (x - m).powi(2)).sum::<f64>() / valid.len() as f64).sqrt()
-        });
+        // The sample std, as results.json and report.md give it.
+        let std = mean.map(|_| crate::stats::std(&valid));
+        // Flow's cut-offs on its 1-10 scale (poor <= 4.5 < fair <= 7.5 < good), placed at the
+        // same fractions of this report's scale.
+        let (lo, hi) = (report.scale.min as f64, report.scale.max as f64);
+        let cut = |x: f64| lo + (hi - lo) * (x - 1.0) / 9.0;
         let (mut poor, mut fair, mut good) = (0, 0, 0);
         for v in &valid {
             match *v {
-                x if x <= 4.5 => poor += 1,
-                x if x <= 7.5 => fair += 1,
+                x if x <= cut(4.5) => poor += 1,
+                x if x <= cut(7.5) => fair += 1,
                 _ => good += 1,
             }
         }
@@ -440,7 +457,13 @@ pub fn markdown(report: &Report) -> String {
         ));
     }
     if !report.comparisons.is_empty() {
-        s.push_str("\n## Paired comparisons\n\n| comparison | held fixed | model / task / lang | n | change | delta 95% CI | p |\n|---|---|---|---|---|---|---|\n");
+        s.push_str(&format!(
+            "\n## Paired comparisons\n\nDelta in scale points with its 95% paired-bootstrap CI; p from a paired sign-flip test, \
+             and adjusted by Holm's method over the {} comparisons of this report. A comparison on fewer than {MIN_PAIRED_N} \
+             cases cannot be significant whatever the data and is marked *too few cases*.\n\n\
+             | comparison | held fixed | model / task / lang | n | mean a -> b | delta [95% CI] | change | p | p (Holm) |\n|---|---|---|---|---|---|---|---|---|\n",
+            report.comparisons.len()
+        ));
         for c in &report.comparisons {
             // The other factor is held fixed: name it, so rows of the same pair stay apart.
             let (a, b, fixed) = if c.axis == "variant" {
@@ -462,16 +485,26 @@ pub fn markdown(report: &Report) -> String {
                 .map(|p| format!("{p:+.1}%"))
                 .unwrap_or_else(|| "n/a".into());
             s.push_str(&format!(
-                "| {b} vs {a} | {fixed} | {} / {} / {} | {} | {} -> {}, {pct} | [{:+.2}, {:+.2}] | {:.3} |\n",
+                "| {b} vs {a} | {fixed} | {} / {} / {} | {}{} | {} -> {} | {:+.2} [{:+.2}, {:+.2}] | {pct} | {:.3} | {:.3} |\n",
                 c.b.model,
                 c.b.task,
                 c.b.language,
                 c.stats.n,
+                if c.underpowered { " (too few cases)" } else { "" },
                 f(c.stats.mean_a),
                 f(c.stats.mean_b),
+                c.stats.delta,
                 c.stats.ci_low,
                 c.stats.ci_high,
-                c.stats.p_value
+                c.stats.p_value,
+                c.p_holm
+            ));
+        }
+        let few = report.comparisons.iter().filter(|c| c.underpowered).count();
+        if few > 0 {
+            s.push_str(&format!(
+                "\n**{few} of {} comparisons have fewer than {MIN_PAIRED_N} paired cases**: add cases (or datasets) before reading them.\n",
+                report.comparisons.len()
             ));
         }
     }

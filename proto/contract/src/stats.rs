@@ -44,7 +44,29 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
-fn std(xs: &[f64]) -> f64 {
+/// Below this many paired cases a sign-flip test cannot reach p < 0.05 whatever the data:
+/// its smallest two-sided p-value is 2 / 2^n. Comparisons on fewer are marked underpowered.
+pub const MIN_PAIRED_N: usize = 6;
+
+/// Holm's step-down adjustment of a family of p-values (controls the family-wise error
+/// rate), returned in the input order: the k-th smallest p is multiplied by (m - k + 1), the
+/// running maximum taken so the order is kept, capped at 1.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|a, b| p[*a].total_cmp(&p[*b]).then(a.cmp(b)));
+    let mut out = vec![0.0; m];
+    let mut running: f64 = 0.0;
+    for (k, &i) in order.iter().enumerate() {
+        running = running.max(((m - k) as f64 * p[i]).min(1.0));
+        out[i] = running;
+    }
+    out
+}
+
+/// The sample standard deviation (n - 1), the one definition every output uses; 0 below two
+/// values.
+pub fn std(xs: &[f64]) -> f64 {
     if xs.len() < 2 {
         return 0.0;
     }
@@ -131,6 +153,30 @@ pub fn compare_paired(a: &[f64], b: &[f64], seed: u64) -> Option<PairedCompariso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holm_multiplies_by_rank_and_keeps_the_order() {
+        let adj = holm(&[0.01, 0.04, 0.03, 0.5]);
+        let want = [0.04, 0.09, 0.09, 0.5];
+        for (a, w) in adj.iter().zip(want) {
+            assert!((a - w).abs() < 1e-12, "{adj:?}");
+        }
+        assert_eq!(holm(&[0.6, 0.9]), [1.0, 1.0]);
+        assert!(holm(&[]).is_empty());
+    }
+
+    #[test]
+    fn six_pairs_are_the_fewest_a_sign_flip_test_can_call_significant() {
+        // With every case improving, the smallest p a sign-flip test gives is 2 / 2^n.
+        for n in [MIN_PAIRED_N - 1, MIN_PAIRED_N] {
+            let a = vec![1.0; n];
+            let b = vec![2.0; n];
+            let c = compare_paired(&a, &b, 3).unwrap();
+            let floor = 2.0 / 2f64.powi(n as i32);
+            assert!(c.p_value >= floor * 0.8, "n={n}: {}", c.p_value);
+            assert_eq!(c.p_value < 0.05, n >= MIN_PAIRED_N, "n={n}: {}", c.p_value);
+        }
+    }
 
     #[test]
     fn summary_of_known_values() {
