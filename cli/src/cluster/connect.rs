@@ -101,6 +101,31 @@ impl ConnectArgs {
         let address = self.address().await?;
         Ok(Client::connect_with(&address, self.auth.token()?, self.auth.client_tls()?).await?)
     }
+
+    /// [`ConnectArgs::connect`], tried again every second for up to `patience` while the
+    /// coordinator cannot be reached (restarting, or not yet elected): for commands that
+    /// follow a sweep, which survive a coordinator restart once connected too.
+    pub async fn connect_patiently(&self, patience: std::time::Duration) -> Result<Client> {
+        if self.coordinator.is_none() && self.etcd.is_empty() {
+            // Nothing to wait for: say what is missing now.
+            return self.connect().await;
+        }
+        let start = std::time::Instant::now();
+        let mut warned = false;
+        loop {
+            match self.connect().await {
+                Ok(c) => return Ok(c),
+                Err(e) if start.elapsed() < patience => {
+                    if !warned {
+                        tracing::warn!(error = %format!("{e:#}"), "coordinator not reachable yet; retrying for up to {patience:?}");
+                        warned = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// A gRPC error as one sentence for people.

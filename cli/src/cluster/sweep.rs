@@ -137,7 +137,10 @@ pub fn run(command: Command, out: OutputFormat) -> Result<()> {
                 }
             }
             Command::Watch { sweep_id, connect } => {
-                let client = connect.connect().await?;
+                // As the watch itself: up to a minute for a restarting coordinator.
+                let client = connect
+                    .connect_patiently(std::time::Duration::from_secs(60))
+                    .await?;
                 let last = follow(&client, &sweep_id).await?;
                 print_status(&last, out)?;
                 ended(&last)
