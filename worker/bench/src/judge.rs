@@ -32,11 +32,11 @@ pub fn judge_messages(input: &JudgeInput, scale: Scale) -> Vec<ChatMessage> {
     let system = format!(
         "You are an impartial judge. Assess the response below, explain your assessment in two or \
          three sentences, and then give a rating from {} (worst) to {} (best) in exactly this \
-         format: \"Rating: [[N]]\", for example \"Rating: [[{}]]\".",
-        scale.min,
-        scale.max,
-        (scale.min + scale.max) / 2
+         format: \"Rating: [[N]]\", where N is the whole number you give.",
+        scale.min, scale.max
     );
+    // No example value: a small judge copies one (issue 11: 44 of 48 quickstart ratings were
+    // the example's 5).
     let user = match input {
         JudgeInput::Reference { question, reference, answer } => format!(
             "Rate how correct and complete the answer is compared with the reference answer. \
@@ -189,6 +189,26 @@ pub fn verdict_from_text(judge: &str, reply: &str, scale: Scale) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn judge_prompts_show_the_rating_format_without_an_example_value() {
+        let example = Regex::new(r"\[\[\s*\d").unwrap();
+        for input in [
+            JudgeInput::Reference {
+                question: "q",
+                reference: "r",
+                answer: "a",
+            },
+            JudgeInput::Criteria {
+                text: "t",
+                rubric: "c",
+            },
+        ] {
+            for m in judge_messages(&input, Scale { min: 1, max: 10 }) {
+                assert!(!example.is_match(&m.content), "{}", m.content);
+            }
+        }
+    }
 
     #[test]
     fn ratings_parse_the_last_valid_marker_and_reject_the_rest() {
