@@ -356,11 +356,14 @@ fn train_round(spec: TrainRoundShard, ctx: &ShardContext) -> Result<Completed, S
         None => None,
     };
     let mut slot = ctx.models.round_trainer();
-    if slot.as_ref().is_none_or(|t| t.key != key) {
-        *slot = None;
-        *slot = Some(RoundTrainer::new(&config, &spec.model, key, ctx.device)?);
-    }
-    let trainer = slot.as_mut().expect("the round trainer was just set");
+    let trainer = match slot.take() {
+        Some(t) if t.key == key => slot.insert(t),
+        old => {
+            // Free the previous run's trainer before loading the next one.
+            drop(old);
+            slot.insert(RoundTrainer::new(&config, &spec.model, key, ctx.device)?)
+        }
+    };
     let total = spec.micro_batches.len() as u32;
     (ctx.progress)(0, total);
     let out = trainer.run(&spec, global.as_ref())?;

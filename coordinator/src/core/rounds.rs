@@ -78,6 +78,7 @@ impl Core {
                 .collect()
         };
         clocks.retain(|job, _| open.iter().any(|o| &o.0 == job));
+        limits.retain(|job, _| open.iter().any(|o| &o.0 == job));
         for (job, prefix, succeeded, pending, started) in open {
             let clock = clocks.entry(job.clone()).or_insert(RoundClock {
                 prefix: prefix.clone(),

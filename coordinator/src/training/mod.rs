@@ -35,7 +35,7 @@ use flotilla_contract::optim::{
 use flotilla_contract::shard::TrainRoundResult;
 use flotilla_contract::tensors::{NamedTensor, TensorSet};
 use flotilla_contract::train_config::{Compression, DistMode, TrainConfig};
-use flotilla_contract::{ShardOutput, ShardSpec};
+use flotilla_contract::{JobKind, ShardOutput, ShardSpec};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
@@ -353,7 +353,10 @@ pub fn close_round(
             (nll / target_tokens as f64, out, adam.t)
         }
         DistMode::Diloco => {
-            let d = cfg.distributed.as_ref().expect("the layout checked it");
+            let d = cfg
+                .distributed
+                .as_ref()
+                .ok_or_else(|| other(format!("job {job_id}: no distributed block")))?;
             let mut outer = adapter.zeros_like();
             let mut loss = 0.0;
             for (tt, l, set) in &sets {
@@ -462,7 +465,8 @@ fn speeds(contribs: &[Contribution]) -> Vec<(String, f64)> {
 }
 
 /// After a round is applied and committed: remove its contributions (gradients or deltas)
-/// from the artifact store, where no other stored result names the same bytes. Returns the
+/// from the artifact store, unless a shard of another live distributed run stored the same
+/// bytes. Returns the
 /// bytes freed.
 pub fn drop_contributions(c: &Connection, store: &ArtifactStore, job_id: &str) -> StoreResult<u64> {
     let Some(last) = rounds(c, job_id)?.pop() else {
@@ -481,9 +485,21 @@ pub fn drop_contributions(c: &Connection, store: &ArtifactStore, job_id: &str) -
             .iter()
             .filter(|e| e.path == "contribution.safetensors")
         {
+            // Only another live distributed run can still need the same bytes (two identical
+            // runs side by side); looked up through its jobs, not by scanning every result.
             let shared: i64 = c.query_row(
-                "SELECT COUNT(*) FROM results WHERE shard_id NOT LIKE ?1 AND artifacts_json LIKE ?2",
-                params![format!("{prefix}%"), format!("%{}%", e.sha256)],
+                "SELECT COUNT(*) FROM jobs j JOIN shards s ON s.job_id = j.id
+                 JOIN results r ON r.shard_id = s.id
+                 WHERE j.kind = ?3 AND j.state NOT IN (?4, ?5, ?6)
+                   AND s.id NOT LIKE ?1 AND r.artifacts_json LIKE ?2",
+                params![
+                    format!("{prefix}%"),
+                    format!("%{}%", e.sha256),
+                    JobKind::TrainRound.as_str(),
+                    JobState::Succeeded.code(),
+                    JobState::Failed.code(),
+                    JobState::Cancelled.code()
+                ],
                 |r| r.get(0),
             )?;
             if shared == 0 {
