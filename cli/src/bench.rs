@@ -74,6 +74,7 @@ fn generate(a: GenerateArgs, out: OutputFormat, threads: usize) -> anyhow::Resul
     let params = SamplingParams {
         max_tokens: a.decode_tokens,
         ignore_eos: true,
+        samples: 1,
         ..Default::default()
     };
     // One warm-up run, then the timed ones.

@@ -4,11 +4,13 @@
 use crate::args::{CaseFiles, RetrievalArgs};
 use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
+use flotilla_bench::api_model::EndpointModel;
 use flotilla_bench::dataset::{load_dataset, Case, Task};
 use flotilla_bench::report::{build_report, markdown, write_outputs};
 use flotilla_bench::retrieval::Retriever;
-use flotilla_bench::runner::{EvalSettings, Runner};
+use flotilla_bench::runner::{Answerer, EvalSettings, Runner};
 use flotilla_bench::setup::JudgePanel;
+use flotilla_contract::provenance::{file_hash, now_ms, rfc3339, FileHash, Machine, Provenance};
 use flotilla_contract::{JudgeSpec, Scale, Truncation, Variant};
 use flotilla_engine::loader::flotilla_home;
 use flotilla_engine::{device, EmbeddingModel, LanguageModel, LoadOptions, SamplingParams};
@@ -17,14 +19,23 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model under test (GGUF, HF directory, hf:org/name, or a demo alias).
+    /// The model under test: a GGUF file, HF directory, hf:org/name, a demo alias, or a
+    /// model behind an OpenAI-compatible endpoint, `openai:MODEL@BASE_URL` (key from
+    /// FLOTILLA_API_KEY, if set; at most FLOTILLA_API_CONCURRENCY requests at once, default 4).
     #[arg(long)]
     pub model: String,
     #[command(flatten)]
     pub input: CaseFiles,
-    /// Only these tasks (rag, document, criteria); repeatable.
+    /// Only these tasks (rag, document, criteria); repeatable. (A sweep's `tasks`.)
     #[arg(long)]
     pub task: Vec<Task>,
+    /// Only cases in these languages (`en`, `ja`, ...); repeatable. (A sweep's `languages`.)
+    #[arg(long)]
+    pub language: Vec<String>,
+    /// At most this many cases per task and language, the first in file order. (A sweep's
+    /// `datasets[].limit`.)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
     /// Prompt variants (query_first, query_last, structured, structured_constrained,
     /// custom:FILE.jinja); repeatable; the first is the baseline of the comparisons.
     #[arg(long, default_values_t = vec![Variant::QueryLast])]
@@ -42,8 +53,22 @@ pub struct Args {
     /// What to do with a document longer than the context: head or head_tail.
     #[arg(long, default_value = "head_tail")]
     pub truncation: Truncation,
+    /// Tokens each answer may have at most. (A sweep's `generation.max_tokens`.)
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy. (`generation.temperature`.)
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling; 1 turns it off. (`generation.top_p`.)
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Repetition penalty; 1 turns it off. (`generation.repetition_penalty`.)
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Answers per case, sample i with seed + i; needs --temperature above 0. The report
+    /// averages a case's samples first, so the case stays the unit. (`generation.samples`.)
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
     /// Tokens each local judge may write to explain its rating (the sweep's
     /// `judge.explanation_tokens`).
     #[arg(long, default_value_t = 96, alias = "judge-tokens")]
@@ -62,6 +87,12 @@ pub struct Args {
     pub device: String,
 }
 
+/// A model under test as loaded: local (with or without an adapter) or behind an API.
+enum UnderTest {
+    Local(LanguageModel),
+    Api(EndpointModel),
+}
+
 /// How an adapter directory is named in results: its folder name, or the run folder's name
 /// when the adapter sits in `RUN/adapter` as `flotilla train` writes it.
 fn adapter_label(dir: &std::path::Path) -> String {
@@ -78,6 +109,7 @@ fn adapter_label(dir: &std::path::Path) -> String {
 }
 
 pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
+    let started_ms = flotilla_contract::provenance::now_ms();
     // Validate everything before loading a model (flags are parsed by the contract's types).
     let variants = a.variant.clone();
     for v in &variants {
@@ -90,6 +122,18 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     }
     let tasks = a.task.clone();
     let (scale, truncation) = (a.scale, a.truncation);
+    let sampling = SamplingParams {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        samples: a.samples,
+        seed: a.seed,
+        ..Default::default()
+    };
+    sampling.validate().map_err(|e| {
+        anyhow::anyhow!("--temperature/--top-p/--repetition-penalty/--samples: {e}")
+    })?;
     let mut cases: Vec<Case> = Vec::new();
     for d in &a.input.cases {
         let ds = load_dataset(d, a.input.documents.as_deref())?;
@@ -97,27 +141,67 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             tracing::warn!("{e}");
             eprintln!("warning: skipped {e}");
         }
-        cases.extend(
-            ds.cases
-                .into_iter()
-                .filter(|c| tasks.is_empty() || tasks.contains(&c.task)),
-        );
+        cases.extend(ds.cases.into_iter().filter(|c| {
+            (tasks.is_empty() || tasks.contains(&c.task))
+                && (a.language.is_empty() || a.language.contains(&c.language))
+        }));
     }
-    anyhow::ensure!(!cases.is_empty(), "no cases to run in {:?}", a.input.cases);
+    if let Some(limit) = a.limit {
+        // Per (task, language) cell, in file order, as a sweep's `limit`.
+        let mut taken: std::collections::HashMap<(Task, String), u64> = Default::default();
+        cases.retain(|c| {
+            let n = taken.entry((c.task, c.language.clone())).or_default();
+            *n += 1;
+            *n <= limit
+        });
+    }
+    anyhow::ensure!(
+        !cases.is_empty(),
+        "no cases to run in {:?}{}",
+        a.input.cases,
+        if tasks.is_empty() && a.language.is_empty() {
+            String::new()
+        } else {
+            " with the --task / --language filters given".to_string()
+        }
+    );
 
     let device = device::parse_device(&a.device)?;
     let opts = LoadOptions { device };
+    // The model under test: a local model, or one behind an OpenAI-compatible endpoint.
+    let api = EndpointModel::parse(&a.model)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--model {e}"))?;
+    if api.is_some() {
+        anyhow::ensure!(
+            a.adapter.iter().all(|ad| ad == "base"),
+            "--adapter: --model {} is behind an API, which takes no LoRA adapters",
+            a.model
+        );
+    }
     let pb = spinner(format!("loading {}", a.model));
-    let model =
-        LanguageModel::load(&a.model, &opts).with_context(|| format!("--model {}", a.model))?;
+    let model = match &api {
+        Some(_) => None,
+        None => Some(
+            LanguageModel::load(&a.model, &opts).with_context(|| format!("--model {}", a.model))?,
+        ),
+    };
     // Each --judge resolved once: an endpoint, the model under test, or a model of its own.
-    let under_test_model = Arc::new(model.clone());
+    let under_test_model = model.clone().map(Arc::new);
     let named: Vec<(String, JudgeSpec)> = a
         .judge
         .iter()
-        .map(|j| match j {
+        .map(|j| match (j, &api) {
+            // `self` with a model behind an API is that endpoint judging.
+            (JudgeSpec::SelfModel, Some(e)) => (
+                j.to_string(),
+                JudgeSpec::Endpoint {
+                    model: e.model.clone(),
+                    base_url: e.base_url.clone(),
+                },
+            ),
             // `--judge MODEL` naming the model under test is `self`: loaded once.
-            JudgeSpec::Model(m) if m == &a.model => (j.to_string(), JudgeSpec::SelfModel),
+            (JudgeSpec::Model(m), None) if m == &a.model => (j.to_string(), JudgeSpec::SelfModel),
             _ => (j.to_string(), j.clone()),
         })
         .collect();
@@ -125,7 +209,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         &named,
         scale,
         a.explanation_tokens,
-        Some(&under_test_model),
+        under_test_model.as_ref(),
         |m| {
             LanguageModel::load(m, &opts)
                 .map(Arc::new)
@@ -150,16 +234,22 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     });
     let judges = panel.judges();
     // The model under test once per --adapter (unmerged adapters share the base weights).
-    let mut under_test: Vec<(String, LanguageModel)> = Vec::new();
-    for ad in &a.adapter {
-        if ad == "base" {
-            under_test.push(("base".into(), model.clone()));
-        } else {
-            let dir = std::path::Path::new(ad);
-            let lm = flotilla_train::load_with_adapter(&model, dir)
-                .with_context(|| format!("--adapter {ad}"))?;
-            under_test.push((adapter_label(dir), lm));
+    let mut under_test: Vec<(String, UnderTest)> = Vec::new();
+    match (&model, &api) {
+        (Some(model), _) => {
+            for ad in &a.adapter {
+                if ad == "base" {
+                    under_test.push(("base".into(), UnderTest::Local(model.clone())));
+                } else {
+                    let dir = std::path::Path::new(ad);
+                    let lm = flotilla_train::load_with_adapter(model, dir)
+                        .with_context(|| format!("--adapter {ad}"))?;
+                    under_test.push((adapter_label(dir), UnderTest::Local(lm)));
+                }
+            }
         }
+        (None, Some(e)) => under_test.push(("base".into(), UnderTest::Api(e.clone()))),
+        (None, None) => anyhow::bail!("--model {}: nothing to evaluate", a.model),
     }
     let settings = EvalSettings {
         model_label: a.model.clone(),
@@ -167,11 +257,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         variants: variants.clone(),
         top_k: a.retrieval.top_k,
         truncation,
-        sampling: SamplingParams {
-            max_tokens: a.max_tokens,
-            seed: a.seed,
-            ..Default::default()
-        },
+        sampling: sampling.clone(),
     };
     let total: usize = cases
         .iter()
@@ -179,16 +265,20 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             if c.task == Task::Criteria {
                 1
             } else {
-                variants.len()
+                variants.len() * a.samples
             }
         })
         .sum();
     let pb = bar((total * under_test.len()) as u64, "eval");
     let mut results = Vec::new();
-    for (label, lm) in &under_test {
+    for (label, m) in &under_test {
         let mut settings = settings.clone();
         settings.adapter_label = label.clone();
-        let mut runner = Runner::new(lm, retriever.as_ref(), judges.clone(), settings);
+        let answerer = match m {
+            UnderTest::Local(lm) => Answerer::Local(lm),
+            UnderTest::Api(e) => Answerer::Endpoint(e),
+        };
+        let mut runner = Runner::new(answerer, retriever.as_ref(), judges.clone(), settings);
         results.extend(runner.run(&cases, |r| {
             pb.set_message(format!("{} {} {}", r.case_id, r.variant, r.adapter));
             pb.inc(1);
@@ -197,7 +287,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let base_label = under_test[0].0.clone();
     let baseline = variants[0].name();
-    let report = build_report(
+    let mut report = build_report(
         &results,
         a.seed,
         scale,
@@ -206,10 +296,45 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             ("adapter", base_label.as_str()),
         ],
     );
+    let mut files = vec![match (&model, &api) {
+        (Some(m), _) => file_hash("model", &a.model, &m.info.path),
+        (None, e) => FileHash {
+            role: "model".into(),
+            name: a.model.clone(),
+            path: e.as_ref().map(|e| e.base_url.clone()).unwrap_or_default(),
+            ..Default::default()
+        },
+    }];
+    files.extend(
+        a.adapter
+            .iter()
+            .filter(|ad| *ad != "base")
+            .map(|ad| file_hash("adapter", ad, std::path::Path::new(ad))),
+    );
+    if let Some(e) = &embedder {
+        files.push(file_hash("embedder", &a.retrieval.embedder, &e.path));
+    }
+    files.extend(panel.files());
+    report.provenance = Some(provenance(&a, &cases, files, started_ms));
     let files = write_outputs(&a.out, &report, &results)?;
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    if failed == results.len() {
+        for r in &results {
+            eprintln!(
+                "case {} failed: {}",
+                r.case_id,
+                r.error.as_deref().unwrap_or_default()
+            );
+        }
+        anyhow::bail!(
+            "every case failed ({failed} of {}): see `error` in {}",
+            results.len(),
+            a.out.join("cases.jsonl").display()
+        );
+    }
     match out {
         OutputFormat::Json => print_json(&serde_json::json!({
-            "out": a.out, "files": files,
+            "out": a.out, "files": files, "warnings": report.warnings, "judges": report.judges,
             "configurations": report.configurations, "comparisons": report.comparisons,
             "failed_cases": results.iter().filter(|r| r.error.is_some()).map(|r| serde_json::json!({"case_id": r.case_id, "error": r.error})).collect::<Vec<_>>(),
         }))?,
@@ -226,4 +351,63 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What results.json records of this run: the flags as resolved, every file read with its
+/// sha256 (`files` holds the models', adapters' and judges'), this machine, and when.
+fn provenance(a: &Args, cases: &[Case], mut files: Vec<FileHash>, started_ms: i64) -> Provenance {
+    for c in &a.input.cases {
+        files.push(file_hash("cases", &c.display().to_string(), c));
+    }
+    let mut documents: Vec<&PathBuf> = cases.iter().flat_map(|c| &c.documents).collect();
+    documents.sort();
+    documents.dedup();
+    for d in documents {
+        files.push(file_hash("document", &d.display().to_string(), d));
+    }
+    for v in &a.variant {
+        if let Variant::Custom { template } = v {
+            files.push(file_hash(
+                "template",
+                template,
+                std::path::Path::new(template),
+            ));
+        }
+    }
+    let settings = serde_json::json!({
+        "model": a.model,
+        "cases": a.input.cases,
+        "documents": a.input.documents,
+        "tasks": a.task,
+        "languages": a.language,
+        "limit": a.limit,
+        "variants": a.variant.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        "judges": a.judge.iter().map(|j| j.to_string()).collect::<Vec<_>>(),
+        "scale": a.scale.to_string(),
+        "retrieval": {"embedder": a.retrieval.embedder, "top_k": a.retrieval.top_k, "chunks": a.retrieval.chunks()},
+        "truncation": a.truncation,
+        "max_tokens": a.max_tokens,
+        "temperature": a.temperature,
+        "top_p": a.top_p,
+        "repetition_penalty": a.repetition_penalty,
+        "samples": a.samples,
+        "explanation_tokens": a.explanation_tokens,
+        "seed": a.seed,
+        "adapters": a.adapter,
+        "device": a.device,
+    });
+    let mut p = Provenance {
+        flotilla_version: env!("CARGO_PKG_VERSION").to_string(),
+        command: "eval".into(),
+        settings,
+        seed: a.seed,
+        judges: a.judge.iter().map(|j| j.to_string()).collect(),
+        files,
+        machines: vec![Machine::this("local", &a.device)],
+        started_at: rfc3339(started_ms),
+        finished_at: rfc3339(now_ms()),
+        ..Default::default()
+    };
+    crate::provenance::stamp(&mut p, true);
+    p
 }

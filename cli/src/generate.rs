@@ -74,6 +74,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         max_tokens: a.max_tokens,
         stop: a.stop.clone(),
         ignore_eos: false,
+        samples: 1,
     };
     let (completions, stats) = lm.generate(&prompts, &params)?;
     pb.finish_and_clear();

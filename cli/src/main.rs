@@ -12,6 +12,7 @@ mod eval;
 mod generate;
 mod model;
 mod output;
+mod provenance;
 mod serve;
 mod train;
 
@@ -89,9 +90,40 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // No colour codes where stderr is a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let asked_json = std::env::args()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w[0] == "--output" && w[1] == "json")
+                || std::env::args().any(|a| a == "--output=json");
+            if asked_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+            {
+                let message = e.render().to_string();
+                let first = message.lines().next().unwrap_or_default();
+                println!(
+                    "{}",
+                    serde_json::json!({"error": first.trim_start_matches("error: "), "usage": message})
+                );
+            }
+            e.exit()
+        }
+    };
+    let json = cli.output == OutputFormat::Json;
     if let Err(e) = run(cli) {
+        if json {
+            // Scripts asked for JSON: the error is one JSON document on stdout too.
+            let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+            println!(
+                "{}",
+                serde_json::json!({"error": format!("{e:#}"), "message": e.to_string(), "causes": causes})
+            );
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -219,6 +219,53 @@ fn a_cluster_of_processes_gives_the_same_results_as_an_embedded_run() {
         .filter(|w| w["shards_completed"].as_u64().unwrap_or(0) > 0)
         .count();
     assert!(busy >= 2, "only {busy} worker(s) ran shards: {workers:#?}");
+
+    // Provenance: the sweep as submitted, its inputs' hashes, who ran what.
+    let p = &b["provenance"];
+    assert_eq!(p["command"], "sweep", "{p}");
+    assert_eq!(
+        p["sweep_yaml"].as_str().unwrap(),
+        std::fs::read_to_string(&sweep).unwrap()
+    );
+    let files = p["files"].as_array().unwrap();
+    for role in ["sweep", "cases", "model", "judge"] {
+        let f = files
+            .iter()
+            .find(|f| f["role"] == role)
+            .unwrap_or_else(|| panic!("no {role} in {p}"));
+        assert_eq!(f["sha256"].as_str().unwrap().len(), 64, "{f}");
+    }
+    let shards = p["shards"].as_array().unwrap();
+    assert!(
+        shards
+            .iter()
+            .all(|s| !s["worker"].as_str().unwrap().is_empty()),
+        "{p}"
+    );
+    let ran: std::collections::BTreeSet<&str> =
+        shards.iter().filter_map(|s| s["worker"].as_str()).collect();
+    assert!(ran.len() >= 2, "{ran:?}");
+    assert!(p["machines"].as_array().unwrap().len() >= 2, "{p}");
+    assert!(
+        a["provenance"]["argv"].to_string().contains("run"),
+        "{}",
+        a["provenance"]
+    );
+
+    // The cluster's results folder runs again on one machine, from itself.
+    let again = dir.join("again");
+    let v = ok_json(&run(&[
+        "run",
+        "--from",
+        distributed.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--output",
+        "json",
+    ]));
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let c = read_json(&again.join("results.json"));
+    assert_eq!(a["configurations"], c["configurations"]);
 }
 
 #[test]

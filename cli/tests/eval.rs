@@ -72,6 +72,11 @@ fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
             assert!(c["prompt"].as_str().unwrap().contains("[1]"));
         }
     }
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains("judge `smollm2` is the model under test (smollm2)"),
+        "--judge self is named for what it is: {warnings}"
+    );
     let flow_out = read_json(&out.join("flow_results.json"));
     let runs = flow_out["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "one run per configuration (rag, criteria)");
@@ -122,7 +127,7 @@ fn shipped_english_japanese_benchmark_compares_four_variants() {
     let comparisons = v["comparisons"].as_array().unwrap();
     let pooled: Vec<&serde_json::Value> = comparisons
         .iter()
-        .filter(|c| c["a"]["task"] == "all")
+        .filter(|c| c["a"]["task"] == "all" && c["metric"] == "judge")
         .collect();
     assert_eq!(
         pooled.len(),
@@ -158,32 +163,90 @@ fn shipped_english_japanese_benchmark_compares_four_variants() {
 }
 
 #[test]
-fn same_seed_same_inputs_give_byte_identical_scores() {
-    let bench = repo().join("examples/benchmarks/en-ja");
-    let run = |tag: &str| {
-        let out = tmp(tag);
-        ok_json(&eval_smollm2(
-            &[
-                "--cases",
-                bench.join("smoke.jsonl").to_str().unwrap(),
-                "--task",
-                "rag",
-                "--variant",
-                "query_last",
-                "--seed",
-                "5",
-            ],
-            32,
-            16,
-            &out,
-        ));
+fn same_seed_same_inputs_give_byte_identical_scores_and_a_results_folder_runs_again() {
+    // A copy of the benchmark, so the test can change an input afterwards.
+    let bench = tmp("det-bench");
+    let shipped = repo().join("examples/benchmarks/en-ja");
+    std::fs::copy(shipped.join("smoke.jsonl"), bench.join("smoke.jsonl")).unwrap();
+    std::fs::create_dir_all(bench.join("documents")).unwrap();
+    for e in std::fs::read_dir(shipped.join("documents")).unwrap() {
+        let e = e.unwrap().path();
+        std::fs::copy(&e, bench.join("documents").join(e.file_name().unwrap())).unwrap();
+    }
+    let scores = |out: &Path| {
         let mut v = read_json(&out.join("results.json"));
-        v.as_object_mut().unwrap().remove("timings");
+        let o = v.as_object_mut().unwrap();
+        o.remove("timings");
+        o.remove("provenance");
         serde_json::to_string_pretty(&v).unwrap()
     };
-    let (a, b) = (run("det-a"), run("det-b"));
+    let first = tmp("det-a");
+    ok_json(&eval_smollm2(
+        &[
+            "--cases",
+            bench.join("smoke.jsonl").to_str().unwrap(),
+            "--task",
+            "rag",
+            "--variant",
+            "query_last",
+            "--seed",
+            "5",
+        ],
+        32,
+        16,
+        &first,
+    ));
+    let p = read_json(&first.join("results.json"))["provenance"].clone();
+    assert_eq!(p["command"], "eval", "{p}");
+    assert_eq!(p["settings"]["seed"], 5, "{p}");
+    assert!(!p["flotilla_commit"].as_str().unwrap().is_empty(), "{p}");
+    assert_eq!(p["machines"][0]["device"], "cpu", "{p}");
+    let files = p["files"].as_array().unwrap();
+    let role = |r: &str| files.iter().filter(|f| f["role"] == r).count();
+    assert_eq!(
+        (role("model"), role("cases"), role("embedder")),
+        (1, 1, 1),
+        "{p}"
+    );
+    assert!(role("document") >= 1, "{p}");
+    for f in files
+        .iter()
+        .filter(|f| f["role"] != "judge" || f["path"] != "")
+    {
+        assert_eq!(f["sha256"].as_str().unwrap().len(), 64, "{f}");
+    }
+
+    // Run again from the results folder alone: the same scores.
+    let again = tmp("det-b");
+    let o = flotilla(&[
+        "run",
+        "--from",
+        first.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = scores(&first);
     assert!(a.contains("\"score\""));
-    assert_eq!(a, b);
+    assert_eq!(a, scores(&again));
+
+    // A changed input: the run cannot be repeated as it was, and says which file changed.
+    let mut text = std::fs::read_to_string(bench.join("smoke.jsonl")).unwrap();
+    text.push('\n');
+    std::fs::write(bench.join("smoke.jsonl"), text).unwrap();
+    let o = flotilla(&[
+        "run",
+        "--from",
+        first.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("changed since the recorded run") && e.contains("smoke.jsonl"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -252,4 +315,148 @@ fn broken_cases_fail_alone_and_bad_flags_fail_before_loading() {
     ]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("query_middle"), "{e}");
+
+    // A run where every case failed is a failed run; asked for JSON, the error is JSON.
+    let only_missing = dir.join("missing.jsonl");
+    std::fs::write(
+        &only_missing,
+        r#"{"id": "missing", "task": "document", "query": "x?", "reference_answer": "y", "documents": ["nope.txt"]}"#,
+    )
+    .unwrap();
+    let o = eval_smollm2(&["--cases", only_missing.to_str().unwrap()], 24, 16, &out);
+    assert!(!o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON error");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("every case failed (1 of 1)"),
+        "{v}"
+    );
+    let o = eval_smollm2(
+        &[
+            "--cases",
+            only_missing.to_str().unwrap(),
+            "--variant",
+            "query_middle",
+        ],
+        24,
+        16,
+        &out,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON usage error");
+    assert!(v["error"].as_str().unwrap().contains("query_middle"), "{v}");
+}
+
+/// A planted judge: an OpenAI-compatible endpoint on loopback that answers every request with
+/// `reply` and keeps the user messages it was sent.
+fn planted_judge(reply: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if let Some(user) = request["messages"][1]["content"].as_str() {
+                log.lock().unwrap().push(user.to_string());
+            }
+            let answer = serde_json::json!({
+                "choices": [{"message": {"role": "assistant", "content": reply}}]
+            })
+            .to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (base, seen)
+}
+
+#[test]
+fn a_planted_judge_that_never_varies_is_warned_about_and_reads_the_context() {
+    let (base, seen) = planted_judge("The answer is fine. Rating: [[5]]");
+    let bench = repo().join("examples/benchmarks/en-ja");
+    let out = tmp("planted");
+    let judge = format!("openai:planted@{base}");
+    let v = ok_json(&eval_smollm2(
+        &[
+            "--cases",
+            bench.join("smoke.jsonl").to_str().unwrap(),
+            "--variant",
+            "query_first",
+            "--variant",
+            "query_last",
+            "--judge",
+            &judge,
+            // Two answers per case: the case stays the unit.
+            "--samples",
+            "2",
+            "--temperature",
+            "0.8",
+        ],
+        24,
+        24,
+        &out,
+    ));
+    for c in v["configurations"].as_array().unwrap() {
+        assert_eq!(
+            (c["cases"].as_u64(), c["answers"].as_u64(), c["n"].as_u64()),
+            (Some(1), Some(2), Some(1)),
+            "{c}"
+        );
+    }
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "judge `{judge}` barely varies: 16 of its 16 ratings are 5"
+        )),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("model under test"), "{warnings}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("> **Warning:** judge `openai:planted@"),
+        "{report}"
+    );
+    let check = &v["judges"][0];
+    assert_eq!(check["histogram"][5], 16, "{check}");
+    // The judge saw what the model was given: retrieved passages for RAG, the document for
+    // document analysis, and the reference answer.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 16);
+    let rag = seen
+        .iter()
+        .find(|u| u.contains("Harbor Street Library closed"))
+        .expect("the library question was judged");
+    assert!(rag.contains("[Retrieved passages]\n[1] "), "{rag}");
+    assert!(
+        rag.contains("[Reference answer]\nIt is closed on Sundays and Mondays."),
+        "{rag}"
+    );
+    assert!(rag.contains("Faithfulness"), "{rag}");
+    assert!(
+        seen.iter()
+            .any(|u| u.contains("[Document]\n") && u.contains("Grounding")),
+        "{seen:?}"
+    );
 }

@@ -156,6 +156,113 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
         assert!(v["rating"].is_number() || v["error"].is_string(), "{v}");
         assert!(!v["raw"].as_str().unwrap().is_empty(), "{v}");
     }
+    let local_answers = answers(&out);
+
+    // The model under test behind the endpoint, judged by a local model: the same greedy
+    // answers as the same model run here, with the endpoint's token counts.
+    let model = format!("openai:smollm2@{}", server.base);
+    let api_out = std::env::temp_dir().join(format!("flotilla-api-eval-{}", std::process::id()));
+    let bench = repo().join("examples/benchmarks/en-ja/smoke.jsonl");
+    let o = flotilla_with_key(&[
+        "eval",
+        "--model",
+        &model,
+        "--task",
+        "document",
+        "--max-tokens",
+        "24",
+        "--explanation-tokens",
+        "16",
+        "--judge",
+        "smollm2",
+        "--cases",
+        bench.to_str().unwrap(),
+        "--out",
+        api_out.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(answers(&api_out), local_answers);
+    for line in std::fs::read_to_string(api_out.join("cases.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(c["model"], model.as_str());
+        assert!(c["prompt_tokens"].as_u64().unwrap() > 100, "{c}");
+        assert!(c["completion_tokens"].as_u64().unwrap() >= 1, "{c}");
+        assert!(c["latency_s"].as_f64().unwrap() > 0.0, "{c}");
+    }
+
+    // In a sweep, beside the local model, in one table; its LoRA rows are left out.
+    let dir = std::env::temp_dir().join(format!("flotilla-api-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("documents")).unwrap();
+    let shipped = repo().join("examples/benchmarks/en-ja");
+    std::fs::copy(shipped.join("smoke.jsonl"), dir.join("smoke.jsonl")).unwrap();
+    for e in std::fs::read_dir(shipped.join("documents")).unwrap() {
+        let e = e.unwrap().path();
+        std::fs::copy(&e, dir.join("documents").join(e.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.join("sweep.yaml"),
+        format!(
+            "name: api-beside-local\nseed: 1\nmodels:\n  - smollm2\n  - name: big\n    model: {model}\n\
+             variants: [query_last]\nadapters: [base]\ndatasets:\n  - name: smoke\n    cases: smoke.jsonl\n\
+             tasks: [document]\njudge:\n  judges: [smollm2]\n  explanation_tokens: 16\n\
+             generation:\n  max_tokens: 24\n"
+        ),
+    )
+    .unwrap();
+    let o = flotilla_with_key(&[
+        "run",
+        dir.join("sweep.yaml").to_str().unwrap(),
+        "--out",
+        dir.join("out").to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let models: std::collections::BTreeSet<&str> = v["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["model"].as_str())
+        .collect();
+    assert_eq!(models, ["big", "smollm2"].into_iter().collect(), "{v}");
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `flotilla --threads 2 ARGS...` with the test server's key as FLOTILLA_API_KEY.
+fn flotilla_with_key(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["--threads", "2"])
+        .args(args)
+        .env("FLOTILLA_API_KEY", "s3cret")
+        .output()
+        .unwrap()
+}
+
+/// (case id, answer) of every case in a results folder.
+fn answers(out: &std::path::Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_to_string(out.join("cases.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let c: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                c["case_id"].as_str().unwrap().to_string(),
+                c["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 #[test]

@@ -128,7 +128,10 @@ fn lora_on_the_shipped_benchmark_lowers_held_out_loss_and_eval_measures_the_adap
         .unwrap()
         .iter()
         .find(|c| {
-            c["axis"] == "adapter" && c["b"]["adapter"] == "run/adapter" && c["b"]["task"] == "all"
+            c["axis"] == "adapter"
+                && c["metric"] == "judge"
+                && c["b"]["adapter"] == "run/adapter"
+                && c["b"]["task"] == "all"
         })
         .unwrap_or_else(|| panic!("no adapter comparison in {}", v["comparisons"]));
     // The six held-out RAG cases (a quarter of each language's twelve, rounded), paired.

@@ -22,6 +22,8 @@ pub struct SweepOutcome {
     pub adapters: Vec<(String, String, FileEntry)>,
     /// How each adapter was trained.
     pub training: Vec<TrainingRun>,
+    /// Where the results came from.
+    pub provenance: flotilla_contract::provenance::Provenance,
 }
 
 /// Read the judged cases and trained adapters of a sweep.
@@ -60,11 +62,13 @@ pub async fn load(core: &Core, sweep_id: &str) -> Result<Option<SweepOutcome>, S
                 cases.extend(judged.cases);
             }
             let trained = crate::training::training_runs(c, &id)?;
+            let provenance = crate::provenance::load(c, &id, record.as_ref())?;
             Ok(Some(SweepOutcome {
                 record,
                 cases,
                 adapters: trained.adapters,
                 training: trained.runs,
+                provenance,
             }))
         })
         .await
@@ -91,6 +95,7 @@ pub fn report(outcome: &SweepOutcome) -> Report {
         &[("variant", variant.as_str()), ("adapter", adapter.as_str())],
     );
     report.training = outcome.training.clone();
+    report.provenance = Some(outcome.provenance.clone());
     report
 }
 

@@ -62,6 +62,7 @@ pub mod client;
 pub mod core;
 pub mod error;
 pub mod plan;
+pub mod provenance;
 pub mod scheduler;
 pub mod server;
 pub mod service;

@@ -101,8 +101,17 @@ pub fn plan(
     };
     let baseline_adapter = sweep.baseline_adapter().to_string();
     for m in &sweep.models {
-        let trained = p.train_jobs(m)?;
+        // A model behind an API (`openai:MODEL@URL`) takes no adapter: it runs as the base.
+        let api = m.model.starts_with("openai:");
+        let trained = if api {
+            HashMap::new()
+        } else {
+            p.train_jobs(m)?
+        };
         for a in &sweep.adapters {
+            if api && a.source != AdapterSource::None {
+                continue;
+            }
             let adapter = p.adapter_use(a, &trained);
             for (vi, variant) in sweep.variants.iter().enumerate() {
                 let variant = p.variant_use(variant)?;
@@ -308,6 +317,8 @@ impl Planner<'_> {
         label: &str,
     ) -> CoordinatorResult<(String, Vec<i64>)> {
         let (gid, gseq) = self.new_id();
+        let mut retrieval = self.sweep.retrieval.clone();
+        retrieval.embedder = self.sweep.model_spec(&retrieval.embedder);
         let mut shards = Vec::new();
         for (k, chunk) in cell.cases.chunks(self.sweep.shard_size).enumerate() {
             let mut shard_files = adapter.files.clone();
@@ -328,7 +339,7 @@ impl Planner<'_> {
                 cases: chunk.to_vec(),
                 sampling: self.sweep.sampling.clone(),
                 truncation: self.sweep.truncation,
-                retrieval: self.sweep.retrieval.clone(),
+                retrieval: retrieval.clone(),
             };
             let seq = k as i64 + 1;
             shards.push(PlannedShard {
@@ -371,7 +382,11 @@ impl Planner<'_> {
             let spec: JudgeSpec = j
                 .parse()
                 .map_err(|e: ContractError| CoordinatorError::Invalid(e.to_string()))?;
-            let model = spec.resolve(&m.model);
+            // A judge given as a path loads from beside the sweep file, as models do.
+            let model = match &spec {
+                JudgeSpec::Model(p) => self.sweep.model_spec(p),
+                _ => spec.resolve(&m.model),
+            };
             if !spec.is_endpoint() && judge_model.is_none() {
                 judge_model = Some(model.clone());
             }

@@ -85,6 +85,8 @@ colour: blue
         (4, "not a hub id"),
         (5, "unknown prompt variant `query_middle`"),
         (6, "`adapters` is empty"),
+        // What the parsed part points at is checked in the same pass.
+        (8, "case file missing/cases.jsonl does not exist"),
         (9, "unknown task `summary`"),
         (10, "unknown key `limt`"),
         (12, "judge.scale"),
@@ -134,6 +136,27 @@ datasets:
 }
 
 #[test]
+fn several_samples_per_case_need_a_temperature() {
+    let base = "models: [smollm2]\nvariants: [query_first]\ndatasets:\n  - cases: c.jsonl\n";
+    let e = sweep::parse(
+        &format!("{base}generation:\n  samples: 3\n"),
+        Path::new("s.yaml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("s.yaml:6: `generation.samples: 3` needs `generation.temperature` above 0"),
+        "{e}"
+    );
+    let s = sweep::parse(
+        &format!("{base}generation:\n  temperature: 0.7\n  samples: 3\n"),
+        Path::new("s.yaml"),
+    )
+    .unwrap();
+    assert_eq!(s.sampling.samples, 3);
+}
+
+#[test]
 fn syntax_errors_and_empty_files_are_one_clear_error() {
     let e = sweep::parse("models: [smollm2\n", Path::new("s.yaml")).unwrap_err();
     assert_eq!(e.errors.len(), 1);
@@ -174,6 +197,7 @@ fn judged(mut r: CaseResult, score: f64) -> CaseResult {
         explanation: "ok".into(),
         raw: format!("ok\nRating: [[{score}]]"),
         error: None,
+        context_cut: None,
     }];
     r.score = Some(score);
     r
@@ -251,7 +275,14 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
                     );
                 }
                 let cases = spec.cases.iter().map(|case| blank(case, &spec)).collect();
-                w.result(&a, serde_json::to_value(GenerateResult { cases }).unwrap());
+                w.result(
+                    &a,
+                    serde_json::to_value(GenerateResult {
+                        cases,
+                        origin: None,
+                    })
+                    .unwrap(),
+                );
             }
             ShardSpec::Judge(spec) => {
                 assert_eq!(spec.items.len(), 2);
@@ -265,7 +296,14 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
                         judged(i.result, s + bump)
                     })
                     .collect();
-                w.result(&a, serde_json::to_value(JudgeResult { cases }).unwrap());
+                w.result(
+                    &a,
+                    serde_json::to_value(JudgeResult {
+                        cases,
+                        origin: None,
+                    })
+                    .unwrap(),
+                );
             }
             other => panic!("unexpected kind {}", other.kind()),
         }
@@ -337,6 +375,11 @@ fn blank(case: &flotilla_contract::dataset::Case, spec: &GenerateShard) -> CaseR
         raw_answer: "a".into(),
         parse_error: None,
         parse_retried: false,
+        parse_failed: false,
+        sample: 0,
+        context: String::new(),
+        retry_prompt_tokens: 0,
+        retry_completion_tokens: 0,
         answer: "a".into(),
         completion_tokens: 1,
         latency_s: 0.0,
@@ -373,4 +416,175 @@ async fn a_sweep_with_problems_is_refused_whole_with_every_problem() {
     assert!(c.core().list().is_empty());
     let _ = In::Ask(Default::default());
     c.shutdown().await;
+}
+
+#[test]
+fn mistakes_in_several_blocks_and_in_the_files_they_name_come_out_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cases.jsonl"),
+        "{\"task\": \"document\", \"query\": \"q\", \"documents\": [\"doc.txt\"]}\n{oops\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("doc.txt"), "text").unwrap();
+    let yaml = "\
+models: [smollm2]
+variants: [query_first, query_sideways]
+adapters:
+  - base
+  - name: mine
+    path: adapters/mine
+datasets:
+  - cases: cases.jsonl
+    tasks: [document]
+judge:
+  scale: ten
+generation:
+  max_tokens: 16
+  temprature: 0.5
+";
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let e = Sweep::load(&path, ModelCheck::Syntax).unwrap_err();
+    let text = e.to_string();
+    // Shape problems (variants, judge, generation) and what the file points at (an adapter
+    // folder, a case file's line), all from one load.
+    let expect = [
+        ("broken.yaml", 2, "unknown prompt variant `query_sideways`"),
+        ("broken.yaml", 5, "adapters/mine has no adapter_config.json"),
+        ("broken.yaml", 11, "judge.scale"),
+        ("broken.yaml", 14, "unknown key `temprature`"),
+        ("cases.jsonl", 2, "not valid JSON"),
+    ];
+    for (file, line, needle) in expect {
+        assert!(
+            e.errors
+                .iter()
+                .any(|x| x.file.ends_with(file) && x.line == line && x.message.contains(needle)),
+            "no error at {file}:{line} containing {needle:?} in:\n{text}"
+        );
+    }
+    // The sweep file's problems come first, in line order.
+    let lines: Vec<usize> = e
+        .errors
+        .iter()
+        .take_while(|x| x.file == path)
+        .map(|x| x.line)
+        .collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{text}");
+    assert!(
+        text.starts_with(&format!("{} problems in the sweep", e.errors.len())),
+        "{text}"
+    );
+}
+
+/// A folder holding the demo SmolLM2 under another name, for sweeps that name a model by path.
+fn model_beside(dir: &Path, rel: &str) {
+    let target =
+        flotilla_contract::model_ref::model_cache().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        target.exists(),
+        "the demo models are fetched (scripts/fetch-models.sh)"
+    );
+    let link = dir.join(rel);
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+}
+
+#[test]
+fn a_relative_model_path_resolves_against_the_sweep_folder_not_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep_dir = dir.path().join("study");
+    model_beside(&sweep_dir, "models/small.gguf");
+    let cases = examples().join("benchmarks/en-ja/cases.jsonl");
+    let yaml = format!(
+        "\
+models:
+  - models/small.gguf
+  - smollm2
+  - hf:Qwen/Qwen2.5-7B-Instruct
+variants: [query_first]
+datasets:
+  - cases: {}
+    tasks: [document]
+    languages: [en]
+    limit: 1
+judge:
+  judges: [models/small.gguf]
+",
+        cases.display()
+    );
+    let path = sweep_dir.join("sweep.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    // The tests run in coordinator/, where models/small.gguf does not exist.
+    assert!(!Path::new("models/small.gguf").exists());
+    let s = Sweep::load(&path, ModelCheck::Syntax).unwrap_or_else(|e| panic!("{e}"));
+    let local = sweep_dir.join("models/small.gguf");
+    assert_eq!(
+        s.models[0].name, "models/small.gguf",
+        "results keep the name as written"
+    );
+    assert_eq!(Path::new(&s.models[0].model), local);
+    // Demo aliases and hub ids stay as they are.
+    assert_eq!(s.models[1].model, "smollm2");
+    assert_eq!(s.models[2].model, "hf:Qwen/Qwen2.5-7B-Instruct");
+    // The judge loads from the same place, and the plan hands workers that path.
+    assert_eq!(Path::new(&s.model_spec("models/small.gguf")), local);
+    let plan = sweep::preview(&s, &FileRoot::local(&sweep_dir)).unwrap();
+    let generate = plan.jobs.iter().find(|j| j.kind == "generate").unwrap();
+    assert_eq!(Path::new(&generate.model), local);
+    let judge = plan.jobs.iter().find(|j| j.kind == "judge").unwrap();
+    assert_eq!(Path::new(&judge.model), local);
+
+    // Checked as `flotilla run` checks it (models on this machine), the path is found from
+    // any working directory; a missing one is named with the sweep's folder.
+    let only_local = yaml.replace("  - hf:Qwen/Qwen2.5-7B-Instruct\n", "");
+    std::fs::write(&path, &only_local).unwrap();
+    Sweep::load(&path, ModelCheck::Local).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &path,
+        only_local.replace(
+            "models/small.gguf\n  - smollm2",
+            "models/gone.gguf\n  - smollm2",
+        ),
+    )
+    .unwrap();
+    let e = Sweep::load(&path, ModelCheck::Local)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&sweep_dir.join("models/gone.gguf").display().to_string()),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_quickstart_plan_counts_its_jobs_shards_answers_and_verdicts() {
+    let path = examples().join("quickstart.yaml");
+    let s = Sweep::load(&path, ModelCheck::Syntax).unwrap_or_else(|e| panic!("{e}"));
+    let plan = sweep::preview(&s, &FileRoot::local(examples())).unwrap();
+    let t = &plan.totals;
+    // 8 cases (limit 2 x 2 tasks x 2 languages) x 3 variants x 2 adapters.
+    assert_eq!(plan.cells.iter().map(|c| c.cases.len()).sum::<usize>(), 8);
+    assert_eq!(t.generations, 48);
+    assert_eq!(t.judgements, 48);
+    assert_eq!(
+        (t.jobs, t.train_jobs, t.generate_jobs, t.judge_jobs),
+        (49, 1, 24, 24)
+    );
+    // shard_size 2: one shard per generate and judge job, plus the training shard.
+    assert_eq!(t.shards, 49);
+    assert_eq!(t.train_steps, 20);
+    // Every generate job with the LoRA waits for the train job.
+    let train = &plan.jobs.iter().find(|j| j.kind == "train").unwrap().id;
+    let with_lora = plan
+        .jobs
+        .iter()
+        .filter(|j| j.kind == "generate" && j.label.contains("/ lora /"))
+        .collect::<Vec<_>>();
+    assert_eq!(with_lora.len(), 12);
+    assert!(with_lora.iter().all(|j| j.depends_on == [train.clone()]));
+    // The upload: the case file, its documents, the training data.
+    assert!(plan.files.contains_key("train/en-ja-lora.jsonl"));
+    assert!(plan.upload_bytes() > 0);
 }

@@ -11,12 +11,14 @@ use candle_core::Device;
 use flotilla_bench::dataset::{Case, Task};
 use flotilla_bench::prompts::Variant;
 use flotilla_bench::retrieval::Retriever;
-use flotilla_bench::runner::{judge_result, CaseResult, EvalSettings, Runner};
+use flotilla_bench::api_model::EndpointModel;
+use flotilla_bench::runner::{judge_result, Answerer, CaseResult, EvalSettings, Runner};
 use flotilla_bench::setup::JudgePanel;
 use flotilla_contract::shard::{
     GenerateResult, GenerateShard, JudgeResult, JudgeShard, NoopResult, NoopShard, TrainResult,
     TrainRoundResult, TrainRoundShard, TrainShard,
 };
+use flotilla_contract::provenance::{file_hash, Machine, Origin};
 use flotilla_contract::{JudgeSpec, ShardOutput, ShardSpec};
 use flotilla_engine::error::Error;
 use flotilla_proto::v1::FileRef;
@@ -73,6 +75,8 @@ pub struct ShardContext<'a> {
     pub worker_id: &'a str,
     pub models: &'a ModelCache,
     pub device: &'a Device,
+    /// The device as the worker was told (`cpu`, `cuda:0`), for provenance.
+    pub device_name: &'a str,
     /// Where the shard's files are, at their sweep paths.
     pub root: &'a Path,
     /// The files laid out under `root` (for the identity of an adapter).
@@ -179,7 +183,20 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
         }),
         None => None,
     };
-    let model = ctx.models.language(&spec.model, adapter.as_ref())?;
+    // The model under test: loaded here, or behind an OpenAI-compatible endpoint.
+    let api = EndpointModel::parse(&spec.model)
+        .transpose()
+        .map_err(ShardError::Task)?;
+    if api.is_some() && adapter.is_some() {
+        return Err(ShardError::Task(format!(
+            "model {} is behind an API, which takes no LoRA adapter",
+            spec.model
+        )));
+    }
+    let model = match &api {
+        Some(_) => None,
+        None => Some(ctx.models.language(&spec.model, adapter.as_ref())?),
+    };
     let variant = match Variant::parse(&spec.variant).map_err(ShardError::from)? {
         Variant::Custom { template } => Variant::Custom {
             template: ctx.local(&template)?.display().to_string(),
@@ -201,18 +218,26 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
             })
         })
         .collect::<Result<Vec<_>, ShardError>>()?;
-    let embedder = if cases.iter().any(|c| c.task == Task::Rag) {
+    // RAG cases need the embedder; in bm25 mode only its tokenizer (to size the chunks).
+    let rag = cases.iter().any(|c| c.task == Task::Rag);
+    let embedder = if rag && spec.retrieval.chunks.mode.uses_embedder() {
         Some(ctx.models.embedding(&spec.retrieval.embedder)?)
     } else {
         None
     };
-    let retriever = embedder.as_deref().map(|e| {
-        Retriever::new(
+    let retriever = match embedder.as_deref() {
+        Some(e) => Some(Retriever::new(
             e,
             spec.retrieval.chunks,
             ctx.embeddings_cache.map(Path::to_path_buf),
-        )
-    });
+        )),
+        None if rag => Some(Retriever::lexical(
+            &spec.retrieval.embedder,
+            spec.retrieval.chunks,
+            ctx.embeddings_cache.map(Path::to_path_buf),
+        )?),
+        None => None,
+    };
     let settings = EvalSettings {
         model_label: spec.model_label.clone(),
         adapter_label: spec
@@ -225,7 +250,12 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
         truncation: spec.truncation,
         sampling: spec.sampling.clone(),
     };
-    let mut runner = Runner::new(&model, retriever.as_ref(), Vec::new(), settings);
+    let answerer = match (&model, &api) {
+        (Some(m), _) => Answerer::Local(m),
+        (None, Some(e)) => Answerer::Endpoint(e),
+        (None, None) => return Err(ShardError::Task(format!("model {}: nothing to run", spec.model))),
+    };
+    let mut runner = Runner::new(answerer, retriever.as_ref(), Vec::new(), settings);
     let total = cases.len() as u32;
     let mut results: Vec<CaseResult> = Vec::with_capacity(cases.len());
     (ctx.progress)(0, total);
@@ -245,9 +275,33 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
             r.error = Some(e.replace(&format!("{}/", ctx.root.display()), ""));
         }
     }
+    // Provenance: the files this shard's answers depend on (hashes are cached per file).
+    let mut generate_files = vec![match (&model, &api) {
+        (Some(m), _) => file_hash("model", &spec.model, &m.info.path),
+        (None, e) => flotilla_contract::provenance::FileHash {
+            role: "model".into(),
+            name: spec.model.clone(),
+            path: e.as_ref().map(|e| e.base_url.clone()).unwrap_or_default(),
+            ..Default::default()
+        },
+    }];
+    if let (Some(a), Some(key)) = (&spec.adapter, &adapter) {
+        let mut h = file_hash("adapter", &a.name, &key.dir);
+        h.path = a.dir.clone();
+        generate_files.push(h);
+    }
+    if let Some(e) = embedder.as_deref() {
+        generate_files.push(file_hash("embedder", &spec.retrieval.embedder, &e.path));
+    }
     Ok(Completed {
         units: results.len() as u64,
-        output: ShardOutput::Generate(GenerateResult { cases: results }),
+        output: ShardOutput::Generate(GenerateResult {
+            cases: results,
+            origin: Some(Origin {
+                machine: Machine::this(ctx.worker_id, ctx.device_name),
+                files: generate_files,
+            }),
+        }),
         uploads: Vec::new(),
     })
 }
@@ -282,7 +336,13 @@ fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<Completed, ShardError> 
     }
     Ok(Completed {
         units: results.len() as u64,
-        output: ShardOutput::Judge(JudgeResult { cases: results }),
+        output: ShardOutput::Judge(JudgeResult {
+            cases: results,
+            origin: Some(Origin {
+                machine: Machine::this(ctx.worker_id, ctx.device_name),
+                files: panel.files(),
+            }),
+        }),
         uploads: Vec::new(),
     })
 }
@@ -421,6 +481,7 @@ mod tests {
             worker_id: "w1",
             models: &models,
             device: &Device::Cpu,
+            device_name: "cpu",
             root: &root,
             files: &[],
             scratch: &root,

@@ -99,6 +99,7 @@ pub(crate) async fn run_shard(
     let worker_id = config.worker_id.clone();
     let models = config.models.clone();
     let device = config.device.clone();
+    let device_name = config.device_name.clone();
     let files = a.files.clone();
     let spec = a.spec.clone();
     let (exec_root, exec_scratch, exec_cancel) = (root.clone(), scratch.clone(), cancel.clone());
@@ -112,6 +113,7 @@ pub(crate) async fn run_shard(
             worker_id: &worker_id,
             models: &models,
             device: &device,
+            device_name: &device_name,
             root: &exec_root,
             files: &files,
             scratch: &exec_scratch,

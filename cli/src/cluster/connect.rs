@@ -128,6 +128,30 @@ impl ConnectArgs {
     }
 }
 
+impl ConnectArgs {
+    /// The `flotilla worker` command that joins the cluster this command reached, with the
+    /// same way of finding it (the etcd endpoints, or the coordinator's address) and the same
+    /// token: what a watch tells a user whose shards wait with no worker connected.
+    pub fn worker_hint(&self) -> String {
+        let mut cmd = String::from("flotilla worker");
+        if !self.etcd.is_empty() {
+            cmd += &format!(" --etcd {}", self.etcd.join(","));
+        } else if let Some(a) = &self.coordinator {
+            cmd += &format!(" --coordinator {a}");
+        }
+        match &self.auth.token_file {
+            Some(f) => cmd += &format!(" --token-file {}", f.display()),
+            // The worker reads FLOTILLA_TOKEN as this command did.
+            None if std::env::var_os("FLOTILLA_TOKEN").is_some() => {}
+            None => cmd += " --token-file FILE",
+        }
+        if let Some(ca) = &self.auth.tls_ca {
+            cmd += &format!(" --tls-ca {}", ca.display());
+        }
+        cmd
+    }
+}
+
 /// A gRPC error as one sentence for people.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", flotilla_client::client::explain(&status))

@@ -235,8 +235,11 @@ pub async fn fetch_results(client: &Client, sweep_id: &str) -> Result<Results> {
         .await
         .map_err(super::connect::status_error)?
         .into_inner();
-    let report: Report = serde_json::from_slice(&raw.report_json)
+    let mut report: Report = serde_json::from_slice(&raw.report_json)
         .context("the coordinator's report is not valid results JSON")?;
+    if let Some(p) = report.provenance.as_mut() {
+        crate::provenance::stamp(p, false);
+    }
     let cases = String::from_utf8_lossy(&raw.cases_jsonl)
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -276,6 +279,8 @@ pub fn results_json(results: &Results, out: Option<&Path>, files: &[PathBuf]) ->
         "state": sweep_state(results.raw.state),
         "out": out,
         "files": files,
+        "warnings": results.report.warnings,
+        "judges": results.report.judges,
         "configurations": results.report.configurations,
         "comparisons": results.report.comparisons,
         "training": results.report.training,

@@ -9,6 +9,7 @@
 use super::progress::follow;
 use super::render::{fetch_results, results_json, sweep_state, write_results};
 use crate::output::{print_json, spinner, OutputFormat};
+use crate::provenance::Rerun;
 use anyhow::{bail, Context, Result};
 use flotilla_client::registry::{MemoryRegistry, Registry};
 use flotilla_coordinator::client::{Client, SubmitSweep};
@@ -24,7 +25,13 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct Args {
     /// The sweep file (YAML; see docs/SWEEPS.md and examples/).
-    pub sweep: PathBuf,
+    #[arg(required_unless_present = "from")]
+    pub sweep: Option<PathBuf>,
+    /// Run a results folder again: the sweep (or `flotilla eval` command) its results.json
+    /// records, after checking that every recorded input on this machine has the recorded
+    /// sha256. Results go to --out (default: RESULTS_DIR-rerun).
+    #[arg(long, value_name = "RESULTS_DIR", conflicts_with = "sweep")]
+    pub from: Option<PathBuf>,
     /// In-process workers.
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
@@ -66,15 +73,47 @@ fn random_token() -> String {
         .collect()
 }
 
-pub fn run(a: Args, out: OutputFormat) -> Result<()> {
+pub fn run(mut a: Args, out: OutputFormat) -> Result<()> {
     if a.workers == 0 {
         bail!("--workers must be at least 1");
     }
     if a.slots == 0 {
         bail!("--slots must be at least 1");
     }
+    let (yaml, sweep_path) = match (a.sweep.clone(), a.from.clone()) {
+        (Some(path), _) => {
+            let yaml = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the sweep file {}", path.display()))?;
+            // Recorded absolute in the results' provenance, so --from finds it from anywhere.
+            (yaml, std::fs::canonicalize(&path).unwrap_or(path))
+        }
+        (None, Some(dir)) => {
+            let rerun_out = std::env::current_dir()?.join(
+                a.out
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(format!("{}-rerun", dir.display()))),
+            );
+            match crate::provenance::from_results(&dir)? {
+                Rerun::Eval { args, cwd } => {
+                    return crate::provenance::exec_eval(&args, &cwd, &rerun_out)
+                }
+                Rerun::Sweep { yaml, path } => {
+                    eprintln!(
+                        "running again the sweep recorded in {} (as {}), results to {}",
+                        dir.display(),
+                        path.display(),
+                        rerun_out.display()
+                    );
+                    a.out = Some(rerun_out);
+                    (yaml, path)
+                }
+            }
+        }
+        (None, None) => bail!("give a sweep file, or --from RESULTS_DIR"),
+    };
     // Every problem in the sweep file, before anything starts.
-    let sweep = Sweep::load(&a.sweep, ModelCheck::Local).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sweep = Sweep::load_text(&yaml, &sweep_path, ModelCheck::Local)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let device = flotilla_engine::device::parse_device(&a.device)?;
     let results_dir = a
         .out
@@ -139,8 +178,8 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
 
         let outcome = async {
             let client = Client::connect(&address, Some(token.clone())).await?;
-            let pb = spinner(format!("uploading the files of {}", a.sweep.display()));
-            let submitted = client.submit_file_checked(&a.sweep, ModelCheck::Local).await;
+            let pb = spinner(format!("uploading the files of {}", sweep_path.display()));
+            let submitted = client.submit_text(&yaml, &sweep_path, ModelCheck::Local).await;
             pb.finish_and_clear();
             let submitted = submitted?;
             tracing::info!(sweep = submitted.sweep_id, "submitted");
@@ -151,7 +190,10 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
                     bail!("interrupted: sweep {} cancelled", submitted.sweep_id);
                 }
             };
-            let results = fetch_results(&client, &status.sweep_id).await?;
+            let mut results = fetch_results(&client, &status.sweep_id).await?;
+            if let Some(p) = results.report.provenance.as_mut() {
+                crate::provenance::stamp(p, true);
+            }
             let files = write_results(&client, &results, &results_dir).await?;
             Ok::<_, anyhow::Error>((status, results, files))
         }

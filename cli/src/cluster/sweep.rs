@@ -1,23 +1,41 @@
-//! `flotilla sweep submit|status|watch|cancel|results` against a running coordinator.
+//! `flotilla sweep check` (here, no coordinator) and `flotilla sweep
+//! submit|status|watch|cancel|results` against a running coordinator.
+
+mod check;
+mod tokens;
 
 use super::connect::{status_error, ConnectArgs};
-use super::progress::follow;
+use super::progress::follow_with_hint;
 use super::render::{
     fetch_results, results_json, status_json, status_text, sweep_state, sweeps_text, write_results,
 };
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::{bail, Result};
 use flotilla_coordinator::client::SubmitSweep;
+use flotilla_coordinator::sweep::{ModelCheck, Sweep};
 use flotilla_proto::v1 as pb;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
+    /// Check a sweep file here as `sweep submit` does and show its plan (jobs, shards,
+    /// answers, verdicts, training steps, an estimate of tokens) without running anything.
+    Check {
+        /// The sweep file (YAML).
+        file: PathBuf,
+        /// Check models as `flotilla run` does: every model, judge and embedder must be on
+        /// this machine (default: their spelling only, as `sweep submit` checks them).
+        #[arg(long)]
+        local: bool,
+        /// Also list every job of the plan.
+        #[arg(long)]
+        jobs: bool,
+    },
     /// Check a sweep file, upload every file it names, and queue it.
     Submit {
         /// The sweep file (YAML).
         file: PathBuf,
-        /// Follow it with progress bars until it ends.
+        /// Follow it until it ends: progress bars on a terminal, plain lines otherwise.
         #[arg(long)]
         watch: bool,
         #[command(flatten)]
@@ -29,7 +47,8 @@ pub enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Follow a sweep with progress bars until it ends (exit status 1 unless it succeeds).
+    /// Follow a sweep until it ends: progress bars on a terminal, plain lines on stderr
+    /// otherwise (exit status 1 unless it succeeds).
     Watch {
         sweep_id: String,
         #[command(flatten)]
@@ -86,16 +105,26 @@ fn ended(s: &pb::SweepStatus) -> Result<()> {
 }
 
 pub fn run(command: Command, out: OutputFormat) -> Result<()> {
+    if let Command::Check { file, local, jobs } = &command {
+        return check::run(file, *local, *jobs, out);
+    }
     super::runtime()?.block_on(async move {
         match command {
+            Command::Check { .. } => Ok(()),
             Command::Submit {
                 file,
                 watch,
                 connect,
             } => {
+                // Checked here first, with every problem named as the user wrote the path,
+                // before anything is uploaded (the same check `sweep check` runs).
+                Sweep::load(&file, ModelCheck::Syntax).map_err(|e| anyhow::anyhow!("{e}"))?;
                 let client = connect.connect().await?;
                 let pb = spinner(format!("uploading the files of {}", file.display()));
-                let submitted = client.submit_file(&file).await;
+                // Submitted under its absolute path: a model given as a relative path is sent
+                // to the workers as the absolute path beside the sweep file on this machine.
+                let absolute = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+                let submitted = client.submit_file(&absolute).await;
                 pb.finish_and_clear();
                 let status = submitted?;
                 if !watch {
@@ -107,7 +136,8 @@ pub fn run(command: Command, out: OutputFormat) -> Result<()> {
                     }
                     return print_status(&status, out);
                 }
-                let last = follow(&client, &status.sweep_id).await?;
+                let hint = connect.worker_hint();
+                let last = follow_with_hint(&client, &status.sweep_id, Some(&hint)).await?;
                 print_status(&last, out)?;
                 ended(&last)
             }
@@ -141,7 +171,8 @@ pub fn run(command: Command, out: OutputFormat) -> Result<()> {
                 let client = connect
                     .connect_patiently(std::time::Duration::from_secs(60))
                     .await?;
-                let last = follow(&client, &sweep_id).await?;
+                let last =
+                    follow_with_hint(&client, &sweep_id, Some(&connect.worker_hint())).await?;
                 print_status(&last, out)?;
                 ended(&last)
             }

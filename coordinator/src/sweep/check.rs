@@ -88,8 +88,49 @@ impl FileRoot {
 }
 
 /// Is `spec` spelled like a model flotilla can load? (Existence is [`ModelCheck::Local`]'s
-/// business.)
+/// business.) A bare name is taken for a path when it exists in the current folder.
 pub(crate) fn model_syntax(spec: &str) -> Result<(), String> {
+    model_syntax_in(spec, Path::new(""))
+}
+
+/// Whether a model spec names a file or folder (rather than a demo alias or a hub id), for
+/// a sweep in `sweep_dir`: anything with a path separator or a `.gguf` ending, or a bare name
+/// that exists there.
+fn is_model_path(spec: &str, sweep_dir: &Path) -> bool {
+    if spec.starts_with("hf:")
+        || spec.starts_with("openai:")
+        || DEMO_ALIASES.iter().any(|(a, _)| *a == spec)
+    {
+        return false;
+    }
+    spec.contains('/')
+        || spec.contains('\\')
+        || spec.ends_with(".gguf")
+        || sweep_dir.join(spec).exists()
+}
+
+/// A model spec as it loads: a relative path joined to the sweep's folder (as every other
+/// path in a sweep); absolute paths, demo aliases and `hf:` ids as they are.
+pub fn model_path(spec: &str, sweep_dir: &Path) -> String {
+    if sweep_dir.as_os_str().is_empty()
+        || Path::new(spec).is_absolute()
+        || !is_model_path(spec, sweep_dir)
+    {
+        return spec.to_string();
+    }
+    sweep_dir.join(spec).to_string_lossy().into_owned()
+}
+
+/// [`model_syntax`] for a sweep in `sweep_dir` (bare names are looked for there).
+pub(crate) fn model_syntax_in(spec: &str, sweep_dir: &Path) -> Result<(), String> {
+    if let Some(rest) = spec.strip_prefix("openai:") {
+        return match rest.split_once('@') {
+            Some((m, url)) if !m.is_empty() && !url.is_empty() => Ok(()),
+            _ => Err(format!(
+                "`{spec}` is not an endpoint model: expected openai:MODEL@BASE_URL"
+            )),
+        };
+    }
     if let Some(hub) = spec.strip_prefix("hf:") {
         let repo = hub.split('@').next().unwrap_or("");
         let parts: Vec<&str> = repo.split('/').collect();
@@ -103,11 +144,7 @@ pub(crate) fn model_syntax(spec: &str) -> Result<(), String> {
     if DEMO_ALIASES.iter().any(|(a, _)| *a == spec) {
         return Ok(());
     }
-    let looks_like_path = spec.contains('/')
-        || spec.contains('\\')
-        || spec.ends_with(".gguf")
-        || Path::new(spec).exists();
-    if looks_like_path {
+    if is_model_path(spec, sweep_dir) {
         return Ok(());
     }
     let aliases: Vec<&str> = DEMO_ALIASES.iter().map(|(a, _)| *a).collect();
@@ -140,26 +177,39 @@ impl Sweep {
             })
         };
         if models == ModelCheck::Local {
-            for m in &self.models {
+            for m in self.models.iter().filter(|m| !m.model.starts_with("openai:")) {
                 if let Err(e) = resolve(&m.model) {
                     err(m.line, format!("model `{}`: {e}", m.model));
                 }
             }
             for j in &self.judge.judges {
                 if j != "self" && !j.starts_with("openai:") {
-                    if let Err(e) = resolve(j) {
+                    if let Err(e) = resolve(&self.model_spec(j)) {
                         err(self.judge.line, format!("judge `{j}`: {e}"));
                     }
                 }
             }
             let needs_embedder = self.datasets.iter().any(|d| d.tasks.contains(&Task::Rag));
             if needs_embedder {
-                if let Err(e) = resolve(&self.retrieval.embedder) {
+                if let Err(e) = resolve(&self.model_spec(&self.retrieval.embedder)) {
                     err(
                         0,
                         format!("retrieval.embedder `{}`: {e}", self.retrieval.embedder),
                     );
                 }
+            }
+        }
+        let has_base = self.adapters.iter().any(|a| a.source == AdapterSource::None);
+        for m in self.models.iter().filter(|m| m.model.starts_with("openai:")) {
+            if !has_base {
+                err(
+                    m.line,
+                    format!(
+                        "model `{}` is behind an API, which takes no LoRA adapter: it runs only \
+                         with the `base` adapter, and `adapters` has none",
+                        m.model
+                    ),
+                );
             }
         }
         for v in &self.variants {
@@ -193,7 +243,6 @@ impl Sweep {
                 }
             }
         }
-        drop(err);
         if let Err(e) = self.cells(root) {
             errors.extend(e.errors);
         }

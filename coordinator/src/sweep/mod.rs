@@ -17,10 +17,12 @@
 
 mod check;
 mod parse;
+mod preview;
 pub mod yaml;
 
-pub use check::{file_key, Cell, FileRoot, ModelCheck};
+pub use check::{file_key, model_path, train_paths, Cell, FileRoot, ModelCheck};
 pub use parse::parse;
+pub use preview::{preview, Preview, PreviewJob, PreviewTotals};
 
 use flotilla_contract::case_result::ChunkSettings;
 use flotilla_contract::case_result::Truncation;
@@ -191,6 +193,21 @@ impl Sweep {
             .as_str()
     }
 
+    /// The folder the sweep's relative paths start from (the sweep file's folder).
+    pub fn dir(&self) -> &Path {
+        self.source.parent().unwrap_or(Path::new(""))
+    }
+
+    /// A model spec from the sweep (a judge, the embedder) as a worker loads it: a relative
+    /// path joined to the sweep's folder; demo aliases, `hf:` ids, `self` and `openai:`
+    /// judges as written. (`models[].model` is already resolved so by [`parse`].)
+    pub fn model_spec(&self, spec: &str) -> String {
+        if spec == "self" || spec.starts_with("openai:") {
+            return spec.to_string();
+        }
+        model_path(spec, self.dir())
+    }
+
     /// Read, parse and check a sweep file on this machine (paths relative to its folder).
     pub fn load(path: &Path, models: ModelCheck) -> Result<Sweep, SweepErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| SweepError {
@@ -203,10 +220,31 @@ impl Sweep {
 
     /// As [`Sweep::load`], for sweep text that stands for `path` (relative paths are read
     /// beside it).
+    ///
+    /// Every problem comes out of one call: the shape's (unknown keys, bad values) and, for
+    /// whatever part of the file parsed, what it points at (missing files, bad case lines,
+    /// models) — except a second complaint about a line whose shape is already wrong.
     pub fn load_text(text: &str, path: &Path, models: ModelCheck) -> Result<Sweep, SweepErrors> {
-        let sweep = parse(text, path)?;
+        let (sweep, mut errors) = parse::parse_all(text, path)?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        sweep.check(&FileRoot::local(dir), models)?;
-        Ok(sweep)
+        if let Err(checked) = sweep.check(&FileRoot::local(dir), models) {
+            let shape_lines: Vec<usize> = errors
+                .iter()
+                .filter(|e| e.line > 0 && e.file == sweep.source)
+                .map(|e| e.line)
+                .collect();
+            errors.extend(
+                checked
+                    .errors
+                    .into_iter()
+                    .filter(|e| !(e.file == sweep.source && shape_lines.contains(&e.line))),
+            );
+        }
+        if errors.is_empty() {
+            return Ok(sweep);
+        }
+        // The sweep file's problems first, by line; then those of the files it names.
+        errors.sort_by_key(|e| (e.file != sweep.source, e.line));
+        Err(SweepErrors { errors })
     }
 }

@@ -22,6 +22,22 @@ const TOP_KEYS: &[&str] = &[
 /// Parse a sweep's text (`source` names the file in errors). Checks the shape only; see
 /// [`Sweep::check`] for files and models.
 pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
+    let (sweep, errors) = parse_all(text, source)?;
+    if errors.is_empty() {
+        Ok(sweep)
+    } else {
+        Err(SweepErrors { errors })
+    }
+}
+
+/// As [`parse`], but a file whose YAML could be read gives its sweep (with defaults where a
+/// value was wrong) *and* every problem of its shape, so [`Sweep::load_text`] can check what
+/// the parsed part points at in the same pass. `Err` only when there is no sweep to speak of
+/// (unreadable YAML, a top level that is not a mapping).
+pub(crate) fn parse_all(
+    text: &str,
+    source: &Path,
+) -> Result<(Sweep, Vec<SweepError>), SweepErrors> {
     let root = yaml::parse(text, source)?;
     let mut r = Reader::new(source);
     let Some(top) = r.map(&root, "", TOP_KEYS) else {
@@ -37,9 +53,10 @@ pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
     };
     let seed = top.get("seed").and_then(|n| r.uint(n, "seed")).unwrap_or(0);
 
+    let sweep_dir = source.parent().unwrap_or(Path::new(""));
     let models = top
         .require(&mut r, "models")
-        .map(|n| parse_models(&mut r, n))
+        .map(|n| parse_models(&mut r, n, sweep_dir))
         .unwrap_or_default();
 
     let mut variants = Vec::new();
@@ -100,7 +117,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
         }
     };
 
-    let judge = parse_judge(&mut r, top.get("judge"), top.line);
+    let judge = parse_judge(&mut r, top.get("judge"), top.line, sweep_dir);
     let (sampling, truncation) = parse_generation(&mut r, top.get("generation"), seed);
     let retrieval = parse_retrieval(&mut r, top.get("retrieval"));
     let shard_size = match top.get("shard_size") {
@@ -116,11 +133,8 @@ pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
     };
     let retries = parse_retries(&mut r, top.get("retries"));
 
-    if !r.errors.is_empty() {
-        r.errors.sort_by_key(|e| e.line);
-        return Err(SweepErrors { errors: r.errors });
-    }
-    Ok(Sweep {
+    r.errors.sort_by_key(|e| e.line);
+    let sweep = Sweep {
         source: source.to_path_buf(),
         name,
         seed,
@@ -134,10 +148,15 @@ pub fn parse(text: &str, source: &Path) -> Result<Sweep, SweepErrors> {
         retrieval,
         shard_size,
         retries,
-    })
+    };
+    Ok((sweep, r.errors))
 }
 
-fn parse_models(r: &mut Reader, node: &Node) -> Vec<ModelEntry> {
+/// The models under test. A model given as a relative path names a file beside the sweep
+/// file, like every other path in it: `model` is that path joined to the sweep's folder, while
+/// `name` (the name in results) stays as written. Demo aliases and `hf:` ids are kept as they
+/// are.
+fn parse_models(r: &mut Reader, node: &Node, sweep_dir: &Path) -> Vec<ModelEntry> {
     let mut out: Vec<ModelEntry> = Vec::new();
     for (i, item) in r
         .list(node, "models")
@@ -167,10 +186,11 @@ fn parse_models(r: &mut Reader, node: &Node) -> Vec<ModelEntry> {
                 line: item.line,
             }),
         };
-        let Some(entry) = entry else { continue };
-        if let Err(e) = check::model_syntax(&entry.model) {
+        let Some(mut entry) = entry else { continue };
+        if let Err(e) = check::model_syntax_in(&entry.model, sweep_dir) {
             r.error(item.line, format!("{what}: {e}"));
         }
+        entry.model = check::model_path(&entry.model, sweep_dir);
         if out.iter().any(|m| m.name == entry.name) {
             r.error(
                 item.line,
@@ -378,7 +398,14 @@ fn parse_datasets(
     out
 }
 
-fn parse_judge(r: &mut Reader, node: Option<&Node>, top_line: usize) -> JudgeEntry {
+/// The jury. Judges that are model paths stay as written here (they are the judges' names in
+/// results); [`Sweep::model_spec`] resolves them against the sweep's folder where they load.
+fn parse_judge(
+    r: &mut Reader,
+    node: Option<&Node>,
+    top_line: usize,
+    sweep_dir: &Path,
+) -> JudgeEntry {
     let mut judge = JudgeEntry {
         judges: vec!["self".into()],
         scale: Scale::default(),
@@ -393,7 +420,7 @@ fn parse_judge(r: &mut Reader, node: Option<&Node>, top_line: usize) -> JudgeEnt
         if let Some(list) = r.strings(n, "judge.judges") {
             for (j, line) in &list {
                 if j != "self" && !j.starts_with("openai:") {
-                    if let Err(e) = check::model_syntax(j) {
+                    if let Err(e) = check::model_syntax_in(j, sweep_dir) {
                         r.error(*line, format!("judge.judges: {e}"));
                     }
                 }
@@ -444,6 +471,7 @@ fn parse_generation(
         "top_p",
         "top_k",
         "repetition_penalty",
+        "samples",
         "truncation",
     ];
     let Some(f) = r.map(node, "generation", &keys) else {
@@ -484,6 +512,20 @@ fn parse_generation(
             None => {}
         }
     }
+    if let Some(n) = f.get("samples") {
+        match r.uint(n, "generation.samples") {
+            Some(0) => r.error(n.line, "`generation.samples` must be at least 1"),
+            Some(k) if k > 1 && p.temperature == 0.0 => r.error(
+                n.line,
+                format!(
+                    "`generation.samples: {k}` needs `generation.temperature` above 0: greedy \
+                     decoding gives the same answer every time"
+                ),
+            ),
+            Some(k) => p.samples = k as usize,
+            None => {}
+        }
+    }
     if let Some(n) = f.get("truncation") {
         if let Some(s) = r.string(n, "generation.truncation") {
             match Truncation::parse(&s) {
@@ -508,7 +550,14 @@ fn parse_retrieval(r: &mut Reader, node: Option<&Node>) -> RetrievalSettings {
     let Some(f) = r.map(
         node,
         "retrieval",
-        &["embedder", "top_k", "chunk_size", "chunk_overlap"],
+        &[
+            "embedder",
+            "mode",
+            "top_k",
+            "chunk_size",
+            "chunk_overlap",
+            "context_tokens",
+        ],
     ) else {
         return s;
     };
@@ -518,6 +567,24 @@ fn parse_retrieval(r: &mut Reader, node: Option<&Node>) -> RetrievalSettings {
                 r.error(n.line, format!("retrieval.embedder: {err}"));
             }
             s.embedder = e;
+        }
+    }
+    if let Some(n) = f.get("mode") {
+        if let Some(m) = r.string(n, "retrieval.mode") {
+            match flotilla_contract::RetrievalMode::parse(&m) {
+                Ok(m) => s.chunks.mode = m,
+                Err(_) => r.error(
+                    n.line,
+                    format!("retrieval.mode: `{m}` is not hybrid, dense or bm25"),
+                ),
+            }
+        }
+    }
+    if let Some(n) = f.get("context_tokens") {
+        match r.uint(n, "retrieval.context_tokens") {
+            Some(0) => r.error(n.line, "`retrieval.context_tokens` must be at least 1"),
+            Some(k) => s.chunks.context_tokens = k as usize,
+            None => {}
         }
     }
     if let Some(n) = f.get("top_k") {
@@ -565,4 +632,38 @@ fn parse_retries(r: &mut Reader, node: Option<&Node>) -> Retries {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod retrieval_tests {
+    use flotilla_contract::RetrievalMode;
+    use std::path::Path;
+
+    const HEAD: &str = "name: t\nmodels: [smollm2]\nadapters:\n  - name: lora\n    train: {data: d.jsonl, steps: 2}\n";
+
+    #[test]
+    fn retrieval_mode_and_context_budget_parse_and_default_to_hybrid() {
+        let s = super::parse(HEAD, Path::new("t.yaml")).unwrap();
+        assert_eq!(s.retrieval.chunks.mode, RetrievalMode::Hybrid);
+        assert_eq!(s.retrieval.chunks.size, 200);
+        let text = format!(
+            "{HEAD}retrieval:\n  mode: bm25\n  context_tokens: 600\n  chunk_size: 120\n  chunk_overlap: 20\n"
+        );
+        let s = super::parse(&text, Path::new("t.yaml")).unwrap();
+        assert_eq!(s.retrieval.chunks.mode, RetrievalMode::Bm25);
+        assert_eq!(s.retrieval.chunks.context_tokens, 600);
+        assert_eq!(s.retrieval.chunks.size, 120);
+        let bad = format!("{HEAD}retrieval:\n  mode: sparse\n  context_tokens: 0\n");
+        let e = super::parse(&bad, Path::new("t.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.yaml:7: retrieval.mode: `sparse` is not hybrid, dense or bm25"),
+            "{e}"
+        );
+        assert!(
+            e.contains("t.yaml:8: `retrieval.context_tokens` must be at least 1"),
+            "{e}"
+        );
+    }
 }

@@ -63,6 +63,11 @@ pub struct CaseResult {
     pub model: String,
     pub adapter: String,
     pub variant: String,
+    /// Which answer to the case this is (0-based), when the run draws several per case
+    /// (`samples`); the report averages a case's samples before anything else, so the case
+    /// stays the unit of resampling.
+    #[serde(default)]
+    pub sample: usize,
     pub query: String,
     pub reference_answer: Option<String>,
     pub prompt: String,
@@ -74,12 +79,27 @@ pub struct CaseResult {
     /// Structured variants: why the first reply did not parse, if it did not.
     pub parse_error: Option<String>,
     pub parse_retried: bool,
+    /// Structured variants: the retry did not parse either. Such an answer is a failure: it is
+    /// not judged, it is rated at the scale's minimum, and its reference metrics are those of
+    /// an empty answer (docs/EVAL.md).
+    #[serde(default)]
+    pub parse_failed: bool,
+    /// What the model was given to answer from: the numbered retrieved passages (RAG) or the
+    /// document as it fitted the context (document analysis). The judge reads it.
+    #[serde(default)]
+    pub context: String,
     pub verdicts: Vec<Verdict>,
     /// Mean of the valid judge ratings (None: no valid rating).
     pub score: Option<f64>,
     pub metrics: Metrics,
+    /// Tokens of the first attempt (a structured retry's are counted apart).
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Tokens of the structured retry, when there was one.
+    #[serde(default)]
+    pub retry_prompt_tokens: usize,
+    #[serde(default)]
+    pub retry_completion_tokens: usize,
     pub latency_s: f64,
     /// Set when the case could not run; nothing else is meaningful then.
     pub error: Option<String>,
@@ -96,18 +116,35 @@ pub struct Metrics {
     pub fabricated_numbers: Vec<String>,
 }
 
-/// How documents are cut into chunks before embedding (characters).
+/// How documents are cut into chunks and how much of the retrieved chunks a prompt gets.
+///
+/// `size` and `overlap` count the **embedding model's own tokens** (its special tokens
+/// excluded), so a chunk never runs past the embedder's window: a `size` above the window
+/// (MiniLM: 256 tokens, 254 after `[CLS]`/`[SEP]`) is capped at it. `context_tokens` is the
+/// budget of the retrieved context in the **generator's** tokens: chunks go into the prompt
+/// best first while they fit, the first one that does not is cut visibly (`[...]`), the rest
+/// are dropped. `mode` ranks the chunks (hybrid BM25 + dense by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkSettings {
     pub size: usize,
     pub overlap: usize,
+    #[serde(default)]
+    pub mode: crate::retrieval::RetrievalMode,
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: usize,
+}
+
+fn default_context_tokens() -> usize {
+    ChunkSettings::default().context_tokens
 }
 
 impl Default for ChunkSettings {
     fn default() -> Self {
         Self {
-            size: 800,
-            overlap: 160,
+            size: 200,
+            overlap: 40,
+            mode: crate::retrieval::RetrievalMode::Hybrid,
+            context_tokens: 1024,
         }
     }
 }

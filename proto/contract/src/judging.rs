@@ -35,6 +35,10 @@ pub struct Verdict {
     pub raw: String,
     /// Why no valid rating could be read, if so.
     pub error: Option<String>,
+    /// When the context shown to the judge was cut to fit: what was shown, e.g. `1200 of 5000
+    /// characters`. The judge's prompt carries the same note where the cut is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_cut: Option<String>,
 }
 
 /// Mean of the valid ratings of a jury; None when no judge gave one.

@@ -14,6 +14,7 @@
 //! - [`judging`]: the rating [`Scale`], a judge's [`Verdict`], the jury's score, and
 //!   [`JudgeSpec`], the one parser of judge names (`self`, a model, `openai:MODEL@URL`).
 //! - [`variant`]: prompt [`Variant`]s by name.
+//! - [`retrieval`]: how RAG chunks are ranked ([`RetrievalMode`]: hybrid, dense, bm25).
 //! - [`sampling`]: [`SamplingParams`].
 //! - [`train_config`]: a LoRA training run's configuration ([`TrainConfig`]), as `train.yaml`
 //!   and a sweep's `train:` block write it.
@@ -21,6 +22,8 @@
 //! - [`tensors`] and [`optim`]: named f32 tensors in safetensors files (F32 / F16 / I8) and
 //!   the optimizer arithmetic on them (AdamW, clipping, DiLoCo's outer Nesterov step), so the
 //!   coordinator can aggregate distributed training without a tensor library.
+//! - [`provenance`]: where a result came from (version, settings, file hashes, machines,
+//!   times), as results.json records it.
 //! - [`report`] and [`stats`]: aggregation of case results into the final table (bootstrap CIs,
 //!   paired comparisons) and the output folder.
 //!
@@ -34,7 +37,9 @@ pub mod error;
 pub mod judging;
 pub mod model_ref;
 pub mod optim;
+pub mod provenance;
 pub mod report;
+pub mod retrieval;
 pub mod sampling;
 pub mod shard;
 pub mod state;
@@ -47,6 +52,7 @@ pub use case_result::{CaseResult, ChunkSettings, Hit, Metrics, Truncation, Trunc
 pub use dataset::{Case, Task};
 pub use error::{Error, Result};
 pub use judging::{JudgeSpec, Scale, Verdict};
+pub use retrieval::RetrievalMode;
 pub use sampling::SamplingParams;
 pub use shard::{ShardOutput, ShardSpec};
 pub use state::{Attempt, JobKind, JobState, ShardState, SweepState};

@@ -24,6 +24,10 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (benchmarks that need exact lengths).
     pub ignore_eos: bool,
+    /// Benchmarks: answers per case (`--samples`, the sweep's `generation.samples`), sample
+    /// `i` drawn with seed `seed + i`; more than one needs `temperature > 0`. The engine
+    /// itself generates one sequence per prompt and ignores it.
+    pub samples: usize,
 }
 
 impl Default for SamplingParams {
@@ -37,6 +41,7 @@ impl Default for SamplingParams {
             max_tokens: 128,
             stop: Vec::new(),
             ignore_eos: false,
+            samples: 1,
         }
     }
 }
@@ -64,6 +69,15 @@ impl SamplingParams {
         }
         if self.max_tokens == 0 {
             return Err(Error::input("max_tokens must be at least 1"));
+        }
+        if self.samples == 0 {
+            return Err(Error::input("samples must be at least 1"));
+        }
+        if self.samples > 1 && self.temperature == 0.0 {
+            return Err(Error::input(format!(
+                "samples {} needs temperature > 0: greedy decoding gives the same answer every time",
+                self.samples
+            )));
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(Error::input("a stop string must not be empty"));

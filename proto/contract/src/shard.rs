@@ -45,7 +45,9 @@ pub struct RetrievalSettings {
     pub embedder: String,
     /// Chunks retrieved per question.
     pub top_k: usize,
-    /// How documents are cut into chunks before embedding.
+    /// How documents are cut into chunks (in the embedder's tokens), how chunks are ranked
+    /// (`mode`: hybrid, dense, bm25; bm25 loads only the embedder's tokenizer) and the
+    /// context budget in the generator's tokens (`context_tokens`).
     pub chunks: ChunkSettings,
 }
 
@@ -79,6 +81,9 @@ pub struct GenerateShard {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateResult {
     pub cases: Vec<CaseResult>,
+    /// The worker and the files it read (model, adapter, embedder), for provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<crate::provenance::Origin>,
 }
 
 /// A judge of a jury.
@@ -118,6 +123,9 @@ pub struct JudgeShard {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgeResult {
     pub cases: Vec<CaseResult>,
+    /// The worker and the judges' model files, for provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<crate::provenance::Origin>,
 }
 
 /// Train a LoRA adapter on one worker.
@@ -381,6 +389,11 @@ mod tests {
             truncation: None,
             parse_error: None,
             parse_retried: false,
+            parse_failed: false,
+            sample: 0,
+            context: String::new(),
+            retry_prompt_tokens: 0,
+            retry_completion_tokens: 0,
             verdicts: Vec::new(),
             score: Some(7.0),
             metrics: Metrics::default(),
@@ -470,9 +483,14 @@ mod tests {
             }),
             ShardOutput::Generate(GenerateResult {
                 cases: vec![case_result()],
+                origin: Some(crate::provenance::Origin {
+                    machine: crate::provenance::Machine::this("w1", "cpu"),
+                    files: Vec::new(),
+                }),
             }),
             ShardOutput::Judge(JudgeResult {
                 cases: vec![case_result()],
+                origin: None,
             }),
             ShardOutput::Noop(NoopResult {
                 worker_id: "w1".into(),

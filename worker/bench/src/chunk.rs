@@ -1,6 +1,11 @@
-//! Cutting document text into overlapping chunks for retrieval: by characters, at sentence
-//! ends where possible, in English and Japanese alike (`.`, `!`, `?`, `。`, `！`, `？`, and
-//! line breaks end a sentence).
+//! Cutting document text into overlapping chunks for retrieval, at sentence ends where
+//! possible, in English and Japanese alike (`.`, `!`, `?`, `。`, `！`, `？`, and line breaks end
+//! a sentence).
+//!
+//! Sizes count **tokens of a tokenizer** ([`TokenSpans`]): the embedding model's own for
+//! retrieval ([`chunk_tokens`]), so a chunk never runs past what the embedder reads, whatever
+//! the language (an 800-character Japanese chunk is about 530 MiniLM tokens, twice its
+//! 256-token window). [`chunk_text`] counts characters, for callers without a tokenizer.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,21 +57,69 @@ fn sentences(chars: &[char]) -> Vec<(usize, usize)> {
     out
 }
 
+/// A tokenizer as the chunker sees it: where each token of a text lies.
+pub trait TokenSpans {
+    /// The `(start, end)` character offsets of `text`'s tokens in order, without the special
+    /// tokens a model adds around a sequence.
+    fn spans(&self, text: &str) -> Result<Vec<(usize, usize)>, String>;
+}
+
+/// Every character is a token: sizes in characters.
+pub struct CharTokens;
+
+impl TokenSpans for CharTokens {
+    fn spans(&self, text: &str) -> Result<Vec<(usize, usize)>, String> {
+        Ok((0..text.chars().count()).map(|i| (i, i + 1)).collect())
+    }
+}
+
 /// Chunks of at most `size` characters, each beginning with up to `overlap` characters of
 /// the previous chunk's last sentences. A sentence longer than `size` is cut at `size`.
 pub fn chunk_text(text: &str, size: usize, overlap: usize) -> Vec<Chunk> {
+    // Characters cannot fail to tokenize.
+    chunk_tokens(text, size, overlap, &CharTokens).unwrap_or_default()
+}
+
+/// Chunks of at most `size` tokens of `tok`, each beginning with up to `overlap` tokens of
+/// the previous chunk's last sentences (`overlap` is at most `size / 2`). A sentence longer
+/// than `size` is cut at token boundaries into pieces that overlap by `overlap` tokens. Every
+/// chunk's text, tokenized again on its own, is checked to be within `size` (and shortened
+/// token by token if a tokenizer counts a piece differently out of context).
+pub fn chunk_tokens(
+    text: &str,
+    size: usize,
+    overlap: usize,
+    tok: &dyn TokenSpans,
+) -> Result<Vec<Chunk>, String> {
     let size = size.max(1);
     let overlap = overlap.min(size / 2);
     let chars: Vec<char> = text.chars().collect();
-    // Pieces no longer than `size`: sentences, with over-long ones cut.
-    let mut pieces = Vec::new();
+    // Token start offsets, ascending.
+    let mut starts: Vec<usize> = tok.spans(text)?.into_iter().map(|(s, _)| s).collect();
+    starts.sort_unstable();
+    // Tokens beginning in [a, b).
+    let count = |a: usize, b: usize| -> usize {
+        starts.partition_point(|&s| s < b) - starts.partition_point(|&s| s < a)
+    };
+    // Pieces no longer than `size` tokens: sentences, with over-long ones cut.
+    let mut pieces: Vec<(usize, usize)> = Vec::new();
     for (s, e) in sentences(&chars) {
-        let mut a = s;
-        while e - a > size {
-            pieces.push((a, a + size));
-            a += size - overlap;
+        let first = starts.partition_point(|&x| x < s);
+        let last = starts.partition_point(|&x| x < e);
+        if last - first <= size {
+            pieces.push((s, e));
+            continue;
         }
-        pieces.push((a, e));
+        let mut p = first;
+        loop {
+            let a = if p == first { s } else { starts[p] };
+            if p + size >= last {
+                pieces.push((a, e));
+                break;
+            }
+            pieces.push((a, starts[p + size]));
+            p += size - overlap;
+        }
     }
     let mut chunks: Vec<Chunk> = Vec::new();
     let mut i = 0;
@@ -74,17 +127,20 @@ pub fn chunk_text(text: &str, size: usize, overlap: usize) -> Vec<Chunk> {
         let start = pieces[i].0;
         let mut end = pieces[i].1;
         let mut j = i + 1;
-        while j < pieces.len() && pieces[j].1 - start <= size {
+        while j < pieces.len() && count(start, pieces[j].1) <= size {
             end = pieces[j].1;
             j += 1;
         }
         let body: String = chars[start..end].iter().collect();
-        if !body.trim().is_empty() {
+        let trimmed = body.trim();
+        if !trimmed.is_empty() {
+            let lead = body.chars().count() - body.trim_start().chars().count();
+            let (text, len) = within(trimmed, size, tok)?;
             chunks.push(Chunk {
                 index: chunks.len(),
-                start,
-                end,
-                text: body.trim().to_string(),
+                start: start + lead,
+                end: start + lead + len,
+                text,
             });
         }
         if j >= pieces.len() {
@@ -92,12 +148,35 @@ pub fn chunk_text(text: &str, size: usize, overlap: usize) -> Vec<Chunk> {
         }
         // Step back over whole trailing pieces that fit in the overlap.
         let mut k = j;
-        while k > i + 1 && end - pieces[k - 1].0 <= overlap {
+        while k > i + 1 && count(pieces[k - 1].0, end) <= overlap {
             k -= 1;
         }
         i = k;
     }
-    chunks
+    Ok(chunks)
+}
+
+/// `text` shortened, if need be, until `tok` counts at most `size` tokens in it on its own;
+/// with its length in characters.
+fn within(text: &str, size: usize, tok: &dyn TokenSpans) -> Result<(String, usize), String> {
+    let mut text = text.to_string();
+    loop {
+        let spans = tok.spans(&text)?;
+        if spans.len() <= size {
+            let n = text.chars().count();
+            return Ok((text, n));
+        }
+        // Cut where token `size` begins (there are more than `size` tokens).
+        let cut = spans[size].0;
+        let shorter: String = text.chars().take(cut).collect();
+        let shorter = shorter.trim_end().to_string();
+        if shorter.is_empty() || shorter.chars().count() >= text.chars().count() {
+            return Err(format!(
+                "the tokenizer counts more than {size} tokens in a piece it cannot shorten"
+            ));
+        }
+        text = shorter;
+    }
 }
 
 #[cfg(test)]

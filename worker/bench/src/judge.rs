@@ -6,6 +6,7 @@
 //! comes from the same pass. A remote judge's text is parsed; an invalid rating is recorded
 //! with the raw text, never dropped.
 
+use flotilla_contract::dataset::Task;
 pub use flotilla_contract::judging::{jury_score, Scale, Verdict};
 use flotilla_engine::chat::ChatMessage;
 use flotilla_engine::error::{Error, Result};
@@ -17,18 +18,67 @@ use std::sync::OnceLock;
 /// What is judged.
 #[derive(Debug, Clone)]
 pub enum JudgeInput<'a> {
-    /// An answer against a reference answer.
+    /// A generated answer, judged against the reference answer (when the case has one) and
+    /// the context the model was given (retrieved passages or the document).
     Reference {
+        task: Task,
         question: &'a str,
-        reference: &'a str,
+        reference: Option<&'a str>,
         answer: &'a str,
+        context: &'a str,
     },
     /// A text against a rubric (Flow's criteria cases).
     Criteria { text: &'a str, rubric: &'a str },
 }
 
-/// The messages of the judge prompt.
-pub fn judge_messages(input: &JudgeInput, scale: Scale) -> Vec<ChatMessage> {
+/// Characters of context an endpoint judge is shown at most (a local judge's limit comes from
+/// its own context window).
+pub const ENDPOINT_CONTEXT_CHARS: usize = 24_000;
+
+/// The rubric of a generated answer, per task: RAG answers must be faithful to the retrieved
+/// passages and match the reference; document answers complete and grounded in the document.
+fn rubric(task: Task, has_reference: bool, has_context: bool) -> &'static str {
+    match (task, has_reference, has_context) {
+        (Task::Rag, true, true) => {
+            "Rate the answer on two things. Faithfulness: every statement in it must be supported              by the retrieved passages; an answer that adds facts, numbers or URLs that are not              in the passages is wrong even when it sounds right. Correctness: it must give the              facts of the reference answer. A faithful answer that misses the reference's facts              is incomplete; a fluent answer that contradicts the passages or the reference is              the worst."
+        }
+        (Task::Document, true, true) => {
+            "Rate the answer on two things. Completeness: it must cover what the reference              answer says. Grounding: everything it states must be in the document; invented              facts, numbers or URLs make it wrong even when it sounds right."
+        }
+        (_, true, _) => {
+            "Rate how correct and complete the answer is compared with the reference answer.              Penalise invented facts."
+        }
+        (_, false, true) => {
+            "There is no reference answer. Rate whether the answer actually answers the question              and whether everything it states is supported by the context; invented facts,              numbers or URLs make it wrong."
+        }
+        (_, false, false) => {
+            "There is no reference answer. Rate whether the answer actually answers the question,              correctly and without invented facts."
+        }
+    }
+}
+
+/// The context cut to at most `limit` characters, with a visible note where the cut is; the
+/// second value says what was shown (`None`: shown whole).
+pub fn fit_context(context: &str, limit: usize) -> (String, Option<String>) {
+    let total = context.chars().count();
+    if total <= limit {
+        return (context.to_string(), None);
+    }
+    let kept: String = context.chars().take(limit).collect();
+    let note = format!("{limit} of {total} characters");
+    (
+        format!("{kept}\n[... the rest of the context is cut here: {note} shown ...]"),
+        Some(note),
+    )
+}
+
+/// The messages of the judge prompt, the context cut to `context_limit` characters; the
+/// second value says what was shown of a cut context.
+pub fn judge_messages(
+    input: &JudgeInput,
+    scale: Scale,
+    context_limit: usize,
+) -> (Vec<ChatMessage>, Option<String>) {
     let system = format!(
         "You are an impartial judge. Assess the response below, explain your assessment in two or \
          three sentences, and then give a rating from {} (worst) to {} (best) in exactly this \
@@ -37,20 +87,48 @@ pub fn judge_messages(input: &JudgeInput, scale: Scale) -> Vec<ChatMessage> {
     );
     // No example value: a small judge copies one (issue 11: 44 of 48 quickstart ratings were
     // the example's 5).
+    let mut cut = None;
     let user = match input {
-        JudgeInput::Reference { question, reference, answer } => format!(
-            "Rate how correct and complete the answer is compared with the reference answer. \
-             Penalise invented facts.\n\n[Question]\n{question}\n\n[Reference answer]\n{reference}\n\n\
-             [Answer]\n{answer}"
-        ),
+        JudgeInput::Reference {
+            task,
+            question,
+            reference,
+            answer,
+            context,
+        } => {
+            let reference = reference.filter(|r| !r.trim().is_empty());
+            let has_context = !context.trim().is_empty();
+            let mut u = format!(
+                "{}\n\n[Question]\n{question}\n\n",
+                rubric(*task, reference.is_some(), has_context)
+            );
+            if has_context {
+                let (shown, note) = fit_context(context, context_limit);
+                cut = note;
+                let label = if *task == Task::Rag {
+                    "Retrieved passages"
+                } else {
+                    "Document"
+                };
+                u.push_str(&format!("[{label}]\n{shown}\n\n"));
+            }
+            if let Some(r) = reference {
+                u.push_str(&format!("[Reference answer]\n{r}\n\n"));
+            }
+            u.push_str(&format!("[Answer]\n{answer}"));
+            u
+        }
         JudgeInput::Criteria { text, rubric } => format!(
             "Rate how well the text meets the criterion.\n\n[Criterion]\n{rubric}\n\n[Text]\n{text}"
         ),
     };
-    vec![
-        ChatMessage::new("system", system),
-        ChatMessage::new("user", user),
-    ]
+    (
+        vec![
+            ChatMessage::new("system", system),
+            ChatMessage::new("user", user),
+        ],
+        cut,
+    )
 }
 
 fn rating_re() -> &'static Regex {
@@ -103,9 +181,7 @@ pub struct LocalJudge<'a> {
 impl LocalJudge<'_> {
     pub fn judge(&self, input: &JudgeInput) -> Result<Verdict> {
         let lm = self.model;
-        let messages = judge_messages(input, self.scale);
-        let prompt = lm.render_chat(&messages, true)?;
-        let prompt_ids = lm.tokenizer.encode(&prompt, false)?;
+        let (prompt, prompt_ids, context_cut) = self.fitted_prompt(input)?;
         let params = SamplingParams {
             max_tokens: self.explanation_tokens,
             stop: vec!["Rating:".into(), "[[".into()],
@@ -142,7 +218,39 @@ impl LocalJudge<'_> {
             raw: format!("{explanation}\nRating: [[{rating}]]"),
             explanation,
             error: None,
+            context_cut,
         })
+    }
+
+    /// The rendered judge prompt and its ids, the context cut (visibly) until the prompt, the
+    /// explanation and the rating fit the judge's context window.
+    fn fitted_prompt(&self, input: &JudgeInput) -> Result<(String, Vec<u32>, Option<String>)> {
+        let lm = self.model;
+        let window = lm.model.config.max_position_embeddings;
+        let room = window.saturating_sub(self.explanation_tokens + 32);
+        let mut limit = usize::MAX;
+        for _ in 0..6 {
+            let (messages, cut) = judge_messages(input, self.scale, limit);
+            let prompt = lm.render_chat(&messages, true)?;
+            let ids = lm.tokenizer.encode(&prompt, false)?;
+            if ids.len() <= room {
+                return Ok((prompt, ids, cut));
+            }
+            let context_chars = match input {
+                JudgeInput::Reference { context, .. } => context.chars().count().min(limit),
+                JudgeInput::Criteria { .. } => 0,
+            };
+            if context_chars == 0 {
+                break;
+            }
+            // Shrink the context by the share of tokens over the room, with a margin.
+            let over = (ids.len() - room) as f64 / ids.len() as f64;
+            limit = ((context_chars as f64) * (1.0 - over) * 0.9) as usize;
+        }
+        Err(Error::input(format!(
+            "judge {}: the judge prompt does not fit its model's context of {window} tokens",
+            self.name
+        )))
     }
 
     /// Token ids of `text` as it continues `prefix`: tokenize the whole and keep what follows
@@ -174,6 +282,7 @@ pub fn verdict_from_text(judge: &str, reply: &str, scale: Scale) -> Verdict {
             explanation,
             raw: reply.into(),
             error: None,
+            context_cut: None,
         },
         Err(e) => Verdict {
             judge: judge.into(),
@@ -182,6 +291,7 @@ pub fn verdict_from_text(judge: &str, reply: &str, scale: Scale) -> Verdict {
             explanation,
             raw: reply.into(),
             error: Some(e.0),
+            context_cut: None,
         },
     }
 }
@@ -195,16 +305,18 @@ mod tests {
         let example = Regex::new(r"\[\[\s*\d").unwrap();
         for input in [
             JudgeInput::Reference {
+                task: Task::Rag,
                 question: "q",
-                reference: "r",
+                reference: Some("r"),
                 answer: "a",
+                context: "[1] passage",
             },
             JudgeInput::Criteria {
                 text: "t",
                 rubric: "c",
             },
         ] {
-            for m in judge_messages(&input, Scale { min: 1, max: 10 }) {
+            for m in judge_messages(&input, Scale { min: 1, max: 10 }, 1000).0 {
                 assert!(!example.is_match(&m.content), "{}", m.content);
             }
         }
@@ -244,6 +356,7 @@ mod tests {
             explanation: String::new(),
             raw: String::new(),
             error: None,
+            context_cut: None,
         };
         assert_eq!(
             jury_score(&[v(Some(6.0)), v(None), v(Some(8.0))]),

@@ -9,6 +9,7 @@
 //! result. A cluster runs them as separate shards, possibly on different workers;
 //! [`Runner::run`] (`flotilla eval`) does both, case by case.
 
+use super::api_model::{estimate_tokens, EndpointModel};
 use super::dataset::{Case, Task};
 use super::documents::{load_document, Document};
 use super::judge::{JudgeInput, LocalJudge};
@@ -57,6 +58,14 @@ impl Clone for Judge<'_> {
 }
 
 impl Judge<'_> {
+    /// The rating scale this judge rates on.
+    pub fn scale(&self) -> flotilla_contract::judging::Scale {
+        match self {
+            Judge::Local(j) => j.scale,
+            Judge::Endpoint(j) => j.scale,
+        }
+    }
+
     fn verdict(&self, input: &JudgeInput) -> Result<Verdict> {
         match self {
             Judge::Local(j) => j.judge(input),
@@ -65,9 +74,39 @@ impl Judge<'_> {
     }
 }
 
+/// The model under test: a local model, or one behind an OpenAI-compatible endpoint.
+#[derive(Clone, Copy)]
+pub enum Answerer<'a> {
+    Local(&'a LanguageModel),
+    Endpoint(&'a EndpointModel),
+}
+
+impl<'a> From<&'a LanguageModel> for Answerer<'a> {
+    fn from(m: &'a LanguageModel) -> Self {
+        Answerer::Local(m)
+    }
+}
+
+impl<'a> From<&'a EndpointModel> for Answerer<'a> {
+    fn from(m: &'a EndpointModel) -> Self {
+        Answerer::Endpoint(m)
+    }
+}
+
+impl Answerer<'_> {
+    /// Tokens of `text` in this model's tokenizer; an estimate for an endpoint's model
+    /// ([`estimate_tokens`]).
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        match self {
+            Answerer::Local(m) => Ok(m.tokenizer.encode(text, false)?.len()),
+            Answerer::Endpoint(_) => Ok(estimate_tokens(text)),
+        }
+    }
+}
+
 /// Runs cases; holds the document and retrieval caches for a whole run.
 pub struct Runner<'a> {
-    pub model: &'a LanguageModel,
+    pub model: Answerer<'a>,
     pub retriever: Option<&'a Retriever<'a>>,
     pub judges: Vec<Judge<'a>>,
     pub settings: EvalSettings,
@@ -76,13 +115,13 @@ pub struct Runner<'a> {
 
 impl<'a> Runner<'a> {
     pub fn new(
-        model: &'a LanguageModel,
+        model: impl Into<Answerer<'a>>,
         retriever: Option<&'a Retriever<'a>>,
         judges: Vec<Judge<'a>>,
         settings: EvalSettings,
     ) -> Self {
         Self {
-            model,
+            model: model.into(),
             retriever,
             judges,
             settings,
@@ -128,18 +167,30 @@ impl<'a> Runner<'a> {
         mut progress: impl FnMut(&CaseResult),
     ) -> Vec<CaseResult> {
         let mut results = Vec::new();
+        let seed = self.settings.sampling.seed;
         for case in cases {
             for v in self.variants_for(case) {
-                let t0 = Instant::now();
-                let mut r = self.generate_case(case, &v);
-                if judge {
-                    judge_result(&self.judges, &mut r, case.criteria.as_deref());
-                    r.latency_s = t0.elapsed().as_secs_f64();
+                // Criteria cases have nothing to sample: one result each.
+                let samples = if case.task == Task::Criteria {
+                    1
+                } else {
+                    self.settings.sampling.samples.max(1)
+                };
+                for sample in 0..samples {
+                    self.settings.sampling.seed = seed.wrapping_add(sample as u64);
+                    let t0 = Instant::now();
+                    let mut r = self.generate_case(case, &v);
+                    r.sample = sample;
+                    if judge {
+                        judge_result(&self.judges, &mut r, case.criteria.as_deref());
+                        r.latency_s = t0.elapsed().as_secs_f64();
+                    }
+                    progress(&r);
+                    results.push(r);
                 }
-                progress(&r);
-                results.push(r);
             }
         }
+        self.settings.sampling.seed = seed;
         results
     }
 
@@ -174,6 +225,11 @@ impl<'a> Runner<'a> {
             truncation: None,
             parse_error: None,
             parse_retried: false,
+            parse_failed: false,
+            sample: 0,
+            context: String::new(),
+            retry_prompt_tokens: 0,
+            retry_completion_tokens: 0,
             verdicts: Vec::new(),
             score: None,
             metrics: Metrics::default(),
@@ -210,7 +266,10 @@ impl<'a> Runner<'a> {
                 let retriever = self.retriever.ok_or_else(|| {
                     Error::input("RAG cases need an embedding model (--embedder)")
                 })?;
-                r.hits = retriever.retrieve(&case.query, &docs, self.settings.top_k)?;
+                r.hits =
+                    retriever.retrieve_within(&case.query, &docs, self.settings.top_k, &|t| {
+                        self.model.count_tokens(t)
+                    })?;
                 r.recall_at_k = recall_at_k(&r.hits, &case.gold_passages);
                 super::retrieval::numbered_context(&r.hits)
             }
@@ -221,6 +280,7 @@ impl<'a> Runner<'a> {
                 text
             }
         };
+        r.context = context.clone();
         let inputs = PromptInputs {
             question: &case.query,
             context: &context,
@@ -237,15 +297,24 @@ impl<'a> Runner<'a> {
             match parse_structured(&raw, prefixed) {
                 Ok(a) => r.answer = a,
                 Err(e) => {
-                    r.parse_error = Some(e.0);
                     r.parse_retried = true;
                     let (_, raw2, p2, c2) = self.answer(variant, &inputs, true)?;
-                    r.prompt_tokens += p2;
-                    r.completion_tokens += c2;
+                    r.retry_prompt_tokens = p2;
+                    r.retry_completion_tokens = c2;
                     r.raw_answer = format!("{raw}\n--- retry ---\n{raw2}");
-                    // Still unparseable: judge the raw text, the failure stays recorded.
-                    r.answer =
-                        parse_structured(&raw2, false).unwrap_or_else(|_| raw2.trim().to_string());
+                    match parse_structured(&raw2, prefixed) {
+                        Ok(a) => {
+                            r.answer = a;
+                            r.parse_error = Some(e.0);
+                        }
+                        Err(e2) => {
+                            // A failure: not judged (rated at the scale's minimum by the
+                            // judging step), measured as an empty answer.
+                            r.parse_failed = true;
+                            r.answer = String::new();
+                            r.parse_error = Some(format!("{}; the retry: {}", e.0, e2.0));
+                        }
+                    }
                 }
             }
         }
@@ -281,16 +350,18 @@ impl<'a> Runner<'a> {
         strict: bool,
     ) -> Result<(String, String, usize, usize)> {
         let built = build(variant, inputs, strict)?;
-        let mut prompt = self.model.render_chat(&built.messages, true)?;
+        let model = match self.model {
+            Answerer::Local(m) => m,
+            Answerer::Endpoint(e) => return answer_over_api(e, &built, &self.settings.sampling),
+        };
+        let mut prompt = model.render_chat(&built.messages, true)?;
         if let Some(p) = &built.assistant_prefix {
             prompt.push_str(p);
         }
-        let ids = self.model.tokenizer.encode(&prompt, false)?;
+        let ids = model.tokenizer.encode(&prompt, false)?;
         let mut params = self.settings.sampling.clone();
         params.stop.extend(built.stop.iter().cloned());
-        let (out, _) = self
-            .model
-            .generate_ids(std::slice::from_ref(&ids), &params)?;
+        let (out, _) = model.generate_ids(std::slice::from_ref(&ids), &params)?;
         let c = &out[0];
         Ok((prompt, c.text.clone(), c.prompt_tokens, c.completion_tokens))
     }
@@ -302,7 +373,12 @@ impl<'a> Runner<'a> {
         variant: &Variant,
         text: &str,
     ) -> Result<(String, Option<TruncationRecord>)> {
-        let lm = self.model;
+        let lm = match self.model {
+            Answerer::Local(m) => m,
+            // The endpoint's context is not known here: the whole document goes, and an
+            // endpoint that refuses it fails the case with its own error.
+            Answerer::Endpoint(_) => return Ok((text.to_string(), None)),
+        };
         let ctx = lm.model.config.max_position_embeddings;
         let inputs = PromptInputs {
             question: &case.query,
@@ -347,6 +423,32 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// An answer from a model behind an endpoint: (the messages as text, reply, prompt tokens,
+/// completion tokens).
+fn answer_over_api(
+    e: &EndpointModel,
+    built: &super::prompts::BuiltPrompt,
+    sampling: &SamplingParams,
+) -> Result<(String, String, usize, usize)> {
+    if built.assistant_prefix.is_some() {
+        return Err(Error::input(format!(
+            "model {}: structured_constrained writes the start of the reply itself, which a \
+             model behind an API cannot continue; use structured",
+            e.spec
+        )));
+    }
+    let prompt = built
+        .messages
+        .iter()
+        .map(|m| format!("[{}]\n{}", m.role, m.content))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let reply = e
+        .chat(&built.messages, sampling, &built.stop)
+        .map_err(Error::input)?;
+    Ok((prompt, reply.text, reply.prompt_tokens, reply.completion_tokens))
+}
+
 /// The judging step: the jury's verdicts on a generated result, and its score.
 ///
 /// A criteria case (`criteria` is its rubric) is judged as its own text against the rubric;
@@ -356,15 +458,24 @@ pub fn judge_result(judges: &[Judge], r: &mut CaseResult, criteria: Option<&str>
     if r.error.is_some() {
         return;
     }
+    if r.parse_failed {
+        // A structured answer that could not be read is a failure, never judged on its raw
+        // text: it gets the scale's minimum.
+        r.verdicts.clear();
+        r.score = judges.first().map(|j| j.scale().min as f64);
+        return;
+    }
     let input = match (r.task, criteria) {
         (Task::Criteria, rubric) => JudgeInput::Criteria {
             text: &r.query,
             rubric: rubric.unwrap_or_default(),
         },
-        _ => JudgeInput::Reference {
+        (task, _) => JudgeInput::Reference {
+            task,
             question: &r.query,
-            reference: r.reference_answer.as_deref().unwrap_or_default(),
+            reference: r.reference_answer.as_deref(),
             answer: &r.answer,
+            context: &r.context,
         },
     };
     match judges

@@ -62,6 +62,24 @@ impl JudgePanel {
         })
     }
 
+    /// The judges as provenance records them: a local judge's model file with its sha256, an
+    /// endpoint's URL (no file).
+    pub fn files(&self) -> Vec<flotilla_contract::provenance::FileHash> {
+        use flotilla_contract::provenance::{file_hash, FileHash};
+        self.members
+            .iter()
+            .map(|(name, r)| match r {
+                Resolved::Endpoint(e) => FileHash {
+                    role: "judge".into(),
+                    name: name.clone(),
+                    path: e.base_url.clone(),
+                    ..Default::default()
+                },
+                Resolved::Local(model) => file_hash("judge", name, &model.info.path),
+            })
+            .collect()
+    }
+
     /// The judges, borrowed for a runner.
     pub fn judges(&self) -> Vec<Judge<'_>> {
         self.members
