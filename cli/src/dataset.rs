@@ -117,7 +117,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         let ds = load_dataset(path, a.input.documents.as_deref())
             .with_context(|| format!("--cases {}", path.display()))?;
         for e in &ds.errors {
-            tracing::warn!("{e}");
+            // Once, on stderr (a tracing warning too would print it twice).
             eprintln!("warning: skipped {e}");
             bad_lines.push(e.to_string());
         }

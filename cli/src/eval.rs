@@ -6,9 +6,10 @@ use crate::output::{bar, print_json, spinner, OutputFormat};
 use anyhow::Context;
 use flotilla_bench::api_model::EndpointModel;
 use flotilla_bench::dataset::{load_dataset, Case, Task};
+use flotilla_bench::pairwise::PairVerdict;
 use flotilla_bench::report::{build_report, markdown, write_outputs};
 use flotilla_bench::retrieval::Retriever;
-use flotilla_bench::runner::{Answerer, EvalSettings, Runner};
+use flotilla_bench::runner::{Answerer, CaseResult, EvalSettings, Judge, Runner};
 use flotilla_bench::setup::JudgePanel;
 use flotilla_contract::provenance::{file_hash, now_ms, rfc3339, FileHash, Machine, Provenance};
 use flotilla_contract::{JudgeSpec, Scale, Truncation, Variant};
@@ -45,6 +46,15 @@ pub struct Args {
     /// FLOTILLA_JUDGE_API_KEY, if set).
     #[arg(long, default_values_t = vec![JudgeSpec::SelfModel])]
     pub judge: Vec<JudgeSpec>,
+    /// A Jinja rubric template for the judges in place of flotilla's per-task rubrics (a
+    /// sweep's `datasets[].rubric`); variables in docs/EVAL.md.
+    #[arg(long, value_name = "FILE.jinja")]
+    pub rubric: Option<PathBuf>,
+    /// Also compare each variant's answers with the first variant's, pairwise: each judge
+    /// reads both answers twice, positions swapped, and picks the better or a tie
+    /// (pairwise.jsonl; the report's pairwise table).
+    #[arg(long)]
+    pub pairwise: bool,
     /// Rating scale: 0-10, or 1-10 as Flow Benchmark Tools uses.
     #[arg(long, default_value = "0-10")]
     pub scale: Scale,
@@ -120,6 +130,20 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
             );
         }
     }
+    let rubric = match &a.rubric {
+        Some(p) => {
+            let source = std::fs::read_to_string(p)
+                .with_context(|| format!("--rubric {}: cannot read it", p.display()))?;
+            flotilla_bench::judge::check_rubric(&source)
+                .map_err(|e| anyhow::anyhow!("--rubric {}: {e}", p.display()))?;
+            Some(source)
+        }
+        None => None,
+    };
+    anyhow::ensure!(
+        !a.pairwise || a.variant.len() >= 2,
+        "--pairwise compares variants with the first: give at least two --variant"
+    );
     let tasks = a.task.clone();
     let (scale, truncation) = (a.scale, a.truncation);
     let sampling = SamplingParams {
@@ -138,7 +162,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     for d in &a.input.cases {
         let ds = load_dataset(d, a.input.documents.as_deref())?;
         for e in &ds.errors {
-            tracing::warn!("{e}");
+            // Once, on stderr (a tracing warning too would print it twice).
             eprintln!("warning: skipped {e}");
         }
         cases.extend(ds.cases.into_iter().filter(|c| {
@@ -258,6 +282,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         top_k: a.retrieval.top_k,
         truncation,
         sampling: sampling.clone(),
+        rubric,
     };
     let total: usize = cases
         .iter()
@@ -316,6 +341,19 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     }
     files.extend(panel.files());
     report.provenance = Some(provenance(&a, &cases, files, started_ms));
+    if a.pairwise {
+        let verdicts = pairwise(&judges, &results, &baseline);
+        report.pairwise = flotilla_contract::report::summarize_pairs(&verdicts, a.seed);
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("--out {}: cannot create it", a.out.display()))?;
+        let path = a.out.join("pairwise.jsonl");
+        let mut lines = String::new();
+        for v in &verdicts {
+            lines.push_str(&serde_json::to_string(v)?);
+            lines.push('\n');
+        }
+        std::fs::write(&path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     let files = write_outputs(&a.out, &report, &results)?;
     let failed = results.iter().filter(|r| r.error.is_some()).count();
     if failed == results.len() {
@@ -336,6 +374,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         OutputFormat::Json => print_json(&serde_json::json!({
             "out": a.out, "files": files, "warnings": report.warnings, "judges": report.judges,
             "configurations": report.configurations, "comparisons": report.comparisons,
+            "pairwise": report.pairwise,
             "failed_cases": results.iter().filter(|r| r.error.is_some()).map(|r| serde_json::json!({"case_id": r.case_id, "error": r.error})).collect::<Vec<_>>(),
         }))?,
         OutputFormat::Text => {
@@ -374,6 +413,9 @@ fn provenance(a: &Args, cases: &[Case], mut files: Vec<FileHash>, started_ms: i6
             ));
         }
     }
+    if let Some(r) = &a.rubric {
+        files.push(file_hash("rubric", &r.display().to_string(), r));
+    }
     let settings = serde_json::json!({
         "model": a.model,
         "cases": a.input.cases,
@@ -384,6 +426,8 @@ fn provenance(a: &Args, cases: &[Case], mut files: Vec<FileHash>, started_ms: i6
         "variants": a.variant.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
         "judges": a.judge.iter().map(|j| j.to_string()).collect::<Vec<_>>(),
         "scale": a.scale.to_string(),
+        "rubric": a.rubric,
+        "pairwise": a.pairwise,
         "retrieval": {"embedder": a.retrieval.embedder, "top_k": a.retrieval.top_k, "chunks": a.retrieval.chunks()},
         "truncation": a.truncation,
         "max_tokens": a.max_tokens,
@@ -410,4 +454,38 @@ fn provenance(a: &Args, cases: &[Case], mut files: Vec<FileHash>, started_ms: i6
     };
     crate::provenance::stamp(&mut p, true);
     p
+}
+
+/// Pairwise verdicts: every generated answer of a variant other than `baseline` against the
+/// baseline's answer to the same case (same adapter and sample), by every judge.
+fn pairwise(judges: &[Judge], results: &[CaseResult], baseline: &str) -> Vec<PairVerdict> {
+    let key = |r: &CaseResult| {
+        (
+            r.adapter.clone(),
+            r.task,
+            r.language.clone(),
+            r.case_id.clone(),
+            r.sample,
+        )
+    };
+    let base: std::collections::HashMap<_, &CaseResult> = results
+        .iter()
+        .filter(|r| r.variant == baseline && r.error.is_none())
+        .map(|r| (key(r), r))
+        .collect();
+    let pairs: Vec<(&CaseResult, &CaseResult)> = results
+        .iter()
+        .filter(|r| r.variant != baseline && r.error.is_none() && r.task != Task::Criteria)
+        .filter_map(|b| base.get(&key(b)).map(|a| (*a, b)))
+        .collect();
+    let pb = bar((pairs.len() * judges.len()) as u64, "pairwise");
+    let mut out = Vec::new();
+    for j in judges {
+        for (a, b) in &pairs {
+            out.push(flotilla_bench::pairwise::compare(j, j.name(), a, b));
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    out
 }

@@ -84,6 +84,12 @@ enum Command {
 }
 
 fn main() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of SIGPIPE before any thread starts; Rust sets it
+    // to "ignore", which turns a closed stdout into a panic in println!.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")

@@ -394,7 +394,8 @@ fn planted_judge(reply: &'static str) -> (String, std::sync::Arc<std::sync::Mute
 
 #[test]
 fn a_planted_judge_that_never_varies_is_warned_about_and_reads_the_context() {
-    let (base, seen) = planted_judge("The answer is fine. Rating: [[5]]");
+    // It also always prefers the answer shown first, when asked to compare two.
+    let (base, seen) = planted_judge("The answer is fine. Rating: [[5]] Verdict: [[A]]");
     let bench = repo().join("examples/benchmarks/en-ja");
     let out = tmp("planted");
     let judge = format!("openai:planted@{base}");
@@ -413,6 +414,7 @@ fn a_planted_judge_that_never_varies_is_warned_about_and_reads_the_context() {
             "2",
             "--temperature",
             "0.8",
+            "--pairwise",
         ],
         24,
         24,
@@ -442,11 +444,41 @@ fn a_planted_judge_that_never_varies_is_warned_about_and_reads_the_context() {
     assert_eq!(check["histogram"][5], 16, "{check}");
     // The judge saw what the model was given: retrieved passages for RAG, the document for
     // document analysis, and the reference answer.
+    // Pairwise: every query_last answer against query_first's, asked twice with the positions
+    // swapped; a judge that always picks the first answer decides nothing.
+    let p = &v["pairwise"][0];
+    assert_eq!(
+        (p["a"].as_str(), p["b"].as_str()),
+        (Some("query_first"), Some("query_last")),
+        "{p}"
+    );
+    assert_eq!(
+        (
+            p["n"].as_u64(),
+            p["ties"].as_u64(),
+            p["inconsistent"].as_u64()
+        ),
+        (Some(4), Some(8), Some(8)),
+        "{p}"
+    );
+    assert_eq!(
+        (p["wins_a"].as_u64(), p["wins_b"].as_u64()),
+        (Some(0), Some(0)),
+        "{p}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("pairwise.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        8
+    );
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 16);
+    assert_eq!(seen.len(), 16 + 16);
+    assert_eq!(seen.iter().filter(|u| u.contains("[Answer A]")).count(), 16);
     let rag = seen
         .iter()
-        .find(|u| u.contains("Harbor Street Library closed"))
+        .find(|u| u.contains("Harbor Street Library closed") && !u.contains("[Answer A]"))
         .expect("the library question was judged");
     assert!(rag.contains("[Retrieved passages]\n[1] "), "{rag}");
     assert!(
@@ -458,5 +490,75 @@ fn a_planted_judge_that_never_varies_is_warned_about_and_reads_the_context() {
         seen.iter()
             .any(|u| u.contains("[Document]\n") && u.contains("Grounding")),
         "{seen:?}"
+    );
+}
+
+#[test]
+fn a_rubric_template_replaces_the_judges_request_and_limit_and_language_pick_the_cases() {
+    let (base, seen) = planted_judge("Fine. Rating: [[7]]");
+    let dir = tmp("rubric");
+    let rubric = dir.join("rubric.jinja");
+    std::fs::write(
+        &rubric,
+        "TASK {{ task }}\nQ {{ question }}\nREF {{ reference }}\nDOC {{ context[:40] }}\nA {{ answer }}\n\
+         Rate {{ scale_min }} to {{ scale_max }}.",
+    )
+    .unwrap();
+    let bench = repo().join("examples/benchmarks/en-ja/cases.jsonl");
+    let judge = format!("openai:planted@{base}");
+    let v = ok_json(&eval_smollm2(
+        &[
+            "--cases",
+            bench.to_str().unwrap(),
+            "--task",
+            "document",
+            "--language",
+            "en",
+            "--limit",
+            "1",
+            "--judge",
+            &judge,
+            "--rubric",
+            rubric.to_str().unwrap(),
+        ],
+        16,
+        16,
+        &dir.join("out"),
+    ));
+    let configs = v["configurations"].as_array().unwrap();
+    assert_eq!(configs.len(), 1, "{v}");
+    assert_eq!(
+        (
+            configs[0]["language"].as_str(),
+            configs[0]["cases"].as_u64()
+        ),
+        (Some("en"), Some(1))
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let user = &seen[0];
+    assert!(user.starts_with("TASK document\nQ "), "{user}");
+    assert!(
+        user.contains("\nREF ") && user.contains("\nDOC ") && user.ends_with("Rate 0 to 10."),
+        "{user}"
+    );
+    assert_eq!(v["configurations"][0]["mean"], 7.0);
+    // A rubric that does not render is refused before any model loads.
+    std::fs::write(&rubric, "{{ question }").unwrap();
+    let o = eval_smollm2(
+        &[
+            "--cases",
+            bench.to_str().unwrap(),
+            "--rubric",
+            rubric.to_str().unwrap(),
+        ],
+        16,
+        16,
+        &dir.join("out2"),
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("--rubric") && e.contains("rubric.jinja"),
+        "{e}"
     );
 }

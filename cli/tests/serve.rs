@@ -205,11 +205,17 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
         let e = e.unwrap().path();
         std::fs::copy(&e, dir.join("documents").join(e.file_name().unwrap())).unwrap();
     }
+    // The dataset's own rubric, which the judge shards read from the sweep's files.
+    std::fs::write(
+        dir.join("rubric.jinja"),
+        "Is this answer to \"{{ question }}\" the reference's ({{ reference }})?\n{{ answer }}",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("sweep.yaml"),
         format!(
             "name: api-beside-local\nseed: 1\nmodels:\n  - smollm2\n  - name: big\n    model: {model}\n\
-             variants: [query_last]\nadapters: [base]\ndatasets:\n  - name: smoke\n    cases: smoke.jsonl\n\
+             variants: [query_last]\nadapters: [base]\ndatasets:\n  - name: smoke\n    cases: smoke.jsonl\n    rubric: rubric.jinja\n\
              tasks: [document]\njudge:\n  judges: [smollm2]\n  explanation_tokens: 16\n\
              generation:\n  max_tokens: 24\n"
         ),

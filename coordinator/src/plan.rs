@@ -53,6 +53,9 @@ pub enum JobMeta {
         judges: Vec<JudgeModel>,
         scale: Scale,
         explanation_tokens: usize,
+        /// Sweep path of the dataset's rubric template, if it has one.
+        #[serde(default)]
+        rubric: Option<String>,
     },
     Noop,
 }
@@ -130,7 +133,12 @@ pub fn plan(
                         cell.language
                     );
                     let (gid, seqs) = p.generate_job(m, &adapter, &variant, cell, &label)?;
-                    p.judge_job(m, &label, gid, seqs)?;
+                    let rubric = sweep
+                        .datasets
+                        .iter()
+                        .find(|d| d.name == cell.dataset)
+                        .and_then(|d| d.rubric.as_deref());
+                    p.judge_job(m, &label, gid, seqs, rubric)?;
                 }
             }
         }
@@ -374,7 +382,14 @@ impl Planner<'_> {
         label: &str,
         gid: String,
         seqs: Vec<i64>,
+        rubric: Option<&str>,
     ) -> CoordinatorResult<()> {
+        // A dataset's rubric template travels with each of its judge shards.
+        let rubric = rubric.map(file_key);
+        let rubric_files = match &rubric {
+            Some(k) => vec![self.file(k)?],
+            None => Vec::new(),
+        };
         let mut judges = Vec::new();
         // The model a judge job loads: its first local judge (for model affinity).
         let mut judge_model = None;
@@ -408,6 +423,7 @@ impl Planner<'_> {
                 judges,
                 scale: self.sweep.judge.scale,
                 explanation_tokens: self.sweep.judge.explanation_tokens,
+                rubric,
             },
             shards: seqs
                 .into_iter()
@@ -415,7 +431,7 @@ impl Planner<'_> {
                     id: format!("{jid}.s{seq}"),
                     seq,
                     spec_json: String::new(),
-                    files: Vec::new(),
+                    files: rubric_files.clone(),
                     units: 0,
                 })
                 .collect(),
@@ -483,6 +499,7 @@ pub fn finalize(conn: &Connection, job_id: &str) -> StoreResult<()> {
             judges,
             scale,
             explanation_tokens,
+            rubric: rubric_template,
         } => {
             let mut stmt = conn.prepare(
                 "SELECT j.id, g.spec_json, r.result_json FROM shards j
@@ -527,6 +544,7 @@ pub fn finalize(conn: &Connection, job_id: &str) -> StoreResult<()> {
                     scale,
                     explanation_tokens,
                     items,
+                    rubric: rubric_template.clone(),
                 };
                 conn.execute(
                     "UPDATE shards SET spec_json = ?2, units = ?3 WHERE id = ?1",

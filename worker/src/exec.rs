@@ -249,6 +249,7 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
         top_k: spec.retrieval.top_k,
         truncation: spec.truncation,
         sampling: spec.sampling.clone(),
+        rubric: None,
     };
     let answerer = match (&model, &api) {
         (Some(m), _) => Answerer::Local(m),
@@ -324,13 +325,27 @@ fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<Completed, ShardError> 
         ctx.models.language(model, None)
     })?;
     let judges = panel.judges();
+    let rubric = match &spec.rubric {
+        Some(path) => {
+            let local = ctx.local(path)?;
+            Some(std::fs::read_to_string(&local).map_err(|e| {
+                ShardError::Task(format!("rubric template {path}: {e}"))
+            })?)
+        }
+        None => None,
+    };
     let total = spec.items.len() as u32;
     let mut results = Vec::with_capacity(spec.items.len());
     (ctx.progress)(0, total);
     for (i, item) in spec.items.iter().enumerate() {
         ctx.check_cancel()?;
         let mut r = item.result.clone();
-        judge_result(&judges, &mut r, item.criteria.as_deref());
+        judge_result(
+            &judges,
+            &mut r,
+            item.criteria.as_deref(),
+            rubric.as_deref(),
+        );
         results.push(r);
         (ctx.progress)(i as u32 + 1, total);
     }

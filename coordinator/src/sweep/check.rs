@@ -268,6 +268,11 @@ impl Sweep {
                     message: format!("dataset `{}`: {message}", d.name),
                 })
             };
+            if let Some(t) = &d.rubric {
+                if !root.path(t).is_file() {
+                    err(format!("rubric template {t} does not exist"));
+                }
+            }
             let cases_path = root.path(&d.cases);
             if !cases_path.is_file() {
                 err(format!("case file {} does not exist", d.cases));
@@ -398,6 +403,9 @@ impl Sweep {
         };
         for d in &self.datasets {
             add(d.cases.clone(), root.path(&d.cases));
+            if let Some(t) = &d.rubric {
+                add(t.clone(), root.path(t));
+            }
             let docs = match &d.documents {
                 Some(p) => p.clone(),
                 None => parent_of(&d.cases),

@@ -126,6 +126,10 @@ pub struct DatasetEntry {
     pub languages: Vec<String>,
     /// At most this many cases per (task, language) cell, in file order.
     pub limit: Option<usize>,
+    /// Sweep path of a Jinja rubric template the judges use for this dataset's cases in place
+    /// of flotilla's per-task rubrics (docs/EVAL.md).
+    #[serde(default)]
+    pub rubric: Option<String>,
     pub line: usize,
 }
 

@@ -342,7 +342,15 @@ fn parse_datasets(
         let Some(f) = r.map(
             item,
             &what,
-            &["name", "cases", "documents", "tasks", "languages", "limit"],
+            &[
+                "name",
+                "cases",
+                "documents",
+                "tasks",
+                "languages",
+                "limit",
+                "rubric",
+            ],
         ) else {
             continue;
         };
@@ -382,6 +390,7 @@ fn parse_datasets(
             },
             None => None,
         };
+        let rubric = f.get("rubric").and_then(|n| r.string(n, &f.path("rubric")));
         if out.iter().any(|d| d.name == name) {
             r.error(item.line, format!("dataset name `{name}` is used twice"));
         }
@@ -392,6 +401,7 @@ fn parse_datasets(
             tasks,
             languages,
             limit,
+            rubric,
             line: item.line,
         });
     }

@@ -119,6 +119,7 @@ pub fn preview(sweep: &Sweep, root: &FileRoot) -> Result<Preview, SweepErrors> {
 
     // The answers of each generate job, for the judge job after it (same cut, same cases).
     let mut generated: HashMap<String, Vec<Case>> = HashMap::new();
+    let mut sampled: HashMap<String, u64> = HashMap::new();
     let mut jobs = Vec::new();
     let mut totals = PreviewTotals::default();
     for j in planned {
@@ -136,9 +137,12 @@ pub fn preview(sweep: &Sweep, root: &FileRoot) -> Result<Preview, SweepErrors> {
         };
         match (&j.kind, &j.meta) {
             (JobKind::Generate, _) => {
+                // Answers per case (`generation.samples`); criteria cases have none to draw.
+                let mut samples = 1u64;
                 for s in &j.shards {
                     if let Ok(ShardSpec::Generate(g)) = ShardSpec::from_json(s.spec_json.as_bytes())
                     {
+                        samples = g.sampling.samples.max(1) as u64;
                         job.cases.extend(g.cases);
                     }
                 }
@@ -146,7 +150,9 @@ pub fn preview(sweep: &Sweep, root: &FileRoot) -> Result<Preview, SweepErrors> {
                     .cases
                     .iter()
                     .filter(|c| c.task != Task::Criteria)
-                    .count() as u64;
+                    .count() as u64
+                    * samples;
+                sampled.insert(j.id.clone(), samples);
                 totals.generate_jobs += 1;
                 totals.generations += job.items;
                 generated.insert(j.id.clone(), job.cases.clone());
@@ -160,7 +166,12 @@ pub fn preview(sweep: &Sweep, root: &FileRoot) -> Result<Preview, SweepErrors> {
                 },
             ) => {
                 job.cases = generated.get(generate_job).cloned().unwrap_or_default();
-                job.items = job.cases.len() as u64;
+                let samples = sampled.get(generate_job).copied().unwrap_or(1);
+                job.items = job
+                    .cases
+                    .iter()
+                    .map(|c| if c.task == Task::Criteria { 1 } else { samples })
+                    .sum();
                 job.judgements = job.items * judges.len() as u64;
                 totals.judge_jobs += 1;
                 totals.judgements += job.judgements;

@@ -115,6 +115,10 @@ pub struct JudgeShard {
     /// Tokens allowed for each judge's explanation.
     pub explanation_tokens: usize,
     pub items: Vec<JudgeItem>,
+    /// Sweep path of a Jinja rubric template (among the shard's files) the judges use in
+    /// place of flotilla's per-task rubrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rubric: Option<String>,
 }
 
 /// The judged results, in the order of the spec: each input `CaseResult` with `verdicts` and
@@ -453,6 +457,7 @@ mod tests {
                     result: case_result(),
                     criteria: Some("rubric".into()),
                 }],
+                rubric: Some("rubrics/faithful.jinja".into()),
             }),
             ShardSpec::Noop(NoopShard {
                 units: 2,

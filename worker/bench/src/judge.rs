@@ -26,9 +26,65 @@ pub enum JudgeInput<'a> {
         reference: Option<&'a str>,
         answer: &'a str,
         context: &'a str,
+        /// A user's rubric (Jinja source) in place of flotilla's for the task.
+        template: Option<&'a str>,
     },
     /// A text against a rubric (Flow's criteria cases).
-    Criteria { text: &'a str, rubric: &'a str },
+    Criteria {
+        text: &'a str,
+        rubric: &'a str,
+        template: Option<&'a str>,
+    },
+}
+
+/// Renders `source` once on a made-up case, so a broken rubric template is one clear error
+/// before anything runs.
+pub fn check_rubric(source: &str) -> std::result::Result<(), String> {
+    let input = JudgeInput::Reference {
+        task: Task::Rag,
+        question: "q",
+        reference: Some("r"),
+        answer: "a",
+        context: "c",
+        template: Some(source),
+    };
+    render_rubric(source, &input, "c", Scale::default()).map(|_| ())
+}
+
+/// The judge's request rendered from a user's rubric template (docs/EVAL.md): `question`,
+/// `reference` (empty when none), `answer`, `context` (already cut to fit), `task`, and for
+/// criteria cases `text` and `criterion`; `scale_min`, `scale_max`.
+fn render_rubric(
+    source: &str,
+    input: &JudgeInput,
+    context: &str,
+    scale: Scale,
+) -> std::result::Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.add_template("rubric", source)
+        .map_err(|e| format!("rubric template: {e}"))?;
+    let vars = match input {
+        JudgeInput::Reference {
+            task,
+            question,
+            reference,
+            answer,
+            ..
+        } => minijinja::context! {
+            task => task.name(), question => question, reference => reference.unwrap_or_default(),
+            answer => answer, context => context, text => "", criterion => "",
+            scale_min => scale.min, scale_max => scale.max,
+        },
+        JudgeInput::Criteria { text, rubric, .. } => minijinja::context! {
+            task => "criteria", question => "", reference => "", answer => text, context => "",
+            text => text, criterion => rubric, scale_min => scale.min, scale_max => scale.max,
+        },
+    };
+    env.get_template("rubric")
+        .and_then(|t| t.render(vars))
+        .map_err(|e| format!("rubric template: {e}"))
 }
 
 /// Characters of context an endpoint judge is shown at most (a local judge's limit comes from
@@ -78,7 +134,7 @@ pub fn judge_messages(
     input: &JudgeInput,
     scale: Scale,
     context_limit: usize,
-) -> (Vec<ChatMessage>, Option<String>) {
+) -> std::result::Result<(Vec<ChatMessage>, Option<String>), String> {
     let system = format!(
         "You are an impartial judge. Assess the response below, explain your assessment in two or \
          three sentences, and then give a rating from {} (worst) to {} (best) in exactly this \
@@ -90,11 +146,25 @@ pub fn judge_messages(
     let mut cut = None;
     let user = match input {
         JudgeInput::Reference {
+            context,
+            template: Some(source),
+            ..
+        } => {
+            let (shown, note) = fit_context(context, context_limit);
+            cut = note;
+            render_rubric(source, input, &shown, scale)?
+        }
+        JudgeInput::Criteria {
+            template: Some(source),
+            ..
+        } => render_rubric(source, input, "", scale)?,
+        JudgeInput::Reference {
             task,
             question,
             reference,
             answer,
             context,
+            template: None,
         } => {
             let reference = reference.filter(|r| !r.trim().is_empty());
             let has_context = !context.trim().is_empty();
@@ -118,17 +188,21 @@ pub fn judge_messages(
             u.push_str(&format!("[Answer]\n{answer}"));
             u
         }
-        JudgeInput::Criteria { text, rubric } => format!(
+        JudgeInput::Criteria {
+            text,
+            rubric,
+            template: None,
+        } => format!(
             "Rate how well the text meets the criterion.\n\n[Criterion]\n{rubric}\n\n[Text]\n{text}"
         ),
     };
-    (
+    Ok((
         vec![
             ChatMessage::new("system", system),
             ChatMessage::new("user", user),
         ],
         cut,
-    )
+    ))
 }
 
 fn rating_re() -> &'static Regex {
@@ -180,24 +254,17 @@ pub struct LocalJudge<'a> {
 
 impl LocalJudge<'_> {
     pub fn judge(&self, input: &JudgeInput) -> Result<Verdict> {
-        let lm = self.model;
-        let (prompt, prompt_ids, context_cut) = self.fitted_prompt(input)?;
-        let params = SamplingParams {
-            max_tokens: self.explanation_tokens,
-            stop: vec!["Rating:".into(), "[[".into()],
-            ..Default::default()
+        let context_chars = match input {
+            JudgeInput::Reference { context, .. } => context.chars().count(),
+            JudgeInput::Criteria { .. } => 0,
         };
-        let (out, _) = lm.generate_ids(std::slice::from_ref(&prompt_ids), &params)?;
-        let explanation = out[0].text.trim().to_string();
-        // flotilla writes the rating's opening; the model only chooses the number.
-        let forced = format!("{prompt}{explanation}\nRating: [[");
-        let forced_ids = lm.tokenizer.encode(&forced, false)?;
+        let (prompt, prompt_ids, context_cut) = self.fitted_prompt(context_chars, |limit| {
+            judge_messages(input, self.scale, limit).map_err(Error::Template)
+        })?;
         let ratings: Vec<u32> = (self.scale.min..=self.scale.max).collect();
-        let candidates = ratings
-            .iter()
-            .map(|r| self.continuation_ids(&forced, &forced_ids, &format!("{r}]]")))
-            .collect::<Result<Vec<_>>>()?;
-        let logp = lm.continuation_logprobs(&forced_ids, &candidates)?;
+        let options: Vec<String> = ratings.iter().map(u32::to_string).collect();
+        let (explanation, logp) =
+            self.explain_then_choose(&prompt, &prompt_ids, "Rating:", &options)?;
         let best = (0..ratings.len())
             .max_by(|&a, &b| logp[a].total_cmp(&logp[b]))
             .ok_or_else(|| Error::input("empty rating scale"))?;
@@ -222,30 +289,61 @@ impl LocalJudge<'_> {
         })
     }
 
-    /// The rendered judge prompt and its ids, the context cut (visibly) until the prompt, the
-    /// explanation and the rating fit the judge's context window.
-    fn fitted_prompt(&self, input: &JudgeInput) -> Result<(String, Vec<u32>, Option<String>)> {
+    /// The judge writes its explanation freely (up to `explanation_tokens`, stopping at
+    /// `marker`); then flotilla writes `MARKER [[` itself and scores each option (followed by
+    /// `]]`) as a continuation, so the model only chooses, and never fails to parse. Returns
+    /// the explanation and each option's log-probability.
+    pub(crate) fn explain_then_choose(
+        &self,
+        prompt: &str,
+        prompt_ids: &[u32],
+        marker: &str,
+        options: &[String],
+    ) -> Result<(String, Vec<f64>)> {
+        let lm = self.model;
+        let params = SamplingParams {
+            max_tokens: self.explanation_tokens,
+            stop: vec![marker.into(), "[[".into()],
+            ..Default::default()
+        };
+        let (out, _) = lm.generate_ids(std::slice::from_ref(&prompt_ids.to_vec()), &params)?;
+        let explanation = out[0].text.trim().to_string();
+        let forced = format!("{prompt}{explanation}\n{marker} [[");
+        let forced_ids = lm.tokenizer.encode(&forced, false)?;
+        let candidates = options
+            .iter()
+            .map(|o| self.continuation_ids(&forced, &forced_ids, &format!("{o}]]")))
+            .collect::<Result<Vec<_>>>()?;
+        let logp = lm.continuation_logprobs(&forced_ids, &candidates)?;
+        Ok((explanation, logp))
+    }
+
+    /// The rendered prompt from `build(limit)` and its ids, the context (`context_chars`
+    /// long) cut visibly by `build` until the prompt, the explanation and the choice fit the
+    /// judge's context window.
+    pub(crate) fn fitted_prompt(
+        &self,
+        context_chars: usize,
+        build: impl Fn(usize) -> Result<(Vec<ChatMessage>, Option<String>)>,
+    ) -> Result<(String, Vec<u32>, Option<String>)> {
         let lm = self.model;
         let window = lm.model.config.max_position_embeddings;
         let room = window.saturating_sub(self.explanation_tokens + 32);
         let mut limit = usize::MAX;
         for _ in 0..6 {
-            let (messages, cut) = judge_messages(input, self.scale, limit);
+            let (messages, cut) = build(limit)?;
             let prompt = lm.render_chat(&messages, true)?;
             let ids = lm.tokenizer.encode(&prompt, false)?;
             if ids.len() <= room {
                 return Ok((prompt, ids, cut));
             }
-            let context_chars = match input {
-                JudgeInput::Reference { context, .. } => context.chars().count().min(limit),
-                JudgeInput::Criteria { .. } => 0,
-            };
-            if context_chars == 0 {
+            let shown = context_chars.min(limit);
+            if shown == 0 {
                 break;
             }
             // Shrink the context by the share of tokens over the room, with a margin.
             let over = (ids.len() - room) as f64 / ids.len() as f64;
-            limit = ((context_chars as f64) * (1.0 - over) * 0.9) as usize;
+            limit = ((shown as f64) * (1.0 - over) * 0.9) as usize;
         }
         Err(Error::input(format!(
             "judge {}: the judge prompt does not fit its model's context of {window} tokens",
@@ -310,16 +408,70 @@ mod tests {
                 reference: Some("r"),
                 answer: "a",
                 context: "[1] passage",
+                template: None,
             },
             JudgeInput::Criteria {
                 text: "t",
                 rubric: "c",
+                template: None,
             },
         ] {
-            for m in judge_messages(&input, Scale { min: 1, max: 10 }, 1000).0 {
+            for m in judge_messages(&input, Scale { min: 1, max: 10 }, 1000)
+                .unwrap()
+                .0
+            {
                 assert!(!example.is_match(&m.content), "{}", m.content);
             }
         }
+    }
+
+    #[test]
+    fn rubrics_show_the_judge_what_the_model_was_given() {
+        let rag = |template| JudgeInput::Reference {
+            task: Task::Rag,
+            question: "When is it closed?",
+            reference: Some("On Sundays."),
+            answer: "Mondays.",
+            context: "[1] The library is closed on Sundays. [2] More text here.",
+            template,
+        };
+        let (m, cut) = judge_messages(&rag(None), Scale::default(), 10_000).unwrap();
+        let user = &m[1].content;
+        assert!(user.contains("Faithfulness"), "{user}");
+        assert!(
+            user.contains("[Retrieved passages]\n[1] The library"),
+            "{user}"
+        );
+        assert!(user.contains("[Reference answer]\nOn Sundays."), "{user}");
+        assert_eq!(cut, None);
+        // A context longer than the limit is cut where the prompt says so.
+        let (m, cut) = judge_messages(&rag(None), Scale::default(), 20).unwrap();
+        assert_eq!(cut.as_deref(), Some("20 of 57 characters"));
+        assert!(
+            m[1].content.contains("cut here: 20 of 57 characters shown"),
+            "{}",
+            m[1].content
+        );
+        // A user's rubric template replaces the request, with the same values.
+        let t = "{{ task }}|{{ question }}|{{ reference }}|{{ answer }}|{{ context }}|{{ scale_min }}-{{ scale_max }}";
+        let (m, _) = judge_messages(&rag(Some(t)), Scale::FLOW, 20).unwrap();
+        assert!(
+            m[1].content
+                .starts_with("rag|When is it closed?|On Sundays.|Mondays.|[1] The library is"),
+            "{}",
+            m[1].content
+        );
+        assert!(m[1].content.ends_with("|1-10"), "{}", m[1].content);
+        assert!(
+            m[0].content.contains("Rating: [[N]]"),
+            "the format stays flotilla's"
+        );
+        // Mistakes are errors that say where.
+        assert!(check_rubric("{{ question }")
+            .unwrap_err()
+            .contains("rubric template"));
+        assert!(check_rubric("{{ no_such_variable }}").is_err());
+        assert!(check_rubric(t).is_ok());
     }
 
     #[test]

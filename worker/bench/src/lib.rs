@@ -8,7 +8,8 @@
 //! - [`prompts`] builds each prompt variant's messages (query first / last, DSPy-style
 //!   structured, a user's Jinja template) and parses structured replies.
 //! - [`judge`] runs local judges (explanation, then every rating scored as a continuation,
-//!   G-Eval); [`openai`] asks OpenAI-compatible endpoints.
+//!   G-Eval); [`openai`] asks OpenAI-compatible endpoints; [`pairwise`] compares two
+//!   variants' answers with the positions swapped.
 //! - [`metrics`] computes exact / regex match, token F1, fabricated URLs and numbers.
 //! - [`runner`] runs cases: context, answer, structured parse and retry, judges, metrics;
 //!   the model under test is local or behind an endpoint ([`api_model`]).
@@ -26,6 +27,7 @@ pub mod documents;
 pub mod judge;
 pub mod metrics;
 pub mod openai;
+pub mod pairwise;
 pub mod prompts;
 pub mod retrieval;
 pub mod runner;

@@ -43,9 +43,14 @@ impl EndpointJudge {
 
     /// Ask the endpoint; a verdict always comes back (with `error` set on failure).
     pub fn judge(&self, input: &JudgeInput) -> Verdict {
-        let (messages, context_cut) = judge_messages(input, self.scale, ENDPOINT_CONTEXT_CHARS);
-        let mut verdict = match self.complete(&messages) {
-            Ok(text) => verdict_from_text(&self.name, &text, self.scale),
+        let asked = judge_messages(input, self.scale, ENDPOINT_CONTEXT_CHARS)
+            .and_then(|(messages, cut)| self.ask(&messages).map(|text| (text, cut)));
+        match asked {
+            Ok((text, cut)) => {
+                let mut verdict = verdict_from_text(&self.name, &text, self.scale);
+                verdict.context_cut = cut;
+                verdict
+            }
             Err(e) => Verdict {
                 judge: self.name.clone(),
                 rating: None,
@@ -55,12 +60,11 @@ impl EndpointJudge {
                 error: Some(e),
                 context_cut: None,
             },
-        };
-        verdict.context_cut = context_cut;
-        verdict
+        }
     }
 
-    fn complete(&self, messages: &[ChatMessage]) -> Result<String, String> {
+    /// The endpoint's reply to `messages`.
+    pub fn ask(&self, messages: &[ChatMessage]) -> Result<String, String> {
         let body = serde_json::json!({
             "model": self.model,
             "messages": messages,

@@ -35,6 +35,8 @@ pub struct EvalSettings {
     pub top_k: usize,
     pub truncation: Truncation,
     pub sampling: SamplingParams,
+    /// A user's judge rubric (Jinja source) in place of flotilla's per-task rubrics.
+    pub rubric: Option<String>,
 }
 
 /// A judge used by the runner.
@@ -58,6 +60,14 @@ impl Clone for Judge<'_> {
 }
 
 impl Judge<'_> {
+    /// The judge's name in results.
+    pub fn name(&self) -> &str {
+        match self {
+            Judge::Local(j) => &j.name,
+            Judge::Endpoint(j) => &j.name,
+        }
+    }
+
     /// The rating scale this judge rates on.
     pub fn scale(&self) -> flotilla_contract::judging::Scale {
         match self {
@@ -182,7 +192,12 @@ impl<'a> Runner<'a> {
                     let mut r = self.generate_case(case, &v);
                     r.sample = sample;
                     if judge {
-                        judge_result(&self.judges, &mut r, case.criteria.as_deref());
+                        judge_result(
+                            &self.judges,
+                            &mut r,
+                            case.criteria.as_deref(),
+                            self.settings.rubric.as_deref(),
+                        );
                         r.latency_s = t0.elapsed().as_secs_f64();
                     }
                     progress(&r);
@@ -454,7 +469,12 @@ fn answer_over_api(
 /// A criteria case (`criteria` is its rubric) is judged as its own text against the rubric;
 /// any other case as its answer against the reference answer. A result whose generation
 /// failed is left as it is; a judge that fails records its error on the result.
-pub fn judge_result(judges: &[Judge], r: &mut CaseResult, criteria: Option<&str>) {
+pub fn judge_result(
+    judges: &[Judge],
+    r: &mut CaseResult,
+    criteria: Option<&str>,
+    rubric: Option<&str>,
+) {
     if r.error.is_some() {
         return;
     }
@@ -466,9 +486,10 @@ pub fn judge_result(judges: &[Judge], r: &mut CaseResult, criteria: Option<&str>
         return;
     }
     let input = match (r.task, criteria) {
-        (Task::Criteria, rubric) => JudgeInput::Criteria {
+        (Task::Criteria, criterion) => JudgeInput::Criteria {
             text: &r.query,
-            rubric: rubric.unwrap_or_default(),
+            rubric: criterion.unwrap_or_default(),
+            template: rubric,
         },
         (task, _) => JudgeInput::Reference {
             task,
@@ -476,6 +497,7 @@ pub fn judge_result(judges: &[Judge], r: &mut CaseResult, criteria: Option<&str>
             reference: r.reference_answer.as_deref(),
             answer: &r.answer,
             context: &r.context,
+            template: rubric,
         },
     };
     match judges

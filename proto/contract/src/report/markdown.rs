@@ -115,6 +115,7 @@ pub fn markdown(report: &Report) -> String {
             s.push_str(&comparison_row(c, true));
         }
     }
+    s.push_str(&super::pairwise_markdown(&report.pairwise));
     if !report.training.is_empty() {
         s.push_str(&training_markdown(&report.training));
     }

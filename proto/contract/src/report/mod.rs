@@ -10,8 +10,10 @@ mod flow;
 mod judge_check;
 mod markdown;
 mod metrics;
+mod pairwise;
 
 pub use judge_check::{Agreement, JudgeCheck};
+pub use pairwise::{pairwise_markdown, summarize_pairs, PairChoice, PairVerdict, Pairwise};
 pub use markdown::{human_bytes, markdown};
 pub use metrics::{case_metric, METRICS};
 
@@ -135,6 +137,9 @@ pub struct Report {
     pub judges: Vec<JudgeCheck>,
     pub configurations: Vec<ConfigResult>,
     pub comparisons: Vec<Comparison>,
+    /// Pairwise judging's variant comparisons (`--pairwise`; per case in pairwise.jsonl).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairwise: Vec<Pairwise>,
     /// Per case and configuration: the score (null when invalid or failed).
     pub case_scores: Vec<CaseScore>,
     /// Wall-clock figures: the only part that differs between identical runs.
@@ -351,6 +356,7 @@ pub fn build_report(
         judges,
         configurations,
         comparisons,
+        pairwise: Vec::new(),
         case_scores,
         timings,
     }
