@@ -215,7 +215,7 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
         dir.join("sweep.yaml"),
         format!(
             "name: api-beside-local\nseed: 1\nmodels:\n  - smollm2\n  - name: big\n    model: {model}\n\
-             variants: [query_last]\nadapters: [base]\ndatasets:\n  - name: smoke\n    cases: smoke.jsonl\n    rubric: rubric.jinja\n\
+             variants:\n  - name: plain\n    variant: query_last\nadapters: [base]\ndatasets:\n  - name: smoke\n    cases: smoke.jsonl\n    rubric: rubric.jinja\n\
              tasks: [document]\njudge:\n  judges: [smollm2]\n  explanation_tokens: 16\n\
              generation:\n  max_tokens: 24\n"
         ),
@@ -238,6 +238,10 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
         .filter_map(|c| c["model"].as_str())
         .collect();
     assert_eq!(models, ["big", "smollm2"].into_iter().collect(), "{v}");
+    assert!(
+        v["configurations"].as_array().unwrap().iter().all(|c| c["variant"] == "plain"),
+        "the variant's given name labels the results: {v}"
+    );
 }
 
 fn repo() -> PathBuf {

@@ -80,9 +80,10 @@ pub fn report(outcome: &SweepOutcome) -> Report {
         match outcome.record.as_ref().and_then(|r| r.sweep.as_ref()) {
             Some(s) => {
                 let v = &s.variants[0];
-                let v = match v.strip_prefix("custom:") {
-                    Some(t) => format!("custom:{}", file_key(t)),
-                    None => v.clone(),
+                let v = match (s.variant_names.get(v), v.strip_prefix("custom:")) {
+                    (Some(name), _) => name.clone(),
+                    (None, Some(t)) => format!("custom:{}", file_key(t)),
+                    (None, None) => v.clone(),
                 };
                 (s.seed, s.judge.scale, v, s.baseline_adapter().to_string())
             }

@@ -171,6 +171,8 @@ struct VariantUse {
     /// As the spec carries it (`custom:` with the template's sweep-path key).
     spec: String,
     template: Option<FileEntry>,
+    /// The name the sweep gave it, if any (results use it in place of the spec).
+    given_name: Option<String>,
 }
 
 impl Planner<'_> {
@@ -300,16 +302,20 @@ impl Planner<'_> {
     }
 
     fn variant_use(&self, variant: &str) -> CoordinatorResult<VariantUse> {
+        let label = self.sweep.variant_label(variant);
+        let given_name = self.sweep.variant_names.get(variant).cloned();
         Ok(match variant.strip_prefix("custom:") {
             Some(t) => VariantUse {
-                name: variant.to_string(),
+                name: label,
                 spec: format!("custom:{}", file_key(t)),
                 template: Some(self.file(&file_key(t))?),
+                given_name,
             },
             None => VariantUse {
-                name: variant.to_string(),
+                name: label,
                 spec: variant.to_string(),
                 template: None,
+                given_name,
             },
         })
     }
@@ -344,6 +350,7 @@ impl Planner<'_> {
                 model_label: m.name.clone(),
                 adapter: adapter.adapter.clone(),
                 variant: variant.spec.clone(),
+                variant_label: variant.given_name.clone(),
                 cases: chunk.to_vec(),
                 sampling: self.sweep.sampling.clone(),
                 truncation: self.sweep.truncation,

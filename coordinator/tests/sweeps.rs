@@ -136,6 +136,22 @@ datasets:
 }
 
 #[test]
+fn variants_can_be_named_for_the_results() {
+    let yaml = "models: [smollm2]\nvariants:\n  - query_first\n  - name: polite\n    variant: query_last\n\
+                datasets:\n  - cases: c.jsonl\n";
+    let s = sweep::parse(yaml, Path::new("s.yaml")).unwrap();
+    assert_eq!(s.variants, ["query_first", "query_last"]);
+    assert_eq!(s.variant_label("query_last"), "polite");
+    assert_eq!(s.variant_label("query_first"), "query_first");
+    let bad = "models: [smollm2]\nvariants:\n  - name: a\n    variant: query_middle\n  - {variant: query_last}\n  - name: query_first\n    variant: query_first\n  - query_first\n\
+               datasets:\n  - cases: c.jsonl\n";
+    let e = sweep::parse(bad, Path::new("s.yaml")).unwrap_err().to_string();
+    assert!(e.contains("s.yaml:3:") && e.contains("query_middle"), "{e}");
+    assert!(e.contains("s.yaml:5:") && e.contains("name"), "{e}");
+    assert!(e.contains("s.yaml:8: variant `query_first` is listed twice"), "{e}");
+}
+
+#[test]
 fn several_samples_per_case_need_a_temperature() {
     let base = "models: [smollm2]\nvariants: [query_first]\ndatasets:\n  - cases: c.jsonl\n";
     let e = sweep::parse(

@@ -269,7 +269,9 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
         for hit in &mut r.hits {
             hit.document = ctx.sweep(&hit.document);
         }
-        if r.variant.starts_with("custom:") {
+        if let Some(label) = &spec.variant_label {
+            r.variant = label.clone();
+        } else if r.variant.starts_with("custom:") {
             r.variant = spec.variant.clone();
         }
         if let Some(e) = &r.error {

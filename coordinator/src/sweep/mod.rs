@@ -173,6 +173,10 @@ pub struct Sweep {
     pub models: Vec<ModelEntry>,
     /// Prompt variant names (`Variant::name`), the first is the comparisons' baseline.
     pub variants: Vec<String>,
+    /// Names given to variants for the results (`{name: polite, variant: custom:p.jinja}`):
+    /// spec -> name.
+    #[serde(default)]
+    pub variant_names: std::collections::BTreeMap<String, String>,
     pub adapters: Vec<AdapterEntry>,
     pub datasets: Vec<DatasetEntry>,
     pub judge: JudgeEntry,
@@ -186,6 +190,14 @@ pub struct Sweep {
 }
 
 impl Sweep {
+    /// How results name the variant `spec`: its given name, else the spec itself.
+    pub fn variant_label(&self, spec: &str) -> String {
+        self.variant_names
+            .get(spec)
+            .cloned()
+            .unwrap_or_else(|| spec.to_string())
+    }
+
     /// The adapter every other adapter is compared against: `base` if the sweep has it,
     /// else the first.
     pub fn baseline_adapter(&self) -> &str {

@@ -65,22 +65,52 @@ pub(crate) fn parse_all(
     if training_only {
         variants.push(Variant::QueryFirst.name());
     }
-    if let Some(list) = (!training_only)
+    // A variant is its spec (`query_first`, `custom:FILE.jinja`, ...), or a map naming one
+    // for the results: `{name: polite, variant: custom:polite.jinja}`.
+    let mut variant_names = std::collections::BTreeMap::new();
+    let mut labels: Vec<String> = Vec::new();
+    let items = (!training_only)
         .then(|| top.require(&mut r, "variants"))
         .flatten()
-        .and_then(|n| r.strings(n, "variants"))
-    {
-        for (v, line) in list {
-            match Variant::parse(&v) {
-                Ok(parsed) => {
-                    let name = parsed.name();
-                    if variants.contains(&name) {
-                        r.error(line, format!("variant `{name}` is listed twice"));
-                    }
-                    variants.push(name);
-                }
-                Err(e) => r.error(line, e.to_string()),
+        .and_then(|n| r.list(n, "variants"))
+        .unwrap_or_default();
+    for (i, item) in items.into_iter().enumerate() {
+        let what = format!("variants[{i}]");
+        let (spec, name) = match &item.value {
+            Value::Map(_) => {
+                let Some(f) = r.map(item, &what, &["name", "variant"]) else {
+                    continue;
+                };
+                let spec = f
+                    .require(&mut r, "variant")
+                    .and_then(|n| r.string(n, &f.path("variant")));
+                let name = f
+                    .require(&mut r, "name")
+                    .and_then(|n| r.string(n, &f.path("name")));
+                let (Some(spec), Some(name)) = (spec, name) else {
+                    continue;
+                };
+                (spec, Some(name))
             }
+            _ => match r.string(item, &what) {
+                Some(s) => (s, None),
+                None => continue,
+            },
+        };
+        match Variant::parse(&spec) {
+            Ok(parsed) => {
+                let spec = parsed.name();
+                let label = name.clone().unwrap_or_else(|| spec.clone());
+                if variants.contains(&spec) || labels.contains(&label) {
+                    r.error(item.line, format!("variant `{label}` is listed twice"));
+                }
+                if let Some(n) = name {
+                    variant_names.insert(spec.clone(), n);
+                }
+                variants.push(spec);
+                labels.push(label);
+            }
+            Err(e) => r.error(item.line, e.to_string()),
         }
     }
 
@@ -140,6 +170,7 @@ pub(crate) fn parse_all(
         seed,
         models,
         variants,
+        variant_names,
         adapters,
         datasets,
         judge,

@@ -64,6 +64,9 @@ pub struct GenerateShard {
     /// Prompt variant as `flotilla_worker::bench::prompts::Variant::parse` takes it;
     /// `custom:PATH` names a sweep path.
     pub variant: String,
+    /// The name results give the variant, when the sweep named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_label: Option<String>,
     /// The cases, inline; `Case.documents` hold sweep paths.
     pub cases: Vec<Case>,
     /// Sampling settings; `seed` is the sweep's seed (the same for every shard, so results do
@@ -432,6 +435,7 @@ mod tests {
             ShardSpec::Generate(GenerateShard {
                 model: "smollm2".into(),
                 model_label: "small".into(),
+                variant_label: Some("polite".into()),
                 adapter: Some(AdapterRef {
                     name: "lora".into(),
                     dir: "adapters/j1".into(),
