@@ -87,7 +87,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
             Arc::new(MemoryRegistry::new())
         } else {
             Arc::new(
-                EtcdRegistry::connect(&a.etcd)
+                etcd_patiently(&a.etcd, Duration::from_secs(30))
                     .await?
                     .with_ttl(Duration::from_secs(a.lease_ttl_s)),
             )
@@ -131,4 +131,29 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
         coordinator.shutdown().await;
         Ok(())
     })
+}
+
+/// Connects to etcd, waiting up to `patience` for it to answer: started together (a script, a
+/// pod beside it), etcd may take a moment to listen.
+async fn etcd_patiently(endpoints: &[String], patience: Duration) -> anyhow::Result<EtcdRegistry> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut said = false;
+    loop {
+        match EtcdRegistry::connect(endpoints).await {
+            Ok(r) => return Ok(r),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                if !said {
+                    eprintln!("waiting for etcd at {} ({e})", endpoints.join(","));
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(e).context(format!(
+                    "etcd did not answer within {}s",
+                    patience.as_secs()
+                )))
+            }
+        }
+    }
 }
