@@ -265,6 +265,39 @@ fn a_training_run_killed_mid_way_resumes_to_the_adapter_of_a_straight_run() {
             .unwrap();
         assert!(d < 1e-5, "{k} differs by {d} after resume");
     }
+
+    // The same run through the compositions of candle ops that a GPU uses
+    // (FLOTILLA_COMPOSED_OPS=1) in place of the CPU's custom ops: the same adapter.
+    let composed = dir.join("composed");
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(&composed)
+        .env("FLOTILLA_COMPOSED_OPS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = adapter_tensors(&composed.join("adapter"));
+    for (k, ta) in &a {
+        let d = (ta - &c[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d < 1e-4,
+            "{k} differs by {d} between the custom ops and their composition"
+        );
+    }
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub mod apply;
 pub mod data;
 pub mod lora;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod rounds;
 pub mod trainer;

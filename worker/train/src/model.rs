@@ -8,184 +8,19 @@
 //! from `narrow`/`cat`. Base weights are plain tensors (frozen, dequantized); only the LoRA
 //! matrices are [`Var`]s.
 //!
-//! Frozen projections go through [`FrozenMatmul`], a custom op whose backward returns the
-//! input gradient only: candle's matmul backward always computes the weight gradient too,
-//! a full extra matmul per projection (and per lm_head) that training would throw away.
+//! Frozen projections and attention go through the custom ops of [`super::ops`] (input
+//! gradient only; attention recomputed in the backward), or their compositions of candle ops.
 
 use super::config::{LoraSettings, TargetModule};
 use super::data::Batch;
 use super::lora::{LoraAdapter, LoraKey};
 use super::weights::BaseWeights;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
+use super::ops::{attention, frozen_matmul};
+use candle_core::{DType, Device, Tensor, Var, D};
 use flotilla_engine::error::{Error, Result};
 use flotilla_engine::models::config::ModelConfig;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-
-/// `x (n, in) @ w^T (in, out)` with a backward for `x` only (`w` is frozen).
-struct FrozenMatmul {
-    w: Tensor,
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = storage.as_slice::<f32>()?;
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input not contiguous".into()))?;
-        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
-        let y = x.matmul(&self.w.t()?)?;
-        let shape = y.shape().clone();
-        let v = y.flatten_all()?.to_vec1::<f32>()?;
-        Ok((CpuStorage::F32(v), shape))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.w)?))
-    }
-}
-
-/// `x @ w^T` for a frozen `w`; `x` is (n, in).
-fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
-        Ok(x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?)
-    } else {
-        // Other devices: a plain matmul (its weight gradient is computed and dropped).
-        Ok(x.matmul(&w.t()?)?)
-    }
-}
-
-/// Causal grouped-query attention that stores nothing for its backward but its inputs: the
-/// (heads x t x t) scores and probabilities are recomputed in the backward instead of being
-/// kept for every layer, which is what bounds memory at long sequences.
-///
-/// q is (b, heads, t, d), k and v are (b, kv_heads, t, d); the output is (b, heads, t, d).
-struct Attention {
-    /// Additive mask, (b, 1, t, t): 0 where attention is allowed, -inf elsewhere.
-    mask: Tensor,
-    scale: f64,
-    kv_heads: usize,
-}
-
-fn tensor_of(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
-    let data = s.as_slice::<f32>()?;
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("attention: input not contiguous".into()))?;
-    Tensor::from_slice(&data[a..b], l.shape(), &Device::Cpu)
-}
-
-impl Attention {
-    /// Probabilities, grouped as (b, kv, group * t, t).
-    fn probs(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, h, t, d) = q.dims4()?;
-        let kv = self.kv_heads;
-        let qg = q.reshape((b, kv, (h / kv) * t, d))?;
-        let s = (qg.matmul(&k.t()?)? * self.scale)?
-            .reshape((b, h, t, t))?
-            .broadcast_add(&self.mask)?;
-        candle_nn::ops::softmax_last_dim(&s)?.reshape((b, kv, (h / kv) * t, t))
-    }
-
-    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, h, t, d) = q.dims4()?;
-        self.probs(q, k)?.matmul(v)?.reshape((b, h, t, d))
-    }
-}
-
-impl candle_core::CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "recomputing-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.forward(
-            &tensor_of(s1, l1)?,
-            &tensor_of(s2, l2)?,
-            &tensor_of(s3, l3)?,
-        )?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v) = (q.detach(), k.detach(), v.detach());
-        let (b, h, t, d) = q.dims4()?;
-        let kv = self.kv_heads;
-        let gt = (h / kv) * t;
-        let p = self.probs(&q, &k)?; // (b, kv, gt, t)
-        let go = grad.detach().contiguous()?.reshape((b, kv, gt, d))?;
-        let dv = p.t()?.matmul(&go)?; // (b, kv, t, d)
-        let dp = go.matmul(&v.t()?)?; // (b, kv, gt, t)
-        let dot = (&dp * &p)?.sum_keepdim(3)?;
-        let ds = ((p * dp.broadcast_sub(&dot)?)? * self.scale)?;
-        let dq = ds.matmul(&k)?.reshape((b, h, t, d))?;
-        let qg = q.reshape((b, kv, gt, d))?;
-        let dk = ds.t()?.matmul(&qg)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
-    }
-}
-
-/// Attention through [`Attention`] on CPU; elsewhere the same maths recorded op by op.
-fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
-    scale: f64,
-    kv_heads: usize,
-) -> Result<Tensor> {
-    let op = Attention {
-        mask: mask.clone(),
-        scale,
-        kv_heads,
-    };
-    if q.device().is_cpu() && q.dtype() == DType::F32 {
-        Ok(q.contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
-    } else {
-        let (b, h, t, d) = q.dims4()?;
-        let qg = q.reshape((b, kv_heads, (h / kv_heads) * t, d))?;
-        let s = (qg.matmul(&k.t()?)? * scale)?
-            .reshape((b, h, t, t))?
-            .broadcast_add(mask)?;
-        let p = candle_nn::ops::softmax(&s, D::Minus1)?.reshape((
-            b,
-            kv_heads,
-            (h / kv_heads) * t,
-            t,
-        ))?;
-        Ok(p.matmul(v)?.reshape((b, h, t, d))?)
-    }
-}
 
 /// One LoRA pair: `A` (rank, in) and `B` (out, rank).
 #[derive(Debug, Clone)]
