@@ -9,8 +9,26 @@
 use flotilla_engine::embed::EmbeddingModel;
 use flotilla_engine::error::Result;
 use flotilla_engine::loader::{LanguageModel, LoadOptions};
+use flotilla_contract::model_ref::model_cache;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+/// A model path from the submitter's machine, as this worker can load it: the path itself when
+/// it exists here, else the file or folder of the same name in this worker's model cache (so
+/// a sweep naming `/home/ana/models/qwen.gguf` runs on a PC that keeps `qwen.gguf` in its
+/// cache; the result's provenance records the sha256 of what was loaded). Demo aliases, `hf:`
+/// ids and anything not found stay as they are, for the loader's own error.
+pub fn here(spec: &str, cache: &Path) -> String {
+    let path = Path::new(spec);
+    let looks_like_path = spec.contains('/') || spec.contains('\\') || spec.ends_with(".gguf");
+    if spec.starts_with("hf:") || !looks_like_path || path.exists() {
+        return spec.to_string();
+    }
+    match path.file_name().map(|n| cache.join(n)) {
+        Some(p) if p.exists() => p.to_string_lossy().into_owned(),
+        _ => spec.to_string(),
+    }
+}
 
 /// An adapter to put on a model: its identity (a hash of its files) and its local folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,9 +113,10 @@ impl ModelCache {
     pub fn language(&self, spec: &str, adapter: Option<&AdapterKey>) -> Result<Arc<LanguageModel>> {
         let base = || -> Result<Arc<LanguageModel>> {
             match self.get_or_load(format!("lm:{spec}"), spec, |c| {
-                tracing::info!(model = spec, "loading model");
+                let local = here(spec, &model_cache());
+                tracing::info!(model = spec, local = %local, "loading model");
                 Ok(Loaded::Language(Arc::new(LanguageModel::load(
-                    spec, &c.options,
+                    &local, &c.options,
                 )?)))
             })? {
                 Loaded::Language(m) => Ok(m),
@@ -124,9 +143,10 @@ impl ModelCache {
     /// The embedding model `spec`.
     pub fn embedding(&self, spec: &str) -> Result<Arc<EmbeddingModel>> {
         match self.get_or_load(format!("embed:{spec}"), spec, |c| {
-            tracing::info!(model = spec, "loading embedding model");
+            let local = here(spec, &model_cache());
+            tracing::info!(model = spec, local = %local, "loading embedding model");
             Ok(Loaded::Embedding(Arc::new(EmbeddingModel::load(
-                spec, &c.options,
+                &local, &c.options,
             )?)))
         })? {
             Loaded::Embedding(m) => Ok(m),
@@ -149,4 +169,22 @@ impl ModelCache {
 
 fn apply_adapter(base: &LanguageModel, dir: &Path) -> Result<LanguageModel> {
     flotilla_train::load_with_adapter(base, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::here;
+
+    #[test]
+    fn a_model_path_from_elsewhere_is_found_by_name_in_the_cache() {
+        let cache = std::env::temp_dir().join(format!("flotilla-here-{}", std::process::id()));
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("qwen.gguf"), b"x").unwrap();
+        let found = here("/home/ana/models/qwen.gguf", &cache);
+        assert_eq!(found, cache.join("qwen.gguf").to_string_lossy());
+        assert_eq!(here("smollm2", &cache), "smollm2");
+        assert_eq!(here("hf:Qwen/Qwen2.5-7B", &cache), "hf:Qwen/Qwen2.5-7B");
+        assert_eq!(here("/nowhere/other.gguf", &cache), "/nowhere/other.gguf");
+        let _ = std::fs::remove_dir_all(&cache);
+    }
 }
