@@ -25,8 +25,9 @@ pub struct RetrievalArgs {
     /// How chunks are ranked: hybrid (BM25 + dense, reciprocal rank fusion), dense or bm25.
     #[arg(long = "retrieval-mode", value_name = "MODE", default_value = "hybrid")]
     pub mode: RetrievalMode,
-    /// Chunks retrieved per question.
-    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    /// Chunks retrieved per question (`retrieval.top_k`; `--top-k` is the sampling setting,
+    /// `generation.top_k`).
+    #[arg(long = "retrieval-top-k", value_name = "K", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub top_k: usize,
     /// Chunk size in the embedder's tokens (capped at its window: 254 for MiniLM).
     #[arg(long, default_value_t = 200, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]

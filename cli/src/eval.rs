@@ -72,6 +72,9 @@ pub struct Args {
     /// Nucleus sampling; 1 turns it off. (`generation.top_p`.)
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Keep only the K most likely tokens; 0 turns it off. (`generation.top_k`.)
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub top_k: usize,
     /// Repetition penalty; 1 turns it off. (`generation.repetition_penalty`.)
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
@@ -151,6 +154,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         max_tokens: a.max_tokens,
         temperature: a.temperature,
         top_p: a.top_p,
+        top_k: a.top_k,
         repetition_penalty: a.repetition_penalty,
         samples: a.samples,
         seed: a.seed,
@@ -241,7 +245,9 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
                 .map_err(|e| flotilla_engine::Error::input(format!("--judge {m}: {e}")))
         },
     )?;
-    let embedder = if cases.iter().any(|c| c.task == Task::Rag) {
+    // RAG cases need the embedder; in bm25 mode only its tokenizer (to cut the chunks).
+    let rag = cases.iter().any(|c| c.task == Task::Rag);
+    let embedder = if rag && a.retrieval.mode.uses_embedder() {
         Some(
             EmbeddingModel::load(&a.retrieval.embedder, &opts)
                 .with_context(|| format!("--embedder {}", a.retrieval.embedder))?,
@@ -250,13 +256,15 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         None
     };
     pb.finish_and_clear();
-    let retriever = embedder.as_ref().map(|e| {
-        Retriever::new(
-            e,
-            a.retrieval.chunks(),
-            Some(flotilla_home().join("cache").join("embeddings")),
-        )
-    });
+    let cache = Some(flotilla_home().join("cache").join("embeddings"));
+    let retriever = match &embedder {
+        Some(e) => Some(Retriever::new(e, a.retrieval.chunks(), cache)),
+        None if rag => Some(
+            Retriever::lexical(&a.retrieval.embedder, a.retrieval.chunks(), cache)
+                .with_context(|| format!("--embedder {}", a.retrieval.embedder))?,
+        ),
+        None => None,
+    };
     let judges = panel.judges();
     // The model under test once per --adapter (unmerged adapters share the base weights).
     let mut under_test: Vec<(String, UnderTest)> = Vec::new();
@@ -434,6 +442,7 @@ fn provenance(a: &Args, cases: &[Case], mut files: Vec<FileHash>, started_ms: i6
         "max_tokens": a.max_tokens,
         "temperature": a.temperature,
         "top_p": a.top_p,
+        "top_k": a.top_k,
         "repetition_penalty": a.repetition_penalty,
         "samples": a.samples,
         "explanation_tokens": a.explanation_tokens,

@@ -47,6 +47,9 @@ fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
             flow.join("criteria_benchmark.jsonl").to_str().unwrap(),
             "--documents",
             flow.join("files").to_str().unwrap(),
+            // Room for all four retrieved chunks (the default budget, 1024 tokens, keeps 3).
+            "--context-tokens",
+            "4096",
         ],
         48,
         24,

@@ -15,7 +15,7 @@
 //!   [`JudgeSpec`], the one parser of judge names (`self`, a model, `openai:MODEL@URL`).
 //! - [`variant`]: prompt [`Variant`]s by name.
 //! - [`retrieval`]: how RAG chunks are ranked ([`RetrievalMode`]: hybrid, dense, bm25).
-//! - [`sampling`]: [`SamplingParams`].
+//! - [`sampling`] holds [`SamplingParams`].
 //! - [`train_config`]: a LoRA training run's configuration ([`TrainConfig`]), as `train.yaml`
 //!   and a sweep's `train:` block write it.
 //! - [`model_ref`]: a `--model` value resolved to files (no loading).

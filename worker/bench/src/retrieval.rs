@@ -590,7 +590,7 @@ mod tests {
         assert!(hits[0].score > 0.0);
         let hits = r.retrieve("パスワードの保存場所", &docs, 2).unwrap();
         assert!(
-            !hits.is_empty() && hits[0].document == PathBuf::from("ja.txt"),
+            !hits.is_empty() && hits[0].document == Path::new("ja.txt"),
             "{hits:?}"
         );
         assert_eq!(

@@ -40,10 +40,22 @@ impl EmbeddingModel {
         let raw: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::model(&config_path, format!("not valid JSON: {e}")))?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        if !matches!(model_type, "bert" | "roberta" | "xlm-roberta" | "") {
+        if matches!(model_type, "roberta" | "xlm-roberta") {
+            // Run as BERT they would load and give wrong vectors: their position ids start
+            // after the padding id, BERT's at 0.
             return Err(Error::model(
                 &config_path,
-                format!("model_type = `{model_type}` is not a BERT-family encoder"),
+                format!(
+                    "model_type = `{model_type}` (multilingual-e5, bge-m3, ...) is not supported \
+                     yet: its positions differ from BERT's, so its vectors would be wrong; use a \
+                     BERT encoder such as minilm"
+                ),
+            ));
+        }
+        if !matches!(model_type, "bert" | "") {
+            return Err(Error::model(
+                &config_path,
+                format!("model_type = `{model_type}` is not a BERT encoder"),
             ));
         }
         let config: BertConfig = serde_json::from_value(raw)
