@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{flotilla, ok_json, repo, tmp};
+use common::{copy_smoke_benchmark, flotilla, ok_json, repo, tmp};
 use std::path::Path;
 use std::process::Output;
 
@@ -169,13 +169,7 @@ fn shipped_english_japanese_benchmark_compares_four_variants() {
 fn same_seed_same_inputs_give_byte_identical_scores_and_a_results_folder_runs_again() {
     // A copy of the benchmark, so the test can change an input afterwards.
     let bench = tmp("det-bench");
-    let shipped = repo().join("examples/benchmarks/en-ja");
-    std::fs::copy(shipped.join("smoke.jsonl"), bench.join("smoke.jsonl")).unwrap();
-    std::fs::create_dir_all(bench.join("documents")).unwrap();
-    for e in std::fs::read_dir(shipped.join("documents")).unwrap() {
-        let e = e.unwrap().path();
-        std::fs::copy(&e, bench.join("documents").join(e.file_name().unwrap())).unwrap();
-    }
+    copy_smoke_benchmark(&bench);
     let scores = |out: &Path| {
         let mut v = read_json(&out.join("results.json"));
         let o = v.as_object_mut().unwrap();

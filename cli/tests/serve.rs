@@ -1,6 +1,9 @@
 //! `flotilla serve` as an OpenAI-compatible endpoint on loopback, used by `flotilla eval` as a
 //! remote judge; and an endpoint that is down, which fails ratings, not the run.
 
+mod common;
+
+use common::{copy_smoke_benchmark, repo};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -198,13 +201,7 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
     // In a sweep, beside the local model, in one table; its LoRA rows are left out.
     let dir = std::env::temp_dir().join(format!("flotilla-api-sweep-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("documents")).unwrap();
-    let shipped = repo().join("examples/benchmarks/en-ja");
-    std::fs::copy(shipped.join("smoke.jsonl"), dir.join("smoke.jsonl")).unwrap();
-    for e in std::fs::read_dir(shipped.join("documents")).unwrap() {
-        let e = e.unwrap().path();
-        std::fs::copy(&e, dir.join("documents").join(e.file_name().unwrap())).unwrap();
-    }
+    copy_smoke_benchmark(&dir);
     // The dataset's own rubric, which the judge shards read from the sweep's files.
     std::fs::write(
         dir.join("rubric.jinja"),
@@ -239,13 +236,13 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
         .collect();
     assert_eq!(models, ["big", "smollm2"].into_iter().collect(), "{v}");
     assert!(
-        v["configurations"].as_array().unwrap().iter().all(|c| c["variant"] == "plain"),
+        v["configurations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["variant"] == "plain"),
         "the variant's given name labels the results: {v}"
     );
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// `flotilla --threads 2 ARGS...` with the test server's key as FLOTILLA_API_KEY.

@@ -30,6 +30,17 @@ fn chat_records(n: usize) -> String {
         .collect()
 }
 
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn adapter_tensors(dir: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
     candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
 }
@@ -255,14 +266,7 @@ fn a_training_run_killed_mid_way_resumes_to_the_adapter_of_a_straight_run() {
     let b = adapter_tensors(&killed.join("adapter"));
     assert_eq!(a.len(), 30 * 3 * 2, "30 layers x 3 modules x (A, B)");
     for (k, ta) in &a {
-        let d = (ta - &b[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(ta, &b[k]);
         assert!(d < 1e-5, "{k} differs by {d} after resume");
     }
 
@@ -285,14 +289,7 @@ fn a_training_run_killed_mid_way_resumes_to_the_adapter_of_a_straight_run() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let c = adapter_tensors(&composed.join("adapter"));
     for (k, ta) in &a {
-        let d = (ta - &c[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(ta, &c[k]);
         assert!(
             d < 1e-4,
             "{k} differs by {d} between the custom ops and their composition"

@@ -3,13 +3,17 @@
 
 use candle_core::{Device, Tensor};
 use flotilla_bench::judge::{JudgeInput, LocalJudge, Scale};
+use flotilla_contract::Task;
 use flotilla_engine::models::llama::KvCache;
 use flotilla_tests::smollm2;
 
 const PARIS: JudgeInput<'static> = JudgeInput::Reference {
+    task: Task::Rag,
     question: "What is the capital of France?",
-    reference: "Paris is the capital of France.",
+    reference: Some("Paris is the capital of France."),
     answer: "The capital of France is Paris.",
+    context: "[1] Paris is the capital and largest city of France.",
+    template: None,
 };
 
 #[test]
@@ -25,6 +29,7 @@ fn local_judge_always_gives_a_rating_in_the_scale() {
         .judge(&JudgeInput::Criteria {
             text: "If Tom buys 5 bananas, and then Jim steals 3, how many bananas does Jim have?",
             rubric: "Clarity and Precision: the question should be clearly worded.",
+            template: None,
         })
         .unwrap();
     for v in [&good, &crit] {

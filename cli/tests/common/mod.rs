@@ -36,6 +36,18 @@ pub fn ok_json(out: &Output) -> serde_json::Value {
     })
 }
 
+/// A copy of the shipped benchmark's smoke cases and their documents in `dir` (so a test can
+/// write a sweep beside them, or change an input afterwards).
+pub fn copy_smoke_benchmark(dir: &std::path::Path) {
+    let shipped = repo().join("examples/benchmarks/en-ja");
+    std::fs::create_dir_all(dir.join("documents")).unwrap();
+    std::fs::copy(shipped.join("smoke.jsonl"), dir.join("smoke.jsonl")).unwrap();
+    for e in std::fs::read_dir(shipped.join("documents")).unwrap() {
+        let e = e.unwrap().path();
+        std::fs::copy(&e, dir.join("documents").join(e.file_name().unwrap())).unwrap();
+    }
+}
+
 /// A fresh, empty temporary folder for this test process.
 pub fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("flotilla-cli-{tag}-{}", std::process::id()));
