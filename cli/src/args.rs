@@ -27,7 +27,7 @@ pub struct RetrievalArgs {
     pub mode: RetrievalMode,
     /// Chunks retrieved per question (`retrieval.top_k`; `--top-k` is the sampling setting,
     /// `generation.top_k`).
-    #[arg(long = "retrieval-top-k", value_name = "K", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(id = "retrieval_top_k", long = "retrieval-top-k", value_name = "K", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub top_k: usize,
     /// Chunk size in the embedder's tokens (capped at its window: 254 for MiniLM).
     #[arg(long, default_value_t = 200, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]

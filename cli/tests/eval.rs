@@ -47,9 +47,6 @@ fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
             flow.join("criteria_benchmark.jsonl").to_str().unwrap(),
             "--documents",
             flow.join("files").to_str().unwrap(),
-            // Room for all four retrieved chunks (the default budget, 1024 tokens, keeps 3).
-            "--context-tokens",
-            "4096",
         ],
         48,
         24,
@@ -71,7 +68,15 @@ fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
         let score = c["score"].as_f64().expect("the local judge always rates");
         assert!((1.0..=10.0).contains(&score), "{c}");
         if c["task"] == "rag" {
-            assert_eq!(c["hits"].as_array().unwrap().len(), 4);
+            // Four chunks, or every chunk of a document that has fewer (the resume is three
+            // 200-token chunks).
+            let hits = c["hits"].as_array().unwrap();
+            let mut chunks: Vec<u64> = hits.iter().map(|h| h["chunk"].as_u64().unwrap()).collect();
+            chunks.sort();
+            assert!(
+                hits.len() == 4 || chunks == (0..hits.len() as u64).collect::<Vec<_>>(),
+                "{c}"
+            );
             assert!(c["prompt"].as_str().unwrap().contains("[1]"));
         }
     }
