@@ -82,7 +82,7 @@ fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
     }
     let warnings = v["warnings"].to_string();
     assert!(
-        warnings.contains("judge `smollm2` is the model under test (smollm2)"),
+        warnings.contains("judge `self` is the model under test (smollm2)"),
         "--judge self is named for what it is: {warnings}"
     );
     let flow_out = read_json(&out.join("flow_results.json"));
