@@ -100,7 +100,10 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         "--holdout {}: expected a fraction in [0, 1)",
         a.holdout
     );
-    anyhow::ensure!(a.retrieval.top_k > 0, "--retrieval-top-k must be at least 1");
+    anyhow::ensure!(
+        a.retrieval.top_k > 0,
+        "--retrieval-top-k must be at least 1"
+    );
     anyhow::ensure!(
         a.max_document_chars >= 64,
         "--max-document-chars {}: too small to hold a document",

@@ -145,10 +145,15 @@ fn variants_can_be_named_for_the_results() {
     assert_eq!(s.variant_label("query_first"), "query_first");
     let bad = "models: [smollm2]\nvariants:\n  - name: a\n    variant: query_middle\n  - {variant: query_last}\n  - name: query_first\n    variant: query_first\n  - query_first\n\
                datasets:\n  - cases: c.jsonl\n";
-    let e = sweep::parse(bad, Path::new("s.yaml")).unwrap_err().to_string();
+    let e = sweep::parse(bad, Path::new("s.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("s.yaml:3:") && e.contains("query_middle"), "{e}");
     assert!(e.contains("s.yaml:5:") && e.contains("name"), "{e}");
-    assert!(e.contains("s.yaml:8: variant `query_first` is listed twice"), "{e}");
+    assert!(
+        e.contains("s.yaml:8: variant `query_first` is listed twice"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -34,7 +34,11 @@ fn the_relevant_passage_is_retrieved_and_embeddings_are_cached() {
         Some(1.0),
         "{hits:#?}"
     );
-    assert_eq!(bm25.embedded_count.load(Ordering::Relaxed), 0, "BM25 embeds nothing");
+    assert_eq!(
+        bm25.embedded_count.load(Ordering::Relaxed),
+        0,
+        "BM25 embeds nothing"
+    );
 
     // The default (hybrid) retriever.
     let r = Retriever::new(

@@ -8,17 +8,17 @@
 
 use super::models::{AdapterKey, ModelCache};
 use candle_core::Device;
+use flotilla_bench::api_model::EndpointModel;
 use flotilla_bench::dataset::{Case, Task};
 use flotilla_bench::prompts::Variant;
 use flotilla_bench::retrieval::Retriever;
-use flotilla_bench::api_model::EndpointModel;
 use flotilla_bench::runner::{judge_result, Answerer, CaseResult, EvalSettings, Runner};
 use flotilla_bench::setup::JudgePanel;
+use flotilla_contract::provenance::{file_hash, Machine, Origin};
 use flotilla_contract::shard::{
     GenerateResult, GenerateShard, JudgeResult, JudgeShard, NoopResult, NoopShard, TrainResult,
     TrainRoundResult, TrainRoundShard, TrainShard,
 };
-use flotilla_contract::provenance::{file_hash, Machine, Origin};
 use flotilla_contract::{JudgeSpec, ShardOutput, ShardSpec};
 use flotilla_engine::error::Error;
 use flotilla_proto::v1::FileRef;
@@ -254,7 +254,12 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
     let answerer = match (&model, &api) {
         (Some(m), _) => Answerer::Local(m),
         (None, Some(e)) => Answerer::Endpoint(e),
-        (None, None) => return Err(ShardError::Task(format!("model {}: nothing to run", spec.model))),
+        (None, None) => {
+            return Err(ShardError::Task(format!(
+                "model {}: nothing to run",
+                spec.model
+            )))
+        }
     };
     let mut runner = Runner::new(answerer, retriever.as_ref(), Vec::new(), settings);
     let total = cases.len() as u32;
@@ -330,9 +335,10 @@ fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<Completed, ShardError> 
     let rubric = match &spec.rubric {
         Some(path) => {
             let local = ctx.local(path)?;
-            Some(std::fs::read_to_string(&local).map_err(|e| {
-                ShardError::Task(format!("rubric template {path}: {e}"))
-            })?)
+            Some(
+                std::fs::read_to_string(&local)
+                    .map_err(|e| ShardError::Task(format!("rubric template {path}: {e}")))?,
+            )
         }
         None => None,
     };
@@ -342,12 +348,7 @@ fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<Completed, ShardError> 
     for (i, item) in spec.items.iter().enumerate() {
         ctx.check_cancel()?;
         let mut r = item.result.clone();
-        judge_result(
-            &judges,
-            &mut r,
-            item.criteria.as_deref(),
-            rubric.as_deref(),
-        );
+        judge_result(&judges, &mut r, item.criteria.as_deref(), rubric.as_deref());
         results.push(r);
         (ctx.progress)(i as u32 + 1, total);
     }

@@ -6,10 +6,10 @@
 //! embedding model used for retrieval. The coordinator is told which models are loaded, and
 //! prefers to send a shard to a worker that has its model.
 
+use flotilla_contract::model_ref::model_cache;
 use flotilla_engine::embed::EmbeddingModel;
 use flotilla_engine::error::Result;
 use flotilla_engine::loader::{LanguageModel, LoadOptions};
-use flotilla_contract::model_ref::model_cache;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 

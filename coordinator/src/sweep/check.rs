@@ -177,7 +177,11 @@ impl Sweep {
             })
         };
         if models == ModelCheck::Local {
-            for m in self.models.iter().filter(|m| !m.model.starts_with("openai:")) {
+            for m in self
+                .models
+                .iter()
+                .filter(|m| !m.model.starts_with("openai:"))
+            {
                 if let Err(e) = resolve(&m.model) {
                     err(m.line, format!("model `{}`: {e}", m.model));
                 }
@@ -199,8 +203,15 @@ impl Sweep {
                 }
             }
         }
-        let has_base = self.adapters.iter().any(|a| a.source == AdapterSource::None);
-        for m in self.models.iter().filter(|m| m.model.starts_with("openai:")) {
+        let has_base = self
+            .adapters
+            .iter()
+            .any(|a| a.source == AdapterSource::None);
+        for m in self
+            .models
+            .iter()
+            .filter(|m| m.model.starts_with("openai:"))
+        {
             if !has_base {
                 err(
                     m.line,

@@ -461,7 +461,12 @@ fn answer_over_api(
     let reply = e
         .chat(&built.messages, sampling, &built.stop)
         .map_err(Error::input)?;
-    Ok((prompt, reply.text, reply.prompt_tokens, reply.completion_tokens))
+    Ok((
+        prompt,
+        reply.text,
+        reply.prompt_tokens,
+        reply.completion_tokens,
+    ))
 }
 
 /// The judging step: the jury's verdicts on a generated result, and its score.

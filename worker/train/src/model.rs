@@ -14,8 +14,8 @@
 use super::config::{LoraSettings, TargetModule};
 use super::data::Batch;
 use super::lora::{LoraAdapter, LoraKey};
-use super::weights::BaseWeights;
 use super::ops::{attention, frozen_matmul};
+use super::weights::BaseWeights;
 use candle_core::{DType, Device, Tensor, Var, D};
 use flotilla_engine::error::{Error, Result};
 use flotilla_engine::models::config::ModelConfig;

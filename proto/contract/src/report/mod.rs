@@ -13,9 +13,9 @@ mod metrics;
 mod pairwise;
 
 pub use judge_check::{Agreement, JudgeCheck};
-pub use pairwise::{pairwise_markdown, summarize_pairs, PairChoice, PairVerdict, Pairwise};
 pub use markdown::{human_bytes, markdown};
 pub use metrics::{case_metric, METRICS};
+pub use pairwise::{pairwise_markdown, summarize_pairs, PairChoice, PairVerdict, Pairwise};
 
 use crate::case_result::CaseResult;
 use crate::error::{Error, Result};
@@ -288,9 +288,8 @@ pub fn build_report(
             mean_recall_at_k: mean_of("recall_at_k"),
             metrics,
         });
-        let per_case = |f: &dyn Fn(&CaseResult) -> usize| {
-            mean(rs.iter().map(|r| f(r) as f64)).unwrap_or(0.0)
-        };
+        let per_case =
+            |f: &dyn Fn(&CaseResult) -> usize| mean(rs.iter().map(|r| f(r) as f64)).unwrap_or(0.0);
         timings.push(Timing {
             key: key.clone(),
             mean_latency_s: mean(rs.iter().map(|r| r.latency_s)).unwrap_or(0.0),
@@ -474,4 +473,3 @@ pub fn write_outputs(dir: &Path, report: &Report, results: &[CaseResult]) -> Res
     files.push(p);
     Ok(files)
 }
-
