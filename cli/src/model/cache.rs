@@ -73,7 +73,7 @@ pub fn list(cache: &Path) -> Vec<CachedModel> {
         let path = cache.join(file);
         let fetched = path.exists();
         let (format, kind) = describe(&path).unwrap_or(match *alias {
-            "minilm" => ("hf", "embedding"),
+            "minilm" | "e5" => ("hf", "embedding"),
             _ => ("gguf", "language"),
         });
         out.push(CachedModel {

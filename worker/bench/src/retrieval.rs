@@ -19,7 +19,7 @@ use super::chunk::{chunk_tokens, Chunk, TokenSpans};
 use super::documents::{hex, Document};
 pub use flotilla_contract::case_result::{ChunkSettings, Hit};
 pub use flotilla_contract::retrieval::RetrievalMode;
-use flotilla_engine::embed::{cosine, EmbeddingModel};
+use flotilla_engine::embed::{cosine, EmbeddingModel, Prompts, Role};
 use flotilla_engine::error::{Error, Result};
 use flotilla_engine::tokenizer::TextTokenizer;
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,8 @@ pub struct EmbedderTokens {
     spans: Box<SpanFn>,
     /// Longest input the model reads, in tokens, special tokens included.
     pub window: usize,
-    /// Special tokens the model adds around every input (`[CLS]`, `[SEP]`: 2).
+    /// Tokens the model adds around every passage: special tokens (`[CLS]`, `[SEP]`: 2) and
+    /// the passage prompt where the model has one (e5's `passage: `).
     pub specials: usize,
 }
 
@@ -74,8 +75,9 @@ impl EmbedderTokens {
         tk.with_truncation(None)
             .map_err(|e| Error::model(&path, format!("truncation: {e}")))?;
         tk.with_padding(None);
+        let prompt = Prompts::read(dir)?.passage;
         let specials = tk
-            .encode("", true)
+            .encode(prompt.as_str(), true)
             .map_err(|e| Error::model(&path, format!("cannot tokenize: {e}")))?
             .get_ids()
             .len();
@@ -266,7 +268,7 @@ impl<'a> Retriever<'a> {
                         let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
                         let mut vectors = Vec::with_capacity(texts.len());
                         for batch in texts.chunks(32) {
-                            vectors.extend(model.embed(batch)?);
+                            vectors.extend(model.embed_as(Role::Passage, batch)?);
                         }
                         self.embedded_count
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -327,7 +329,7 @@ impl<'a> Retriever<'a> {
             .collect();
         let dense: Vec<f32> = match model {
             Some(m) => {
-                let q = m.embed(&[query])?.remove(0);
+                let q = m.embed_as(Role::Query, &[query])?.remove(0);
                 indexed
                     .iter()
                     .flat_map(|e| e.vectors.iter().map(|v| cosine(&q, v)).collect::<Vec<_>>())

@@ -1,22 +1,83 @@
-//! Sentence embeddings with a BERT-family encoder (all-MiniLM-L6-v2 and friends) from a
-//! Hugging Face / sentence-transformers directory: mean pooling over real tokens, L2-normed,
-//! as sentence-transformers computes them.
+//! Sentence embeddings with a BERT-family encoder (all-MiniLM-L6-v2 and friends) or an
+//! XLM-RoBERTa encoder (multilingual-e5, bge-m3's encoder) from a Hugging Face /
+//! sentence-transformers directory: mean pooling over real tokens, L2-normed, as
+//! sentence-transformers computes them. A model trained with prompts (e5's `query: ` and
+//! `passage: `) gets them from `config_sentence_transformers.json`'s `prompts`.
 
 use crate::error::{Error, Result};
 use crate::loader::{resolve, safetensors_files, LoadOptions, ModelSource};
 use candle_core::{DType, Tensor, D};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::xlm_roberta::{Config as XlmRobertaConfig, XLMRobertaModel};
 use std::path::{Path, PathBuf};
 use tokenizers::{PaddingParams, PaddingStrategy, TruncationParams};
 
+/// What a text is to the embedder: models trained with prompts embed questions and passages
+/// each with its own prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Query,
+    Passage,
+}
+
+/// The prefixes a sentence-transformers model was trained with, from
+/// `config_sentence_transformers.json`'s `prompts` (`query`, and `passage` or `document`);
+/// empty for models without them (MiniLM).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prompts {
+    pub query: String,
+    pub passage: String,
+}
+
+impl Prompts {
+    /// The prompts of the model directory `dir` (none when the file or the key is absent; an
+    /// unreadable file is an error that names it).
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("config_sentence_transformers.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::model(&path, format!("not valid JSON: {e}")))?;
+        let get = |keys: &[&str]| -> String {
+            keys.iter()
+                .find_map(|k| v.get("prompts")?.get(*k)?.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        Ok(Self {
+            query: get(&["query"]),
+            passage: get(&["passage", "document"]),
+        })
+    }
+
+    /// The prefix for a text of `role`.
+    pub fn for_role(&self, role: Role) -> &str {
+        match role {
+            Role::Query => &self.query,
+            Role::Passage => &self.passage,
+        }
+    }
+}
+
+enum Encoder {
+    Bert(BertModel),
+    XlmRoberta(XLMRobertaModel),
+}
+
 /// A loaded embedding model.
 pub struct EmbeddingModel {
-    model: BertModel,
+    model: Encoder,
+    device: candle_core::Device,
     tokenizer: tokenizers::Tokenizer,
     pub path: PathBuf,
     /// Longest input in tokens; longer text is truncated, as sentence-transformers does.
     pub max_tokens: usize,
     pub dimension: usize,
+    /// The prefixes for questions and passages (empty for models trained without them).
+    pub prompts: Prompts,
 }
 
 impl EmbeddingModel {
@@ -39,27 +100,45 @@ impl EmbeddingModel {
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let raw: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::model(&config_path, format!("not valid JSON: {e}")))?;
-        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        if matches!(model_type, "roberta" | "xlm-roberta") {
-            // Run as BERT they would load and give wrong vectors: their position ids start
-            // after the padding id, BERT's at 0.
-            return Err(Error::model(
-                &config_path,
-                format!(
-                    "model_type = `{model_type}` (multilingual-e5, bge-m3, ...) is not supported \
-                     yet: its positions differ from BERT's, so its vectors would be wrong; use a \
-                     BERT encoder such as minilm"
-                ),
-            ));
-        }
-        if !matches!(model_type, "bert" | "") {
-            return Err(Error::model(
-                &config_path,
-                format!("model_type = `{model_type}` is not a BERT encoder"),
-            ));
-        }
-        let config: BertConfig = serde_json::from_value(raw)
-            .map_err(|e| Error::model(&config_path, format!("not a BERT config: {e}")))?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let kind = match model_type.as_str() {
+            "bert" | "" => {
+                let c: BertConfig = serde_json::from_value(raw.clone())
+                    .map_err(|e| Error::model(&config_path, format!("not a BERT config: {e}")))?;
+                EncoderConfig::Bert(c)
+            }
+            // RoBERTa and XLM-RoBERTa share the architecture; they differ in the tokenizer.
+            "xlm-roberta" | "roberta" => {
+                let c: XlmRobertaConfig = serde_json::from_value(raw.clone()).map_err(|e| {
+                    Error::model(&config_path, format!("not an XLM-RoBERTa config: {e}"))
+                })?;
+                EncoderConfig::XlmRoberta(c)
+            }
+            other => {
+                return Err(Error::model(
+                    &config_path,
+                    format!(
+                        "model_type = `{other}` is not an encoder flotilla runs (bert, roberta, \
+                         xlm-roberta)"
+                    ),
+                ))
+            }
+        };
+        let (pad_token_id, max_positions, hidden_size) = match &kind {
+            EncoderConfig::Bert(c) => (c.pad_token_id, c.max_position_embeddings, c.hidden_size),
+            // XLM-RoBERTa counts positions from the padding id + 1: two rows are not positions.
+            EncoderConfig::XlmRoberta(c) => (
+                c.pad_token_id as usize,
+                c.max_position_embeddings
+                    .saturating_sub(c.pad_token_id as usize + 1),
+                c.hidden_size,
+            ),
+        };
+        let prompts = Prompts::read(dir)?;
 
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
@@ -76,10 +155,11 @@ impl EmbeddingModel {
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.get("max_seq_length").and_then(|m| m.as_u64()))
             .map(|m| m as usize)
-            .unwrap_or(config.max_position_embeddings);
+            .unwrap_or(max_positions)
+            .min(max_positions);
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
-            pad_id: config.pad_token_id as u32,
+            pad_id: pad_token_id as u32,
             ..Default::default()
         }));
         tokenizer
@@ -103,20 +183,40 @@ impl EmbeddingModel {
             }
         }
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &opts.device);
-        let model = BertModel::load(vb, &config)
-            .map_err(|e| Error::model(dir, format!("weights do not match config.json: {e}")))?;
+        let mismatch = |e: candle_core::Error| {
+            Error::model(dir, format!("weights do not match config.json: {e}"))
+        };
+        let model = match &kind {
+            EncoderConfig::Bert(c) => Encoder::Bert(BertModel::load(vb, c).map_err(mismatch)?),
+            EncoderConfig::XlmRoberta(c) => {
+                Encoder::XlmRoberta(XLMRobertaModel::new(c, vb).map_err(mismatch)?)
+            }
+        };
         Ok(Self {
             model,
+            device: opts.device.clone(),
             tokenizer,
             path: dir.to_path_buf(),
             max_tokens,
-            dimension: config.hidden_size,
+            dimension: hidden_size,
+            prompts,
         })
     }
 
-    /// One L2-normalised vector per text.
+    /// One L2-normalised vector per text, each embedded as it is (no prompt).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         crate::device::in_engine_pool(|| self.embed_in_pool(texts))
+    }
+
+    /// One L2-normalised vector per text, each with the model's prompt for `role` in front.
+    pub fn embed_as(&self, role: Role, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let prefix = self.prompts.for_role(role);
+        if prefix.is_empty() {
+            return self.embed(texts);
+        }
+        let prefixed: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+        let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+        self.embed(&refs)
     }
 
     fn embed_in_pool(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
@@ -127,7 +227,7 @@ impl EmbeddingModel {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| Error::input(format!("cannot tokenize: {e}")))?;
-        let device = &self.model.device;
+        let device = &self.device;
         let b = enc.len();
         let t = enc[0].get_ids().len();
         let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().to_vec()).collect();
@@ -138,7 +238,10 @@ impl EmbeddingModel {
         let ids = Tensor::from_vec(ids, (b, t), device)?;
         let mask = Tensor::from_vec(mask, (b, t), device)?;
         let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = match &self.model {
+            Encoder::Bert(m) => m.forward(&ids, &types, Some(&mask))?,
+            Encoder::XlmRoberta(m) => m.forward(&ids, &mask, &types, None, None, None)?,
+        };
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&m)?.sum(1)?;
         let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
@@ -150,6 +253,11 @@ impl EmbeddingModel {
             .clamp(1e-12, f64::MAX)?;
         Ok(mean.broadcast_div(&norm)?.to_vec2::<f32>()?)
     }
+}
+
+enum EncoderConfig {
+    Bert(BertConfig),
+    XlmRoberta(XlmRobertaConfig),
 }
 
 /// Cosine similarity of two vectors.
