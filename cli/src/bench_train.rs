@@ -7,9 +7,11 @@ use crate::output::{bar, print_json, OutputFormat};
 use anyhow::Context;
 use candle_core::Var;
 use flotilla_engine::device;
+use flotilla_train::config::Precision;
 use flotilla_train::data::Batch;
 use flotilla_train::model::TrainModel;
 use flotilla_train::optim::AdamW;
+use flotilla_train::trainer::training_dtype;
 use flotilla_train::weights::BaseWeights;
 use flotilla_train::LoraSettings;
 use rand::{Rng, SeedableRng};
@@ -37,6 +39,10 @@ pub struct TrainArgs {
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Precision of the frozen weights and activations: f32, bf16, or auto (bf16 on a CUDA
+    /// GPU with bf16, f32 elsewhere). LoRA weights and optimizer state are f32 always.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
+    pub precision: String,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -64,7 +70,14 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
         alpha: a.alpha,
         ..Default::default()
     };
-    let model = TrainModel::new(base, &lora, a.seed)?;
+    let precision = match a.precision.as_str() {
+        "f32" => Precision::F32,
+        "bf16" => Precision::Bf16,
+        _ => Precision::Auto,
+    };
+    let dtype = training_dtype(precision, &device);
+    let model = TrainModel::with_dtype(base, &lora, a.seed, dtype)?;
+    let frozen_bytes = model.frozen_bytes();
     let load_s = t0.elapsed().as_secs_f64();
     let vars: Vec<Var> = model.vars().into_iter().map(|(_, v)| v).collect();
     let trainable: usize = vars.iter().map(|v| v.elem_count()).sum();
@@ -145,6 +158,8 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
         "seq": t,
         "lora": {"r": a.rank, "alpha": a.alpha, "dropout": 0.0, "modules": 7},
         "trainable_params": trainable,
+        "precision": format!("{dtype:?}").to_lowercase(),
+        "frozen_weight_mib": frozen_bytes as f64 / (1024.0 * 1024.0),
         "load_s": load_s,
         "median_ms": med,
         "median_fwd_ms": median(rows.iter().map(|r| r.1).collect()),

@@ -214,7 +214,8 @@ impl Default for OptimizerSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
-    /// f32 on CPU, bf16 on a GPU.
+    /// bf16 on a CUDA GPU with bf16 arithmetic (a build for compute capability 8.0 and up),
+    /// f32 elsewhere.
     Auto,
     F32,
     Bf16,

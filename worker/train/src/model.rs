@@ -10,6 +10,12 @@
 //!
 //! Frozen projections and attention go through the custom ops of [`super::ops`] (input
 //! gradient only; attention recomputed in the backward), or their compositions of candle ops.
+//!
+//! Mixed precision (`precision: bf16`): the frozen weights, the embeddings and the residual
+//! stream are bf16 and the projections multiply in bf16; the LoRA matrices (the `Var`s the
+//! optimizer updates) stay f32 and their product is computed in f32 from the bf16 input;
+//! RMS norm, attention's softmax and the loss run in f32. bf16 keeps f32's exponent range, so
+//! no loss scaling is needed.
 
 use super::config::{LoraSettings, TargetModule};
 use super::data::Batch;
@@ -38,20 +44,24 @@ pub struct TrainLinear {
 }
 
 impl TrainLinear {
-    /// `x` is (n, in); returns (n, out). `dropout` is a 0/1-scaled mask for the LoRA input.
+    /// `x` is (n, in), in the weights' dtype; returns (n, out) in that dtype. `dropout` is a
+    /// 0/1-scaled mask for the LoRA input. The LoRA product is computed in f32 (the dtype of
+    /// its matrices) and added back in the weights' dtype.
     fn forward(&self, x: &Tensor, scaling: f64, dropout: Option<&Tensor>) -> Result<Tensor> {
         let mut y = frozen_matmul(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
+            let xin = x.to_dtype(DType::F32)?;
             let xin = match dropout {
-                Some(m) => (x * m)?,
-                None => x.clone(),
+                Some(m) => (xin * m)?,
+                None => xin,
             };
             let down = xin.matmul(&l.a.as_tensor().t()?)?;
             let up = down.matmul(&l.b.as_tensor().t()?)?;
-            y = (y + (up * scaling)?)?;
+            let dtype = y.dtype();
+            y = (y + (up * scaling)?.to_dtype(dtype)?)?;
         }
         Ok(y)
     }
@@ -76,6 +86,8 @@ pub struct TrainModel {
     pub lora: LoraSettings,
     scaling: f64,
     modules: Vec<TargetModule>,
+    /// The dtype of the frozen weights and the activations (f32 or bf16).
+    pub dtype: DType,
 }
 
 /// PEFT's default initialisation of `A`: kaiming-uniform with a = sqrt(5), i.e. uniform in
@@ -93,11 +105,14 @@ fn init_a(
     Ok(Tensor::from_vec(v, (rank, inp), device)?)
 }
 
-/// RMS norm with primitive ops (the fused one records no backward).
+/// RMS norm with primitive ops (the fused one records no backward), computed in f32 (`w` is
+/// f32) and returned in `x`'s dtype.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?.to_dtype(dtype)?)
 }
 
 /// Rotate-half RoPE (Hugging Face layout); `cos`/`sin` are (b, 1, t, d/2).
@@ -112,8 +127,24 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 impl TrainModel {
     /// Build from dense base weights, with fresh adapters (A as PEFT initialises it, B zero)
-    /// drawn from `seed`.
-    pub fn new(mut base: BaseWeights, lora: &LoraSettings, seed: u64) -> Result<Self> {
+    /// drawn from `seed`, training in f32.
+    pub fn new(base: BaseWeights, lora: &LoraSettings, seed: u64) -> Result<Self> {
+        Self::with_dtype(base, lora, seed, DType::F32)
+    }
+
+    /// [`TrainModel::new`] with the frozen weights and activations in `dtype` (f32 or bf16);
+    /// the adapters stay f32.
+    pub fn with_dtype(
+        mut base: BaseWeights,
+        lora: &LoraSettings,
+        seed: u64,
+        dtype: DType,
+    ) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            return Err(Error::input(format!(
+                "training runs in f32 or bf16, not {dtype:?}"
+            )));
+        }
         let modules = lora.modules()?;
         let cfg = base.config.clone();
         let device = base.get("model.embed_tokens.weight")?.device().clone();
@@ -123,8 +154,14 @@ impl TrainModel {
             let p = format!("model.layers.{i}");
             let mut proj = BTreeMap::new();
             for m in TargetModule::ALL {
-                let weight = base.take(&format!("{p}.{}.weight", m.path()))?;
-                let bias = base.tensors.remove(&format!("{p}.{}.bias", m.path()));
+                let weight = base
+                    .take(&format!("{p}.{}.weight", m.path()))?
+                    .to_dtype(dtype)?;
+                let bias = base
+                    .tensors
+                    .remove(&format!("{p}.{}.bias", m.path()))
+                    .map(|b| b.to_dtype(dtype))
+                    .transpose()?;
                 let (out, inp) = weight.dims2()?;
                 let lora_pair = if modules.contains(&m) {
                     let a = init_a(lora.rank, inp, &mut rng, &device)?;
@@ -151,19 +188,21 @@ impl TrainModel {
                 proj,
             });
         }
-        let embed = base.take("model.embed_tokens.weight")?;
+        let embed = base.take("model.embed_tokens.weight")?.to_dtype(dtype)?;
         let norm = base.take("model.norm.weight")?;
         let lm_head = if cfg.tie_word_embeddings {
             embed.clone()
         } else {
-            base.take("lm_head.weight")?
+            base.take("lm_head.weight")?.to_dtype(dtype)?
         };
         let (cos, sin) = flotilla_engine::models::llama::rope_tables(
             &cfg,
             base.freq_factors.as_deref(),
             &device,
         )?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         Ok(Self {
+            dtype,
             config: cfg,
             embed,
             blocks,
@@ -175,6 +214,23 @@ impl TrainModel {
             lora: lora.clone(),
             modules,
         })
+    }
+
+    /// Bytes held by the frozen tensors (projections, norms, embeddings, lm_head once when
+    /// tied, RoPE tables): what the precision changes.
+    pub fn frozen_bytes(&self) -> usize {
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let mut n = size(&self.embed) + size(&self.norm) + size(&self.cos) + size(&self.sin);
+        if !self.config.tie_word_embeddings {
+            n += size(&self.lm_head);
+        }
+        for b in &self.blocks {
+            n += size(&b.attn_norm) + size(&b.ffn_norm);
+            for p in b.proj.values() {
+                n += size(&p.weight) + p.bias.as_ref().map_or(0, size);
+            }
+        }
+        n
     }
 
     pub fn device(&self) -> &Device {
@@ -322,9 +378,13 @@ impl TrainModel {
             let k = rope(&k.contiguous()?, &cos, &sin)?;
             // Grouped-query attention without copying keys: the `group` query heads sharing a
             // key head are stacked along the time axis.
-            let o = attention(&q, &k, &v, &mask, scale, kv)?
-                .transpose(1, 2)?
-                .reshape((n, heads * hd))?;
+            let o = if self.dtype == DType::F32 {
+                attention(&q, &k, &v, &mask, scale, kv)?
+            } else {
+                let f = |t: &Tensor| t.to_dtype(DType::F32);
+                attention(&f(&q)?, &f(&k)?, &f(&v)?, &mask, scale, kv)?.to_dtype(self.dtype)?
+            };
+            let o = o.transpose(1, 2)?.reshape((n, heads * hd))?;
             let d_o = drop_mask(n, heads * hd)?;
             x = (x + proj(TargetModule::OProj, &o, d_o.as_ref())?)?;
 
@@ -413,7 +473,7 @@ impl TrainModel {
                 })
                 .sum();
             total += nll;
-            let g = Tensor::from_vec(data, (len, vocab), &dev)?;
+            let g = Tensor::from_vec(data, (len, vocab), &dev)?.to_dtype(self.dtype)?;
             grads.push(g.matmul(&self.lm_head)?);
         }
         let g = Tensor::cat(&grads, 0)?;

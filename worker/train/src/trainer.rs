@@ -18,7 +18,7 @@ use super::data::{self, Batch, DataLoader, DataPosition, TokenizedExample};
 use super::model::TrainModel;
 use super::optim::{clip_factor, lr_at, AdamW};
 use super::weights::BaseWeights;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use flotilla_engine::error::{Error, Result};
 use flotilla_engine::loader::{LanguageModel, LoadOptions};
 use serde::{Deserialize, Serialize};
@@ -139,21 +139,41 @@ pub fn prepare_data(
     Ok((train, eval))
 }
 
+/// The dtype of the frozen weights and activations for `precision` on `device`: `auto` is
+/// bf16 on CUDA when this binary was built for compute capability 8.0 or later (Ampere on:
+/// bf16 arithmetic; `CUDA_COMPUTE_CAP` at build time, as scripts/build-cuda.sh sets it) and f32
+/// elsewhere (older GPUs; on CPU bf16 halves the weights' memory, but candle's CPU matmuls are
+/// slower in bf16 than in f32, so it is asked for explicitly). LoRA weights and optimizer
+/// state are f32 always.
+pub fn training_dtype(precision: super::config::Precision, device: &Device) -> DType {
+    use super::config::Precision;
+    match precision {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::Auto if device.is_cuda() && built_for_bf16_gpus() => DType::BF16,
+        Precision::Auto => DType::F32,
+    }
+}
+
+/// Whether the CUDA kernels were compiled for a compute capability with bf16 (>= 80).
+fn built_for_bf16_gpus() -> bool {
+    option_env!("CUDA_COMPUTE_CAP")
+        .map(|c| c.trim_end_matches(['a', 'f']))
+        .and_then(|c| c.parse::<u32>().ok())
+        .is_some_and(|c| c >= 80)
+}
+
 impl Trainer {
     /// Load the model named `model_spec`, tokenize the data and set up a fresh run.
     pub fn new(cfg: &TrainConfig, model_spec: &str, device: &Device) -> Result<Self> {
-        if cfg.precision == super::config::Precision::Bf16 {
-            return Err(Error::input(
-                "precision: bf16 base weights are not built yet; use auto or f32 (LoRA weights \
-                 and optimizer state are f32 either way)",
-            ));
-        }
+        let dtype = training_dtype(cfg.precision, device);
         let lm = LanguageModel::load(model_spec, &LoadOptions::default())?;
         let (train, eval) = prepare_data(cfg, &lm)?;
         let pad = lm.tokenizer.eos_ids.first().copied().unwrap_or(0);
         drop(lm);
         let base = BaseWeights::load(model_spec, device)?;
-        let model = TrainModel::new(base, &cfg.lora, cfg.seed)?;
+        let model = TrainModel::with_dtype(base, &cfg.lora, cfg.seed, dtype)?;
+        tracing::info!(?dtype, "training precision of the frozen weights");
         let vars: Vec<Var> = model.vars().into_iter().map(|(_, v)| v).collect();
         let optimizer = AdamW::new(&vars, &cfg.optimizer)?;
         let loader = DataLoader::new(
