@@ -43,6 +43,9 @@ pub struct TrainArgs {
     /// GPU with bf16, f32 elsewhere). LoRA weights and optimizer state are f32 always.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
     pub precision: String,
+    /// QLoRA: keep the GGUF model's projections quantized.
+    #[arg(long)]
+    pub qlora: bool,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -56,8 +59,12 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
     anyhow::ensure!(a.seq >= 2, "--seq must be at least 2");
     let device = device::parse_device(&a.device)?;
     let t0 = Instant::now();
-    let base =
-        BaseWeights::load(&a.model, &device).with_context(|| format!("--model {}", a.model))?;
+    let base = if a.qlora {
+        BaseWeights::load_quantized(&a.model, &device)
+    } else {
+        BaseWeights::load(&a.model, &device)
+    }
+    .with_context(|| format!("--model {}", a.model))?;
     let vocab = base.config.vocab_size;
     anyhow::ensure!(
         a.seq <= base.config.max_position_embeddings,
@@ -159,6 +166,7 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
         "lora": {"r": a.rank, "alpha": a.alpha, "dropout": 0.0, "modules": 7},
         "trainable_params": trainable,
         "precision": format!("{dtype:?}").to_lowercase(),
+        "qlora": a.qlora,
         "frozen_weight_mib": frozen_bytes as f64 / (1024.0 * 1024.0),
         "load_s": load_s,
         "median_ms": med,

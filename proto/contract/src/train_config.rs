@@ -264,6 +264,11 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     #[serde(default = "default_precision")]
     pub precision: Precision,
+    /// QLoRA: keep the base model's projections quantized as its GGUF file has them (forward
+    /// through the quantized matmul, backward through one dequantized weight at a time).
+    /// Needs a quantized GGUF base.
+    #[serde(default)]
+    pub qlora: bool,
     /// Output directory (adapter, checkpoints, log). For `flotilla train`, `--out` overrides.
     #[serde(default)]
     pub out: Option<PathBuf>,

@@ -27,6 +27,7 @@ pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod qlora;
 pub mod rounds;
 pub mod trainer;
 pub mod weights;

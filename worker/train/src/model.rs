@@ -21,6 +21,7 @@ use super::config::{LoraSettings, TargetModule};
 use super::data::Batch;
 use super::lora::{LoraAdapter, LoraKey};
 use super::ops::{attention, frozen_matmul};
+use super::qlora::FrozenWeight;
 use super::weights::BaseWeights;
 use candle_core::{DType, Device, Tensor, Var, D};
 use flotilla_engine::error::{Error, Result};
@@ -38,7 +39,7 @@ pub struct LoraPair {
 /// A frozen projection, optionally carrying LoRA.
 #[derive(Debug, Clone)]
 pub struct TrainLinear {
-    pub weight: Tensor,
+    pub weight: FrozenWeight,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraPair>,
 }
@@ -48,7 +49,7 @@ impl TrainLinear {
     /// 0/1-scaled mask for the LoRA input. The LoRA product is computed in f32 (the dtype of
     /// its matrices) and added back in the weights' dtype.
     fn forward(&self, x: &Tensor, scaling: f64, dropout: Option<&Tensor>) -> Result<Tensor> {
-        let mut y = frozen_matmul(x, &self.weight)?;
+        let mut y = self.weight.matmul(x)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -154,15 +155,27 @@ impl TrainModel {
             let p = format!("model.layers.{i}");
             let mut proj = BTreeMap::new();
             for m in TargetModule::ALL {
-                let weight = base
-                    .take(&format!("{p}.{}.weight", m.path()))?
-                    .to_dtype(dtype)?;
+                let name = format!("{p}.{}.weight", m.path());
+                let weight = match base.quantized.remove(&name) {
+                    Some(qw) => {
+                        let out = qw.q.shape().dims2()?.0;
+                        let order = match qw.heads {
+                            Some(heads) => Some(Tensor::new(
+                                super::weights::hf_row_order(out, heads).as_slice(),
+                                &device,
+                            )?),
+                            None => None,
+                        };
+                        FrozenWeight::quantized(qw.q, order)?
+                    }
+                    None => FrozenWeight::Dense(base.take(&name)?.to_dtype(dtype)?),
+                };
                 let bias = base
                     .tensors
                     .remove(&format!("{p}.{}.bias", m.path()))
                     .map(|b| b.to_dtype(dtype))
                     .transpose()?;
-                let (out, inp) = weight.dims2()?;
+                let (out, inp) = weight.dims()?;
                 let lora_pair = if modules.contains(&m) {
                     let a = init_a(lora.rank, inp, &mut rng, &device)?;
                     let b = Tensor::zeros((out, lora.rank), DType::F32, &device)?;
@@ -227,7 +240,7 @@ impl TrainModel {
         for b in &self.blocks {
             n += size(&b.attn_norm) + size(&b.ffn_norm);
             for p in b.proj.values() {
-                n += size(&p.weight) + p.bias.as_ref().map_or(0, size);
+                n += p.weight.bytes() + p.bias.as_ref().map_or(0, size);
             }
         }
         n

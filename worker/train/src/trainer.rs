@@ -171,7 +171,11 @@ impl Trainer {
         let (train, eval) = prepare_data(cfg, &lm)?;
         let pad = lm.tokenizer.eos_ids.first().copied().unwrap_or(0);
         drop(lm);
-        let base = BaseWeights::load(model_spec, device)?;
+        let base = if cfg.qlora {
+            BaseWeights::load_quantized(model_spec, device)?
+        } else {
+            BaseWeights::load(model_spec, device)?
+        };
         let model = TrainModel::with_dtype(base, &cfg.lora, cfg.seed, dtype)?;
         tracing::info!(?dtype, "training precision of the frozen weights");
         let vars: Vec<Var> = model.vars().into_iter().map(|(_, v)| v).collect();

@@ -222,6 +222,36 @@ impl QuantMatrix {
     }
 
     /// Bytes held.
+    /// The weights as f32, (n_out, k) row-major: `q * d + m` (Q4) or `q * d` (Q8), the values
+    /// the integer kernels multiply by.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.n_out * self.k];
+        out.par_chunks_mut(self.k).enumerate().for_each(|(r, row)| {
+            for b in 0..self.nb {
+                let i = r * self.nb + b;
+                let d = f16_to_f32(self.d[i]);
+                let dst = &mut row[b * QK..(b + 1) * QK];
+                match self.format {
+                    QFormat::Q4 => {
+                        let m = f16_to_f32(self.m[i]);
+                        let q = &self.qs[i * 16..(i + 1) * 16];
+                        for j in 0..16 {
+                            dst[j] = (q[j] & 0x0F) as f32 * d + m;
+                            dst[j + 16] = (q[j] >> 4) as f32 * d + m;
+                        }
+                    }
+                    QFormat::Q8 => {
+                        let q = &self.qs[i * QK..(i + 1) * QK];
+                        for j in 0..QK {
+                            dst[j] = q[j] as i8 as f32 * d;
+                        }
+                    }
+                }
+            }
+        });
+        out
+    }
+
     pub fn size_in_bytes(&self) -> usize {
         self.qs.len() + 2 * (self.d.len() + self.m.len())
     }

@@ -166,3 +166,23 @@ fn unsupported_dtypes_fall_back() {
     let q = quantized(GgmlDType::Q4K, 8, 256, 2);
     assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none());
 }
+
+#[test]
+fn dequantize_gives_candles_values() {
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        let (n_out, k) = (5, 96);
+        let q = quantized(dtype, n_out, k, 11);
+        let m = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+        let ours = m.dequantize();
+        let theirs: Vec<f32> = q
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Q4_0's min is -8 d rounded to f16, exact for normal scales.
+        let d = max_diff(&ours, &theirs);
+        assert!(d < 1e-6 * max_abs(&theirs).max(1.0), "{dtype:?}: {d}");
+    }
+}
