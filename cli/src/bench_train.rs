@@ -46,6 +46,18 @@ pub struct TrainArgs {
     /// QLoRA: keep the GGUF model's projections quantized.
     #[arg(long)]
     pub qlora: bool,
+    /// Gradient checkpointing (one block's graph at a time in the backward).
+    #[arg(long)]
+    pub checkpoint: bool,
+    /// Estimate the peak memory from tensor sizes instead of running: a shape
+    /// (smollm2-135m, llama-3.2-3b, qwen2.5-7b) or a model (GGUF file, HF folder, alias).
+    /// Uses --batch, --seq, --rank, --precision, --qlora (with --weight-bits), --checkpoint and
+    /// --device (attention keeps its probabilities off the CPU).
+    #[arg(long, value_name = "SHAPE_OR_MODEL")]
+    pub estimate: Option<String>,
+    /// Bits per frozen projection weight for --estimate --qlora (Q4_0 / Q4_K: 4.5, Q8_0: 8.5).
+    #[arg(long, default_value_t = 4.5)]
+    pub weight_bits: f64,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -53,7 +65,83 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// `--estimate`: the memory a run would need, by part.
+fn run_estimate(a: &TrainArgs, spec: &str, out: OutputFormat) -> anyhow::Result<()> {
+    use flotilla_train::memory::{estimate, known_shape, AttentionKeeps, MemoryOptions};
+    let config = match known_shape(spec) {
+        Some(c) => c,
+        None => flotilla_engine::loader::model_config(spec)
+            .with_context(|| format!("--estimate {spec}: not a known shape nor a model"))?,
+    };
+    // The device is only described (an estimate for a GPU runs anywhere): attention keeps its
+    // probabilities off the CPU, and auto precision is bf16 on CUDA.
+    let on_cpu = a.device == "cpu";
+    let dtype = match a.precision.as_str() {
+        "f32" => candle_core::DType::F32,
+        "bf16" => candle_core::DType::BF16,
+        _ if a.device.starts_with("cuda") => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
+    };
+    let act_bytes = dtype.size_in_bytes();
+    let opts = MemoryOptions {
+        batch: a.batch,
+        seq: a.seq,
+        rank: a.rank,
+        all_projections: true,
+        weight_bits: if a.qlora {
+            a.weight_bits
+        } else {
+            8.0 * act_bytes as f64
+        },
+        act_bytes,
+        checkpoint: a.checkpoint,
+        attention: if on_cpu {
+            AttentionKeeps::Inputs
+        } else {
+            AttentionKeeps::Probabilities
+        },
+    };
+    let e = estimate(&config, &opts);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    match out {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "shape": spec, "options": opts, "estimate": e,
+            "total_gib": gib(e.total),
+        })),
+        OutputFormat::Text => {
+            println!(
+                "{spec}: batch {} x {}, r = {} on all projections, {}{}{}, attention keeps {:?}",
+                a.batch,
+                a.seq,
+                a.rank,
+                format!("{dtype:?}").to_lowercase(),
+                if a.qlora {
+                    format!(", QLoRA at {} bits", a.weight_bits)
+                } else {
+                    String::new()
+                },
+                if a.checkpoint { ", checkpointing" } else { "" },
+                opts.attention,
+            );
+            for (k, v) in [
+                ("frozen projections", e.frozen_projections),
+                ("embeddings, lm_head", e.embeddings),
+                ("LoRA + AdamW", e.lora_and_optimizer),
+                ("activations", e.activations),
+                ("backward transient", e.transient),
+                ("total", e.total),
+            ] {
+                println!("  {k:20} {:8.2} GiB", gib(v));
+            }
+            Ok(())
+        }
+    }
+}
+
 pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()> {
+    if let Some(spec) = a.estimate.clone() {
+        return run_estimate(&a, &spec, out);
+    }
     anyhow::ensure!(a.steps >= 1, "--steps must be at least 1");
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(a.seq >= 2, "--seq must be at least 2");
@@ -116,19 +204,37 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
     let n = batch.target_tokens as f64;
 
     let step = |opt: &mut AdamW| -> anyhow::Result<(f64, f64, f64, f64)> {
+        // Forward and backward timed apart, except with checkpointing, whose backward runs
+        // the forward again block by block (all of it is counted as backward then).
         let t_a = Instant::now();
-        let (loss, sum) = model.loss(&batch, n, None)?;
-        let t_b = Instant::now();
-        let grads = loss.backward()?;
-        let g: Vec<_> = vars
-            .iter()
-            .map(|v| {
-                grads
-                    .get(v.as_tensor())
-                    .cloned()
-                    .context("missing gradient")
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let (g, sum, t_b): (Vec<_>, f64, Instant) = if a.checkpoint {
+            let t_b = Instant::now();
+            let (grads, sum) = model.backward(&batch, n, None, true)?;
+            let g = vars
+                .iter()
+                .map(|v| {
+                    grads
+                        .get(v.as_tensor())
+                        .cloned()
+                        .context("missing gradient")
+                })
+                .collect::<anyhow::Result<_>>()?;
+            (g, sum, t_b)
+        } else {
+            let (loss, sum) = model.loss(&batch, n, None)?;
+            let t_b = Instant::now();
+            let grads = loss.backward()?;
+            let g = vars
+                .iter()
+                .map(|v| {
+                    grads
+                        .get(v.as_tensor())
+                        .cloned()
+                        .context("missing gradient")
+                })
+                .collect::<anyhow::Result<_>>()?;
+            (g, sum, t_b)
+        };
         let t_c = Instant::now();
         opt.step(&vars, &g, 1e-4)?;
         let t_d = Instant::now();
@@ -167,6 +273,7 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
         "trainable_params": trainable,
         "precision": format!("{dtype:?}").to_lowercase(),
         "qlora": a.qlora,
+        "gradient_checkpointing": a.checkpoint,
         "frozen_weight_mib": frozen_bytes as f64 / (1024.0 * 1024.0),
         "load_s": load_s,
         "median_ms": med,

@@ -268,3 +268,42 @@ fn a_resumed_run_reaches_the_adapter_of_a_straight_run() {
         .any(|(_, v)| max_abs(v) > 0.0);
     assert!(moved, "training did not move the adapter");
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients_and_dropout_masks() {
+    let lora = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.2,
+        ..Default::default()
+    };
+    for arch in ["llama", "qwen2"] {
+        let (_dir, gguf, model) = tiny_model(arch, &lora);
+        randomize_b(&model, 0.05);
+        let lm = load_model(&gguf);
+        let b = batch_of(&lm.tokenizer.encode(TEXT, false).unwrap());
+        let n = b.target_tokens as f64;
+        let (full, l_full) = model.backward(&b, n, Some(9), false).unwrap();
+        let (ckpt, l_ckpt) = model.backward(&b, n, Some(9), true).unwrap();
+        assert!(
+            (l_full - l_ckpt).abs() < 1e-9 * l_full.abs(),
+            "{l_full} vs {l_ckpt}"
+        );
+        // Another dropout seed gives other gradients: the masks are in play.
+        let (other, _) = model.backward(&b, n, Some(10), true).unwrap();
+        let mut moved = 0f32;
+        for (name, var) in model.vars() {
+            let a = full.get(var.as_tensor()).expect("gradient");
+            let c = ckpt.get(var.as_tensor()).expect("checkpointed gradient");
+            let scale = max_abs(a).max(1e-12);
+            let d = max_abs(&(a - c).unwrap());
+            assert!(
+                d <= 1e-5 * scale,
+                "{arch} {name}: differs by {d} (scale {scale})"
+            );
+            let o = other.get(var.as_tensor()).expect("gradient");
+            moved = moved.max(max_abs(&(a - o).unwrap()) / scale);
+        }
+        assert!(moved > 1e-3, "{arch}: dropout seed changed nothing");
+    }
+}

@@ -269,6 +269,11 @@ pub struct TrainConfig {
     /// Needs a quantized GGUF base.
     #[serde(default)]
     pub qlora: bool,
+    /// Gradient checkpointing: keep only each block's input through the forward and rebuild
+    /// one block's graph at a time in the backward (about a third more compute; activation
+    /// memory of one block instead of all of them).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Output directory (adapter, checkpoints, log). For `flotilla train`, `--out` overrides.
     #[serde(default)]
     pub out: Option<PathBuf>,

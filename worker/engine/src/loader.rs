@@ -471,3 +471,14 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
         config,
     )
 }
+
+/// The configuration of model `spec` (GGUF metadata or `config.json`) without its weights.
+pub fn model_config(spec: &str) -> Result<ModelConfig> {
+    match resolve(spec)? {
+        ModelSource::Gguf(p) => {
+            let (content, _) = read_gguf(&p)?;
+            ModelConfig::from_gguf(&content, &p)
+        }
+        ModelSource::HfDir(dir) => ModelConfig::from_hf_json(&dir.join("config.json")),
+    }
+}

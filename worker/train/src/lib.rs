@@ -24,6 +24,7 @@
 pub mod apply;
 pub mod data;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod optim;

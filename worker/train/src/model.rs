@@ -75,6 +75,35 @@ struct TrainBlock {
     proj: BTreeMap<TargetModule, TrainLinear>,
 }
 
+/// What every block of one batch shares: RoPE tables and the attention mask.
+struct BatchContext {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+    b: usize,
+    t: usize,
+}
+
+/// Gradients keyed by the variable they belong to.
+#[derive(Default)]
+pub struct Grads(std::collections::HashMap<candle_core::TensorId, Tensor>);
+
+impl Grads {
+    fn add(&mut self, var: &Tensor, g: Tensor) -> Result<()> {
+        let g = match self.0.remove(&var.id()) {
+            Some(acc) => (acc + g)?,
+            None => g,
+        };
+        self.0.insert(var.id(), g);
+        Ok(())
+    }
+
+    /// The gradient of `var`, if it received one.
+    pub fn get(&self, var: &Tensor) -> Option<&Tensor> {
+        self.0.get(&var.id())
+    }
+}
+
 /// A llama / qwen2 model whose projections carry LoRA adapters.
 pub struct TrainModel {
     pub config: ModelConfig,
@@ -319,22 +348,17 @@ impl TrainModel {
         &self.modules
     }
 
-    /// Final hidden states for a batch, (rows * seq, hidden). `dropout_seed` draws LoRA
-    /// dropout masks (none when the config's dropout is 0 or the seed is `None`, as in eval).
-    pub fn hidden(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
+    /// Rotary tables and the attention mask of a batch, shared by every block.
+    fn context(&self, batch: &Batch) -> Result<BatchContext> {
         let cfg = &self.config;
         let dev = self.device().clone();
         let (b, t) = (batch.rows, batch.seq_len);
         let n = b * t;
-        let ids = Tensor::from_slice(&batch.input_ids, n, &dev)?;
-        let mut x = self.embed.index_select(&ids, 0)?; // (n, h)
-
         // Rotary tables per token position, (b, 1, t, d/2).
         let pos = Tensor::from_slice(&batch.positions, n, &dev)?;
         let half = cfg.head_dim / 2;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
-
         // Causal mask within each segment, (b, 1, t, t).
         let mut mask = vec![0f32; b * t * t];
         for r in 0..b {
@@ -348,14 +372,44 @@ impl TrainModel {
             }
         }
         let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev)?;
+        Ok(BatchContext {
+            cos,
+            sin,
+            mask,
+            b,
+            t,
+        })
+    }
 
+    /// The embeddings of a batch's tokens, (rows * seq, hidden).
+    fn embed_tokens(&self, batch: &Batch) -> Result<Tensor> {
+        let ids = Tensor::from_slice(&batch.input_ids, batch.rows * batch.seq_len, self.device())?;
+        Ok(self.embed.index_select(&ids, 0)?)
+    }
+
+    /// Block `layer` applied to `x`. Dropout masks are drawn from (`dropout_seed`, `layer`),
+    /// so a block recomputed for checkpointing draws the masks of its first forward.
+    fn block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &BatchContext,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let blk = &self.blocks[layer];
+        let dev = self.device().clone();
+        let (b, t) = (ctx.b, ctx.t);
+        let n = b * t;
         let heads = cfg.num_heads;
         let kv = cfg.num_kv_heads;
         let hd = cfg.head_dim;
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut rng = dropout_seed
-            .filter(|_| self.lora.dropout > 0.0)
-            .map(rand::rngs::SmallRng::seed_from_u64);
+        let mut rng = dropout_seed.filter(|_| self.lora.dropout > 0.0).map(|s| {
+            rand::rngs::SmallRng::seed_from_u64(
+                s ^ (layer as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            )
+        });
         let p = self.lora.dropout;
         let mut drop_mask = |rows: usize, cols: usize| -> Result<Option<Tensor>> {
             let Some(rng) = rng.as_mut() else {
@@ -367,50 +421,140 @@ impl TrainModel {
                 .collect();
             Ok(Some(Tensor::from_vec(v, (rows, cols), &dev)?))
         };
+        let proj = |m: TargetModule, inp: &Tensor, d: Option<&Tensor>| -> Result<Tensor> {
+            blk.proj[&m].forward(inp, self.scaling, d)
+        };
 
-        for blk in &self.blocks {
-            let h = rms_norm(&x, &blk.attn_norm, cfg.rms_norm_eps)?;
-            let proj = |m: TargetModule, inp: &Tensor, d: Option<&Tensor>| -> Result<Tensor> {
-                blk.proj[&m].forward(inp, self.scaling, d)
-            };
-            let hid = h.dim(1)?;
-            let dq = drop_mask(n, hid)?;
-            let dk = drop_mask(n, hid)?;
-            let dv = drop_mask(n, hid)?;
-            let q = proj(TargetModule::QProj, &h, dq.as_ref())?
-                .reshape((b, t, heads, hd))?
-                .transpose(1, 2)?;
-            let k = proj(TargetModule::KProj, &h, dk.as_ref())?
-                .reshape((b, t, kv, hd))?
-                .transpose(1, 2)?;
-            let v = proj(TargetModule::VProj, &h, dv.as_ref())?
-                .reshape((b, t, kv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let q = rope(&q.contiguous()?, &cos, &sin)?;
-            let k = rope(&k.contiguous()?, &cos, &sin)?;
-            // Grouped-query attention without copying keys: the `group` query heads sharing a
-            // key head are stacked along the time axis.
-            let o = if self.dtype == DType::F32 {
-                attention(&q, &k, &v, &mask, scale, kv)?
-            } else {
-                let f = |t: &Tensor| t.to_dtype(DType::F32);
-                attention(&f(&q)?, &f(&k)?, &f(&v)?, &mask, scale, kv)?.to_dtype(self.dtype)?
-            };
-            let o = o.transpose(1, 2)?.reshape((n, heads * hd))?;
-            let d_o = drop_mask(n, heads * hd)?;
-            x = (x + proj(TargetModule::OProj, &o, d_o.as_ref())?)?;
+        let h = rms_norm(x, &blk.attn_norm, cfg.rms_norm_eps)?;
+        let hid = h.dim(1)?;
+        let dq = drop_mask(n, hid)?;
+        let dk = drop_mask(n, hid)?;
+        let dv = drop_mask(n, hid)?;
+        let q = proj(TargetModule::QProj, &h, dq.as_ref())?
+            .reshape((b, t, heads, hd))?
+            .transpose(1, 2)?;
+        let k = proj(TargetModule::KProj, &h, dk.as_ref())?
+            .reshape((b, t, kv, hd))?
+            .transpose(1, 2)?;
+        let v = proj(TargetModule::VProj, &h, dv.as_ref())?
+            .reshape((b, t, kv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = rope(&q.contiguous()?, &ctx.cos, &ctx.sin)?;
+        let k = rope(&k.contiguous()?, &ctx.cos, &ctx.sin)?;
+        // Grouped-query attention without copying keys: the `group` query heads sharing a
+        // key head are stacked along the time axis.
+        let o = if self.dtype == DType::F32 {
+            attention(&q, &k, &v, &ctx.mask, scale, kv)?
+        } else {
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            attention(&f(&q)?, &f(&k)?, &f(&v)?, &ctx.mask, scale, kv)?.to_dtype(self.dtype)?
+        };
+        let o = o.transpose(1, 2)?.reshape((n, heads * hd))?;
+        let d_o = drop_mask(n, heads * hd)?;
+        let x = (x + proj(TargetModule::OProj, &o, d_o.as_ref())?)?;
 
-            let h2 = rms_norm(&x, &blk.ffn_norm, cfg.rms_norm_eps)?;
-            let dg = drop_mask(n, hid)?;
-            let du = drop_mask(n, hid)?;
-            let g = proj(TargetModule::GateProj, &h2, dg.as_ref())?.silu()?;
-            let u = proj(TargetModule::UpProj, &h2, du.as_ref())?;
-            let gu = (g * u)?;
-            let dd = drop_mask(n, gu.dim(1)?)?;
-            x = (x + proj(TargetModule::DownProj, &gu, dd.as_ref())?)?;
+        let h2 = rms_norm(&x, &blk.ffn_norm, cfg.rms_norm_eps)?;
+        let dg = drop_mask(n, hid)?;
+        let du = drop_mask(n, hid)?;
+        let g = proj(TargetModule::GateProj, &h2, dg.as_ref())?.silu()?;
+        let u = proj(TargetModule::UpProj, &h2, du.as_ref())?;
+        let gu = (g * u)?;
+        let dd = drop_mask(n, gu.dim(1)?)?;
+        Ok((&x + proj(TargetModule::DownProj, &gu, dd.as_ref())?)?)
+    }
+
+    /// Final hidden states for a batch, (rows * seq, hidden). `dropout_seed` draws LoRA
+    /// dropout masks (none when the config's dropout is 0 or the seed is `None`, as in eval).
+    pub fn hidden(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
+        let ctx = self.context(batch)?;
+        let mut x = self.embed_tokens(batch)?;
+        for layer in 0..self.blocks.len() {
+            x = self.block(layer, &x, &ctx, dropout_seed)?;
         }
-        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Gradients of the batch's summed token loss / `normalizer` with respect to every LoRA
+    /// variable, keyed by the variable's tensor, and the summed loss.
+    ///
+    /// With `checkpoint`, the graph is never whole (gradient checkpointing): the forward keeps
+    /// only each block's input; the backward then rebuilds one block's graph at a time from its
+    /// input, back-propagates the gradient arriving at its output, and frees it. Activation
+    /// memory is then one block's plus one (tokens x hidden) tensor per block, for a second
+    /// forward's compute. Without it, one graph over the whole model, as [`TrainModel::loss`].
+    pub fn backward(
+        &self,
+        batch: &Batch,
+        normalizer: f64,
+        dropout_seed: Option<u64>,
+        checkpoint: bool,
+    ) -> Result<(Grads, f64)> {
+        let vars = self.vars();
+        let mut grads = Grads::default();
+        if !checkpoint {
+            let (loss, sum) = self.loss(batch, normalizer, dropout_seed)?;
+            let store = loss.backward()?;
+            for (_, v) in &vars {
+                if let Some(g) = store.get(v.as_tensor()) {
+                    grads.add(v.as_tensor(), g.clone())?;
+                }
+            }
+            return Ok((grads, sum));
+        }
+        let ctx = self.context(batch)?;
+        let mut inputs = Vec::with_capacity(self.blocks.len());
+        let mut x = self.embed_tokens(batch)?;
+        for layer in 0..self.blocks.len() {
+            let out = self.block(layer, &x, &ctx, dropout_seed)?.detach();
+            inputs.push(x);
+            x = out;
+        }
+        // The head: the loss from the last block's output, back to that output.
+        let last = Var::from_tensor(&x)?;
+        drop(x);
+        let hidden = rms_norm(last.as_tensor(), &self.norm, self.config.rms_norm_eps)?;
+        let (surrogate, sum) = self.loss_from_hidden(&hidden, batch, normalizer)?;
+        let store = surrogate.backward()?;
+        let mut grad_out = store
+            .get(last.as_tensor())
+            .cloned()
+            .ok_or_else(|| Error::input("no gradient reached the last block"))?;
+        drop((store, surrogate, hidden, last));
+        // Each block from the last: rebuild its graph from its input, pull the gradient back.
+        let by_layer = self.vars_by_layer();
+        for layer in (0..self.blocks.len()).rev() {
+            let input = Var::from_tensor(&inputs[layer])?;
+            let out = self.block(layer, input.as_tensor(), &ctx, dropout_seed)?;
+            let store = (out * &grad_out)?.sum_all()?.backward()?;
+            for v in &by_layer[layer] {
+                if let Some(g) = store.get(v.as_tensor()) {
+                    grads.add(v.as_tensor(), g.clone())?;
+                }
+            }
+            if layer > 0 {
+                grad_out = store
+                    .get(input.as_tensor())
+                    .cloned()
+                    .ok_or_else(|| Error::input("no gradient reached a block's input"))?;
+            }
+            inputs.truncate(layer);
+        }
+        Ok((grads, sum))
+    }
+
+    /// The LoRA variables of each block.
+    fn vars_by_layer(&self) -> Vec<Vec<Var>> {
+        self.blocks
+            .iter()
+            .map(|b| {
+                b.proj
+                    .values()
+                    .filter_map(|l| l.lora.as_ref())
+                    .flat_map(|l| [l.a.clone(), l.b.clone()])
+                    .collect()
+            })
+            .collect()
     }
 
     /// Logits (n, vocab) for the given hidden rows.
@@ -434,6 +578,20 @@ impl TrainModel {
         normalizer: f64,
         dropout_seed: Option<u64>,
     ) -> Result<(Tensor, f64)> {
+        if !batch.loss_mask.iter().any(|&m| m > 0.0) {
+            return Err(Error::input("a training batch has no target tokens"));
+        }
+        let hidden = self.hidden(batch, dropout_seed)?;
+        self.loss_from_hidden(&hidden, batch, normalizer)
+    }
+
+    /// [`TrainModel::loss`] from the final hidden states.
+    fn loss_from_hidden(
+        &self,
+        hidden: &Tensor,
+        batch: &Batch,
+        normalizer: f64,
+    ) -> Result<(Tensor, f64)> {
         use rayon::prelude::*;
         let dev = self.device().clone();
         let rows: Vec<u32> = batch
@@ -446,7 +604,6 @@ impl TrainModel {
         if rows.is_empty() {
             return Err(Error::input("a training batch has no target tokens"));
         }
-        let hidden = self.hidden(batch, dropout_seed)?;
         let idx = Tensor::from_vec(rows.clone(), rows.len(), &dev)?;
         let picked = hidden.index_select(&idx, 0)?;
         let fixed = picked.detach();

@@ -232,9 +232,10 @@ impl Trainer {
                 .seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add((step as u64) << 16 | position);
-            let (loss, sum) = self.model.loss(b, denom, Some(seed))?;
+            let (store, sum) =
+                self.model
+                    .backward(b, denom, Some(seed), self.config.gradient_checkpointing)?;
             nll += sum;
-            let store = loss.backward()?;
             for (slot, var) in grads.iter_mut().zip(&self.vars) {
                 let g = store.get(var.as_tensor()).cloned().ok_or_else(|| {
                     Error::input(
