@@ -1,5 +1,6 @@
-//! Records the commit the binary is built from (`FLOTILLA_COMMIT`, results' provenance);
-//! `unknown` outside a git checkout.
+//! Records the commit the binary is built from (`FLOTILLA_COMMIT`, results' provenance): the
+//! `FLOTILLA_COMMIT` environment variable when set (a Docker build has no `.git`: the
+//! Dockerfiles pass it as a build argument), else git's HEAD, else `unknown`.
 
 use std::process::Command;
 
@@ -12,7 +13,12 @@ fn main() {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rerun-if-env-changed=FLOTILLA_COMMIT");
+    let commit = std::env::var("FLOTILLA_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| git(&["rev-parse", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=FLOTILLA_COMMIT={commit}");
     // Again when HEAD moves (a commit, a checkout); not on every edit.
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {

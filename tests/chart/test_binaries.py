@@ -1,0 +1,325 @@
+"""The rendered chart, run: the coordinator's and a worker's args and env taken from the
+rendered StatefulSet and Deployment, their volumes made temporary folders, the Services'
+names mapped to loopback ports, a real etcd, the real `flotilla` binary. The worker must
+register through etcd under its pod name and a small sweep must run on it; with mutual TLS
+the worker must join with the TLS files the chart mounts.
+
+Needs target/debug/flotilla (or FLOTILLA_BIN), etcd (PATH, /usr/bin/etcd or
+FLOTILLA_ETCD_BIN) and the demo models in $FLOTILLA_HOME/models (scripts/fetch-models.sh);
+it fails, never skips, without them."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chartlib import NAMESPACE, REPO, by_component, container, find, objects, render
+
+BIN = Path(os.environ.get("FLOTILLA_BIN", REPO / "target" / "debug" / "flotilla"))
+ETCD = os.environ.get("FLOTILLA_ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
+MODELS = Path(os.environ.get("FLOTILLA_HOME", Path.home() / ".cache" / "flotilla")) / "models"
+POD = "demo-flotilla-worker-cpu-7d9f8b6c5d-x2x4q"
+VALUES = {"workers": {"pools": [{"name": "cpu", "replicas": 1, "threads": 1}]},
+          "coordinator": {"heartbeatTimeoutSeconds": 20}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what: str, seconds: float, check, logs=lambda: ""):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{logs()}")
+        time.sleep(0.25)
+
+
+class Pod:
+    """One container of a rendered workload as a local process: each volume mount becomes a
+    folder (Secret volumes filled with the Secret's data), hosts and ports are mapped."""
+
+    def __init__(self, workload: dict, secrets: dict[str, dict], root: Path,
+                 replace: list[tuple[str, str]], pod_name: str) -> None:
+        self.name = workload["metadata"]["name"]
+        self.container = container(workload)
+        self.dir = root / self.name
+        self.replace = list(replace)
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+        self.mounts = {}
+        for mount in self.container["volumeMounts"]:
+            local = self.dir / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            secret = volumes.get(mount["name"], {}).get("secret")
+            if secret:
+                data = secrets[secret["secretName"]]["data"]
+                for key, value in data.items():
+                    (local / key).write_bytes(base64.b64decode(value))
+            self.mounts[mount["mountPath"]] = local
+            self.replace.append((mount["mountPath"], str(local)))
+        # Longest first, so /models/flotilla maps through /models, not a shorter match.
+        self.replace.sort(key=lambda pair: -len(pair[0]))
+        self.env = {"PATH": os.environ["PATH"], "HOME": str(self.mounts["/home/flotilla"])}
+        for e in self.container.get("env", []):
+            if "value" in e:
+                self.env[e["name"]] = self.localize(e["value"])
+            else:
+                assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", e
+                self.env[e["name"]] = pod_name
+        # Kubernetes expands $(VAR) in args from the container's env.
+        self.args = [re.sub(r"\$\((\w+)\)", lambda m: self.env[m.group(1)], self.localize(a))
+                     for a in self.container["args"]]
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "log"
+
+    def localize(self, text: str) -> str:
+        """Every mapped host:port and mount path replaced in one pass (longest match first;
+        a path only where it ends: /tmp is not the start of /tmpfoo)."""
+        table = dict(self.replace)
+        pattern = "|".join(re.escape(old) + (r"(?![\w.-])" if old.startswith("/") else "")
+                           for old, _ in self.replace)
+        return re.sub(pattern, lambda m: table[m.group(0)], text)
+
+    def start(self) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(BIN), *self.args], env=self.env, cwd=self.dir,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def output(self) -> str:
+        return f"--- {self.name}: {self.args}\n" + self.log.read_text(errors="replace")
+
+
+class Etcd:
+    def __init__(self, root: Path) -> None:
+        self.port, peer = free_port(), free_port()
+        client, peer_url = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{peer}"
+        self.log = root / "etcd.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [ETCD, "--name", "chart-test", "--data-dir", str(root / "etcd-data"),
+                 "--listen-client-urls", client, "--advertise-client-urls", client,
+                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                 "--initial-cluster", f"chart-test={peer_url}", "--log-level", "warn"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_until("etcd to be healthy", 30, self.healthy, lambda: self.log.read_text())
+
+    def healthy(self) -> bool:
+        assert self.proc.poll() is None, f"etcd exited: {self.log.read_text()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
+                return b'"true"' in r.read()
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def run_chart(root: Path, values: dict, extra_secrets: dict | None = None,
+              cli_flags: tuple[str, ...] = ()):
+    """Renders the chart with `values` and runs its coordinator and first worker pool."""
+    assert BIN.is_file(), f"{BIN} is missing: build it first (cargo build -p flotilla-cli)"
+    assert Path(ETCD).is_file(), f"{ETCD} is missing: install etcd (Debian etcd-server)"
+    root.mkdir(parents=True, exist_ok=True)
+    objs = objects(render(values, name="demo"))
+    secrets = {s["metadata"]["name"]: s for s in find(objs, "Secret")}
+    secrets.update(extra_secrets or {})
+    coord = by_component(objs, "StatefulSet", "coordinator")[0]
+    worker = find(objs, "Deployment")[0]
+    etcd = Etcd(root)
+    coord_port = free_port()
+    local = {"etcd": etcd.port, "coordinator": coord_port}
+    replace = []
+    for svc in find(objs, "Service"):
+        target = local[svc["metadata"]["labels"]["app.kubernetes.io/component"]]
+        name = svc["metadata"]["name"]
+        for port in svc["spec"]["ports"]:
+            for host in (f"{name}.{NAMESPACE}.svc.cluster.local", f"{name}.{NAMESPACE}.svc",
+                         name):
+                replace.append((f"{host}:{port['port']}", f"127.0.0.1:{target}"))
+    for port in container(coord)["ports"]:
+        replace.append((f"0.0.0.0:{port['containerPort']}", f"127.0.0.1:{coord_port}"))
+    pods = {"coordinator": Pod(coord, secrets, root, replace, "demo-flotilla-coordinator-0"),
+            "worker": Pod(worker, secrets, root, replace, POD)}
+    # The worker's model volume holds the demo models (FLOTILLA_HOME=/models/flotilla).
+    home = Path(pods["worker"].env["FLOTILLA_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    assert (MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file(), \
+        f"the demo models are not in {MODELS}: run scripts/fetch-models.sh"
+    (home / "models").symlink_to(MODELS, target_is_directory=True)
+    token_file = next(root.glob("*/token/*"))
+
+    def logs() -> str:
+        return "\n".join(p.output() for p in pods.values()) + "\n--- etcd\n" + \
+            etcd.log.read_text()
+
+    def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN), *args, "--etcd", f"http://127.0.0.1:{etcd.port}",
+             "--token-file", str(token_file), *cli_flags, "--output", "json"],
+            capture_output=True, text=True, timeout=timeout, cwd=root)
+
+    try:
+        for p in pods.values():
+            p.start()
+        yield {"pods": pods, "cli": cli, "logs": logs, "root": root, "etcd": etcd}
+    finally:
+        for p in pods.values():
+            p.stop()
+        etcd.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with run_chart(tmp_path_factory.mktemp("chart-run"), VALUES) as c:
+        yield c
+
+
+def wait_connected(cluster) -> dict:
+    def connected():
+        for p in cluster["pods"].values():
+            assert p.proc.poll() is None, f"{p.name} exited\n{cluster['logs']()}"
+        out = cluster["cli"]("workers")
+        if out.returncode != 0:
+            return None
+        workers = [w for w in json.loads(out.stdout) if w["worker_id"] == POD and w["connected"]]
+        return workers[0] if workers else None
+
+    return wait_until("the worker to connect", 120, connected, cluster["logs"])
+
+
+def test_every_path_the_containers_use_is_a_mounted_volume(cluster):
+    for pod in cluster["pods"].values():
+        used = [a.split("=", 1)[1] for a in pod.container["args"] if "=/" in a]
+        used += [e["value"] for e in pod.container.get("env", []) if e.get("value", "")
+                 .startswith("/")]
+        for path in used:
+            assert any(path == m or path.startswith(m + "/") for m in pod.mounts), \
+                f"{pod.name} uses {path}, which no volume is mounted at: {list(pod.mounts)}"
+
+
+def test_the_worker_registers_under_its_pod_name(cluster):
+    worker = wait_connected(cluster)
+    assert worker["capabilities"]["device"] == "cpu"
+    assert worker["capabilities"]["slots"] == 1
+    coordinator_args = cluster["pods"]["coordinator"].args
+    assert any(a.startswith("--advertise=http://127.0.0.1:") for a in coordinator_args)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    assert shutil.which("openssl"), "openssl is missing (Debian openssl)"
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_tls_secret(d: Path) -> dict:
+    """A CA and one certificate for the coordinator's Service name, localhost and 127.0.0.1
+    (where the test maps the Service), good for server and client use: the chart's Secret."""
+    d.mkdir(parents=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=flotilla test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl("req", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=flotilla", cwd=d)
+    (d / "ext.cnf").write_text(
+        f"subjectAltName=DNS:demo-flotilla-coordinator.{NAMESPACE}.svc,DNS:localhost,"
+        "IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n")
+    openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "tls.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    return {"metadata": {"name": "flotilla-tls"}, "data": {
+        k: base64.b64encode((d / k).read_bytes()).decode() for k in ("ca.crt", "tls.crt",
+                                                                       "tls.key")}}
+
+
+def test_the_worker_joins_over_mutual_tls(tmp_path):
+    secret = make_tls_secret(tmp_path / "pki")
+    values = {**VALUES, "coordinator": {"tls": {"secretName": "flotilla-tls",
+                                                "requireClientCertificates": True}}}
+    pki = tmp_path / "pki"
+    with run_chart(tmp_path / "run", values, {"flotilla-tls": secret}) as plain:
+        # Without a client certificate the coordinator refuses the CLI ...
+        wait_until("the coordinator to listen", 60, lambda: (
+            plain["pods"]["coordinator"].log.read_text().count("serving")), plain["logs"])
+        refused = plain["cli"]("workers", "--tls-ca", str(pki / "ca.crt"))
+        assert refused.returncode != 0, refused.stdout
+        # ... and with one it sees the worker, which joined with the chart's TLS flags.
+        with_cert = dict(plain, cli=lambda *a, **k: plain["cli"](
+            *a, "--tls-ca", str(pki / "ca.crt"), "--tls-cert", str(pki / "tls.crt"),
+            "--tls-key", str(pki / "tls.key"), **k))
+        wait_connected(with_cert)
+        worker_args = plain["pods"]["worker"].args
+        assert any(a.startswith("--tls-cert=") for a in worker_args), worker_args
+
+
+SWEEP = """name: chart
+seed: 3
+models: [smollm2]
+variants: [query_last]
+adapters: [base]
+datasets:
+  - name: tiny
+    cases: cases.jsonl
+judge:
+  judges: [smollm2]
+  explanation_tokens: 8
+generation:
+  max_tokens: 12
+retrieval:
+  top_k: 1
+  chunk_size: 200
+  chunk_overlap: 20
+"""
+
+
+def test_a_small_sweep_runs_on_the_chart_configured_worker(cluster):
+    wait_connected(cluster)
+    root = cluster["root"]
+    (root / "docs").mkdir(exist_ok=True)
+    (root / "docs" / "ferry.txt").write_text(
+        "The ferry Aurora crosses the bay six times a day. It carries 120 passengers.\n")
+    (root / "cases.jsonl").write_text(json.dumps({
+        "id": "ferry-trips", "task": "document", "language": "en",
+        "query": "How many times a day does the Aurora cross the bay?",
+        "reference_answer": "Six times a day.", "documents": ["docs/ferry.txt"]}) + "\n")
+    (root / "sweep.yaml").write_text(SWEEP)
+    out = cluster["cli"]("sweep", "submit", str(root / "sweep.yaml"))
+    assert out.returncode == 0, out.stderr + cluster["logs"]()
+    sweep_id = json.loads(out.stdout)["sweep_id"]
+    out = cluster["cli"]("sweep", "watch", sweep_id, timeout=600)
+    assert out.returncode == 0 and json.loads(out.stdout)["state"] == "succeeded", \
+        out.stdout + out.stderr + cluster["logs"]()
+    out = cluster["cli"]("sweep", "results", sweep_id, "--out", str(root / "results"))
+    assert out.returncode == 0, out.stderr
+    cases = [json.loads(line) for line in (root / "results" / "cases.jsonl").read_text()
+             .splitlines() if line.strip()]
+    assert len(cases) == 1 and cases[0]["error"] is None and cases[0]["verdicts"], cases
+    results = json.loads((root / "results" / "results.json").read_text())
+    ran = {s["worker"] for s in results["provenance"]["shards"]}
+    assert ran == {POD}, ran
