@@ -103,6 +103,7 @@ async fn worker(
             send(In::Ask(pb::WorkRequest {
                 free_slots: free,
                 models_loaded: Vec::new(),
+                memory_free_bytes: 0,
             }));
         }
     };
@@ -151,7 +152,7 @@ async fn worker(
             _ = heartbeat.tick() => {
                 // Idle workers re-ask: that is their heartbeat.
                 if outstanding < slots {
-                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new() }));
+                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new(), memory_free_bytes: 0 }));
                 }
             }
         }

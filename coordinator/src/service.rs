@@ -110,6 +110,22 @@ fn capabilities_from_json(json: &str) -> pb::Capabilities {
         slots: n("slots") as u32,
         version: s("version"),
         hostname: s("hostname"),
+        memory_free_bytes: n("memory_free_bytes"),
+        compute_capability: s("compute_capability"),
+        model_footprints: v
+            .get("model_footprints")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|f| pb::ModelFootprint {
+                        spec: f["spec"].as_str().unwrap_or_default().to_string(),
+                        weights_bytes: f["weights_bytes"].as_u64().unwrap_or(0),
+                        kv_bytes_per_token: f["kv_bytes_per_token"].as_u64().unwrap_or(0),
+                        context_tokens: f["context_tokens"].as_u64().unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -374,7 +390,13 @@ impl pb::coordinator_server::Coordinator for Service {
                 // happens beside, so one worker's messages keep flowing.
                 let pending_ack = match msg.kind {
                     Some(In::Ask(a)) => {
-                        if let Some(send) = core.ask(&worker, conn, a.free_slots, a.models_loaded) {
+                        if let Some(send) = core.ask(
+                            &worker,
+                            conn,
+                            a.free_slots,
+                            a.models_loaded,
+                            a.memory_free_bytes,
+                        ) {
                             tokio::spawn(send);
                         }
                         None

@@ -356,6 +356,7 @@ impl Agent {
         let ask = WorkRequest {
             free_slots: self.free_slots(),
             models_loaded: self.config.models.loaded(),
+            memory_free_bytes: crate::capabilities::free_memory_bytes(&self.config.device_name),
         };
         let _ = tx
             .send(WorkerMessage {

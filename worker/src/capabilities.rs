@@ -34,27 +34,109 @@ pub struct Capabilities {
     pub version: String,
     #[serde(default)]
     pub hostname: String,
+    /// Free memory when measured: the GPU's for a GPU worker, the OS's available memory for a
+    /// CPU worker; 0 when unknown.
+    #[serde(default)]
+    pub memory_free_bytes: u64,
+    /// The GPU's compute capability ("8.6"), when known.
+    #[serde(default)]
+    pub compute_capability: String,
+    /// Memory each cached language model needs, from its tensor sizes.
+    #[serde(default)]
+    pub model_footprints: Vec<Footprint>,
+}
+
+/// What a model needs in memory: weights as loaded, KV cache per token, its context.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Footprint {
+    pub spec: String,
+    pub weights_bytes: u64,
+    pub kv_bytes_per_token: u64,
+    pub context_tokens: u64,
+}
+
+impl Footprint {
+    /// The footprint of the language model at `spec` on `device` (`None` for embedders and
+    /// anything unreadable). GGUF weights stay quantized, so they take their file's size; a
+    /// Hugging Face folder's f16/bf16 weights are widened to f32 on the CPU. The KV cache is
+    /// f32: layers x 2 x kv heads x head size x 4 bytes per token.
+    pub fn of(spec: &str, path: &Path, device: &str) -> Option<Self> {
+        let c = flotilla_engine::loader::model_config(&path.display().to_string()).ok()?;
+        let weights_bytes = if path.is_file() {
+            std::fs::metadata(path).ok()?.len()
+        } else {
+            let on_disk: u64 = std::fs::read_dir(path)
+                .ok()?
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum();
+            let config = std::fs::read_to_string(path.join("config.json")).unwrap_or_default();
+            let half = config.contains("bfloat16") || config.contains("float16");
+            if half && device == "cpu" {
+                on_disk * 2
+            } else {
+                on_disk
+            }
+        };
+        Some(Self {
+            spec: spec.to_string(),
+            weights_bytes,
+            kv_bytes_per_token: (c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4) as u64,
+            context_tokens: c.max_position_embeddings as u64,
+        })
+    }
+
+    fn to_proto(&self) -> pb::ModelFootprint {
+        pb::ModelFootprint {
+            spec: self.spec.clone(),
+            weights_bytes: self.weights_bytes,
+            kv_bytes_per_token: self.kv_bytes_per_token,
+            context_tokens: self.context_tokens,
+        }
+    }
+
+    fn from_proto(p: &pb::ModelFootprint) -> Self {
+        Self {
+            spec: p.spec.clone(),
+            weights_bytes: p.weights_bytes,
+            kv_bytes_per_token: p.kv_bytes_per_token,
+            context_tokens: p.context_tokens,
+        }
+    }
 }
 
 impl Capabilities {
     /// Looks at this machine: `device` as given on the command line (`cpu`, `cuda:0`), and
     /// `slots` shards at a time.
     pub fn detect(device: &str, slots: u32) -> Capabilities {
-        let (gpu_name, gpu_memory_bytes) = if device.starts_with("cuda") {
-            let ordinal = device.split_once(':').map(|(_, n)| n).unwrap_or("0");
-            nvidia_gpu(ordinal).unwrap_or_default()
-        } else {
-            (String::new(), 0)
-        };
+        let gpu = gpu_ordinal(device).and_then(nvidia_gpu).unwrap_or_default();
+        let models_cached = cached_models();
+        let cache = model_cache();
+        let model_footprints = models_cached
+            .iter()
+            .filter(|m| !m.starts_with("hf:"))
+            .filter_map(|m| {
+                let path = DEMO_ALIASES
+                    .iter()
+                    .find(|(a, _)| a == m)
+                    .map(|(_, f)| cache.join(f))
+                    .unwrap_or_else(|| m.into());
+                Footprint::of(m, &path, device)
+            })
+            .collect();
         Capabilities {
             device: device.to_string(),
-            gpu_name,
-            gpu_memory_bytes,
+            gpu_name: gpu.name,
+            gpu_memory_bytes: gpu.total_bytes,
+            memory_free_bytes: free_memory_bytes(device),
+            compute_capability: gpu.compute_capability,
+            model_footprints,
             ram_bytes: total_ram_bytes(),
             cores: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
-            models_cached: cached_models(),
+            models_cached,
             models_loaded: Vec::new(),
             slots,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -83,6 +165,13 @@ impl Capabilities {
             slots: self.slots,
             version: self.version.clone(),
             hostname: self.hostname.clone(),
+            memory_free_bytes: self.memory_free_bytes,
+            compute_capability: self.compute_capability.clone(),
+            model_footprints: self
+                .model_footprints
+                .iter()
+                .map(Footprint::to_proto)
+                .collect(),
         }
     }
 
@@ -98,8 +187,51 @@ impl Capabilities {
             slots: p.slots,
             version: p.version.clone(),
             hostname: p.hostname.clone(),
+            memory_free_bytes: p.memory_free_bytes,
+            compute_capability: p.compute_capability.clone(),
+            model_footprints: p
+                .model_footprints
+                .iter()
+                .map(Footprint::from_proto)
+                .collect(),
         }
     }
+}
+
+/// The CUDA ordinal of `cuda:N` (`cuda` alone is 0); `None` for other devices.
+fn gpu_ordinal(device: &str) -> Option<&str> {
+    let rest = device.strip_prefix("cuda")?;
+    Some(rest.strip_prefix(':').unwrap_or("0"))
+}
+
+/// Free memory for `device` now: the GPU's from `nvidia-smi`, the OS's `MemAvailable` for the
+/// CPU; 0 when it cannot be read. GPU readings are kept for five seconds (each costs a
+/// process).
+pub fn free_memory_bytes(device: &str) -> u64 {
+    match gpu_ordinal(device) {
+        Some(ordinal) => {
+            static LAST: std::sync::Mutex<Option<(std::time::Instant, u64)>> =
+                std::sync::Mutex::new(None);
+            let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, v)) = *last {
+                if at.elapsed() < std::time::Duration::from_secs(5) {
+                    return v;
+                }
+            }
+            let v = nvidia_gpu(ordinal).map_or(0, |g| g.free_bytes);
+            *last = Some((std::time::Instant::now(), v));
+            v
+        }
+        None => meminfo_kb("MemAvailable:").map_or(0, |kb| kb * 1024),
+    }
+}
+
+/// A `/proc/meminfo` field in kB.
+fn meminfo_kb(field: &str) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
 }
 
 /// The machine's name: the kernel's hostname, else `HOSTNAME`, else empty.
@@ -115,21 +247,23 @@ pub fn hostname() -> String {
 
 /// Total memory from `/proc/meminfo` (0 where there is none).
 fn total_ram_bytes() -> u64 {
-    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
-        return 0;
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    meminfo_kb("MemTotal:").map_or(0, |kb| kb * 1024)
 }
 
-/// GPU name and memory from `nvidia-smi`, when it is installed.
-fn nvidia_gpu(ordinal: &str) -> Option<(String, u64)> {
+/// What `nvidia-smi` says of one GPU.
+#[derive(Default)]
+struct Gpu {
+    name: String,
+    total_bytes: u64,
+    free_bytes: u64,
+    compute_capability: String,
+}
+
+/// GPU name, memory and compute capability from `nvidia-smi`, when it is installed.
+fn nvidia_gpu(ordinal: &str) -> Option<Gpu> {
     let out = std::process::Command::new("nvidia-smi")
         .args([
-            "--query-gpu=name,memory.total",
+            "--query-gpu=name,memory.total,memory.free,compute_cap",
             "--format=csv,noheader,nounits",
             "-i",
             ordinal,
@@ -139,10 +273,23 @@ fn nvidia_gpu(ordinal: &str) -> Option<(String, u64)> {
     if !out.status.success() {
         return None;
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (name, mib) = text.lines().next()?.rsplit_once(',')?;
-    let mib: u64 = mib.trim().parse().ok()?;
-    Some((name.trim().to_string(), mib * 1024 * 1024))
+    parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// One line of `name, total MiB, free MiB, compute capability` (a name may hold commas).
+fn parse_nvidia_smi(text: &str) -> Option<Gpu> {
+    let line = text.lines().next()?;
+    let mut parts = line.rsplitn(4, ',');
+    let cap = parts.next()?.trim().to_string();
+    let free: u64 = parts.next()?.trim().parse().ok()?;
+    let total: u64 = parts.next()?.trim().parse().ok()?;
+    let name = parts.next()?.trim().to_string();
+    Some(Gpu {
+        name,
+        total_bytes: total * 1024 * 1024,
+        free_bytes: free * 1024 * 1024,
+        compute_capability: cap,
+    })
 }
 
 /// Model specs loadable from local caches, sorted.
@@ -215,6 +362,35 @@ mod tests {
         assert_eq!(Capabilities::from_json(&caps.to_json()).unwrap(), caps);
         assert_eq!(Capabilities::from_proto(&caps.to_proto()), caps);
         assert_eq!(Capabilities::from_json("not json"), None);
+    }
+
+    #[test]
+    fn nvidia_smi_lines_are_read_with_commas_in_names() {
+        let g = parse_nvidia_smi("NVIDIA H200, 143771, 143000, 9.0\n").unwrap();
+        assert_eq!(g.name, "NVIDIA H200");
+        assert_eq!(g.total_bytes, 143771 * 1024 * 1024);
+        assert_eq!(g.free_bytes, 143000 * 1024 * 1024);
+        assert_eq!(g.compute_capability, "9.0");
+        let g = parse_nvidia_smi("GeForce RTX 3060, Laptop, 6144, 5000, 8.6").unwrap();
+        assert_eq!(g.name, "GeForce RTX 3060, Laptop");
+        assert!(parse_nvidia_smi("garbage").is_none());
+    }
+
+    #[test]
+    fn footprints_come_from_tensor_sizes() {
+        let caps = Capabilities::detect("cpu", 1);
+        assert!(caps.memory_free_bytes > 0 && caps.memory_free_bytes <= caps.ram_bytes);
+        // With the demo models fetched, SmolLM2's footprint: its GGUF's size, 30 layers x 2 x
+        // 3 kv heads x 64 x 4 bytes of KV cache per token.
+        if let Some(f) = caps.model_footprints.iter().find(|f| f.spec == "smollm2") {
+            assert!(f.weights_bytes > 50_000_000, "{f:?}");
+            assert_eq!(f.kv_bytes_per_token, 30 * 2 * 3 * 64 * 4);
+            assert_eq!(f.context_tokens, 8192);
+        }
+        assert!(
+            caps.model_footprints.iter().all(|f| f.spec != "minilm"),
+            "embedders have none"
+        );
     }
 
     #[test]

@@ -53,11 +53,29 @@ impl From<Error> for ShardError {
             // A model that is missing or unusable, bad settings, a template that does not
             // render: the shard's input is at fault.
             Error::Template(_) => ShardError::Task(e.to_string()),
+            // The device ran out of memory: this machine cannot hold the model and this
+            // shard's prompts; another one may.
+            Error::Candle(_) if is_out_of_memory(&e.to_string()) => {
+                ShardError::Infrastructure(format!(
+                    "the device ran out of memory ({e}); the model and this shard's prompts do \
+                     not fit in this worker's free memory, so the shard goes back to the queue"
+                ))
+            }
             // The device or the disk failed under us.
             Error::Candle(_) => ShardError::Infrastructure(e.to_string()),
             Error::Contract(e) => e.into(),
         }
     }
+}
+
+/// Whether a device error says it ran out of memory (CUDA's `CUDA_ERROR_OUT_OF_MEMORY`,
+/// cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`, Metal's and the allocator's "out of memory").
+pub fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out_of_memory")
+        || m.contains("out of memory")
+        || m.contains("alloc_failed")
+        || m.contains("failed to allocate")
 }
 
 impl From<flotilla_contract::Error> for ShardError {
@@ -486,6 +504,28 @@ fn train_round(spec: TrainRoundShard, ctx: &ShardContext) -> Result<Completed, S
 mod tests {
     use super::*;
     use flotilla_engine::loader::LoadOptions;
+
+    #[test]
+    fn a_device_out_of_memory_is_an_infrastructure_failure_that_says_so() {
+        let oom = Error::Candle(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
+        match ShardError::from(oom) {
+            ShardError::Infrastructure(m) => {
+                assert!(
+                    m.contains("ran out of memory") && m.contains("back to the queue"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let other = Error::Candle(candle_core::Error::Msg("shape mismatch".into()));
+        assert_eq!(
+            ShardError::from(other),
+            ShardError::Infrastructure("tensor operation failed: shape mismatch".into())
+        );
+        assert!(!is_out_of_memory("shape mismatch"));
+    }
 
     const KIND_NOOP: &str = "noop";
     const KIND_GENERATE: &str = "generate";

@@ -171,6 +171,13 @@ pub fn workers_json(workers: &[pb::WorkerInfo]) -> Value {
                         "cores": c.cores, "models_cached": c.models_cached,
                         "models_loaded": c.models_loaded, "slots": c.slots,
                         "version": c.version, "hostname": c.hostname,
+                        "memory_free_bytes": c.memory_free_bytes,
+                        "compute_capability": c.compute_capability,
+                        "model_footprints": c.model_footprints.iter().map(|f| json!({
+                            "spec": f.spec, "weights_bytes": f.weights_bytes,
+                            "kv_bytes_per_token": f.kv_bytes_per_token,
+                            "context_tokens": f.context_tokens,
+                        })).collect::<Vec<_>>(),
                     },
                 })
             })
@@ -183,23 +190,44 @@ pub fn workers_text(workers: &[pb::WorkerInfo]) -> String {
         return "no workers\n".into();
     }
     let mut out = format!(
-        "{:<24} {:<16} {:<8} {:<22} {:>9} {:>5} {:>7} {:>6} {:>8}  {}\n",
-        "WORKER", "HOST", "DEVICE", "GPU", "RAM", "SLOTS", "RUNNING", "DONE", "UNITS/S", "LOADED"
+        "{:<24} {:<16} {:<8} {:<22} {:>9} {:>9} {:>5} {:>7} {:>6} {:>8}  {}\n",
+        "WORKER",
+        "HOST",
+        "DEVICE",
+        "GPU",
+        "RAM",
+        "FREE",
+        "SLOTS",
+        "RUNNING",
+        "DONE",
+        "UNITS/S",
+        "LOADED"
     );
     for w in workers {
         let c = w.capabilities.clone().unwrap_or_default();
         let gpu = if c.gpu_name.is_empty() {
             "-".to_string()
         } else {
-            format!("{} {}", c.gpu_name, gib(c.gpu_memory_bytes))
+            let cap = if c.compute_capability.is_empty() {
+                String::new()
+            } else {
+                format!(" sm{}", c.compute_capability.replace('.', ""))
+            };
+            format!("{} {}{cap}", c.gpu_name, gib(c.gpu_memory_bytes))
+        };
+        let free = if c.memory_free_bytes == 0 {
+            "-".to_string()
+        } else {
+            gib(c.memory_free_bytes)
         };
         out.push_str(&format!(
-            "{:<24} {:<16} {:<8} {:<22} {:>9} {:>5} {:>7} {:>6} {:>8.2}  {}{}\n",
+            "{:<24} {:<16} {:<8} {:<22} {:>9} {:>9} {:>5} {:>7} {:>6} {:>8.2}  {}{}\n",
             w.worker_id,
             c.hostname,
             c.device,
             gpu,
             gib(c.ram_bytes),
+            free,
             c.slots,
             w.running,
             w.shards_completed,

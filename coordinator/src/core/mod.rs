@@ -153,13 +153,25 @@ impl Core {
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut shards: HashMap<String, Vec<NewShard>> = HashMap::new();
                 let mut stmt = c.prepare(
-                    "SELECT id, job_id, state, attempt, task_failures, infra_failures, units
+                    "SELECT id, job_id, state, attempt, task_failures, infra_failures, units,
+                            spec_json, files_json
                      FROM shards ORDER BY job_id, seq",
                 )?;
                 for row in stmt.query_map([], |r| {
+                    let spec: String = r.get(7)?;
+                    let files: String = r.get(8)?;
+                    let files: Vec<serde_json::Value> =
+                        serde_json::from_str(&files).unwrap_or_default();
+                    let size = |key: &str| {
+                        files
+                            .iter()
+                            .find(|f| f["path"].as_str() == Some(key))
+                            .and_then(|f| f["size"].as_u64())
+                    };
                     Ok((
                         r.get::<_, String>(1)?,
                         NewShard {
+                            prompt_tokens: crate::scheduler::memory::prompt_tokens(&spec, &size),
                             id: r.get(0)?,
                             state: stored(r, 2, ShardState::from_code)?,
                             attempt: Attempt(r.get::<_, i64>(3)? as u32),

@@ -172,6 +172,7 @@ impl Core {
                                 infra_failures: 0,
                                 units: p.shard.units,
                                 prefer: p.prefer,
+                                prompt_tokens: 0,
                             })
                             .collect(),
                     );

@@ -64,6 +64,10 @@ impl Core {
                             infra_failures: 0,
                             units: s.units,
                             prefer: None,
+                            prompt_tokens: crate::scheduler::memory::prompt_tokens(
+                                &s.spec_json,
+                                &|key| s.files.iter().find(|f| f.path == key).map(|f| f.size),
+                            ),
                         })
                         .collect(),
                 }

@@ -72,6 +72,7 @@ impl Core {
         conn: u64,
         free: u32,
         models_loaded: Vec<String>,
+        memory_free_bytes: u64,
     ) -> Option<Pending<()>> {
         {
             let mut s = lock(&self.sched);
@@ -83,6 +84,10 @@ impl Core {
             w.waiting = free.min(w.capabilities.slots.max(1));
             if !models_loaded.is_empty() {
                 w.models_loaded = models_loaded;
+            }
+            if memory_free_bytes > 0 {
+                w.memory_free_bytes = memory_free_bytes;
+                w.capabilities.memory_free_bytes = memory_free_bytes;
             }
             s.touch(worker);
         }

@@ -19,6 +19,7 @@
 //!   separately against the sweep's `retries`; a shard over budget fails its job, and the jobs
 //!   that depend on it fail with it.
 
+pub mod memory;
 mod outcomes;
 
 use crate::store::state::*;
@@ -138,6 +139,9 @@ pub struct JobMem {
     pub failed: u32,
     /// A distributed training job: where its rounds stand (set as rounds are applied).
     pub training: Option<flotilla_proto::v1::TrainProgress>,
+    /// The longest prompt of its shards, estimated in tokens (a judge job takes its generate
+    /// job's); 0 when not known.
+    pub prompt_tokens: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +155,8 @@ pub struct ShardMem {
     pub infra_failures: u32,
     pub units: u64,
     pub prefer: Option<String>,
+    /// Its longest prompt, estimated in tokens (0: not known).
+    pub prompt_tokens: u64,
 }
 
 impl ShardMem {
@@ -166,6 +172,7 @@ impl ShardMem {
             infra_failures: s.infra_failures,
             units: s.units,
             prefer: s.prefer,
+            prompt_tokens: s.prompt_tokens,
         }
     }
 }
@@ -183,6 +190,8 @@ pub struct WorkerMem {
     pub last_seen_unix_ms: i64,
     /// Free slots announced by its last ask and not filled yet.
     pub waiting: u32,
+    /// Free memory by its last ask (or its capabilities); 0 when unknown.
+    pub memory_free_bytes: u64,
     pub connected: bool,
     /// Which connection (stream) this is; a reconnect gets a new one.
     pub connection: u64,
@@ -193,6 +202,7 @@ impl WorkerMem {
         Self {
             id: id.to_string(),
             models_loaded: capabilities.models_loaded.clone(),
+            memory_free_bytes: capabilities.memory_free_bytes,
             capabilities,
             running: HashSet::new(),
             completed: 0,
@@ -228,6 +238,8 @@ pub struct NewShard {
     /// The worker this shard is sized for (a sync training share); others leave it to that
     /// worker while it is connected with a free slot. Kept in memory only.
     pub prefer: Option<String>,
+    /// Its longest prompt, estimated in tokens ([`memory::prompt_tokens`]; 0: not known).
+    pub prompt_tokens: u64,
 }
 
 #[derive(Default)]
@@ -269,6 +281,7 @@ impl Scheduler {
             running: 0,
             failed: 0,
             training: None,
+            prompt_tokens: 0,
         };
         for s in job.shards {
             match s.state {
@@ -283,7 +296,19 @@ impl Scheduler {
                 _ => {}
             }
             mem.shards.push(s.id.clone());
+            mem.prompt_tokens = mem.prompt_tokens.max(s.prompt_tokens);
             self.shards.insert(s.id.clone(), ShardMem::new(&head.id, s));
+        }
+        // A job whose shards say nothing (a judge job, specified once its answers exist)
+        // reads what the jobs before it read.
+        if mem.prompt_tokens == 0 {
+            mem.prompt_tokens = head
+                .depends_on
+                .iter()
+                .filter_map(|d| self.jobs.get(d))
+                .map(|d| d.prompt_tokens)
+                .max()
+                .unwrap_or(0);
         }
         for d in &head.depends_on {
             if let Some(dep) = self.jobs.get_mut(d) {
@@ -342,6 +367,14 @@ impl Scheduler {
         }
         let loaded: HashSet<&str> = worker.models_loaded.iter().map(String::as_str).collect();
         let faster = self.faster_idle(worker);
+        // A GPU worker with a free slot takes document-length prompts before a CPU worker.
+        let gpu_free = !memory::is_gpu(worker)
+            && self
+                .workers
+                .values()
+                .any(|w| w.connected && memory::is_gpu(w) && (w.running.len() as u32) < w.slots());
+        let mut budget = worker.memory_free_bytes;
+        let mut picked_models: HashSet<String> = HashSet::new();
         // Candidate jobs in sweep and DAG order; those with the model loaded first.
         let mut candidates: Vec<(bool, usize, String)> = Vec::new();
         let mut i = 0;
@@ -363,6 +396,9 @@ impl Scheduler {
                 // Tail rule: leave the last shards to the faster idle workers (not a training
                 // round's: its shares are sized for their workers already).
                 if faster > 0 && job.head.kind != JobKind::TrainRound && job.ready.len() <= faster {
+                    continue;
+                }
+                if gpu_free && job.prompt_tokens >= memory::DOCUMENT_TOKENS {
                     continue;
                 }
                 candidates.push((!loaded.contains(job.head.model.as_str()), i, jid.clone()));
@@ -394,6 +430,32 @@ impl Scheduler {
                 if out.len() as u32 >= n {
                     break 'jobs;
                 }
+                // Memory: the model (unless loaded) and this prompt's KV cache must fit what
+                // the worker has free, less what this pick has handed it already.
+                let (model, tokens) = {
+                    let j = &self.jobs[&jid];
+                    (j.head.model.clone(), j.prompt_tokens)
+                };
+                let need = match self.workers.get(worker_id) {
+                    Some(w) if budget > 0 => {
+                        memory::need_bytes(w, &model, tokens, picked_models.contains(&model))
+                    }
+                    _ => None,
+                };
+                if let Some(need) = need {
+                    if need > budget {
+                        tracing::debug!(
+                            worker = worker_id,
+                            job = jid,
+                            need,
+                            free = budget,
+                            "job does not fit the worker's free memory"
+                        );
+                        break;
+                    }
+                    budget -= need;
+                }
+                picked_models.insert(model);
                 let job = self.jobs.get_mut(&jid).expect("candidate job exists");
                 let Some(at) = job.ready.iter().position(|s| !kept.contains(s)) else {
                     break;

@@ -45,6 +45,7 @@ fn job(id: &str, model: &str, shards: usize, deps: &[&str]) -> NewJob {
                 infra_failures: 0,
                 units: 1,
                 prefer: None,
+                prompt_tokens: 0,
             })
             .collect(),
     }
@@ -192,6 +193,7 @@ fn a_round_closed_at_its_timeout_cancels_its_open_shards_and_refuses_their_resul
             infra_failures: 0,
             units: 1,
             prefer: None,
+            prompt_tokens: 0,
         })
         .collect();
     s.add_job("sw", j);
@@ -255,4 +257,84 @@ fn a_share_sized_for_a_worker_is_left_to_it_while_it_can_take_it() {
         ["t.s0", "t.s2"],
         "its own share, and one meant for a worker that is not here"
     );
+}
+
+/// A worker on `device` with `free` bytes free and one footprint for `model`.
+fn sized_worker(s: &mut Scheduler, id: &str, device: &str, free: u64, model: &str) {
+    let caps = Capabilities {
+        device: device.into(),
+        slots: 1,
+        memory_free_bytes: free,
+        model_footprints: vec![flotilla_proto::v1::ModelFootprint {
+            spec: format!("/models/{model}"),
+            weights_bytes: 4_000_000_000,
+            kv_bytes_per_token: 100_000,
+            context_tokens: 32_768,
+        }],
+        ..Default::default()
+    };
+    s.connect(WorkerMem::new(id, caps, 1));
+}
+
+fn job_with_prompts(id: &str, model: &str, tokens: u64) -> NewJob {
+    let mut j = job(id, model, 1, &[]);
+    for sh in &mut j.shards {
+        sh.prompt_tokens = tokens;
+    }
+    j
+}
+
+#[test]
+fn a_model_that_does_not_fit_a_workers_free_memory_is_left_to_one_it_fits() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    // 4 GB of weights + 1,000 tokens x 100 kB of KV cache, with 20% head-room: 4.92 GB.
+    s.add_job("sw", job_with_prompts("a", "qwen.gguf", 1_000));
+    sized_worker(&mut s, "small", "cuda:0", 4_500_000_000, "qwen.gguf");
+    sized_worker(&mut s, "big", "cuda:0", 8_000_000_000, "qwen.gguf");
+    let mut ch = Vec::new();
+    assert!(
+        s.pick("small", 1, &mut ch).is_empty(),
+        "4.5 GB free is too little"
+    );
+    assert_eq!(s.pick("big", 1, &mut ch).len(), 1);
+    // With the model already loaded only the KV cache counts: it fits the small one now.
+    s.add_job("sw", job_with_prompts("b", "qwen.gguf", 1_000));
+    s.workers.get_mut("small").unwrap().models_loaded = vec!["qwen.gguf".into()];
+    assert_eq!(s.pick("small", 1, &mut ch).len(), 1);
+    // A worker that reports nothing about its memory is not held back.
+    s.add_job("sw", job_with_prompts("c", "qwen.gguf", 1_000));
+    worker(&mut s, "unknown", &[], 1);
+    assert_eq!(s.pick("unknown", 1, &mut ch).len(), 1);
+}
+
+#[test]
+fn long_prompts_wait_for_a_free_gpu_worker_and_short_ones_do_not() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    s.add_job("sw", job_with_prompts("doc", "m.gguf", 6_000));
+    s.add_job("sw", job_with_prompts("rag", "m.gguf", 900));
+    sized_worker(&mut s, "cpu", "cpu", 64_000_000_000, "m.gguf");
+    sized_worker(&mut s, "gpu", "cuda:0", 16_000_000_000, "m.gguf");
+    let mut ch = Vec::new();
+    let got = s.pick("cpu", 1, &mut ch);
+    assert_eq!(
+        got[0].0, "rag.s0",
+        "the CPU worker leaves the document to the GPU"
+    );
+    let got = s.pick("gpu", 1, &mut ch);
+    assert_eq!(got[0].0, "doc.s0");
+    // With the GPU busy, a CPU worker takes long prompts too.
+    s.add_job("sw", job_with_prompts("doc2", "m.gguf", 6_000));
+    s.workers.get_mut("cpu").unwrap().running.clear();
+    assert_eq!(s.pick("cpu", 1, &mut ch)[0].0, "doc2.s0");
+}
+
+#[test]
+fn a_judge_job_reads_its_generate_jobs_prompt_length() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    s.add_job("sw", job_with_prompts("gen", "m", 5_000));
+    s.add_job("sw", job("judge", "m", 1, &["gen"]));
+    assert_eq!(s.jobs["judge"].prompt_tokens, 5_000);
 }

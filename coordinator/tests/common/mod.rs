@@ -88,6 +88,7 @@ impl TestWorker {
         self.send(In::Ask(pb::WorkRequest {
             free_slots: free,
             models_loaded: Vec::new(),
+            memory_free_bytes: 0,
         }));
     }
 
