@@ -802,6 +802,36 @@ def cmd_run(a):
         return m
     c.step("train_lora_20_steps", train_step, needs=["version"])
 
+    def qlora_step():
+        # QLoRA on the packed GGUF (quantized projections on the device, one dequantized
+        # weight at a time in the backward) with gradient checkpointing, in bf16 where the
+        # binary's compute capability has it.
+        qdir = os.path.join(c.work, "qlora")
+        cfg = os.path.join(c.work, "qlora.yaml")
+        data = os.path.abspath(os.path.join(a.repo, "examples", "train", "en-ja-lora.jsonl"))
+        with open(cfg, "w") as f:
+            f.write(f"model: {json.dumps(os.path.abspath(llm))}\ndata: {json.dumps(data)}\n"
+                    "steps: 6\nbatch_size: 2\nmax_seq_len: 512\neval_every: 0\n"
+                    "checkpoint_every: 0\nseed: 0\nholdout: 0.1\nqlora: true\n"
+                    "gradient_checkpointing: true\nlora: {rank: 8, alpha: 16}\n"
+                    "optimizer: {lr: 0.002, warmup_steps: 1}\n")
+        s = c.flotilla(["train", "--config", cfg, "--out", qdir, "--device", dev,
+                        "--output", "json"], a.train_timeout)
+        losses = []
+        with open(os.path.join(qdir, "log.jsonl")) as f:
+            for line in f:
+                r = json.loads(line)
+                if "loss" in r and "step" in r:
+                    losses.append(round(r["loss"], 4))
+        final = lora_tensors(os.path.join(qdir, "adapter", "adapter_model.safetensors"))
+        zero_b = [n for n, v in final.items() if "lora_B" in n and not any(v)]
+        return {"steps": s["steps"], "losses": losses, "seconds": s["seconds"],
+                "tokens_per_second": s["tokens_per_second"], "lora_tensors": len(final),
+                "_checks": {"6 QLoRA steps": s["steps"] == 6,
+                            "losses finite": bool(losses) and all(x == x for x in losses),
+                            "every lora_B moved": bool(final) and not zero_b}}
+    c.step("train_qlora_checkpointed", qlora_step, needs=["version"])
+
     adapter = os.path.join(run_dir, "adapter")
     c.step("generate_with_adapter",
            lambda: generate("adapter", dev, llm, [PROMPT], 16, ["--adapter", adapter]),
