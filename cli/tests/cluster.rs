@@ -138,6 +138,21 @@ shard_size: {shard_size}
     path
 }
 
+/// The value of the sample `name{labels...}` in an exposition (labels as written, in order;
+/// "" for none); 0 when absent.
+fn metric(exposition: &str, name: &str, labels: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, l) = series.split_once('{').unwrap_or((series, ""));
+            n == name && l.contains(labels)
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap_or(0.0))
+        .sum()
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
@@ -193,6 +208,46 @@ fn a_cluster_of_processes_gives_the_same_results_as_an_embedded_run() {
     let distributed = dir.join("distributed");
     let r = cluster.results(&id, &distributed);
     assert_eq!(r["state"], "succeeded");
+
+    // The workers' metrics add up to the work done: generated tokens, answer and judge
+    // shards; the coordinator's count every shard settled.
+    let sum = |name: &str, labels: &str| -> f64 {
+        cluster
+            .workers
+            .keys()
+            .map(|w| metric(&cluster.metrics(w), name, labels))
+            .sum()
+    };
+    assert!(sum("flotilla_generated_tokens_total", "") > 0.0);
+    assert!(sum("flotilla_decode_tokens_total", "") > 0.0);
+    assert!(sum("flotilla_decode_seconds_total", "") > 0.0);
+    assert!(
+        sum(
+            "flotilla_worker_shards_total",
+            r#"kind="generate",outcome="succeeded""#
+        ) >= 1.0
+    );
+    assert!(
+        sum(
+            "flotilla_worker_shards_total",
+            r#"kind="judge",outcome="succeeded""#
+        ) >= 1.0
+    );
+    assert!(
+        sum("flotilla_train_steps_total", "") >= 1.0,
+        "the LoRA was trained"
+    );
+    let coordinator = cluster.metrics("coordinator");
+    let settled = metric(
+        &coordinator,
+        "flotilla_shard_outcomes_total",
+        r#"outcome="succeeded""#,
+    );
+    let done: f64 = sum("flotilla_worker_shards_total", r#"outcome="succeeded""#);
+    assert_eq!(
+        settled, done,
+        "coordinator and workers agree on the shards done"
+    );
 
     let a = read_json(&embedded.join("results.json"));
     let b = read_json(&distributed.join("results.json"));

@@ -61,6 +61,7 @@ pub mod bench;
 pub mod client;
 pub mod core;
 pub mod error;
+pub mod metrics;
 pub mod plan;
 pub mod provenance;
 pub mod scheduler;

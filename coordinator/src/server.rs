@@ -42,6 +42,16 @@ pub struct CoordinatorConfig {
     pub heartbeat: Duration,
     /// A worker silent for this long is dropped and its shards requeued.
     pub heartbeat_timeout: Duration,
+    /// `--http`: serve `/metrics`, `/healthz`, `/readyz` (and the routes of `http_routes`)
+    /// here.
+    pub http: Option<SocketAddr>,
+    /// Extra routes for the `--http` server (the dashboard), built from the core.
+    pub http_routes: Option<Arc<dyn Fn(Arc<Core>) -> axum_router::Router + Send + Sync>>,
+}
+
+/// The HTTP router type of `--http` (axum's, re-exported for callers that add routes).
+pub mod axum_router {
+    pub use axum::Router;
 }
 
 impl CoordinatorConfig {
@@ -60,6 +70,8 @@ impl CoordinatorConfig {
             registry,
             heartbeat: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
+            http: None,
+            http_routes: None,
         }
     }
 }
@@ -71,6 +83,7 @@ pub struct RunningCoordinator {
     core: Arc<Core>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     _leadership: Registration,
 }
@@ -79,6 +92,11 @@ impl RunningCoordinator {
     /// The bound address (the real port when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `--http` serves, when it does (the real port when it asked for port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// The address published under the leader key.
@@ -190,20 +208,45 @@ pub async fn serve(config: CoordinatorConfig) -> CoordinatorResult<RunningCoordi
             .tls_config(t)
             .map_err(|e| CoordinatorError::Internal(format!("TLS configuration: {e}")))?;
     }
+    // The standard health service (grpc.health.v1), without the token: probes and load
+    // balancers ask it. "" and the coordinator's service both report SERVING.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CoordinatorServer<Service>>().await;
+    let http = match config.http {
+        Some(at) => {
+            let metrics_core = core.clone();
+            let mut router = flotilla_client::observe::router(
+                Arc::new(move || metrics_core.render_metrics()),
+                Arc::new(|| true),
+            );
+            if let Some(routes) = &config.http_routes {
+                router = router.merge(routes(core.clone()));
+            }
+            let (bound, task) = flotilla_client::observe::serve(at, router)
+                .await
+                .map_err(|e| CoordinatorError::Internal(format!("--http {at}: {e}")))?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tokio::spawn(builder.add_service(grpc).serve_with_incoming_shutdown(
-        incoming,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(
+        builder
+            .add_service(health_service)
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
     Ok(RunningCoordinator {
         addr,
         advertised,
         core,
         stop: Some(stop),
         server,
+        http,
         tasks,
         _leadership: leadership,
     })

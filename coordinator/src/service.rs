@@ -287,6 +287,7 @@ impl pb::coordinator_server::Coordinator for Service {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(refuse)?;
         let (sha, size) = (art.sha256.clone(), art.size);
+        self.core.metrics.artifact("upload", size);
         self.core
             .store
             .call(move |c| {
@@ -317,6 +318,7 @@ impl pb::coordinator_server::Coordinator for Service {
             Status::not_found(format!("artifact {} is not stored here", art.sha256))
         })?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.core.metrics.artifact("download", size);
         let (tx, rx) = mpsc::channel(4);
         let reference = pb::ArtifactRef {
             sha256: art.sha256.clone(),

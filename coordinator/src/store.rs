@@ -68,6 +68,14 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Open (or create) the database at `path` and start its thread.
     pub fn open(path: &Path) -> StoreResult<Store> {
+        Self::open_with(path, None)
+    }
+
+    /// [`Store::open`], observing each group commit's latency in `commit_seconds`.
+    pub fn open_with(
+        path: &Path,
+        commit_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
+    ) -> StoreResult<Store> {
         let conn = Connection::open(path)?;
         // WAL with synchronous=NORMAL: a commit is durable against a process crash (kill -9)
         // at once, and against power loss at the next checkpoint; readers never block.
@@ -78,7 +86,7 @@ impl Store {
         let (tx, rx) = std_mpsc::channel::<Work>();
         std::thread::Builder::new()
             .name("flotilla-store".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, commit_seconds))
             .map_err(|e| StoreError::Other(format!("cannot start the database thread: {e}")))?;
         Ok(Store { tx })
     }
@@ -139,7 +147,11 @@ fn savepoint<T>(
 }
 
 /// The database thread: group commit of whatever is queued.
-fn run(conn: Connection, rx: std_mpsc::Receiver<Work>) {
+fn run(
+    conn: Connection,
+    rx: std_mpsc::Receiver<Work>,
+    commit_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -148,12 +160,16 @@ fn run(conn: Connection, rx: std_mpsc::Receiver<Work>) {
                 Err(_) => break,
             }
         }
+        let t0 = std::time::Instant::now();
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let mut replies = Vec::with_capacity(batch.len());
         for work in batch {
             replies.push(work(&conn));
         }
         let committed = began.and_then(|_| conn.execute_batch("COMMIT"));
+        if let Some(h) = &commit_seconds {
+            h.observe(t0.elapsed().as_secs_f64());
+        }
         let err = committed.err().map(StoreError::from);
         if err.is_some() {
             let _ = conn.execute_batch("ROLLBACK");

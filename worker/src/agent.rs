@@ -102,6 +102,8 @@ struct Running {
     started: bool,
     cancel: Arc<AtomicBool>,
     progress: Arc<ProgressCell>,
+    /// The spec's kind (`generate`, `judge`, ...), for metrics.
+    kind: String,
 }
 
 #[derive(Default)]
@@ -429,6 +431,10 @@ impl Agent {
             started: false,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(ProgressCell::default()),
+            kind: serde_json::from_slice::<serde_json::Value>(&a.spec)
+                .ok()
+                .and_then(|v| v.get("kind")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into()),
         };
         self.running.insert(a.shard_id.clone(), running);
         self.queue.push_back(a);
@@ -483,10 +489,14 @@ impl Agent {
         if !ours {
             return None;
         }
-        self.running.remove(&done.shard_id);
+        let shard_kind = self
+            .running
+            .remove(&done.shard_id)
+            .map_or_else(|| "unknown".to_string(), |r| r.kind);
         let kind = match done.outcome {
             Ok((output, artifacts)) => {
                 tracing::info!(shard = done.shard_id, seconds = done.seconds, "shard done");
+                crate::metrics::global().succeeded(&output.output, done.seconds);
                 worker_message::Kind::Result(ShardResult {
                     shard_id: done.shard_id.clone(),
                     attempt: done.attempt.0,
@@ -503,6 +513,12 @@ impl Agent {
                     _ => FailureKind::Infrastructure,
                 };
                 tracing::warn!(shard = done.shard_id, error = %e, ?kind, "shard failed");
+                let failure = if kind == FailureKind::Task {
+                    "task"
+                } else {
+                    "infrastructure"
+                };
+                crate::metrics::global().failed(&shard_kind, failure, done.seconds);
                 worker_message::Kind::Failure(ShardFailure {
                     shard_id: done.shard_id.clone(),
                     attempt: done.attempt.0,

@@ -226,6 +226,12 @@ pub fn free_memory_bytes(device: &str) -> u64 {
     }
 }
 
+/// (total, free) bytes of the GPU of `device` (`cuda:N`), from `nvidia-smi`.
+pub fn gpu_memory(device: &str) -> Option<(u64, u64)> {
+    let g = nvidia_gpu(gpu_ordinal(device)?)?;
+    Some((g.total_bytes, g.free_bytes))
+}
+
 /// A `/proc/meminfo` field in kB.
 fn meminfo_kb(field: &str) -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -53,6 +53,10 @@ pub struct Args {
     /// this coordinator dies.
     #[arg(long, default_value_t = 10)]
     pub lease_ttl_s: u64,
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) over
+    /// HTTP here, e.g. 0.0.0.0:9090. The gRPC port also answers grpc.health.v1.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -105,6 +109,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
         config.tls = tls;
         config.heartbeat = Duration::from_millis(a.heartbeat_ms.max(50));
         config.heartbeat_timeout = Duration::from_secs(a.heartbeat_timeout_s.max(1));
+        config.http = a.http;
         if !a.etcd.is_empty() {
             eprintln!(
                 "campaigning for the leader key in etcd ({})",
@@ -118,13 +123,19 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
                 "listen": coordinator.local_addr().to_string(),
                 "address": coordinator.address(),
                 "data_dir": a.data_dir,
+                "http": coordinator.http_addr().map(|h| h.to_string()),
             }))?,
-            OutputFormat::Text => eprintln!(
-                "coordinator serving on {} (published as {}), state in {}",
-                coordinator.local_addr(),
-                coordinator.address(),
-                a.data_dir.display()
-            ),
+            OutputFormat::Text => {
+                eprintln!(
+                    "coordinator serving on {} (published as {}), state in {}",
+                    coordinator.local_addr(),
+                    coordinator.address(),
+                    a.data_dir.display()
+                );
+                if let Some(h) = coordinator.http_addr() {
+                    eprintln!("metrics at http://{h}/metrics");
+                }
+            }
         }
         super::shutdown_signal().await;
         eprintln!("stopping the coordinator");

@@ -49,3 +49,23 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Several OpenMetrics expositions as one: each ends with `# EOF`, which only the last may.
+pub fn join_expositions(parts: &[String]) -> String {
+    let mut out = String::new();
+    for p in parts {
+        out.push_str(p.trim_end().trim_end_matches("# EOF").trim_end());
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// A background task stopped when this is dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -8,6 +8,7 @@
 
 use super::progress::follow;
 use super::render::{fetch_results, results_json, sweep_state, write_results};
+use super::AbortOnDrop;
 use crate::output::{print_json, spinner, OutputFormat};
 use crate::provenance::Rerun;
 use anyhow::{bail, Context, Result};
@@ -51,6 +52,10 @@ pub struct Args {
     /// Models kept loaded between shards (shared by the in-process workers).
     #[arg(long, default_value_t = 3)]
     pub keep_models: usize,
+    /// Serve the embedded coordinator's metrics (/metrics), /healthz and /readyz over HTTP
+    /// here while the sweep runs, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// A data folder removed when dropped, unless the user chose it.
@@ -147,6 +152,26 @@ pub fn run(mut a: Args, out: OutputFormat) -> Result<()> {
         config.token = Some(token.clone());
         config.heartbeat = Duration::from_millis(500);
         let coordinator = serve(config).await?;
+        // One exposition for the embedded coordinator and its in-process workers.
+        let _http = match a.http {
+            Some(at) => {
+                let core = coordinator.core().clone();
+                let device_name = a.device.clone();
+                let render = Arc::new(move || {
+                    super::join_expositions(&[
+                        core.render_metrics(),
+                        flotilla_worker::metrics::global().render(&device_name),
+                    ])
+                });
+                let router = flotilla_client::observe::router(render, Arc::new(|| true));
+                let (bound, task) = flotilla_client::observe::serve(at, router)
+                    .await
+                    .with_context(|| format!("--http {at}"))?;
+                eprintln!("metrics at http://{bound}/metrics");
+                Some(AbortOnDrop(task))
+            }
+            None => None,
+        };
         let address = format!("http://{}", coordinator.local_addr());
         tracing::info!(%address, "embedded coordinator");
 

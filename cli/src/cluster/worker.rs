@@ -6,7 +6,7 @@
 
 use super::connect::AuthArgs;
 use crate::output::{print_json, OutputFormat};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use flotilla_client::registry::{EtcdRegistry, Registry};
 use flotilla_engine::loader::{flotilla_home, LoadOptions};
 use flotilla_worker::{run_worker, AgentConfig, CoordinatorAddress, ModelCache};
@@ -44,6 +44,10 @@ pub struct Args {
     /// the machine is gone if it dies without a word.
     #[arg(long, default_value_t = 10)]
     pub lease_ttl_s: u64,
+    /// Serve this worker's Prometheus metrics (/metrics), liveness (/healthz) and readiness
+    /// (/readyz) over HTTP here, e.g. 0.0.0.0:9091.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 pub fn run(a: Args, out: OutputFormat) -> Result<()> {
@@ -101,9 +105,24 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
             work_dir: work_dir.join("shards").join(&id),
             max_backoff: Duration::from_secs(5),
         };
+        let http = match a.http {
+            Some(at) => {
+                let device_name = a.device.clone();
+                let router = flotilla_client::observe::router(
+                    Arc::new(move || flotilla_worker::metrics::global().render(&device_name)),
+                    Arc::new(|| true),
+                );
+                let (bound, task) = flotilla_client::observe::serve(at, router)
+                    .await
+                    .with_context(|| format!("--http {at}"))?;
+                Some((bound, super::AbortOnDrop(task)))
+            }
+            None => None,
+        };
         match out {
             OutputFormat::Json => print_json(&serde_json::json!({
                 "event": "started", "worker_id": id, "device": a.device, "slots": a.slots,
+                "http": http.as_ref().map(|(b, _)| b.to_string()),
             }))?,
             OutputFormat::Text => eprintln!(
                 "worker {id} on {} with {} slot(s); Ctrl-C stops it",

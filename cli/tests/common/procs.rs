@@ -158,6 +158,8 @@ pub struct Cluster {
     pub port: u16,
     pub coordinator: Option<Proc>,
     pub workers: BTreeMap<String, Proc>,
+    /// Each process's `--http` port (metrics), by name (`coordinator`, worker ids).
+    pub http: std::sync::Mutex<BTreeMap<String, u16>>,
 }
 
 impl Cluster {
@@ -173,6 +175,7 @@ impl Cluster {
             token_file,
             port,
             workers: BTreeMap::new(),
+            http: Default::default(),
         };
         c.coordinator = Some(c.spawn_coordinator("coordinator-1"));
         for i in 1..=workers {
@@ -184,8 +187,34 @@ impl Cluster {
         c
     }
 
+    /// A fresh `--http` address for `name`, remembered in `http`.
+    fn http_addr(&self, name: &str) -> String {
+        let port = free_port();
+        self.http.lock().unwrap().insert(name.to_string(), port);
+        format!("127.0.0.1:{port}")
+    }
+
+    /// `/metrics` of process `name` (`coordinator` or a worker id).
+    pub fn metrics(&self, name: &str) -> String {
+        use std::io::{Read, Write};
+        let port = self.http.lock().unwrap()[name];
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    }
+
     pub fn spawn_coordinator(&self, name: &str) -> Proc {
         let listen = format!("127.0.0.1:{}", self.port);
+        let http = self.http_addr("coordinator");
         Proc::spawn(
             name,
             &self.dir,
@@ -203,11 +232,14 @@ impl Cluster {
                 self.token_file.to_str().unwrap(),
                 "--lease-ttl-s",
                 "2",
+                "--http",
+                &http,
             ],
         )
     }
 
     pub fn spawn_worker(&self, id: &str) -> Proc {
+        let http = self.http_addr(id);
         Proc::spawn(
             id,
             &self.dir,
@@ -223,6 +255,8 @@ impl Cluster {
                 self.dir.join(format!("work-{id}")).to_str().unwrap(),
                 "--lease-ttl-s",
                 "2",
+                "--http",
+                &http,
             ],
         )
     }

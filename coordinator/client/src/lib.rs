@@ -16,6 +16,7 @@
 pub mod client;
 pub mod error;
 pub mod hash;
+pub mod observe;
 pub mod registry;
 
 pub use client::{endpoint_url, explain, read_token_file, Client, ClientTls, Grpc};

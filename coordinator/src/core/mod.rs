@@ -66,6 +66,8 @@ pub struct Core {
     next_connection: AtomicU64,
     pub heartbeat: Duration,
     pub heartbeat_timeout: Duration,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Arc<crate::metrics::CoordinatorMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,7 +86,11 @@ impl Core {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             CoordinatorError::Internal(format!("--data-dir {}: {e}", data_dir.display()))
         })?;
-        let store = Store::open(&data_dir.join("coordinator.db"))?;
+        let metrics = Arc::new(crate::metrics::CoordinatorMetrics::new());
+        let store = Store::open_with(
+            &data_dir.join("coordinator.db"),
+            Some(metrics.sqlite_commit_seconds.clone()),
+        )?;
         let artifacts = ArtifactStore::open(&data_dir.join("artifacts"))?;
         let (changed, _) = watch::channel(0);
         let (rounds_tx, rounds_rx) = mpsc::unbounded_channel();
@@ -102,6 +108,7 @@ impl Core {
             next_connection: AtomicU64::new(1),
             heartbeat,
             heartbeat_timeout,
+            metrics,
         });
         core.load().await?;
         Ok(core)
@@ -277,6 +284,7 @@ impl Core {
     /// After a commit: queue jobs whose specs are now complete, wake waiting workers and
     /// watchers.
     fn committed(&self, changes: &[Change]) {
+        self.metrics.record(changes);
         let mut wake = false;
         {
             let mut s = lock(&self.sched);
@@ -303,6 +311,12 @@ impl Core {
             self.kick.notify_one();
         }
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The metrics exposition, gauges read now.
+    pub fn render_metrics(&self) -> String {
+        let s = lock(&self.sched);
+        self.metrics.render(&s)
     }
 
     /// Wake the dispatcher (new work may be ready).

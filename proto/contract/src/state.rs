@@ -108,6 +108,18 @@ macro_rules! lifecycle_states {
                 })
             }
 
+            /// Its name in lower case (`ready`, `running`, ...), as metrics label it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $name::Blocked => "blocked",
+                    $name::Ready => "ready",
+                    $name::Running => "running",
+                    $name::Succeeded => "succeeded",
+                    $name::Failed => "failed",
+                    $name::Cancelled => "cancelled",
+                }
+            }
+
             /// Whether nothing more will happen to it.
             pub fn is_final(self) -> bool {
                 matches!(self, $name::Succeeded | $name::Failed | $name::Cancelled)

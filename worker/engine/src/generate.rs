@@ -39,6 +39,34 @@ pub struct Completion {
     pub finish_reason: FinishReason,
 }
 
+/// Every generation of this process added up (for a worker's metrics): tokens and seconds of
+/// prefill and of decode. Microseconds are counted in integers.
+pub mod totals {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static PREFILL_TOKENS: AtomicU64 = AtomicU64::new(0);
+    static PREFILL_MICROS: AtomicU64 = AtomicU64::new(0);
+    static DECODE_TOKENS: AtomicU64 = AtomicU64::new(0);
+    static DECODE_MICROS: AtomicU64 = AtomicU64::new(0);
+
+    pub(crate) fn add(s: &super::GenerationStats) {
+        PREFILL_TOKENS.fetch_add(s.prefill_tokens as u64, Ordering::Relaxed);
+        PREFILL_MICROS.fetch_add((s.prefill_seconds * 1e6) as u64, Ordering::Relaxed);
+        DECODE_TOKENS.fetch_add(s.decode_tokens as u64, Ordering::Relaxed);
+        DECODE_MICROS.fetch_add((s.decode_seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// (prefill tokens, prefill seconds, decode tokens, decode seconds) so far.
+    pub fn snapshot() -> (u64, f64, u64, f64) {
+        (
+            PREFILL_TOKENS.load(Ordering::Relaxed),
+            PREFILL_MICROS.load(Ordering::Relaxed) as f64 / 1e6,
+            DECODE_TOKENS.load(Ordering::Relaxed),
+            DECODE_MICROS.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
 /// Timings of one `generate` call.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenerationStats {
@@ -200,6 +228,7 @@ impl LanguageModel {
         stats.decode_seconds = t1.elapsed().as_secs_f64();
         stats.prefill_tokens_per_s = rate(stats.prefill_tokens, stats.prefill_seconds);
         stats.decode_tokens_per_s = rate(stats.decode_tokens, stats.decode_seconds);
+        totals::add(&stats);
 
         let completions = seqs
             .into_iter()
