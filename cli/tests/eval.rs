@@ -564,3 +564,56 @@ fn a_rubric_template_replaces_the_judges_request_and_limit_and_language_pick_the
         "{e}"
     );
 }
+
+#[test]
+fn recall_at_k_is_retrievals_and_the_context_budget_shows_apart() {
+    let (base, _seen) = planted_judge("Fine. Rating: [[5]]");
+    let judge = format!("openai:planted@{base}");
+    let dir = tmp("context-recall");
+    let bench = repo().join("examples/benchmarks/en-ja/cases.jsonl");
+    let run_with = |budget: &str, out: &str| -> Vec<serde_json::Value> {
+        let v = ok_json(&eval_smollm2(
+            &[
+                "--cases",
+                bench.to_str().unwrap(),
+                "--task",
+                "rag",
+                "--language",
+                "ja",
+                "--limit",
+                "3",
+                "--judge",
+                &judge,
+                "--context-tokens",
+                budget,
+            ],
+            8,
+            8,
+            &dir.join(out),
+        ));
+        assert!(
+            v["configurations"][0]["mean_recall_at_k"].is_number(),
+            "{v}"
+        );
+        std::fs::read_to_string(dir.join(out).join("cases.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let wide = run_with("8192", "wide");
+    let tight = run_with("150", "tight");
+    assert_eq!(wide.len(), 3);
+    for (w, t) in wide.iter().zip(&tight) {
+        // The same chunks are retrieved whatever the budget: recall@k is the same.
+        assert_eq!(w["recall_at_k"], t["recall_at_k"], "{}", w["case_id"]);
+        // A wide budget shows the model every retrieved chunk; a tight one fewer.
+        assert_eq!(w["context_recall"], w["recall_at_k"]);
+        assert!(t["hits"].as_array().unwrap().len() < w["hits"].as_array().unwrap().len());
+        let (r, c) = (
+            t["recall_at_k"].as_f64().unwrap(),
+            t["context_recall"].as_f64().unwrap(),
+        );
+        assert!(c <= r, "{t}");
+    }
+}

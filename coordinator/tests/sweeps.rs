@@ -389,6 +389,7 @@ fn blank(case: &flotilla_contract::dataset::Case, spec: &GenerateShard) -> CaseR
         // Retrieval and prompt.
         hits: Vec::new(),
         recall_at_k: None,
+        context_recall: None,
         prompt: "p".into(),
         truncation: None,
         prompt_tokens: 1,

@@ -73,8 +73,14 @@ pub struct CaseResult {
     pub prompt: String,
     pub raw_answer: String,
     pub answer: String,
+    /// The retrieved chunks that went into the prompt (after the context budget).
     pub hits: Vec<Hit>,
+    /// Share of the gold passages among the top-k chunks retrieved (retrieval's quality).
     pub recall_at_k: Option<f64>,
+    /// Share of the gold passages among the chunks that fit the context budget (what the
+    /// model was shown; below `recall_at_k` when the budget cut retrieved chunks).
+    #[serde(default)]
+    pub context_recall: Option<f64>,
     pub truncation: Option<TruncationRecord>,
     /// Structured variants: why the first reply did not parse, if it did not.
     pub parse_error: Option<String>,

@@ -393,6 +393,7 @@ mod tests {
             answer: "a".into(),
             hits: Vec::new(),
             recall_at_k: Some(0.5),
+            context_recall: Some(0.5),
             truncation: None,
             parse_error: None,
             parse_retried: false,

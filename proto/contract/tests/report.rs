@@ -24,6 +24,7 @@ fn case(id: usize, variant: &str, score: f64) -> CaseResult {
         answer: "a".into(),
         hits: Vec::new(),
         recall_at_k: None,
+        context_recall: None,
         truncation: None,
         parse_error: None,
         parse_retried: false,

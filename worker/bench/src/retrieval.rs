@@ -392,6 +392,11 @@ impl<'a> Retriever<'a> {
         count: &dyn Fn(&str) -> Result<usize>,
     ) -> Result<Vec<Hit>> {
         let hits = self.retrieve(query, docs, k)?;
+        self.fit(hits, count)
+    }
+
+    /// `hits` cut to the context budget, as [`fit_context`] describes.
+    pub fn fit(&self, hits: Vec<Hit>, count: &dyn Fn(&str) -> Result<usize>) -> Result<Vec<Hit>> {
         fit_context(hits, self.settings.context_tokens, count)
     }
 }

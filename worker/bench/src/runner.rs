@@ -237,6 +237,7 @@ impl<'a> Runner<'a> {
             answer: String::new(),
             hits: Vec::new(),
             recall_at_k: None,
+            context_recall: None,
             truncation: None,
             parse_error: None,
             parse_retried: false,
@@ -281,11 +282,10 @@ impl<'a> Runner<'a> {
                 let retriever = self.retriever.ok_or_else(|| {
                     Error::input("RAG cases need an embedding model (--embedder)")
                 })?;
-                r.hits =
-                    retriever.retrieve_within(&case.query, &docs, self.settings.top_k, &|t| {
-                        self.model.count_tokens(t)
-                    })?;
-                r.recall_at_k = recall_at_k(&r.hits, &case.gold_passages);
+                let retrieved = retriever.retrieve(&case.query, &docs, self.settings.top_k)?;
+                r.recall_at_k = recall_at_k(&retrieved, &case.gold_passages);
+                r.hits = retriever.fit(retrieved, &|t| self.model.count_tokens(t))?;
+                r.context_recall = recall_at_k(&r.hits, &case.gold_passages);
                 super::retrieval::numbered_context(&r.hits)
             }
             _ => {

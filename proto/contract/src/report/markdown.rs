@@ -62,17 +62,18 @@ pub fn markdown(report: &Report) -> String {
             c.unparsed,
         ));
     }
-    s.push_str("\n## Reference metrics\n\nMean [95% CI] over the cases that have each metric (`-`: none do). Exact and regex match and the fabricated rates are shares of answers (0-1); token F1 is on words (characters for Japanese).\n\n");
-    s.push_str("| configuration | token F1 | exact match | regex match | recall@k | fabricated URLs | fabricated numbers |\n|---|---|---|---|---|---|---|\n");
+    s.push_str("\n## Reference metrics\n\nMean [95% CI] over the cases that have each metric (`-`: none do). Exact and regex match and the fabricated rates are shares of answers (0-1); token F1 is on words (characters for Japanese). recall@k is over the top-k chunks retrieved; in context, over those that fit the context budget.\n\n");
+    s.push_str("| configuration | token F1 | exact match | regex match | recall@k | in context | fabricated URLs | fabricated numbers |\n|---|---|---|---|---|---|---|---|\n");
     for c in &report.configurations {
         let m = |name: &str| with_ci(c.metrics.get(name));
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             c.key.label(),
             m("token_f1"),
             m("exact_match"),
             m("regex_match"),
             m("recall_at_k"),
+            m("context_recall"),
             m("fabricated_url_rate"),
             m("fabricated_number_rate"),
         ));

@@ -12,13 +12,14 @@ use crate::judging::Scale;
 /// - `recall_at_k`: share of gold passages retrieved, where the case names them;
 /// - `fabricated_url_rate`, `fabricated_number_rate` (0/1 per answer, so the mean is the share
 ///   of answers with at least one URL / number found in neither the documents nor the prompt).
-pub const METRICS: [&str; 8] = [
+pub const METRICS: [&str; 9] = [
     "judge",
     "geval",
     "token_f1",
     "exact_match",
     "regex_match",
     "recall_at_k",
+    "context_recall",
     "fabricated_url_rate",
     "fabricated_number_rate",
 ];
@@ -52,6 +53,7 @@ pub fn case_metric(r: &CaseResult, metric: &str, scale: Scale) -> Option<f64> {
         "exact_match" => has_reference.then(|| flag(r.metrics.exact_match)),
         "regex_match" => r.metrics.regex_match.filter(|_| generated).map(flag),
         "recall_at_k" => r.recall_at_k,
+        "context_recall" => r.context_recall,
         "fabricated_url_rate" => generated.then(|| flag(!r.metrics.fabricated_urls.is_empty())),
         "fabricated_number_rate" => {
             generated.then(|| flag(!r.metrics.fabricated_numbers.is_empty()))

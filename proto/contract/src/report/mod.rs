@@ -79,6 +79,9 @@ pub struct ConfigResult {
     pub mean_geval: Option<f64>,
     pub mean_token_f1: Option<f64>,
     pub mean_recall_at_k: Option<f64>,
+    /// The same over the chunks that fit the context budget (what the model saw).
+    #[serde(default)]
+    pub mean_context_recall: Option<f64>,
     /// Every metric with its mean, sample std and 95% bootstrap CI over the cases that have
     /// it, keyed by the names of [`METRICS`]; rates are shares of answers (0-1).
     #[serde(default)]
@@ -286,6 +289,7 @@ pub fn build_report(
             mean_geval: mean_of("geval"),
             mean_token_f1: mean_of("token_f1"),
             mean_recall_at_k: mean_of("recall_at_k"),
+            mean_context_recall: mean_of("context_recall"),
             metrics,
         });
         let per_case =
