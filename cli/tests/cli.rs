@@ -86,3 +86,75 @@ fn bad_flags_and_files_fail_with_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("empty"), "{err}");
 }
+
+#[test]
+fn worker_install_writes_a_systemd_unit_that_runs_this_worker() {
+    let dir = common::tmp("install");
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let units = dir.join("units");
+    let out = flotilla(&[
+        "worker",
+        "install",
+        "--etcd",
+        "http://etcd-host:2379",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--slots",
+        "2",
+        "--extra",
+        "--keep-models 1",
+        "--unit-dir",
+        units.to_str().unwrap(),
+        "--no-enable",
+        "--output",
+        "json",
+    ]);
+    let v = json(&out);
+    assert_eq!(v["enabled"], false);
+    let unit = std::fs::read_to_string(units.join("flotilla-worker.service")).unwrap();
+    let token_abs = std::fs::canonicalize(&token).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    assert!(
+        exec.contains(" worker --etcd http://etcd-host:2379 --token-file "),
+        "{exec}"
+    );
+    assert!(exec.contains(token_abs.to_str().unwrap()), "{exec}");
+    assert!(
+        exec.ends_with("--device cpu --slots 2 --keep-models 1"),
+        "{exec}"
+    );
+    assert!(unit.contains("Restart=always") && unit.contains("WantedBy=default.target"));
+    // --print shows the same unit and writes nothing.
+    let printed = flotilla(&[
+        "worker",
+        "install",
+        "--etcd",
+        "http://etcd-host:2379",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--slots",
+        "2",
+        "--extra",
+        "--keep-models 1",
+        "--print",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&printed.stdout), unit);
+    // A token file that is not there is named.
+    let bad = flotilla(&[
+        "worker",
+        "install",
+        "--etcd",
+        "http://e:2379",
+        "--token-file",
+        "/nowhere/token",
+        "--print",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--token-file /nowhere/token"));
+}

@@ -453,6 +453,54 @@ fn a_wrong_token_is_refused_to_workers_and_a_missing_one_to_clients() {
     );
     let v = ok_json(&listed(Some(&token)));
     assert_eq!(v, serde_json::json!([]), "the intruder is not a worker");
+
+    // `worker doctor` on this PC: the right token reaches the coordinator (no worker is
+    // connected, so the clock cannot be compared); the wrong one fails that check, exit 1.
+    let doctor = |t: &Path| {
+        run(&[
+            "worker",
+            "doctor",
+            "--coordinator",
+            &listen,
+            "--token-file",
+            t.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+    };
+    let good = doctor(&token);
+    let v: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    let check = |v: &serde_json::Value, name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check in {v:#}"))
+    };
+    assert_eq!(check(&v, "coordinator")["ok"], true, "{v:#}");
+    assert_eq!(check(&v, "device")["ok"], true);
+    assert_eq!(
+        check(&v, "models")["ok"],
+        true,
+        "the demo models are cached: {v:#}"
+    );
+    assert!(check(&v, "models")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("smollm2"));
+    assert!(good.status.success(), "{v:#}");
+    let bad = doctor(&wrong);
+    assert!(!bad.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let c = check(&v, "coordinator");
+    assert_eq!(c["ok"], false);
+    assert!(c["detail"].as_str().unwrap().contains("token"), "{c}");
+    // Nowhere to go: said so, exit 1.
+    let none = run(&["worker", "doctor"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stdout).contains("--etcd"));
 }
 
 #[test]

@@ -9,6 +9,8 @@
 
 pub mod connect;
 pub mod coordinator;
+pub mod doctor;
+pub mod install;
 pub mod progress;
 pub mod render;
 pub mod run;

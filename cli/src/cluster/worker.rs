@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub action: Option<Action>,
     /// etcd endpoints, comma-separated (http://host:2379): register here and find the
     /// coordinator's address under its leader key.
     #[arg(long, env = "FLOTILLA_ETCD", value_delimiter = ',')]
@@ -50,7 +53,23 @@ pub struct Args {
     pub http: Option<std::net::SocketAddr>,
 }
 
+/// What else `flotilla worker` does besides working.
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// Check what this PC can do as a worker: device, GPU, memory, models and whether they
+    /// fit, etcd, the coordinator, clock skew; says why not where it cannot (exit 1).
+    Doctor(super::doctor::Args),
+    /// Make this PC a worker that starts with it: a systemd unit (user or --system) running
+    /// `flotilla worker` with these settings, enabled and started.
+    Install(super::install::Args),
+}
+
 pub fn run(a: Args, out: OutputFormat) -> Result<()> {
+    match a.action {
+        Some(Action::Doctor(d)) => return super::doctor::run(d, out),
+        Some(Action::Install(i)) => return super::install::run(i, out),
+        None => {}
+    }
     if a.etcd.is_empty() && a.coordinator.is_none() {
         bail!("say where the cluster is: --etcd http://HOST:2379 (or --coordinator HOST:PORT)");
     }
