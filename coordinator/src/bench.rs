@@ -104,6 +104,7 @@ async fn worker(
                 free_slots: free,
                 models_loaded: Vec::new(),
                 memory_free_bytes: 0,
+                paused: String::new(),
             }));
         }
     };
@@ -152,7 +153,7 @@ async fn worker(
             _ = heartbeat.tick() => {
                 // Idle workers re-ask: that is their heartbeat.
                 if outstanding < slots {
-                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new(), memory_free_bytes: 0 }));
+                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new(), memory_free_bytes: 0, paused: String::new() }));
                 }
             }
         }

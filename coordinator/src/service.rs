@@ -398,6 +398,7 @@ impl pb::coordinator_server::Coordinator for Service {
                             a.free_slots,
                             a.models_loaded,
                             a.memory_free_bytes,
+                            a.paused,
                         ) {
                             tokio::spawn(send);
                         }

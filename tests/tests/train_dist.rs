@@ -134,6 +134,7 @@ async fn cluster(workers: usize) -> Cluster {
             cache_dir: dir.path().join("cache").join(&id),
             work_dir: dir.path().join("work").join(&id),
             max_backoff: Duration::from_millis(500),
+            idle: None,
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(run_worker(config, async move {

@@ -57,6 +57,7 @@ fn worker(
         cache_dir: dir.join("cache"),
         work_dir: dir.join("work").join(id),
         max_backoff: Duration::from_millis(500),
+        idle: None,
     };
     let mut stop = stop.clone();
     tokio::spawn(run_worker(config, async move {

@@ -37,6 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
+mod hand_back;
+
 /// Where the worker finds the coordinator.
 #[derive(Clone)]
 pub enum CoordinatorAddress {
@@ -72,6 +74,8 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// `--when-idle`: work only while the PC's user is away (`None`: always).
+    pub idle: Option<crate::idle::IdlePolicy>,
 }
 
 /// Runs the worker until `shutdown` resolves. Returns an error only for what retrying cannot
@@ -138,6 +142,9 @@ struct Agent {
     done_rx: mpsc::UnboundedReceiver<Finished>,
     /// The live connection's client, for shard tasks (downloads, uploads).
     current: watch::Sender<Option<Client>>,
+    /// `--when-idle`: the watch, and since when (and why) the PC is not free.
+    idle: Option<crate::idle::IdleWatch>,
+    paused: Option<(String, Instant)>,
 }
 
 fn stopped(stop: &watch::Receiver<bool>) -> bool {
@@ -157,6 +164,7 @@ impl Agent {
         let cache = Arc::new(ArtifactCache::new(config.cache_dir.join("artifacts"))?);
         let capabilities = Capabilities::detect(&config.device_name, config.slots);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let config_idle = config.idle.clone().map(crate::idle::IdleWatch::new);
         Ok(Self {
             config,
             capabilities,
@@ -167,6 +175,8 @@ impl Agent {
             done_tx,
             done_rx,
             current: watch::channel(None).0,
+            idle: config_idle,
+            paused: None,
         })
     }
 
@@ -266,8 +276,11 @@ impl Agent {
         }
     }
 
-    /// Slots neither running nor promised to a queued assignment.
+    /// Slots neither running nor promised to a queued assignment (none while paused).
     fn free_slots(&self) -> u32 {
+        if self.paused.is_some() {
+            return 0;
+        }
         self.config.slots.saturating_sub(self.running.len() as u32)
     }
 
@@ -311,7 +324,8 @@ impl Agent {
         let mut stop = self.stop.clone();
         loop {
             self.start_queued();
-            if self.free_slots() > 0 && last_ask.is_none() {
+            // An idle worker's ask is its heartbeat; a paused one asks for nothing, but asks.
+            if (self.free_slots() > 0 || self.paused.is_some()) && last_ask.is_none() {
                 self.ask(&tx).await;
                 last_ask = Some(Instant::now());
             }
@@ -346,6 +360,11 @@ impl Agent {
                 }
                 _ = tick.tick() => {
                     self.send_progress(&tx).await;
+                    if self.watch_idle(&tx).await {
+                        // Tell the coordinator now: no slots while paused, or slots again.
+                        self.ask(&tx).await;
+                        last_ask = Some(Instant::now());
+                    }
                     if last_ask.is_some_and(|t| t.elapsed() >= heartbeat) {
                         last_ask = None;
                     }
@@ -359,6 +378,11 @@ impl Agent {
             free_slots: self.free_slots(),
             models_loaded: self.config.models.loaded(),
             memory_free_bytes: crate::capabilities::free_memory_bytes(&self.config.device_name),
+            paused: self
+                .paused
+                .as_ref()
+                .map(|(r, _)| r.clone())
+                .unwrap_or_default(),
         };
         let _ = tx
             .send(WorkerMessage {
@@ -528,39 +552,6 @@ impl Agent {
             }
         };
         Some(WorkerMessage { kind: Some(kind) })
-    }
-
-    /// The connection is gone, and with it the coordinator's claim on our shards: stop them.
-    fn abandon_all(&mut self) {
-        for (shard_id, r) in self.running.drain() {
-            tracing::info!(shard = shard_id, "stopping: its connection is gone");
-            r.cancel.store(true, Ordering::Relaxed);
-        }
-        self.queue.clear();
-    }
-
-    /// On shutdown: stop running shards and tell the coordinator they need another worker.
-    async fn shut_down(&mut self, tx: &mpsc::Sender<WorkerMessage>) {
-        for (shard_id, r) in self.running.drain() {
-            r.cancel.store(true, Ordering::Relaxed);
-            let failure = ShardFailure {
-                shard_id,
-                attempt: r.attempt.0,
-                kind: FailureKind::Infrastructure as i32,
-                message: "the worker is shutting down".into(),
-            };
-            let _ = tx
-                .send(WorkerMessage {
-                    kind: Some(worker_message::Kind::Failure(failure)),
-                })
-                .await;
-        }
-        self.queue.clear();
-        // Give the stream a moment to carry the last messages before it closes.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while tx.capacity() < tx.max_capacity() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 }
 

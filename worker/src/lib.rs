@@ -21,6 +21,7 @@ pub mod artifacts;
 pub mod capabilities;
 pub mod error;
 pub mod exec;
+pub mod idle;
 pub mod metrics;
 pub mod models;
 pub mod shard_task;

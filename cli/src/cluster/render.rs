@@ -165,6 +165,7 @@ pub fn workers_json(workers: &[pb::WorkerInfo]) -> Value {
                     "shards_completed": w.shards_completed,
                     "units_per_second": w.units_per_second,
                     "last_seen_unix_ms": w.last_seen_unix_ms,
+                    "paused": w.paused,
                     "capabilities": {
                         "device": c.device, "gpu_name": c.gpu_name,
                         "gpu_memory_bytes": c.gpu_memory_bytes, "ram_bytes": c.ram_bytes,
@@ -237,10 +238,12 @@ pub fn workers_text(workers: &[pb::WorkerInfo]) -> String {
             } else {
                 c.models_loaded.join(",")
             },
-            if w.connected {
-                ""
+            if !w.connected {
+                "  (registered, not connected)".to_string()
+            } else if !w.paused.is_empty() {
+                format!("  (paused: {})", w.paused)
             } else {
-                "  (registered, not connected)"
+                String::new()
             }
         ));
     }

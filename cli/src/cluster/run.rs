@@ -194,6 +194,7 @@ pub fn run(mut a: Args, out: OutputFormat) -> Result<()> {
                 cache_dir: data.path.join("worker-cache"),
                 work_dir: data.path.join("work").join(&id),
                 max_backoff: Duration::from_secs(1),
+                idle: None,
             };
             let mut stop = stop_rx.clone();
             workers.push(tokio::spawn(run_worker(config, async move {

@@ -51,6 +51,18 @@ pub struct Args {
     /// (/readyz) over HTTP here, e.g. 0.0.0.0:9091.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    /// Take shards only while this PC's user is away: no keyboard or mouse input for
+    /// --idle-minutes (where the desktop reports it) and other programs below
+    /// --idle-cpu-percent of the CPU. When the user is back, running shards get
+    /// --yield-within-s to finish, then are handed back (requeued, nothing lost).
+    #[arg(long)]
+    pub when_idle: bool,
+    #[arg(long, default_value_t = 5.0, requires = "when_idle")]
+    pub idle_minutes: f64,
+    #[arg(long, default_value_t = 30.0, requires = "when_idle")]
+    pub idle_cpu_percent: f64,
+    #[arg(long, default_value_t = 60, requires = "when_idle")]
+    pub yield_within_s: u64,
 }
 
 /// What else `flotilla worker` does besides working.
@@ -123,6 +135,11 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
             cache_dir: work_dir.join("cache"),
             work_dir: work_dir.join("shards").join(&id),
             max_backoff: Duration::from_secs(5),
+            idle: a.when_idle.then(|| flotilla_worker::idle::IdlePolicy {
+                idle_for: Duration::from_secs_f64(a.idle_minutes.max(0.0) * 60.0),
+                cpu_percent: a.idle_cpu_percent,
+                yield_within: Duration::from_secs(a.yield_within_s),
+            }),
         };
         let http = match a.http {
             Some(at) => {

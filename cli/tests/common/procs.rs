@@ -239,26 +239,31 @@ impl Cluster {
     }
 
     pub fn spawn_worker(&self, id: &str) -> Proc {
+        self.spawn_worker_with(id, &[])
+    }
+
+    /// [`Cluster::spawn_worker`] with more flags.
+    pub fn spawn_worker_with(&self, id: &str, extra: &[&str]) -> Proc {
         let http = self.http_addr(id);
-        Proc::spawn(
+        let work = self.dir.join(format!("work-{id}"));
+        let endpoint = self.etcd.endpoint();
+        let mut args = vec![
+            "worker",
+            "--etcd",
+            &endpoint,
+            "--token-file",
+            self.token_file.to_str().unwrap(),
+            "--id",
             id,
-            &self.dir,
-            &[
-                "worker",
-                "--etcd",
-                &self.etcd.endpoint(),
-                "--token-file",
-                self.token_file.to_str().unwrap(),
-                "--id",
-                id,
-                "--work-dir",
-                self.dir.join(format!("work-{id}")).to_str().unwrap(),
-                "--lease-ttl-s",
-                "2",
-                "--http",
-                &http,
-            ],
-        )
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--lease-ttl-s",
+            "2",
+            "--http",
+            &http,
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(id, &self.dir, &args)
     }
 
     pub fn procs(&self) -> Vec<&Proc> {

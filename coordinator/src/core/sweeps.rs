@@ -255,6 +255,7 @@ impl Core {
                 shards_completed: w.completed,
                 units_per_second: w.units_per_second.unwrap_or(0.0),
                 last_seen_unix_ms: w.last_seen_unix_ms,
+                paused: w.paused.clone(),
             })
             .collect();
         out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));

@@ -73,6 +73,7 @@ impl Core {
         free: u32,
         models_loaded: Vec<String>,
         memory_free_bytes: u64,
+        paused: String,
     ) -> Option<Pending<()>> {
         {
             let mut s = lock(&self.sched);
@@ -85,6 +86,7 @@ impl Core {
             if !models_loaded.is_empty() {
                 w.models_loaded = models_loaded;
             }
+            w.paused = paused;
             if memory_free_bytes > 0 {
                 w.memory_free_bytes = memory_free_bytes;
                 w.capabilities.memory_free_bytes = memory_free_bytes;

@@ -192,6 +192,8 @@ pub struct WorkerMem {
     pub waiting: u32,
     /// Free memory by its last ask (or its capabilities); 0 when unknown.
     pub memory_free_bytes: u64,
+    /// Why it takes no work now, by its last ask (`--when-idle`); empty when it does.
+    pub paused: String,
     pub connected: bool,
     /// Which connection (stream) this is; a reconnect gets a new one.
     pub connection: u64,
@@ -203,6 +205,7 @@ impl WorkerMem {
             id: id.to_string(),
             models_loaded: capabilities.models_loaded.clone(),
             memory_free_bytes: capabilities.memory_free_bytes,
+            paused: String::new(),
             capabilities,
             running: HashSet::new(),
             completed: 0,

@@ -89,6 +89,7 @@ impl TestWorker {
             free_slots: free,
             models_loaded: Vec::new(),
             memory_free_bytes: 0,
+            paused: String::new(),
         }));
     }
 
