@@ -18,31 +18,31 @@ fn the_quickstart_plan_shows_its_jobs_answers_verdicts_and_an_estimate_of_tokens
     ]));
     assert_eq!(v["valid"], true);
     assert_eq!(v["sweep"], "quickstart");
-    // 8 cases (limit 2 x 2 tasks x 2 languages) x 3 variants x 2 adapters.
-    assert_eq!(v["cases"], 8);
+    // 24 cases (limit 6 x 2 tasks x 2 languages) x 2 variants x 2 adapters.
+    assert_eq!(v["cases"], 24);
     let t = &v["totals"];
-    assert_eq!(t["generations"], 48, "{t}");
-    assert_eq!(t["judgements"], 48, "{t}");
-    assert_eq!(t["jobs"], 49, "{t}");
+    assert_eq!(t["generations"], 96, "{t}");
+    assert_eq!(t["judgements"], 96, "{t}");
+    assert_eq!(t["jobs"], 33, "{t}");
     assert_eq!(
         (&t["train_jobs"], &t["generate_jobs"], &t["judge_jobs"]),
-        (&1.into(), &24.into(), &24.into())
+        (&1.into(), &16.into(), &16.into())
     );
-    assert_eq!(t["shards"], 49, "{t}");
+    assert_eq!(t["shards"], 97, "{t}");
     assert_eq!(t["train_steps"], 20, "{t}");
-    assert_eq!(v["jobs"].as_array().unwrap().len(), 49);
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 33);
     // Tokens: counted with SmolLM2's own tokenizer (it is on this machine), labelled an
-    // estimate, completions at their limits: 48 answers x 64 tokens, 48 verdicts x (48 + 8).
+    // estimate, completions at their limits: 96 answers x 64 tokens, 96 verdicts x (48 + 8).
     let tokens = &v["tokens"];
     assert_eq!(tokens["estimate"], true);
     assert_eq!(tokens["counted_with"][0]["model"], "smollm2");
     assert_eq!(tokens["counted_with"][0]["method"], "tokenizer");
-    assert_eq!(tokens["generate"]["completion_max"], 48 * 64);
-    assert_eq!(tokens["judge"]["completion_max"], 48 * (48 + 8));
+    assert_eq!(tokens["generate"]["completion_max"], 96 * 64);
+    assert_eq!(tokens["judge"]["completion_max"], 96 * (48 + 8));
     let prompt = tokens["generate"]["prompt"].as_u64().unwrap();
     // Each prompt holds a question and at least some context, and no RAG context exceeds
     // its 1024-token budget (8192 is SmolLM2's window for a whole document).
-    assert!(prompt > 48 * 20 && prompt < 48 * 8192, "{tokens}");
+    assert!(prompt > 96 * 20 && prompt < 96 * 8192, "{tokens}");
     // Training: 20 steps x 4 sequences x 512 tokens at most.
     assert_eq!(tokens["train_max"], 20 * 4 * 512);
 
@@ -52,9 +52,9 @@ fn the_quickstart_plan_shows_its_jobs_answers_verdicts_and_an_estimate_of_tokens
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "valid; nothing was run",
-        "jobs         49 (1 train, 24 generate, 24 judge)",
-        "generations  48 answers",
-        "judgements   48 verdicts",
+        "jobs         33 (1 train, 16 generate, 16 judge)",
+        "generations  96 answers",
+        "judgements   96 verdicts",
         "tokens (an estimate)",
         "counted with the tokenizer of smollm2",
         "train lora on smollm2",

@@ -24,7 +24,7 @@ fn the_quickstart_is_the_whole_matrix_on_smollm2_and_validates_with_local_models
     let s = Sweep::load(&examples().join("quickstart.yaml"), ModelCheck::Local)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.models.len(), 1);
-    assert_eq!(s.variants, ["query_first", "query_last", "structured"]);
+    assert_eq!(s.variants, ["query_first", "structured"]);
     assert_eq!(s.adapters.len(), 2);
     assert!(matches!(s.adapters[1].source, AdapterSource::Train(_)));
     let cells = s.cells(&FileRoot::local(examples())).unwrap();
@@ -36,7 +36,7 @@ fn the_quickstart_is_the_whole_matrix_on_smollm2_and_validates_with_local_models
         cell_names,
         ["rag en", "rag ja", "document en", "document ja"]
     );
-    assert!(cells.iter().all(|c| c.cases.len() == 2));
+    assert!(cells.iter().all(|c| c.cases.len() == 6));
     // What the CLI uploads: the case file, every document, the training data.
     let files = s.local_files(&FileRoot::local(examples())).unwrap();
     let paths: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
@@ -236,14 +236,14 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
         .submit_file(&examples().join("quickstart.yaml"))
         .await
         .unwrap();
-    // 1 train + (3 variants x 2 adapters x 4 cells) generate + as many judge jobs.
-    assert_eq!(st.jobs.len(), 1 + 24 + 24, "{:#?}", st.jobs.len());
+    // 1 train + (2 variants x 2 adapters x 4 cells) generate + as many judge jobs.
+    assert_eq!(st.jobs.len(), 1 + 16 + 16, "{:#?}", st.jobs.len());
     assert_eq!(
         st.jobs
             .iter()
             .filter(|j| j.state == pb::JobState::Blocked as i32)
             .count(),
-        12 + 24
+        8 + 16
     );
 
     let mut w = TestWorker::connect(&c, "w", &["smollm2"]).await;
@@ -334,8 +334,8 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
         order[0], "train",
         "the model's train job is the first job: {order:?}"
     );
-    // One shard per generate and judge job (2 cases, shard_size 2).
-    assert_eq!(order.len(), 1 + 24 + 24, "every shard ran once");
+    // Three shards per generate and judge job (6 cases, shard_size 2).
+    assert_eq!(order.len(), 1 + 48 + 48, "every shard ran once");
     let st = wait_end(&c, &st.sweep_id).await;
     assert_eq!(st.state, pb::SweepState::Succeeded as i32, "{}", st.error);
 
@@ -348,7 +348,7 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
         .unwrap()
         .into_inner();
     let report: serde_json::Value = serde_json::from_slice(&results.report_json).unwrap();
-    assert_eq!(report["configurations"].as_array().unwrap().len(), 24);
+    assert_eq!(report["configurations"].as_array().unwrap().len(), 16);
     let lora_vs_base = report["comparisons"]
         .as_array()
         .unwrap()
@@ -361,7 +361,7 @@ async fn a_submitted_sweep_runs_its_dag_and_aggregates_its_results() {
             .unwrap()
             .lines()
             .count(),
-        48
+        96
     );
     assert!(results.report_markdown.contains("Paired comparisons"));
     assert_eq!(results.adapters.len(), 1);
@@ -586,16 +586,16 @@ fn the_quickstart_plan_counts_its_jobs_shards_answers_and_verdicts() {
     let s = Sweep::load(&path, ModelCheck::Syntax).unwrap_or_else(|e| panic!("{e}"));
     let plan = sweep::preview(&s, &FileRoot::local(examples())).unwrap();
     let t = &plan.totals;
-    // 8 cases (limit 2 x 2 tasks x 2 languages) x 3 variants x 2 adapters.
-    assert_eq!(plan.cells.iter().map(|c| c.cases.len()).sum::<usize>(), 8);
-    assert_eq!(t.generations, 48);
-    assert_eq!(t.judgements, 48);
+    // 24 cases (limit 6 x 2 tasks x 2 languages) x 2 variants x 2 adapters.
+    assert_eq!(plan.cells.iter().map(|c| c.cases.len()).sum::<usize>(), 24);
+    assert_eq!(t.generations, 96);
+    assert_eq!(t.judgements, 96);
     assert_eq!(
         (t.jobs, t.train_jobs, t.generate_jobs, t.judge_jobs),
-        (49, 1, 24, 24)
+        (33, 1, 16, 16)
     );
-    // shard_size 2: one shard per generate and judge job, plus the training shard.
-    assert_eq!(t.shards, 49);
+    // shard_size 2: three shards per generate and judge job, plus the training shard.
+    assert_eq!(t.shards, 97);
     assert_eq!(t.train_steps, 20);
     // Every generate job with the LoRA waits for the train job.
     let train = &plan.jobs.iter().find(|j| j.kind == "train").unwrap().id;
@@ -604,7 +604,7 @@ fn the_quickstart_plan_counts_its_jobs_shards_answers_and_verdicts() {
         .iter()
         .filter(|j| j.kind == "generate" && j.label.contains("/ lora /"))
         .collect::<Vec<_>>();
-    assert_eq!(with_lora.len(), 12);
+    assert_eq!(with_lora.len(), 8);
     assert!(with_lora.iter().all(|j| j.depends_on == [train.clone()]));
     // The upload: the case file, its documents, the training data.
     assert!(plan.files.contains_key("train/en-ja-lora.jsonl"));
