@@ -180,24 +180,7 @@ fn inspect_embedder(spec: &str, dir: &Path, out: OutputFormat) -> anyhow::Result
         .and_then(|a| a.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| cache::hf_model_type(dir).unwrap_or_default());
-    let pooling = if dir.join("1_Pooling/config.json").is_file() {
-        std::fs::read_to_string(dir.join("1_Pooling/config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                ["cls_token", "mean_tokens", "max_tokens"]
-                    .into_iter()
-                    .find(|m| v.get(format!("pooling_mode_{m}")) == Some(&json!(true)))
-                    .map(|m| {
-                        m.trim_end_matches("_token")
-                            .trim_end_matches("_tokens")
-                            .to_string()
-                    })
-            })
-            .unwrap_or_else(|| "mean".into())
-    } else {
-        "mean".into()
-    };
+    let pooling = model.pooling.name();
     let v = json!({
         "kind": "embedding",
         "path": model.path.display().to_string(),

@@ -160,3 +160,49 @@ fn e5_prompts_change_the_vectors() {
         minilm().embed(&t).unwrap()
     );
 }
+
+/// A folder with e5's files and the given `1_Pooling/config.json`.
+fn e5_with_pooling(tag: &str, pooling: &str) -> flotilla_tests::TempDir {
+    let dir = flotilla_tests::temp_dir(tag);
+    for f in std::fs::read_dir(flotilla_tests::e5_path())
+        .unwrap()
+        .flatten()
+    {
+        std::os::unix::fs::symlink(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(dir.path().join("1_Pooling/config.json"), pooling).unwrap();
+    dir
+}
+
+/// An encoder pooled on its first token (bge-m3's dense vectors) is read as such; a pooling
+/// flotilla does not do is refused by name.
+#[test]
+fn cls_pooling_is_read_from_the_folder_and_max_pooling_is_refused() {
+    use flotilla_engine::embed::Pooling;
+    use flotilla_engine::{EmbeddingModel, LoadOptions};
+    let cls = e5_with_pooling("e5-cls", r#"{"pooling_mode_cls_token": true}"#);
+    let m = EmbeddingModel::load(cls.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(m.pooling, Pooling::Cls);
+    assert_eq!(e5().pooling, Pooling::Mean);
+    let t = ["The cat sat on the mat.", "猫がマットの上に座った。"];
+    let first = m.embed_as(Role::Passage, &t).unwrap();
+    let mean = e5().embed_as(Role::Passage, &t).unwrap();
+    for (a, b) in first.iter().zip(&mean) {
+        let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+        assert!(cosine(a, b) < 0.99, "the first token is not the mean");
+    }
+    // One at a time or padded in a batch: the first token is the same.
+    let alone = m.embed_as(Role::Passage, &t[1..]).unwrap();
+    assert!(cosine(&alone[0], &first[1]) > 0.9999);
+    let max = e5_with_pooling("e5-max", r#"{"pooling_mode_max_tokens": true}"#);
+    let err = EmbeddingModel::load(max.path().to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("max_tokens") && err.contains("1_Pooling"),
+        "{err}"
+    );
+}

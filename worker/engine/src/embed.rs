@@ -2,7 +2,8 @@
 //! XLM-RoBERTa encoder (multilingual-e5, bge-m3's encoder) from a Hugging Face /
 //! sentence-transformers directory: mean pooling over real tokens, L2-normed, as
 //! sentence-transformers computes them. A model trained with prompts (e5's `query: ` and
-//! `passage: `) gets them from `config_sentence_transformers.json`'s `prompts`.
+//! `passage: `) gets them from `config_sentence_transformers.json`'s `prompts`; one pooled on
+//! its first token (bge-m3's dense vectors) says so in `1_Pooling/config.json`.
 
 use crate::error::{Error, Result};
 use crate::loader::{resolve, safetensors_files, LoadOptions, ModelSource};
@@ -62,6 +63,64 @@ impl Prompts {
     }
 }
 
+/// How token vectors become one sentence vector (sentence-transformers' `1_Pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over real tokens (MiniLM, multilingual-e5; the default).
+    Mean,
+    /// The first token's vector (`[CLS]` / `<s>`: bge-m3's dense embedding).
+    Cls,
+}
+
+impl Pooling {
+    /// `1_Pooling/config.json` of `dir` (mean when absent); max pooling and other modes are
+    /// refused by name.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("1_Pooling").join("config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::Mean),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::model(&path, format!("not valid JSON: {e}")))?;
+        let on = |k: &str| v.get(format!("pooling_mode_{k}")) == Some(&serde_json::json!(true));
+        if on("cls_token") {
+            Ok(Self::Cls)
+        } else if on("mean_tokens") {
+            Ok(Self::Mean)
+        } else {
+            let modes: Vec<&str> = [
+                "max_tokens",
+                "mean_sqrt_len_tokens",
+                "weightedmean_tokens",
+                "lasttoken",
+            ]
+            .into_iter()
+            .filter(|k| on(k))
+            .collect();
+            if modes.is_empty() {
+                Ok(Self::Mean)
+            } else {
+                Err(Error::model(
+                    &path,
+                    format!(
+                        "pooling {} is not supported (mean_tokens and cls_token are)",
+                        modes.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mean => "mean",
+            Self::Cls => "cls",
+        }
+    }
+}
+
 enum Encoder {
     Bert(BertModel),
     XlmRoberta(XLMRobertaModel),
@@ -78,6 +137,7 @@ pub struct EmbeddingModel {
     pub dimension: usize,
     /// The prefixes for questions and passages (empty for models trained without them).
     pub prompts: Prompts,
+    pub pooling: Pooling,
 }
 
 impl EmbeddingModel {
@@ -139,6 +199,7 @@ impl EmbeddingModel {
             ),
         };
         let prompts = Prompts::read(dir)?;
+        let pooling = Pooling::read(dir)?;
 
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
@@ -200,6 +261,7 @@ impl EmbeddingModel {
             max_tokens,
             dimension: hidden_size,
             prompts,
+            pooling,
         })
     }
 
@@ -242,16 +304,21 @@ impl EmbeddingModel {
             Encoder::Bert(m) => m.forward(&ids, &types, Some(&mask))?,
             Encoder::XlmRoberta(m) => m.forward(&ids, &mask, &types, None, None, None)?,
         };
-        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&m)?.sum(1)?;
-        let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
-        let mean = summed.broadcast_div(&counts)?;
-        let norm = mean
+        let pooled = match self.pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => {
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+                let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+        };
+        let norm = pooled
             .sqr()?
             .sum_keepdim(D::Minus1)?
             .sqrt()?
             .clamp(1e-12, f64::MAX)?;
-        Ok(mean.broadcast_div(&norm)?.to_vec2::<f32>()?)
+        Ok(pooled.broadcast_div(&norm)?.to_vec2::<f32>()?)
     }
 }
 
