@@ -5,7 +5,7 @@
 
 use crate::output::{bar, print_json, OutputFormat};
 use anyhow::Context;
-use candle_core::Var;
+use candle_core::{Tensor, Var};
 use flotilla_engine::device;
 use flotilla_train::config::Precision;
 use flotilla_train::data::Batch;
@@ -207,33 +207,20 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
         // Forward and backward timed apart, except with checkpointing, whose backward runs
         // the forward again block by block (all of it is counted as backward then).
         let t_a = Instant::now();
-        let (g, sum, t_b): (Vec<_>, f64, Instant) = if a.checkpoint {
+        let pick = |get: &dyn Fn(&Tensor) -> Option<Tensor>| -> anyhow::Result<Vec<Tensor>> {
+            vars.iter()
+                .map(|v| get(v.as_tensor()).context("missing gradient"))
+                .collect()
+        };
+        let (g, sum, t_b) = if a.checkpoint {
             let t_b = Instant::now();
             let (grads, sum) = model.backward(&batch, n, None, true)?;
-            let g = vars
-                .iter()
-                .map(|v| {
-                    grads
-                        .get(v.as_tensor())
-                        .cloned()
-                        .context("missing gradient")
-                })
-                .collect::<anyhow::Result<_>>()?;
-            (g, sum, t_b)
+            (pick(&|t| grads.get(t).cloned())?, sum, t_b)
         } else {
             let (loss, sum) = model.loss(&batch, n, None)?;
             let t_b = Instant::now();
             let grads = loss.backward()?;
-            let g = vars
-                .iter()
-                .map(|v| {
-                    grads
-                        .get(v.as_tensor())
-                        .cloned()
-                        .context("missing gradient")
-                })
-                .collect::<anyhow::Result<_>>()?;
-            (g, sum, t_b)
+            (pick(&|t| grads.get(t).cloned())?, sum, t_b)
         };
         let t_c = Instant::now();
         opt.step(&vars, &g, 1e-4)?;

@@ -7,6 +7,21 @@
 use flotilla_engine::embed::{cosine, Role};
 use flotilla_tests::{e5, json_fixture, minilm};
 
+/// A JSON array of vectors.
+fn vectors(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
 fn vectors_match_sentence_transformers() {
     let f = json_fixture("minilm-reference.json");
@@ -16,18 +31,7 @@ fn vectors_match_sentence_transformers() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    let reference: Vec<Vec<f32>> = f["embeddings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect();
+    let reference = vectors(&f["embeddings"]);
     let ours = minilm().embed(&sentences).unwrap();
     assert_eq!(ours.len(), reference.len());
     for ((s, a), b) in sentences.iter().zip(&ours).zip(&reference) {
@@ -78,19 +82,7 @@ fn e5_reference(section: &str) -> (Vec<String>, Vec<Vec<f32>>) {
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect();
-    let vectors = f[section]["vectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect();
-    (texts, vectors)
+    (texts, vectors(&f[section]["vectors"]))
 }
 
 /// A user embeds with multilingual-e5-small (an XLM-RoBERTa encoder, e5's prompts): its

@@ -50,7 +50,7 @@ impl OutDType {
 
 /// Undo llama.cpp's q/k row permutation (Hugging Face rotate-half layout -> interleaved
 /// pairs), so the weights rotate correctly in a Hugging Face llama.
-fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let head_dim = out / heads;
     Ok(w.reshape((heads, head_dim / 2, 2, inp))?

@@ -92,7 +92,7 @@ impl BaseWeights {
                         } else {
                             config.num_kv_heads
                         };
-                        w = unpermute_rows(&w, heads)?;
+                        w = flotilla_engine::convert::unpermute(&w, heads)?;
                     }
                     tensors.insert(hf, w);
                 }
@@ -212,16 +212,6 @@ impl BaseWeights {
     }
 }
 
-/// Undo llama.cpp's q/k row permutation of a dense weight (as the converter does).
-fn unpermute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (out, inp) = w.dims2()?;
-    let head_dim = out / heads;
-    Ok(w.reshape((heads, head_dim / 2, 2, inp))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, inp))?)
-}
-
 /// For llama.cpp's permuted q/k rows: `perm[hf_row] = gguf_row`, so that
 /// `y_gguf.index_select(perm, last)` is the product in Hugging Face row order.
 pub fn hf_row_order(out: usize, heads: usize) -> Vec<u32> {
@@ -247,7 +237,7 @@ mod tests {
         let out = heads * hd;
         let v: Vec<f32> = (0..out * inp).map(|x| x as f32).collect();
         let w = Tensor::from_vec(v, (out, inp), &Device::Cpu).unwrap();
-        let dense = unpermute_rows(&w, heads).unwrap();
+        let dense = flotilla_engine::convert::unpermute(&w, heads).unwrap();
         let idx = Tensor::new(hf_row_order(out, heads).as_slice(), &Device::Cpu).unwrap();
         let picked = w.index_select(&idx, 0).unwrap();
         assert_eq!(
