@@ -605,6 +605,17 @@ def common_prefix(a, b):
     return n
 
 
+def step_losses(run_dir):
+    """The training loss of every step in a run's log.jsonl, rounded."""
+    losses = []
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if "loss" in r and "step" in r:
+                losses.append(round(r["loss"], 4))
+    return losses
+
+
 def lora_tensors(path):
     tensors, _ = read_safetensors(path)
     out = {}
@@ -766,12 +777,7 @@ def cmd_run(a):
                     "lora: {rank: 8, alpha: 16}\noptimizer: {lr: 0.002, warmup_steps: 2}\n")
         s = c.flotilla(["train", "--config", cfg, "--out", run_dir, "--device", dev,
                         "--output", "json"], a.train_timeout)
-        losses = []
-        with open(os.path.join(run_dir, "log.jsonl")) as f:
-            for line in f:
-                r = json.loads(line)
-                if "loss" in r and "step" in r:
-                    losses.append(round(r["loss"], 4))
+        losses = step_losses(run_dir)
         k = max(1, min(5, len(losses) // 4))
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
         # Every LoRA tensor moved between the step-10 checkpoint and the end: it got a gradient.
@@ -817,12 +823,7 @@ def cmd_run(a):
                     "optimizer: {lr: 0.002, warmup_steps: 1}\n")
         s = c.flotilla(["train", "--config", cfg, "--out", qdir, "--device", dev,
                         "--output", "json"], a.train_timeout)
-        losses = []
-        with open(os.path.join(qdir, "log.jsonl")) as f:
-            for line in f:
-                r = json.loads(line)
-                if "loss" in r and "step" in r:
-                    losses.append(round(r["loss"], 4))
+        losses = step_losses(qdir)
         final = lora_tensors(os.path.join(qdir, "adapter", "adapter_model.safetensors"))
         zero_b = [n for n, v in final.items() if "lora_B" in n and not any(v)]
         return {"steps": s["steps"], "losses": losses, "seconds": s["seconds"],

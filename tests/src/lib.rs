@@ -188,6 +188,33 @@ pub fn write_chat_jsonl(path: &Path, pairs: &[(&str, &str)]) {
     std::fs::write(path, lines.join("\n") + "\n").expect("write the training file");
 }
 
+/// A 9-step LoRA run (r = 8, batch 2, lr 0.003) on `pairs` written to `dir/train.jsonl`, with
+/// `extra` YAML (`precision: bf16`, `qlora: true`) in `dir/NAME.yaml`: the precision and QLoRA
+/// tests train the same way.
+pub fn nine_step_config(
+    dir: &Path,
+    name: &str,
+    pairs: &[(String, String)],
+    extra: &str,
+) -> flotilla_train::TrainConfig {
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(q, a)| (q.as_str(), a.as_str()))
+        .collect();
+    write_chat_jsonl(&dir.join("train.jsonl"), &borrowed);
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &p,
+        format!(
+            "data: train.jsonl\nsteps: 9\nbatch_size: 2\nmax_seq_len: 96\nholdout: 0.25\n\
+             eval_every: 0\ncheckpoint_every: 0\n{extra}\n\
+             lora: {{rank: 8, alpha: 16}}\noptimizer: {{lr: 0.003, warmup_steps: 1}}\n"
+        ),
+    )
+    .expect("write the training config");
+    flotilla_train::TrainConfig::from_file(&p).expect("a valid training config")
+}
+
 /// A fresh temporary directory, removed when dropped.
 pub fn temp_dir(tag: &str) -> TempDir {
     let base = std::env::temp_dir().join(format!(

@@ -3,34 +3,27 @@
 //! run's within bf16's rounding, every LoRA tensor gets a gradient, and the loss falls.
 
 use candle_core::{DType, Device};
-use flotilla_tests::{max_abs, smollm2_path, temp_dir};
+use flotilla_tests::{max_abs, nine_step_config, smollm2_path, temp_dir};
 use flotilla_train::config::Precision;
 use flotilla_train::trainer::training_dtype;
 use flotilla_train::{TrainConfig, Trainer};
 use std::path::Path;
 
 fn config(dir: &Path, precision: &str) -> TrainConfig {
-    let mut lines = String::new();
-    for i in 0..8 {
-        let v = serde_json::json!({"messages": [
-            {"role": "user", "content": format!("What is {i} plus {i}? Answer in words.")},
-            {"role": "assistant", "content": format!("The answer is {}.", i + i)},
-        ]});
-        lines.push_str(&v.to_string());
-        lines.push('\n');
-    }
-    std::fs::write(dir.join("train.jsonl"), lines).unwrap();
-    let p = dir.join("train.yaml");
-    std::fs::write(
-        &p,
-        format!(
-            "data: train.jsonl\nsteps: 9\nbatch_size: 2\nmax_seq_len: 96\nholdout: 0.25\n\
-             eval_every: 0\ncheckpoint_every: 0\nprecision: {precision}\n\
-             lora: {{rank: 8, alpha: 16}}\noptimizer: {{lr: 0.003, warmup_steps: 1}}\n"
-        ),
+    let pairs: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            (
+                format!("What is {i} plus {i}? Answer in words."),
+                format!("The answer is {}.", i + i),
+            )
+        })
+        .collect();
+    nine_step_config(
+        dir,
+        &format!("train-{precision}"),
+        &pairs,
+        &format!("precision: {precision}"),
     )
-    .unwrap();
-    TrainConfig::from_file(&p).unwrap()
 }
 
 #[test]

@@ -4,33 +4,26 @@
 //! every LoRA tensor learns, and the frozen weights take a third of the dense memory.
 
 use candle_core::Device;
-use flotilla_tests::{max_abs, smollm2_path, temp_dir};
+use flotilla_tests::{max_abs, nine_step_config, smollm2_path, temp_dir};
 use flotilla_train::weights::BaseWeights;
 use flotilla_train::{TrainConfig, Trainer};
 use std::path::Path;
 
 fn config(dir: &Path, qlora: bool) -> TrainConfig {
-    let mut lines = String::new();
-    for i in 0..8 {
-        let v = serde_json::json!({"messages": [
-            {"role": "user", "content": format!("Name the colour number {i} of the rainbow.")},
-            {"role": "assistant", "content": format!("Colour {i} is the one after {}.", i + 1)},
-        ]});
-        lines.push_str(&v.to_string());
-        lines.push('\n');
-    }
-    std::fs::write(dir.join("train.jsonl"), lines).unwrap();
-    let p = dir.join(format!("train-{qlora}.yaml"));
-    std::fs::write(
-        &p,
-        format!(
-            "data: train.jsonl\nsteps: 9\nbatch_size: 2\nmax_seq_len: 96\nholdout: 0.25\n\
-             eval_every: 0\ncheckpoint_every: 0\nqlora: {qlora}\n\
-             lora: {{rank: 8, alpha: 16}}\noptimizer: {{lr: 0.003, warmup_steps: 1}}\n"
-        ),
+    let pairs: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            (
+                format!("Name the colour number {i} of the rainbow."),
+                format!("Colour {i} is the one after {}.", i + 1),
+            )
+        })
+        .collect();
+    nine_step_config(
+        dir,
+        &format!("train-{qlora}"),
+        &pairs,
+        &format!("qlora: {qlora}"),
     )
-    .unwrap();
-    TrainConfig::from_file(&p).unwrap()
 }
 
 fn cosine(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
