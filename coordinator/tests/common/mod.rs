@@ -197,3 +197,8 @@ pub async fn wait_end(c: &RunningCoordinator, sweep: &str) -> pb::SweepStatus {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The repository's examples folder.
+pub fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
