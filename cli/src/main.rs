@@ -90,15 +90,14 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // No colour codes where stderr is a file or a pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Logs to stderr; traces over OTLP where OTEL_EXPORTER_OTLP_ENDPOINT asks for them.
+    let mut telemetry = match flotilla_client::telemetry::init() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -121,7 +120,21 @@ fn main() {
         }
     };
     let json = cli.output == OutputFormat::Json;
-    if let Err(e) = run(cli) {
+    // One trace per command (the servers' spans hang off what their clients send instead).
+    let command = command_name();
+    let root = match command.as_str() {
+        "coordinator" | "worker" | "serve" => tracing::Span::none(),
+        _ => {
+            tracing::info_span!(target: flotilla_client::telemetry::TARGET, "flotilla", command = %command)
+        }
+    };
+    let result = root.in_scope(|| run(cli));
+    drop(root);
+    // Flush the spans before any exit below.
+    if let Some(mut t) = telemetry.take() {
+        t.shutdown();
+    }
+    if let Err(e) = result {
         if json {
             // Scripts asked for JSON: the error is one JSON document on stdout too.
             let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
@@ -133,6 +146,22 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The subcommand as typed (`sweep submit`, `run`), for the trace's root span: the
+/// arguments that name subcommands of the one before.
+fn command_name() -> String {
+    use clap::CommandFactory;
+    let mut current = Cli::command();
+    let mut names = Vec::new();
+    for arg in std::env::args().skip(1) {
+        let Some(sub) = current.find_subcommand(&arg).cloned() else {
+            continue;
+        };
+        names.push(sub.get_name().to_string());
+        current = sub;
+    }
+    names.join(" ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::submit::submit_sweep;
 use flotilla_client::registry::Registry;
+use flotilla_client::telemetry::{self, TARGET};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::coordinator_message::Kind as Out;
 use flotilla_proto::v1::worker_message::Kind as In;
@@ -149,9 +150,20 @@ impl pb::coordinator_server::Coordinator for Service {
         &self,
         req: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::SweepStatus>, Status> {
-        Ok(Response::new(
-            submit_sweep(&self.core, req.into_inner()).await?,
-        ))
+        use tracing::Instrument;
+        // The submission's span: a child of the client's trace; the sweep's assignments hang
+        // off it.
+        let span =
+            tracing::info_span!(target: TARGET, "submit sweep", sweep = tracing::field::Empty);
+        telemetry::set_parent_from_metadata(&span, req.metadata());
+        let status = submit_sweep(&self.core, req.into_inner())
+            .instrument(span.clone())
+            .await?;
+        span.record("sweep", status.sweep_id.as_str());
+        if let Some(tp) = telemetry::traceparent(&span) {
+            self.core.set_sweep_trace(&status.sweep_id, tp);
+        }
+        Ok(Response::new(status))
     }
 
     async fn get_sweep(

@@ -193,6 +193,11 @@ fn adapter_identity(files: &[FileRef], dir: &str) -> String {
     flotilla_client::hash::sha256_hex(parts.join("\n").as_bytes())
 }
 
+/// The span of loading (or finding loaded) a model for a shard.
+fn load_span(model: &str) -> tracing::Span {
+    tracing::info_span!(target: flotilla_client::telemetry::TARGET, "load model", model)
+}
+
 fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardError> {
     let adapter = match &spec.adapter {
         Some(a) => Some(AdapterKey {
@@ -213,7 +218,10 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
     }
     let model = match &api {
         Some(_) => None,
-        None => Some(ctx.models.language(&spec.model, adapter.as_ref())?),
+        None => Some(
+            load_span(&spec.model)
+                .in_scope(|| ctx.models.language(&spec.model, adapter.as_ref()))?,
+        ),
     };
     let variant = match Variant::parse(&spec.variant).map_err(ShardError::from)? {
         Variant::Custom { template } => Variant::Custom {
@@ -239,7 +247,10 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
     // RAG cases need the embedder; in bm25 mode only its tokenizer (to size the chunks).
     let rag = cases.iter().any(|c| c.task == Task::Rag);
     let embedder = if rag && spec.retrieval.chunks.mode.uses_embedder() {
-        Some(ctx.models.embedding(&spec.retrieval.embedder)?)
+        Some(
+            load_span(&spec.retrieval.embedder)
+                .in_scope(|| ctx.models.embedding(&spec.retrieval.embedder))?,
+        )
     } else {
         None
     };
@@ -347,7 +358,7 @@ fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<Completed, ShardError> 
         })
         .collect::<Result<Vec<_>, ShardError>>()?;
     let panel = JudgePanel::resolve(&named, spec.scale, spec.explanation_tokens, None, |model| {
-        ctx.models.language(model, None)
+        load_span(model).in_scope(|| ctx.models.language(model, None))
     })?;
     let judges = panel.judges();
     let rubric = match &spec.rubric {
@@ -457,7 +468,9 @@ fn train_round(spec: TrainRoundShard, ctx: &ShardContext) -> Result<Completed, S
         old => {
             // Free the previous run's trainer before loading the next one.
             drop(old);
-            slot.insert(RoundTrainer::new(&config, &spec.model, key, ctx.device)?)
+            let loaded = load_span(&spec.model)
+                .in_scope(|| RoundTrainer::new(&config, &spec.model, key, ctx.device))?;
+            slot.insert(loaded)
         }
     };
     let total = spec.micro_batches.len() as u32;

@@ -7,11 +7,13 @@ use super::artifacts::ArtifactCache;
 use super::error::io;
 use super::exec::{execute, Completed, ShardContext, ShardError};
 use flotilla_client::client::Client;
+use flotilla_client::telemetry;
 use flotilla_proto::v1::{Assignment, FileRef};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// A client of the live connection (waiting up to 30 s for one).
 async fn live_client(current: &mut watch::Receiver<Option<Client>>) -> Result<Client, ShardError> {
@@ -37,8 +39,52 @@ fn attempt_dir_name(shard_id: &str, attempt: u32) -> String {
         .collect()
 }
 
-/// Everything for one attempt: files in, execution, artifacts out.
+/// Everything for one attempt, in one span that continues the sweep's trace (the
+/// assignment's `traceparent`).
 pub(crate) async fn run_shard(
+    a: Assignment,
+    config: &AgentConfig,
+    cache: &Arc<ArtifactCache>,
+    current: watch::Receiver<Option<Client>>,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<ProgressCell>,
+) -> Result<(Completed, Vec<FileRef>), ShardError> {
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "shard",
+        sweep = %a.sweep_id,
+        job = %a.job_id,
+        shard = %a.shard_id,
+        attempt = a.attempt,
+        worker = %config.worker_id,
+        units = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        error = tracing::field::Empty
+    );
+    telemetry::set_parent(&span, &a.traceparent);
+    let outcome = attempt(a, config, cache, current, cancel, progress)
+        .instrument(span.clone())
+        .await;
+    match &outcome {
+        Ok((done, _)) => {
+            span.record("units", done.units);
+            span.record("outcome", "succeeded");
+        }
+        Err(e) => {
+            let kind = match e {
+                ShardError::Task(_) => "task_failure",
+                ShardError::Infrastructure(_) => "infrastructure_failure",
+                ShardError::Cancelled => "cancelled",
+            };
+            span.record("outcome", kind);
+            span.record("error", e.to_string().as_str());
+        }
+    }
+    outcome
+}
+
+/// Files in, execution, artifacts out.
+async fn attempt(
     a: Assignment,
     config: &AgentConfig,
     cache: &Arc<ArtifactCache>,
@@ -104,7 +150,11 @@ pub(crate) async fn run_shard(
     let spec = a.spec.clone();
     let (exec_root, exec_scratch, exec_cancel) = (root.clone(), scratch.clone(), cancel.clone());
     let embeddings = config.cache_dir.join("embeddings");
+    // The blocking thread's spans (load model, retrieve, generate, judge, train step) are
+    // children of this shard's.
+    let span = tracing::Span::current();
     let executed = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         let report = |done: u32, total: u32| {
             progress.done.store(done, Ordering::Relaxed);
             progress.total.store(total, Ordering::Relaxed);

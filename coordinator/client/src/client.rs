@@ -45,6 +45,8 @@ impl tonic::service::Interceptor for BearerToken {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        // The caller's trace context (W3C traceparent), when traces are exported.
+        crate::telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod hash;
 pub mod observe;
 pub mod registry;
+pub mod telemetry;
 
 pub use client::{endpoint_url, explain, read_token_file, Client, ClientTls, Grpc};
 pub use error::{Error, Result};

@@ -68,6 +68,9 @@ pub struct Core {
     pub heartbeat_timeout: Duration,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<crate::metrics::CoordinatorMetrics>,
+    /// Each sweep's trace context (W3C traceparent of its submission), while traces are
+    /// exported; in memory only (after a restart, assignments start traces of their own).
+    traces: Mutex<HashMap<String, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,6 +112,7 @@ impl Core {
             heartbeat,
             heartbeat_timeout,
             metrics,
+            traces: Mutex::new(HashMap::new()),
         });
         core.load().await?;
         Ok(core)
@@ -320,6 +324,16 @@ impl Core {
     }
 
     /// Wake the dispatcher (new work may be ready).
+    /// Remember the trace a sweep's submission belongs to.
+    pub fn set_sweep_trace(&self, sweep_id: &str, traceparent: String) {
+        lock(&self.traces).insert(sweep_id.to_string(), traceparent);
+    }
+
+    /// The trace context a sweep's assignments continue, if its submission was traced.
+    pub fn sweep_trace(&self, sweep_id: &str) -> Option<String> {
+        lock(&self.traces).get(sweep_id).cloned()
+    }
+
     pub fn wake(&self) {
         self.kick.notify_one();
     }

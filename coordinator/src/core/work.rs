@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::error::{CoordinatorError, CoordinatorResult};
+use flotilla_client::telemetry;
 
 impl Core {
     /// A worker said hello on a new stream; returns its connection number. An older stream of
@@ -139,6 +140,7 @@ impl Core {
             )
         };
         let core = self.clone();
+        let worker = worker.to_string();
         Some(Box::pin(async move {
             let specs = match fut.await {
                 Ok(s) => s,
@@ -150,10 +152,12 @@ impl Core {
             core.committed(&changes);
             // A worker gone meanwhile had these shards requeued by its disconnect.
             let Some(tx) = tx else { return };
-            for (((shard, attempt, job), (_kind, sweep)), (spec, files)) in
+            for (((shard, attempt, job), (kind, sweep)), (spec, files)) in
                 picks.into_iter().zip(specs)
             {
                 let files: Vec<FileEntry> = serde_json::from_str(&files).unwrap_or_default();
+                let traceparent =
+                    trace_assignment(&core, &sweep, &job, &shard, attempt.0, kind, &worker);
                 let msg = pb::Assignment {
                     shard_id: shard,
                     attempt: attempt.0,
@@ -161,6 +165,7 @@ impl Core {
                     sweep_id: sweep,
                     spec: spec.into_bytes(),
                     files: files.into_iter().map(file_ref).collect(),
+                    traceparent: traceparent.unwrap_or_default(),
                 };
                 let _ = tx.send(Ok(pb::CoordinatorMessage {
                     kind: Some(pb::coordinator_message::Kind::Assign(msg)),
@@ -320,4 +325,35 @@ impl Core {
             }
         })
     }
+}
+
+/// The span of one assignment (a child of the sweep's submission); its context travels to the
+/// worker in the assignment, whose work on the shard continues the trace. `None` when traces
+/// are not exported.
+fn trace_assignment(
+    core: &Core,
+    sweep: &str,
+    job: &str,
+    shard: &str,
+    attempt: u32,
+    kind: JobKind,
+    worker: &str,
+) -> Option<String> {
+    if !telemetry::enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "assign shard",
+        sweep,
+        job,
+        shard,
+        attempt,
+        kind = kind.as_str(),
+        worker
+    );
+    if let Some(parent) = core.sweep_trace(sweep) {
+        telemetry::set_parent(&span, &parent);
+    }
+    telemetry::traceparent(&span)
 }

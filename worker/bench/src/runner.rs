@@ -282,7 +282,13 @@ impl<'a> Runner<'a> {
                 let retriever = self.retriever.ok_or_else(|| {
                     Error::input("RAG cases need an embedding model (--embedder)")
                 })?;
-                let retrieved = retriever.retrieve(&case.query, &docs, self.settings.top_k)?;
+                let retrieved = tracing::info_span!(
+                    target: "flotilla_trace",
+                    "retrieve",
+                    case = %case.id,
+                    top_k = self.settings.top_k
+                )
+                .in_scope(|| retriever.retrieve(&case.query, &docs, self.settings.top_k))?;
                 r.recall_at_k = recall_at_k(&retrieved, &case.gold_passages);
                 r.hits = retriever.fit(retrieved, &|t| self.model.count_tokens(t))?;
                 r.context_recall = recall_at_k(&r.hits, &case.gold_passages);
@@ -365,9 +371,26 @@ impl<'a> Runner<'a> {
         strict: bool,
     ) -> Result<(String, String, usize, usize)> {
         let built = build(variant, inputs, strict)?;
+        let span = tracing::info_span!(
+            target: "flotilla_trace",
+            "generate",
+            prompt_tokens = tracing::field::Empty,
+            completion_tokens = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        let answered = self.answer_built(&built)?;
+        span.record("prompt_tokens", answered.2);
+        span.record("completion_tokens", answered.3);
+        Ok(answered)
+    }
+
+    fn answer_built(
+        &self,
+        built: &super::prompts::BuiltPrompt,
+    ) -> Result<(String, String, usize, usize)> {
         let model = match self.model {
             Answerer::Local(m) => m,
-            Answerer::Endpoint(e) => return answer_over_api(e, &built, &self.settings.sampling),
+            Answerer::Endpoint(e) => return answer_over_api(e, built, &self.settings.sampling),
         };
         let mut prompt = model.render_chat(&built.messages, true)?;
         if let Some(p) = &built.assistant_prefix {
@@ -483,6 +506,26 @@ pub fn judge_result(
     if r.error.is_some() {
         return;
     }
+    let span = tracing::info_span!(
+        target: "flotilla_trace",
+        "judge",
+        case = %r.case_id,
+        judges = judges.len(),
+        score = tracing::field::Empty
+    );
+    let _entered = span.enter();
+    judge_scored(judges, r, criteria, rubric);
+    if let Some(score) = r.score {
+        span.record("score", score);
+    }
+}
+
+fn judge_scored(
+    judges: &[Judge],
+    r: &mut CaseResult,
+    criteria: Option<&str>,
+    rubric: Option<&str>,
+) {
     if r.parse_failed {
         // A structured answer that could not be read is a failure, never judged on its raw
         // text: it gets the scale's minimum.

@@ -75,6 +75,25 @@ impl RoundTrainer {
         spec: &TrainRoundShard,
         global: Option<&TensorSet>,
     ) -> Result<RoundOutput> {
+        let span = tracing::info_span!(
+            target: "flotilla_trace",
+            "train round",
+            round = spec.round,
+            first_inner_step = spec.first_inner_step,
+            loss = tracing::field::Empty,
+            tokens = tracing::field::Empty
+        );
+        let out = span.in_scope(|| self.run_round(spec, global))?;
+        span.record("loss", out.loss);
+        span.record("tokens", out.tokens);
+        Ok(out)
+    }
+
+    fn run_round(
+        &mut self,
+        spec: &TrainRoundShard,
+        global: Option<&TensorSet>,
+    ) -> Result<RoundOutput> {
         let global = global.unwrap_or(&self.initial).clone();
         self.initial
             .check_same_layout(&global, "the global adapter")?;

@@ -475,7 +475,17 @@ pub fn train(
     let mut last_loss = f64::NAN;
     let mut run_tokens = 0usize;
     while t.step < cfg.steps {
-        let report = t.train_step()?;
+        let span = tracing::info_span!(
+            target: "flotilla_trace",
+            "train step",
+            step = t.step + 1,
+            loss = tracing::field::Empty,
+            tokens = tracing::field::Empty
+        );
+        let report = span.in_scope(|| t.train_step())?;
+        span.record("loss", report.loss);
+        span.record("tokens", report.tokens);
+        drop(span);
         if !report.loss.is_finite() {
             return Err(Error::input(format!(
                 "loss became {} at step {}: lower optimizer.lr or check the data",
