@@ -93,7 +93,7 @@ pub struct Args {
     /// and reports the paired difference. Judges always use the base model.
     #[arg(long, default_values_t = vec!["base".to_string()])]
     pub adapter: Vec<String>,
-    /// Results folder: results.json, flow_results.json, cases.jsonl, report.md (and
+    /// Results folder: results.json, flow_results.json, cases.jsonl, report.md, report.html (and
     /// pairwise.jsonl with --pairwise); docs/EVAL.md describes each.
     #[arg(long, default_value = "flotilla-results")]
     pub out: PathBuf,

@@ -13,6 +13,7 @@ mod generate;
 mod model;
 mod output;
 mod provenance;
+mod report;
 mod serve;
 mod train;
 
@@ -44,6 +45,8 @@ enum Command {
     Embed(embed::Args),
     /// Run a model over benchmark cases: generate, judge, score, compare variants.
     Eval(eval::Args),
+    /// Write report.html for earlier results, or one page comparing several runs.
+    Report(report::Args),
     /// Inspect and convert models.
     Model {
         #[command(subcommand)]
@@ -174,6 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a, out),
         Command::Embed(a) => embed::run(a, out),
+        Command::Report(a) => report::run(a, out),
         Command::Eval(a) => eval::run(a, out),
         Command::Serve(a) => serve::run(a),
         Command::Model { command } => model::run(command, out),

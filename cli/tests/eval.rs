@@ -58,6 +58,7 @@ fn flow_sample_benchmark_runs_end_to_end_with_smollm2_as_model_and_judge() {
         "flow_results.json",
         "cases.jsonl",
         "report.md",
+        "report.html",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }

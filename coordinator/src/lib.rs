@@ -60,6 +60,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod client;
 pub mod core;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod plan;

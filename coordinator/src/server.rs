@@ -219,6 +219,7 @@ pub async fn serve(config: CoordinatorConfig) -> CoordinatorResult<RunningCoordi
                 Arc::new(move || metrics_core.render_metrics()),
                 Arc::new(|| true),
             );
+            router = router.merge(crate::dashboard::routes(core.clone(), config.token.clone()));
             if let Some(routes) = &config.http_routes {
                 router = router.merge(routes(core.clone()));
             }

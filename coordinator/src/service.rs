@@ -42,7 +42,7 @@ impl Auth {
 }
 
 /// Compare without stopping at the first difference (the token is a secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -61,7 +61,7 @@ impl tonic::service::Interceptor for Auth {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if same(given.as_bytes(), token.as_bytes()) {
+        if same_secret(given.as_bytes(), token.as_bytes()) {
             Ok(req)
         } else {
             Err(Status::unauthenticated("wrong token"))

@@ -10,28 +10,7 @@ use flotilla_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-pub fn sweep_state(state: i32) -> &'static str {
-    match pb::SweepState::try_from(state).unwrap_or(pb::SweepState::Unspecified) {
-        pb::SweepState::Unspecified => "unknown",
-        pb::SweepState::Queued => "queued",
-        pb::SweepState::Running => "running",
-        pb::SweepState::Succeeded => "succeeded",
-        pb::SweepState::Failed => "failed",
-        pb::SweepState::Cancelled => "cancelled",
-    }
-}
-
-pub fn job_state(state: i32) -> &'static str {
-    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
-        pb::JobState::Unspecified => "unknown",
-        pb::JobState::Blocked => "blocked",
-        pb::JobState::Ready => "ready",
-        pb::JobState::Running => "running",
-        pb::JobState::Succeeded => "succeeded",
-        pb::JobState::Failed => "failed",
-        pb::JobState::Cancelled => "cancelled",
-    }
-}
+pub use flotilla_coordinator::dashboard::{job_state, sweep_state};
 
 /// Whether a sweep has ended (succeeded, failed or cancelled).
 pub fn is_final(state: i32) -> bool {

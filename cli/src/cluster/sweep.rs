@@ -63,7 +63,8 @@ pub enum Command {
     /// The per-configuration table with confidence intervals and the paired comparisons.
     Results {
         sweep_id: String,
-        /// Also write the results folder (results.json, cases.jsonl, report.md, adapters).
+        /// Also write the results folder (results.json, cases.jsonl, report.md, report.html,
+        /// adapters).
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]

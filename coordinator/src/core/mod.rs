@@ -71,6 +71,8 @@ pub struct Core {
     /// Each sweep's trace context (W3C traceparent of its submission), while traces are
     /// exported; in memory only (after a restart, assignments start traces of their own).
     traces: Mutex<HashMap<String, String>>,
+    /// When this coordinator started (the dashboard's uptime).
+    pub started: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,6 +115,7 @@ impl Core {
             heartbeat_timeout,
             metrics,
             traces: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         });
         core.load().await?;
         Ok(core)
@@ -324,6 +327,11 @@ impl Core {
     }
 
     /// Wake the dispatcher (new work may be ready).
+    /// The last failed attempts, oldest first.
+    pub fn recent_failures(&self) -> Vec<crate::scheduler::FailureRecord> {
+        lock(&self.sched).recent_failures.iter().cloned().collect()
+    }
+
     /// Remember the trace a sweep's submission belongs to.
     pub fn set_sweep_trace(&self, sweep_id: &str, traceparent: String) {
         lock(&self.traces).insert(sweep_id.to_string(), traceparent);

@@ -256,6 +256,11 @@ impl Core {
                 units_per_second: w.units_per_second.unwrap_or(0.0),
                 last_seen_unix_ms: w.last_seen_unix_ms,
                 paused: w.paused.clone(),
+                running_shards: {
+                    let mut r: Vec<String> = w.running.iter().cloned().collect();
+                    r.sort();
+                    r
+                },
             })
             .collect();
         out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));

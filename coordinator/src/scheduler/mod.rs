@@ -253,6 +253,23 @@ pub struct Scheduler {
     pub jobs: HashMap<String, JobMem>,
     pub shards: HashMap<String, ShardMem>,
     pub workers: HashMap<String, WorkerMem>,
+    /// The last [`RECENT_FAILURES`] failed attempts, oldest first (the dashboard's list).
+    pub recent_failures: std::collections::VecDeque<FailureRecord>,
+}
+
+/// How many failed attempts the scheduler remembers for the dashboard.
+pub const RECENT_FAILURES: usize = 100;
+
+/// One failed attempt, as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureRecord {
+    pub at_unix_ms: i64,
+    pub sweep_id: String,
+    pub shard_id: String,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub kind: FailureKind,
+    pub message: String,
 }
 
 impl Scheduler {

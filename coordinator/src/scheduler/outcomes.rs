@@ -261,11 +261,24 @@ impl Scheduler {
             };
         }
         let shard = self.shards.get_mut(shard_id).expect("fenced shard exists");
-        if let Some(w) = shard.worker.take().and_then(|w| self.workers.get_mut(&w)) {
+        let worker_id = shard.worker.take().unwrap_or_default();
+        if let Some(w) = self.workers.get_mut(&worker_id) {
             w.running.remove(shard_id);
         }
         let job_id = shard.job_id.clone();
         let sweep_id = self.jobs[&job_id].sweep_id.clone();
+        if self.recent_failures.len() >= super::RECENT_FAILURES {
+            self.recent_failures.pop_front();
+        }
+        self.recent_failures.push_back(super::FailureRecord {
+            at_unix_ms: crate::store::now_ms(),
+            sweep_id: sweep_id.clone(),
+            shard_id: shard_id.to_string(),
+            attempt: attempt.0,
+            worker_id,
+            kind,
+            message: message.to_string(),
+        });
         let (budget_task, budget_infra) = self
             .sweeps
             .get(&sweep_id)

@@ -1,12 +1,14 @@
 //! Results of an eval: per-configuration statistics, paired comparisons, and the output
 //! folder: `results.json` (flotilla's schema, docs/EVAL.md), `flow_results.json` (Flow
 //! Benchmark Tools' `runs[].benchmark_outputs[].evaluations[]` layout), `cases.jsonl` (every
-//! prompt, answer, retrieval hit and score) and `report.md`.
+//! prompt, answer, retrieval hit and score), `report.md` and `report.html` (`html.rs`: the
+//! same tables with charts, the settings and every answer, in one self-contained page).
 //!
 //! Everything in `results.json` except its `timings` object is a pure function of the cases,
 //! the models and the seed: the same inputs give byte-identical scores.
 
 mod flow;
+pub mod html;
 mod judge_check;
 mod markdown;
 mod metrics;
@@ -474,6 +476,18 @@ pub fn write_outputs(dir: &Path, report: &Report, results: &[CaseResult]) -> Res
 
     let p = dir.join("report.md");
     write(&p, markdown(report).as_bytes())?;
+    files.push(p);
+
+    let p = dir.join("report.html");
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "results".into());
+    let run = html::Run::new(&name, &dir.display().to_string(), report, results);
+    write(
+        &p,
+        html::page(&html::title_for(report, &name), &[run], None).as_bytes(),
+    )?;
     files.push(p);
     Ok(files)
 }
