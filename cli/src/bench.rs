@@ -138,6 +138,10 @@ pub struct DispatchArgs {
     /// Slots each simulated worker announces.
     #[arg(long, default_value_t = 4)]
     pub slots: u32,
+    /// Serve the coordinator's --http here (e.g. 127.0.0.1:0) and scrape /metrics every
+    /// second and /api/state every two while shards flow: the cost of being watched.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 fn dispatch(a: DispatchArgs, out: OutputFormat) -> anyhow::Result<()> {
@@ -150,6 +154,7 @@ fn dispatch(a: DispatchArgs, out: OutputFormat) -> anyhow::Result<()> {
         shards: a.shards,
         slots: a.slots,
         data_dir: None,
+        http: a.http,
     };
     let report = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

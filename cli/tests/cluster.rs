@@ -275,6 +275,16 @@ fn a_cluster_of_processes_gives_the_same_results_as_an_embedded_run() {
         .count();
     assert!(busy >= 2, "only {busy} worker(s) ran shards: {workers:#?}");
 
+    // The LoRA's curve: the loss of each of its two steps.
+    let curve = b["training"][0]["loss"].as_array().unwrap();
+    assert_eq!(
+        curve
+            .iter()
+            .map(|p| p["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2],
+        "{curve:?}"
+    );
     // Provenance: the sweep as submitted, its inputs' hashes, who ran what.
     let p = &b["provenance"];
     assert_eq!(p["command"], "sweep", "{p}");

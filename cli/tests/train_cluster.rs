@@ -155,6 +155,26 @@ fn check_finished(c: &Cluster, sweep: &str, out: &Path) -> Value {
         Some(2),
         "keep_checkpoints: 2: {t:#}"
     );
+    // Each round's curve point carries the loss of each worker that trained in it.
+    let workers: Vec<&str> = t["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for p in t["loss"].as_array().unwrap() {
+        let by = p["workers"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no per-worker loss: {p}"));
+        assert!(!by.is_empty(), "{p}");
+        for (w, l) in by {
+            assert!(
+                workers.contains(&w.as_str()),
+                "{w} is not among {workers:?}"
+            );
+            assert!(l.as_f64().is_some_and(|l| l.is_finite() && l > 0.0), "{p}");
+        }
+    }
     let adapter = out.join("adapters/lora/smollm2/adapter_model.safetensors");
     assert!(
         adapter.is_file(),
@@ -260,6 +280,17 @@ fn flotilla_train_submit_trains_on_the_cluster_and_downloads_the_adapter() {
         "{v:#}"
     );
     assert!(t["loss"].as_array().is_some_and(|l| l.len() == 3), "{t:#}");
+    // Every step's point names the workers that computed its shares, with their own loss.
+    assert!(
+        t["loss"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["workers"].as_object().is_some_and(
+                |w| !w.is_empty() && w.values().all(|l| l.as_f64().is_some_and(f64::is_finite))
+            )),
+        "{t:#}"
+    );
     // `out: run` is relative to the config, as for a local run.
     let adapter = dir.join("run/adapter");
     let cfg: Value = serde_json::from_str(

@@ -26,6 +26,9 @@ pub struct DispatchOptions {
     pub slots: u32,
     /// Where the coordinator keeps its state (a temporary folder when None).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Serve `--http` here, and scrape it while shards flow (`/metrics` every second, as
+    /// Prometheus would; `/api/state` every two, as an open dashboard does).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Default for DispatchOptions {
@@ -35,6 +38,7 @@ impl Default for DispatchOptions {
             shards: 20_000,
             slots: 4,
             data_dir: None,
+            http: None,
         }
     }
 }
@@ -54,6 +58,25 @@ pub struct DispatchReport {
     pub assignment_latency_max_ms: f64,
     /// Results acknowledged as stored (must equal `shards`).
     pub results_stored: usize,
+    /// Whether `--http` was served and scraped, and how many scrapes answered.
+    pub http: bool,
+    pub scrapes: usize,
+    /// Whether spans were exported (an OTLP endpoint was set): each assignment then has one.
+    pub traced: bool,
+}
+
+/// `GET path` on loopback `port`; whether it answered 200.
+async fn scrape(port: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await.is_ok() && body.starts_with(b"HTTP/1.1 200")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -194,7 +217,25 @@ pub async fn dispatch(opts: DispatchOptions) -> CoordinatorResult<DispatchReport
         Arc::new(MemoryRegistry::new()),
     );
     config.token = Some(token.clone());
+    config.http = opts.http;
     let coordinator = serve(config).await?;
+    let scrapes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let scraper = coordinator.http_addr().map(|at| {
+        let scrapes = scrapes.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for n in 0u64.. {
+                tick.tick().await;
+                let mut ok = scrape(at.port(), "/metrics").await;
+                if n % 2 == 0 {
+                    ok &= scrape(at.port(), "/api/state").await;
+                }
+                if ok {
+                    scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    });
     let address = format!("http://{}", coordinator.local_addr());
     let core = coordinator.core().clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -224,6 +265,11 @@ pub async fn dispatch(opts: DispatchOptions) -> CoordinatorResult<DispatchReport
     let sweep = core
         .submit_noop("bench-dispatch", specs, Retries::default())
         .await?;
+    // Traced as a submitted sweep is: its assignments are children of this span.
+    let span = tracing::info_span!(target: flotilla_client::telemetry::TARGET, "bench dispatch");
+    if let Some(tp) = flotilla_client::telemetry::traceparent(&span) {
+        core.set_sweep_trace(&sweep, tp);
+    }
     loop {
         let st = core
             .status(&sweep)
@@ -244,6 +290,9 @@ pub async fn dispatch(opts: DispatchOptions) -> CoordinatorResult<DispatchReport
     }
     let seconds = t0.elapsed().as_secs_f64();
     let _ = stop.send(true);
+    if let Some(s) = scraper {
+        s.abort();
+    }
     let mut latencies = Vec::new();
     for h in handles {
         match tokio::time::timeout(Duration::from_secs(5), h).await {
@@ -276,6 +325,9 @@ pub async fn dispatch(opts: DispatchOptions) -> CoordinatorResult<DispatchReport
         assignment_latency_p99_ms: percentile(&latencies, 0.99),
         assignment_latency_max_ms: latencies.last().copied().unwrap_or(0.0),
         results_stored: stored as usize,
+        http: opts.http.is_some(),
+        scrapes: scrapes.load(std::sync::atomic::Ordering::Relaxed),
+        traced: flotilla_client::telemetry::enabled(),
     })
 }
 

@@ -362,10 +362,13 @@ async fn the_dispatch_benchmark_stores_every_shard_once() {
             shards: 200,
             slots: 2,
             data_dir: None,
+            // Watched as it runs: /metrics and /api/state scraped.
+            http: Some("127.0.0.1:0".parse().unwrap()),
         })
         .await
         .unwrap();
     assert_eq!(report.results_stored, 200);
+    assert!(report.http && report.scrapes >= 1, "{report:?}");
     assert!(report.shards_per_second > 0.0);
     assert!(report.assignment_latency_p99_ms >= report.assignment_latency_p50_ms);
 }

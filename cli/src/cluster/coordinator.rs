@@ -53,8 +53,9 @@ pub struct Args {
     /// this coordinator dies.
     #[arg(long, default_value_t = 10)]
     pub lease_ttl_s: u64,
-    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) over
-    /// HTTP here, e.g. 0.0.0.0:9090. The gRPC port also answers grpc.health.v1.
+    /// Serve the dashboard (/), Prometheus metrics (/metrics), liveness (/healthz) and
+    /// readiness (/readyz) over HTTP here, e.g. 0.0.0.0:9090. The gRPC port also answers
+    /// grpc.health.v1.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
 }
@@ -133,7 +134,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
                     a.data_dir.display()
                 );
                 if let Some(h) = coordinator.http_addr() {
-                    eprintln!("metrics at http://{h}/metrics");
+                    eprintln!("dashboard at http://{h}/ (metrics at /metrics)");
                 }
             }
         }

@@ -52,8 +52,8 @@ pub struct Args {
     /// Models kept loaded between shards (shared by the in-process workers).
     #[arg(long, default_value_t = 3)]
     pub keep_models: usize,
-    /// Serve the embedded coordinator's metrics (/metrics), /healthz and /readyz over HTTP
-    /// here while the sweep runs, e.g. 127.0.0.1:9090.
+    /// Serve the dashboard (/, read-only), the metrics (/metrics), /healthz and /readyz over
+    /// HTTP here while the sweep runs, e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
 }
@@ -163,11 +163,17 @@ pub fn run(mut a: Args, out: OutputFormat) -> Result<()> {
                         flotilla_worker::metrics::global().render(&device_name),
                     ])
                 });
-                let router = flotilla_client::observe::router(render, Arc::new(|| true));
+                // The dashboard too, read-only: the run's token is its own (Ctrl-C stops it).
+                let router = flotilla_client::observe::router(render, Arc::new(|| true)).merge(
+                    flotilla_coordinator::dashboard::routes(
+                        coordinator.core().clone(),
+                        Some(token.clone()),
+                    ),
+                );
                 let (bound, task) = flotilla_client::observe::serve(at, router)
                     .await
                     .with_context(|| format!("--http {at}"))?;
-                eprintln!("metrics at http://{bound}/metrics");
+                eprintln!("dashboard at http://{bound}/ (metrics at /metrics)");
                 Some(AbortOnDrop(task))
             }
             None => None,

@@ -10,6 +10,7 @@ use flotilla_contract::train_config::DistMode;
 use flotilla_contract::{JobKind, ShardOutput};
 use flotilla_proto::v1::TrainProgress;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
 
 /// A sweep's trained adapters.
 #[derive(Debug, Default)]
@@ -122,16 +123,7 @@ fn single(
         bytes_sent: files.iter().map(|f| f.size).sum(),
         bytes_received: 0,
         tokens: metrics["tokens"].as_u64().unwrap_or(0),
-        loss: metrics["final_train_loss"]
-            .as_f64()
-            .map(|loss| LossPoint {
-                round: None,
-                step: steps,
-                loss,
-                heldout_loss: metrics["eval_loss_after"].as_f64(),
-            })
-            .into_iter()
-            .collect(),
+        loss: single_curve(&metrics, steps),
         heldout_loss: metrics["eval_loss_after"].as_f64(),
         heldout_loss_before: metrics["eval_loss_before"].as_f64(),
         wall_s: metrics["seconds"].as_f64().unwrap_or(seconds),
@@ -154,6 +146,7 @@ fn distributed(c: &Connection, job: &str, out: &mut Trained) -> StoreResult<()> 
         meta.model_name.clone()
     };
     let step_of = |r: &RoundRow| l.step_after(r.round);
+    let per_worker = worker_losses(c, job, l.mode)?;
     let training: Vec<&RoundRow> = rows.iter().filter(|r| !r.last).collect();
     let mut workers: Vec<String> = rows.iter().flat_map(|r| r.workers.clone()).collect();
     workers.sort();
@@ -186,6 +179,7 @@ fn distributed(c: &Connection, job: &str, out: &mut Trained) -> StoreResult<()> 
                     step: step_of(r),
                     loss,
                     heldout_loss: r.heldout_loss,
+                    workers: per_worker.get(&r.round).cloned().unwrap_or_default(),
                 })
             })
             .collect(),
@@ -215,4 +209,95 @@ fn distributed(c: &Connection, job: &str, out: &mut Trained) -> StoreResult<()> 
         out.adapters.push((meta.adapter.clone(), model.clone(), f));
     }
     Ok(())
+}
+
+/// A single worker's loss curve: every step's training loss, with the held-out loss where it
+/// was measured (older results have only the final loss).
+fn single_curve(metrics: &serde_json::Value, steps: usize) -> Vec<LossPoint> {
+    let pairs = |key: &str| -> Vec<(usize, f64)> {
+        serde_json::from_value(metrics[key].clone()).unwrap_or_default()
+    };
+    let held: BTreeMap<usize, f64> = pairs("eval_losses").into_iter().collect();
+    let curve: Vec<LossPoint> = pairs("train_losses")
+        .into_iter()
+        .map(|(step, loss)| LossPoint {
+            round: None,
+            step,
+            loss,
+            heldout_loss: held.get(&step).copied(),
+            workers: BTreeMap::new(),
+        })
+        .collect();
+    if !curve.is_empty() {
+        return curve;
+    }
+    metrics["final_train_loss"]
+        .as_f64()
+        .map(|loss| LossPoint {
+            round: None,
+            step: steps,
+            loss,
+            heldout_loss: metrics["eval_loss_after"].as_f64(),
+            workers: BTreeMap::new(),
+        })
+        .into_iter()
+        .collect()
+}
+
+/// Each worker's own training loss per round of a distributed job, from the stored results of
+/// its `train_round` shards: sync shards carry summed token losses (divided by their target
+/// tokens here), diloco shards the mean loss of their local steps (averaged).
+fn worker_losses(
+    c: &Connection,
+    job: &str,
+    mode: DistMode,
+) -> StoreResult<BTreeMap<usize, BTreeMap<String, f64>>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT s.spec_json, r.result_json, a.worker_id FROM shards s
+         JOIN results r ON r.shard_id = s.id
+         JOIN attempts a ON a.shard_id = r.shard_id AND a.attempt = r.attempt
+         WHERE s.job_id = ?1",
+    )?;
+    // (round, worker) -> (sum, weight)
+    let mut acc: BTreeMap<(usize, String), (f64, f64)> = BTreeMap::new();
+    let rows = stmt.query_map(params![job], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (spec, result, worker) = row?;
+        let Ok(flotilla_contract::ShardSpec::TrainRound(spec)) =
+            flotilla_contract::ShardSpec::from_json(spec.as_bytes())
+        else {
+            continue;
+        };
+        let Ok(ShardOutput::TrainRound(out)) = ShardOutput::from_json(result.as_bytes()) else {
+            continue;
+        };
+        if out.target_tokens == 0 && out.loss == 0.0 {
+            // A shard that only measured (the last round's evaluation).
+            continue;
+        }
+        let e = acc.entry((spec.round as usize, worker)).or_default();
+        match mode {
+            DistMode::Sync => {
+                e.0 += out.loss;
+                e.1 += out.target_tokens as f64;
+            }
+            DistMode::Diloco => {
+                e.0 += out.loss;
+                e.1 += 1.0;
+            }
+        }
+    }
+    let mut out: BTreeMap<usize, BTreeMap<String, f64>> = BTreeMap::new();
+    for ((round, worker), (sum, weight)) in acc {
+        if weight > 0.0 {
+            out.entry(round).or_default().insert(worker, sum / weight);
+        }
+    }
+    Ok(out)
 }

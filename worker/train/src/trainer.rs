@@ -75,6 +75,10 @@ pub struct TrainSummary {
     pub eval_loss_before: Option<f64>,
     pub eval_loss_after: Option<f64>,
     pub eval_losses: Vec<(usize, f64)>,
+    /// The training loss of each step this run took (`(step, loss)`; after a resume, the
+    /// steps since).
+    #[serde(default)]
+    pub train_losses: Vec<(usize, f64)>,
     pub final_train_loss: f64,
     pub tokens: usize,
     pub seconds: f64,
@@ -473,6 +477,7 @@ pub fn train(
     }
     let started = Instant::now();
     let mut last_loss = f64::NAN;
+    let mut train_losses: Vec<(usize, f64)> = Vec::new();
     let mut run_tokens = 0usize;
     while t.step < cfg.steps {
         let span = tracing::info_span!(
@@ -493,6 +498,7 @@ pub fn train(
             )));
         }
         last_loss = report.loss;
+        train_losses.push((report.step, report.loss));
         tokens += report.tokens;
         run_tokens += report.tokens;
         write_log(serde_json::to_value(&report).unwrap_or_default())?;
@@ -535,6 +541,7 @@ pub fn train(
         eval_loss_before,
         eval_loss_after: eval_losses.last().map(|(_, l)| *l),
         eval_losses,
+        train_losses,
         final_train_loss: last_loss,
         tokens,
         seconds,

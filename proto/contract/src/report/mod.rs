@@ -200,6 +200,10 @@ pub struct LossPoint {
     pub loss: f64,
     /// The held-out loss of the adapter after this round, where it was measured.
     pub heldout_loss: Option<f64>,
+    /// Distributed training: each worker's own training loss in this round (its mean token
+    /// loss), by worker id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workers: BTreeMap<String, f64>,
 }
 
 /// A kept adapter checkpoint: a PEFT folder in the artifact store.
