@@ -87,12 +87,22 @@ enum Command {
 }
 
 fn main() {
-    #[cfg(unix)]
-    // SAFETY: restoring the default action of SIGPIPE before any thread starts; Rust sets it
-    // to "ignore", which turns a closed stdout into a panic in println!.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): a write to a socket its peer closed must be an
+    // error to handle, never the end of a coordinator or worker. A closed stdout (`flotilla
+    // ... | head`) ends the process quietly instead, as the default signal action would.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     // Logs to stderr; traces over OTLP where OTEL_EXPORTER_OTLP_ENDPOINT asks for them.
     let mut telemetry = match flotilla_client::telemetry::init() {
         Ok(t) => Some(t),

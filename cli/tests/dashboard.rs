@@ -273,3 +273,50 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The short version of `scripts/bench/observe-overhead.sh`, so it cannot rot: bench dispatch
+/// plain, served and scraped, and traced to a local OTLP sink.
+#[test]
+fn the_observe_overhead_benchmark_runs_all_three_ways() {
+    let dir = tmp("observe-overhead");
+    let report = dir.join("runs.jsonl");
+    let out = Command::new("bash")
+        .arg(common::repo().join("scripts/bench/observe-overhead.sh"))
+        .env("FLOTILLA_BIN", env!("CARGO_BIN_EXE_flotilla"))
+        .env("ROUNDS", "1")
+        .env("WORKERS", "4")
+        .env("SHARDS", "300")
+        .env("SLOTS", "2")
+        .env("OUT", &report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = runs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["plain", "http", "http+traces"]);
+    for r in &runs {
+        assert_eq!(r["results_stored"], 300, "{r}");
+    }
+    assert_eq!(
+        (runs[0]["http"].as_bool(), runs[0]["traced"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert!(
+        runs[1]["http"] == true && runs[1]["scrapes"].as_u64().unwrap() >= 1,
+        "{}",
+        runs[1]
+    );
+    assert_eq!(runs[1]["traced"], false);
+    assert_eq!(runs[2]["traced"], true, "{}", runs[2]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("x plain"), "{table}");
+}
