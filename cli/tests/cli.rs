@@ -158,3 +158,23 @@ fn worker_install_writes_a_systemd_unit_that_runs_this_worker() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--token-file /nowhere/token"));
 }
+
+/// `flotilla ... | head`: a reader that went away ends the command quietly with SIGPIPE's
+/// status, as Unix tools do, while SIGPIPE itself stays ignored (a closed socket must be an
+/// error a coordinator handles, not its end).
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["model", "list", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the command writes.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
