@@ -1,6 +1,7 @@
-//! `flotilla model list|inspect|convert`.
+//! `flotilla model list|inspect|convert|push|pushed`.
 
 pub mod cache;
+pub mod push;
 
 use crate::output::{print_json, spinner, OutputFormat};
 use anyhow::Context;
@@ -31,10 +32,17 @@ pub enum Command {
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
+    /// Upload a model to the cluster's coordinator, for workers that lack it: sweeps name it
+    /// `coordinator:NAME`, workers fetch it by hash and keep it.
+    Push(push::PushArgs),
+    /// The models pushed to the cluster's coordinator.
+    Pushed(push::PushedArgs),
 }
 
 pub fn run(cmd: Command, out: OutputFormat) -> anyhow::Result<()> {
     match cmd {
+        Command::Push(a) => push::push(a, out)?,
+        Command::Pushed(a) => push::pushed(a, out)?,
         Command::List => list(out)?,
         Command::Inspect { model } => {
             if let Ok(ModelSource::HfDir(dir)) = resolve(&model) {

@@ -128,6 +128,7 @@ async fn worker(
                 models_loaded: Vec::new(),
                 memory_free_bytes: 0,
                 paused: String::new(),
+                models_held: Vec::new(),
             }));
         }
     };
@@ -176,7 +177,7 @@ async fn worker(
             _ = heartbeat.tick() => {
                 // Idle workers re-ask: that is their heartbeat.
                 if outstanding < slots {
-                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new(), memory_free_bytes: 0, paused: String::new() }));
+                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new(), memory_free_bytes: 0, paused: String::new(), models_held: Vec::new() }));
                 }
             }
         }

@@ -63,6 +63,7 @@ pub mod core;
 pub mod dashboard;
 pub mod error;
 pub mod metrics;
+pub mod models;
 pub mod plan;
 pub mod provenance;
 pub mod scheduler;

@@ -187,6 +187,15 @@ impl Planner<'_> {
         })
     }
 
+    /// A pushed model's files (`coordinator:NAME`), which every shard loading it lists;
+    /// none for any other model.
+    fn pushed(&self, model: &str) -> Vec<FileEntry> {
+        match model.strip_prefix(crate::models::PREFIX) {
+            Some(name) => self.under(&crate::models::files_dir(name)),
+            None => Vec::new(),
+        }
+    }
+
     fn under(&self, dir: &str) -> Vec<FileEntry> {
         let prefix = format!("{}/", file_key(dir));
         self.files
@@ -204,7 +213,7 @@ impl Planner<'_> {
                 continue;
             };
             let mut config = block.clone();
-            let mut shard_files = Vec::new();
+            let mut shard_files = self.pushed(&m.model);
             for key in ["data", "eval_data"] {
                 if let Some(p) = block.get(key).and_then(|v| v.as_str()) {
                     let k = file_key(p);
@@ -337,6 +346,7 @@ impl Planner<'_> {
         for (k, chunk) in cell.cases.chunks(self.sweep.shard_size).enumerate() {
             let mut shard_files = adapter.files.clone();
             shard_files.extend(variant.template.clone());
+            shard_files.extend(self.pushed(&m.model));
             for c in chunk {
                 for d in &c.documents {
                     let f = self.file(&d.to_string_lossy())?;
@@ -393,7 +403,7 @@ impl Planner<'_> {
     ) -> CoordinatorResult<()> {
         // A dataset's rubric template travels with each of its judge shards.
         let rubric = rubric.map(file_key);
-        let rubric_files = match &rubric {
+        let mut rubric_files = match &rubric {
             Some(k) => vec![self.file(k)?],
             None => Vec::new(),
         };
@@ -411,6 +421,11 @@ impl Planner<'_> {
             };
             if !spec.is_endpoint() && judge_model.is_none() {
                 judge_model = Some(model.clone());
+            }
+            for f in self.pushed(&model) {
+                if !rubric_files.contains(&f) {
+                    rubric_files.push(f);
+                }
             }
             judges.push(JudgeModel {
                 name: j.clone(),

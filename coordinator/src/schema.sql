@@ -51,3 +51,8 @@ CREATE TABLE IF NOT EXISTS train_rounds (job_id TEXT NOT NULL, round INTEGER NOT
     final INTEGER NOT NULL, stored_ms INTEGER NOT NULL, PRIMARY KEY (job_id, round));
 
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+
+-- Models pushed to the coordinator (`flotilla model push`): a sweep names one as
+-- `coordinator:NAME`; `files_json` lists its files (path inside the model, artifact).
+CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, files_json TEXT NOT NULL,
+    size INTEGER NOT NULL, pushed_ms INTEGER NOT NULL);

@@ -318,9 +318,10 @@ impl pb::coordinator_server::Coordinator for Service {
 
     async fn download_artifact(
         &self,
-        req: Request<pb::ArtifactRef>,
+        req: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
-        let art = req.into_inner();
+        let req = req.into_inner();
+        let art = req.artifact.unwrap_or_default();
         let path = self
             .core
             .artifacts
@@ -330,7 +331,19 @@ impl pb::coordinator_server::Coordinator for Service {
             Status::not_found(format!("artifact {} is not stored here", art.sha256))
         })?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        self.core.metrics.artifact("download", size);
+        // A cut download resumes where its copy ends.
+        if req.offset > size {
+            return Err(Status::invalid_argument(format!(
+                "offset {} is past the end of artifact {} ({size} bytes)",
+                req.offset, art.sha256
+            )));
+        }
+        if req.offset > 0 {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(req.offset))
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let metrics = self.core.metrics.clone();
         let (tx, rx) = mpsc::channel(4);
         let reference = pb::ArtifactRef {
             sha256: art.sha256.clone(),
@@ -355,12 +368,31 @@ impl pb::coordinator_server::Coordinator for Service {
                     data: buf[..n].to_vec(),
                 };
                 sent_any = true;
+                metrics.artifact("download", n as u64);
                 if tx.blocking_send(Ok(chunk)).is_err() || n == 0 {
                     return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn push_model(
+        &self,
+        req: Request<pb::PushModelRequest>,
+    ) -> Result<Response<pb::ModelEntry>, Status> {
+        Ok(Response::new(
+            crate::models::push(&self.core, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_models(
+        &self,
+        _: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        Ok(Response::new(pb::ListModelsResponse {
+            models: crate::models::list(&self.core).await?,
+        }))
     }
 
     type WorkStream = Stream_<pb::CoordinatorMessage>;
@@ -404,14 +436,7 @@ impl pb::coordinator_server::Coordinator for Service {
                 // happens beside, so one worker's messages keep flowing.
                 let pending_ack = match msg.kind {
                     Some(In::Ask(a)) => {
-                        if let Some(send) = core.ask(
-                            &worker,
-                            conn,
-                            a.free_slots,
-                            a.models_loaded,
-                            a.memory_free_bytes,
-                            a.paused,
-                        ) {
+                        if let Some(send) = core.ask(&worker, conn, a) {
                             tokio::spawn(send);
                         }
                         None

@@ -64,6 +64,10 @@ pub async fn submit_sweep(
     if !missing.is_empty() {
         return Err(CoordinatorError::Invalid(missing.join("\n")));
     }
+    // Pushed models (`coordinator:NAME`) travel as the sweep's files.
+    let mut specs: Vec<String> = parsed.models.iter().map(|m| m.model.clone()).collect();
+    specs.extend(parsed.judge.judges.iter().cloned());
+    files.extend(crate::models::sweep_files(core, &specs).await?);
     let materialized = {
         let root = root.clone();
         let files = files.clone();

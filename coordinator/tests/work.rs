@@ -283,7 +283,7 @@ async fn callers_without_the_right_token_are_refused() {
 }
 
 #[tokio::test]
-async fn artifacts_round_trip_in_chunks_and_corrupt_uploads_are_refused() {
+async fn artifacts_round_trip_in_chunks_resume_when_cut_and_corrupt_uploads_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
     let client = client(&c).await;
@@ -313,13 +313,77 @@ async fn artifacts_round_trip_in_chunks_and_corrupt_uploads_are_refused() {
     assert!(e.message().contains("corrupt upload"), "{}", e.message());
     let e = client
         .grpc()
-        .download_artifact(pb::ArtifactRef {
-            sha256: claimed,
-            size: 14,
+        .download_artifact(pb::DownloadRequest {
+            artifact: Some(pb::ArtifactRef {
+                sha256: claimed,
+                size: 14,
+            }),
+            offset: 0,
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // A download cut at 60% resumes from its bytes: the coordinator sends only the rest.
+    let big: Vec<u8> = (0..24_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let art = client.upload_bytes(&big).await.unwrap();
+    let out = dir.path().join("down/big");
+    let partial = dir.path().join("down/.big.partial");
+    let sent = || -> u64 {
+        let text = c.core().render_metrics();
+        text.lines()
+            .find(|l| l.starts_with("flotilla_artifact_bytes_total{direction=\"download\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let cut = client
+        .download_cut_after(&art, &out, Some(big.len() as u64 * 6 / 10))
+        .await
+        .unwrap_err();
+    assert!(cut.to_string().contains("cut after"), "{cut}");
+    assert!(!out.exists());
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(
+        kept >= big.len() as u64 * 6 / 10 && kept < big.len() as u64,
+        "{kept}"
+    );
+    let before = sent();
+    client.download(&art, &out).await.unwrap();
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        big,
+        "the resumed file is whole"
+    );
+    assert!(!partial.exists());
+    assert_eq!(
+        sent() - before,
+        big.len() as u64 - kept,
+        "only the rest was sent again"
+    );
+    // Bytes that do not add up are thrown away, and the next download starts afresh.
+    let again = dir.path().join("down/again");
+    std::fs::write(dir.path().join("down/.again.partial"), vec![7u8; 1000]).unwrap();
+    let e = client.download(&art, &again).await.unwrap_err();
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    assert!(!dir.path().join("down/.again.partial").exists());
+    client.download(&art, &again).await.unwrap();
+    assert_eq!(std::fs::read(&again).unwrap(), big);
+    // An offset past the end is refused by name.
+    let e = client
+        .grpc()
+        .download_artifact(pb::DownloadRequest {
+            artifact: Some(art.clone()),
+            offset: big.len() as u64 + 1,
+        })
+        .await;
+    let e = match e {
+        Err(e) => e,
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+    };
+    assert!(e.message().contains("past the end"), "{}", e.message());
     c.shutdown().await;
 }
 

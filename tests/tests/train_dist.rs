@@ -131,6 +131,7 @@ async fn cluster(workers: usize) -> Cluster {
             device_name: "cpu".into(),
             device: candle_core::Device::Cpu,
             models: Arc::new(ModelCache::new(LoadOptions::default(), 1)),
+            cache_budget_bytes: None,
             cache_dir: dir.path().join("cache").join(&id),
             work_dir: dir.path().join("work").join(&id),
             max_backoff: Duration::from_millis(500),

@@ -54,6 +54,7 @@ fn worker(
         device_name: "cpu".into(),
         device: candle_core::Device::Cpu,
         models: Arc::new(ModelCache::new(LoadOptions::default(), 1)),
+        cache_budget_bytes: None,
         cache_dir: dir.join("cache"),
         work_dir: dir.join("work").join(id),
         max_backoff: Duration::from_millis(500),

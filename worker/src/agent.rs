@@ -69,6 +69,9 @@ pub struct AgentConfig {
     pub models: Arc<ModelCache>,
     /// Caches that outlive shards, shareable by workers on one machine: `artifacts/`
     /// (downloads by content) and `embeddings/` (document chunk embeddings for retrieval).
+    /// Files fetched from the coordinator (sweep files, adapters, pushed models) past this
+    /// many bytes are evicted, least recently used first (None: kept).
+    pub cache_budget_bytes: Option<u64>,
     pub cache_dir: PathBuf,
     /// Scratch space for running shards (one folder per attempt, removed after).
     pub work_dir: PathBuf,
@@ -161,7 +164,10 @@ impl Agent {
             return Err(WorkerError::Invalid("--slots must be at least 1".into()));
         }
         std::fs::create_dir_all(&config.work_dir).map_err(io(&config.work_dir))?;
-        let cache = Arc::new(ArtifactCache::new(config.cache_dir.join("artifacts"))?);
+        let cache = Arc::new(ArtifactCache::with_budget(
+            config.cache_dir.join("artifacts"),
+            config.cache_budget_bytes,
+        )?);
         let capabilities = Capabilities::detect(&config.device_name, config.slots);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let config_idle = config.idle.clone().map(crate::idle::IdleWatch::new);
@@ -377,6 +383,7 @@ impl Agent {
         let ask = WorkRequest {
             free_slots: self.free_slots(),
             models_loaded: self.config.models.loaded(),
+            models_held: self.cache.models_held(),
             memory_free_bytes: crate::capabilities::free_memory_bytes(&self.config.device_name),
             paused: self
                 .paused

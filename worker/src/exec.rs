@@ -106,9 +106,29 @@ pub struct ShardContext<'a> {
     pub cancel: &'a AtomicBool,
     /// Called with (done, total) as work units finish.
     pub progress: &'a (dyn Fn(u32, u32) + Sync),
+    /// Where pushed models are laid out (none: a shard naming one fails).
+    pub pushed_models: Option<&'a Path>,
 }
 
 impl ShardContext<'_> {
+    /// What to load for `spec`: a pushed model (`coordinator:NAME`) is laid out from the
+    /// shard's files into one place on this disk (the model cache then loads it from there,
+    /// once for every shard of it) and that place returned; any other spec as it is.
+    fn model(&self, spec: &str) -> Result<String, ShardError> {
+        let Some(name) = spec.strip_prefix("coordinator:") else {
+            return Ok(spec.to_string());
+        };
+        let dir = self.pushed_models.ok_or_else(|| {
+            ShardError::Infrastructure(format!("model {spec}: this worker keeps no pushed models"))
+        })?;
+        let path = crate::artifacts::pushed_model(dir, name, self.files, self.root)
+            .map_err(|e| ShardError::Infrastructure(format!("model {spec}: {e}")))?
+            .display()
+            .to_string();
+        self.models.set_local(spec, &path);
+        Ok(path)
+    }
+
     fn check_cancel(&self) -> Result<(), ShardError> {
         if self.cancel.load(Ordering::Relaxed) {
             Err(ShardError::Cancelled)
@@ -215,6 +235,9 @@ fn generate(spec: GenerateShard, ctx: &ShardContext) -> Result<Completed, ShardE
             "model {} is behind an API, which takes no LoRA adapter",
             spec.model
         )));
+    }
+    if api.is_none() {
+        ctx.model(&spec.model)?;
     }
     let model = match &api {
         Some(_) => None,
@@ -357,6 +380,11 @@ fn judge(spec: JudgeShard, ctx: &ShardContext) -> Result<Completed, ShardError> 
             Ok((j.name.clone(), parsed))
         })
         .collect::<Result<Vec<_>, ShardError>>()?;
+    for j in &spec.judges {
+        if j.model.starts_with("coordinator:") {
+            ctx.model(&j.model)?;
+        }
+    }
     let panel = JudgePanel::resolve(&named, spec.scale, spec.explanation_tokens, None, |model| {
         load_span(model).in_scope(|| ctx.models.language(model, None))
     })?;
@@ -407,8 +435,8 @@ fn train(spec: TrainShard, ctx: &ShardContext) -> Result<Completed, ShardError> 
         // Returning false stops training between steps: the shard was cancelled.
         !ctx.cancel.load(Ordering::Relaxed)
     };
-    let trained =
-        flotilla_train::train(&config, &spec.model, &out, false, ctx.device, &mut on_event);
+    let model = ctx.model(&spec.model)?;
+    let trained = flotilla_train::train(&config, &model, &out, false, ctx.device, &mut on_event);
     ctx.check_cancel()?;
     let summary = trained?;
     ctx.check_cancel()?;
@@ -468,8 +496,9 @@ fn train_round(spec: TrainRoundShard, ctx: &ShardContext) -> Result<Completed, S
         old => {
             // Free the previous run's trainer before loading the next one.
             drop(old);
+            let model = ctx.model(&spec.model)?;
             let loaded = load_span(&spec.model)
-                .in_scope(|| RoundTrainer::new(&config, &spec.model, key, ctx.device))?;
+                .in_scope(|| RoundTrainer::new(&config, &model, key, ctx.device))?;
             slot.insert(loaded)
         }
     };

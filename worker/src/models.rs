@@ -61,6 +61,9 @@ pub struct ModelCache {
     /// The distributed training run this worker last took part in (model and tokenized
     /// data), kept for its next round.
     rounds: Mutex<Option<flotilla_train::rounds::RoundTrainer>>,
+    /// Where specs that name no local file load from: a pushed model (`coordinator:NAME`)
+    /// laid out by the shard that brought it.
+    locals: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl ModelCache {
@@ -71,6 +74,28 @@ impl ModelCache {
             capacity: capacity.max(1),
             entries: Mutex::new(Vec::new()),
             rounds: Mutex::new(None),
+            locals: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Load `spec` from `local` from now on (a pushed model's folder on this disk).
+    pub fn set_local(&self, spec: &str, local: &str) {
+        self.locals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.to_string(), local.to_string());
+    }
+
+    /// Where `spec` loads from: its pushed model's place, a demo alias's file, or itself.
+    pub fn local(&self, spec: &str) -> String {
+        match self
+            .locals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(spec)
+        {
+            Some(l) => l.clone(),
+            None => here(spec, &model_cache()),
         }
     }
 
@@ -111,9 +136,10 @@ impl ModelCache {
 
     /// The language model `spec`, with `adapter` applied when given.
     pub fn language(&self, spec: &str, adapter: Option<&AdapterKey>) -> Result<Arc<LanguageModel>> {
+        // Keyed by where it loads from: a pushed model pushed again is another model.
+        let local = self.local(spec);
         let base = || -> Result<Arc<LanguageModel>> {
-            match self.get_or_load(format!("lm:{spec}"), spec, |c| {
-                let local = here(spec, &model_cache());
+            match self.get_or_load(format!("lm:{local}"), spec, |c| {
                 tracing::info!(model = spec, local = %local, "loading model");
                 Ok(Loaded::Language(Arc::new(LanguageModel::load(
                     &local, &c.options,
@@ -127,7 +153,7 @@ impl ModelCache {
             return base();
         };
         let base = base()?;
-        let key = format!("lm:{spec}\0{}", adapter.id);
+        let key = format!("lm:{local}\0{}", adapter.id);
         match self.get_or_load(key, spec, |_| {
             tracing::info!(model = spec, adapter = %adapter.dir.display(), "applying adapter");
             Ok(Loaded::Language(Arc::new(apply_adapter(
@@ -142,8 +168,8 @@ impl ModelCache {
 
     /// The embedding model `spec`.
     pub fn embedding(&self, spec: &str) -> Result<Arc<EmbeddingModel>> {
-        match self.get_or_load(format!("embed:{spec}"), spec, |c| {
-            let local = here(spec, &model_cache());
+        let local = self.local(spec);
+        match self.get_or_load(format!("embed:{local}"), spec, |c| {
             tracing::info!(model = spec, local = %local, "loading embedding model");
             Ok(Loaded::Embedding(Arc::new(EmbeddingModel::load(
                 &local, &c.options,

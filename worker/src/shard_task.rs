@@ -150,6 +150,7 @@ async fn attempt(
     let spec = a.spec.clone();
     let (exec_root, exec_scratch, exec_cancel) = (root.clone(), scratch.clone(), cancel.clone());
     let embeddings = config.cache_dir.join("embeddings");
+    let pushed_models = cache.models_dir();
     // The blocking thread's spans (load model, retrieve, generate, judge, train step) are
     // children of this shard's.
     let span = tracing::Span::current();
@@ -170,6 +171,7 @@ async fn attempt(
             embeddings_cache: Some(&embeddings),
             cancel: &exec_cancel,
             progress: &report,
+            pushed_models: Some(&pushed_models),
         };
         execute(&spec, &ctx)
     })

@@ -141,6 +141,7 @@ pub fn workers_json(workers: &[pb::WorkerInfo]) -> Value {
                     "worker_id": w.worker_id,
                     "connected": w.connected,
                     "running": w.running,
+                    "running_shards": w.running_shards,
                     "shards_completed": w.shards_completed,
                     "units_per_second": w.units_per_second,
                     "last_seen_unix_ms": w.last_seen_unix_ms,

@@ -197,6 +197,7 @@ pub fn run(mut a: Args, out: OutputFormat) -> Result<()> {
                 device_name: a.device.clone(),
                 device: device.clone(),
                 models: models.clone(),
+                cache_budget_bytes: None,
                 cache_dir: data.path.join("worker-cache"),
                 work_dir: data.path.join("work").join(&id),
                 max_backoff: Duration::from_secs(1),

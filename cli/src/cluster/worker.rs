@@ -43,6 +43,11 @@ pub struct Args {
     /// Downloads, embedding cache and scratch space (default: $FLOTILLA_HOME/worker).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Keep at most this many GB of files fetched from the coordinator (sweep files,
+    /// adapters, models pushed with `flotilla model push`); least recently used go first.
+    /// Default: no limit.
+    #[arg(long, value_name = "GB")]
+    pub cache_budget_gb: Option<f64>,
     /// Time-to-live of this worker's etcd lease (seconds): how soon the coordinator notices
     /// the machine is gone if it dies without a word.
     #[arg(long, default_value_t = 10)]
@@ -132,6 +137,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
             device_name: a.device.clone(),
             device: device.clone(),
             models: Arc::new(ModelCache::new(LoadOptions { device }, a.keep_models)),
+            cache_budget_bytes: a.cache_budget_gb.map(|gb| (gb.max(0.0) * 1e9) as u64),
             cache_dir: work_dir.join("cache"),
             work_dir: work_dir.join("shards").join(&id),
             max_backoff: Duration::from_secs(5),

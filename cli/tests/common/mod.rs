@@ -101,3 +101,13 @@ pub fn planted_judge(
     });
     (base, seen)
 }
+
+/// The demo models' folder (`$FLOTILLA_HOME/models`, as `scripts/fetch-models.sh` fills it).
+#[allow(dead_code)]
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("FLOTILLA_HOME") {
+        Some(h) => PathBuf::from(h).join("models"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/flotilla/models"),
+    }
+}

@@ -78,9 +78,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
+        Self::spawn_env(name, dir, args, &[])
+    }
+
+    /// [`Proc::spawn`] with more environment variables.
+    pub fn spawn_env(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = cmd(args)
+            .envs(env.iter().copied())
             .env("FLOTILLA_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -244,6 +250,11 @@ impl Cluster {
 
     /// [`Cluster::spawn_worker`] with more flags.
     pub fn spawn_worker_with(&self, id: &str, extra: &[&str]) -> Proc {
+        self.spawn_worker_env(id, extra, &[])
+    }
+
+    /// [`Cluster::spawn_worker_with`] with more environment variables.
+    pub fn spawn_worker_env(&self, id: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let http = self.http_addr(id);
         let work = self.dir.join(format!("work-{id}"));
         let endpoint = self.etcd.endpoint();
@@ -263,7 +274,7 @@ impl Cluster {
             &http,
         ];
         args.extend_from_slice(extra);
-        Proc::spawn(id, &self.dir, &args)
+        Proc::spawn_env(id, &self.dir, &args, env)
     }
 
     pub fn procs(&self) -> Vec<&Proc> {

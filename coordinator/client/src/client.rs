@@ -307,29 +307,81 @@ impl Client {
     }
 
     /// Download an artifact into `dest`, hashing it as it arrives; `dest` appears only when
-    /// hash and size match (written beside it first, then renamed), and nothing is left
-    /// behind when they do not.
+    /// hash and size match (written beside it first, then renamed). A download cut short
+    /// (the connection lost, the process stopped) leaves its bytes beside `dest`, and the
+    /// next download of the same file resumes from them instead of starting again; bytes
+    /// that do not add up to the artifact are thrown away.
     pub async fn download(&self, art: &pb::ArtifactRef, dest: &Path) -> Result<()> {
+        self.download_cut_after(art, dest, None).await
+    }
+
+    /// [`Client::download`], stopped (as a lost connection stops it) once `cut_after` bytes
+    /// arrived in this call: how the tests cut a download at a known point.
+    #[doc(hidden)]
+    pub async fn download_cut_after(
+        &self,
+        art: &pb::ArtifactRef,
+        dest: &Path,
+        cut_after: Option<u64>,
+    ) -> Result<()> {
         if let Some(p) = dest.parent() {
             std::fs::create_dir_all(p)
                 .map_err(Error::io(format!("cannot create {}", p.display())))?;
         }
         let tmp = partial_path(dest);
-        let result = self.download_into(art, &tmp).await;
-        match result {
+        match self.download_into(art, &tmp, cut_after).await {
             Ok(()) => std::fs::rename(&tmp, dest)
                 .map_err(Error::io(format!("cannot write {}", dest.display()))),
-            Err(e) => {
+            Err(e @ Error::Corrupt(_)) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(e)
             }
+            Err(e) => Err(e),
         }
     }
 
-    async fn download_into(&self, art: &pb::ArtifactRef, tmp: &Path) -> Result<()> {
+    async fn download_into(
+        &self,
+        art: &pb::ArtifactRef,
+        tmp: &Path,
+        cut_after: Option<u64>,
+    ) -> Result<()> {
+        // What an earlier, cut download left: hashed again, then continued from its end.
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        if let Ok(mut f) = std::fs::File::open(tmp) {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(Error::io(format!("cannot read {}", tmp.display())))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+            if size > art.size {
+                let _ = std::fs::remove_file(tmp);
+                hasher = Sha256::new();
+                size = 0;
+            }
+        }
+        let resumed_at = size;
+        if resumed_at > 0 {
+            tracing::info!(
+                artifact = art.sha256,
+                bytes = resumed_at,
+                of = art.size,
+                "resuming a cut download"
+            );
+        }
         let mut stream = self
             .grpc()
-            .download_artifact(art.clone())
+            .download_artifact(pb::DownloadRequest {
+                artifact: Some(art.clone()),
+                offset: resumed_at,
+            })
             .await
             .map_err(|s| {
                 Error::Refused(format!(
@@ -339,10 +391,11 @@ impl Client {
                 ))
             })?
             .into_inner();
-        let mut file = std::fs::File::create(tmp)
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(tmp)
             .map_err(Error::io(format!("cannot write {}", tmp.display())))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
         while let Some(chunk) = stream.message().await.map_err(|s| {
             Error::Refused(format!(
                 "download of artifact {} failed: {}",
@@ -360,6 +413,14 @@ impl Client {
             }
             file.write_all(&chunk.data)
                 .map_err(Error::io(format!("cannot write {}", tmp.display())))?;
+            if cut_after.is_some_and(|c| size - resumed_at >= c) {
+                file.sync_all().ok();
+                return Err(Error::Refused(format!(
+                    "download of artifact {} cut after {} bytes",
+                    art.sha256,
+                    size - resumed_at
+                )));
+            }
         }
         file.sync_all().ok();
         let got = hex(&hasher.finalize());
@@ -371,18 +432,40 @@ impl Client {
         }
         Ok(())
     }
+
+    /// Name uploaded files as a model the workers can fetch (`coordinator:NAME`).
+    pub async fn push_model(&self, name: &str, files: Vec<pb::FileRef>) -> Result<pb::ModelEntry> {
+        Ok(self
+            .grpc()
+            .push_model(pb::PushModelRequest {
+                name: name.to_string(),
+                files,
+            })
+            .await
+            .map_err(|s| Error::Refused(format!("push of model {name} refused: {}", explain(&s))))?
+            .into_inner())
+    }
+
+    /// The models pushed to the coordinator.
+    pub async fn list_models(&self) -> Result<Vec<pb::ModelEntry>> {
+        Ok(self
+            .grpc()
+            .list_models(pb::ListModelsRequest {})
+            .await
+            .map_err(|s| Error::Refused(format!("listing models refused: {}", explain(&s))))?
+            .into_inner()
+            .models)
+    }
 }
 
-/// A unique name beside `dest` for a download in progress.
+/// The file beside `dest` a download in progress writes to: the same name each time, so a
+/// cut download resumes from it.
 fn partial_path(dest: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
     let name = dest
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dest.with_file_name(format!(".partial-{name}-{}-{n}", std::process::id()))
+    dest.with_file_name(format!(".{name}.partial"))
 }
 
 fn check_stored(stored: &pb::ArtifactRef, sent: &pb::ArtifactRef, what: &str) -> Result<()> {

@@ -249,7 +249,17 @@ impl Core {
             .values()
             .map(|w| pb::WorkerInfo {
                 worker_id: w.id.clone(),
-                capabilities: Some(w.capabilities.clone()),
+                // As of its last ask: what it has loaded, and the pushed models on its disk.
+                capabilities: Some({
+                    let mut c = w.capabilities.clone();
+                    c.models_loaded = w.models_loaded.clone();
+                    for m in &w.models_held {
+                        if !c.models_cached.contains(m) {
+                            c.models_cached.push(m.clone());
+                        }
+                    }
+                    c
+                }),
                 connected: w.connected,
                 running: w.running.len() as u32,
                 shards_completed: w.completed,

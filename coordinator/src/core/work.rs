@@ -71,11 +71,15 @@ impl Core {
         self: &Arc<Self>,
         worker: &str,
         conn: u64,
-        free: u32,
-        models_loaded: Vec<String>,
-        memory_free_bytes: u64,
-        paused: String,
+        ask: pb::WorkRequest,
     ) -> Option<Pending<()>> {
+        let pb::WorkRequest {
+            free_slots: free,
+            models_loaded,
+            memory_free_bytes,
+            paused,
+            models_held,
+        } = ask;
         {
             let mut s = lock(&self.sched);
             let w = s.workers.get_mut(worker)?;
@@ -87,6 +91,7 @@ impl Core {
             if !models_loaded.is_empty() {
                 w.models_loaded = models_loaded;
             }
+            w.models_held = models_held;
             w.paused = paused;
             if memory_free_bytes > 0 {
                 w.memory_free_bytes = memory_free_bytes;

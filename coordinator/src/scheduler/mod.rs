@@ -182,6 +182,8 @@ pub struct WorkerMem {
     pub id: String,
     pub capabilities: flotilla_proto::v1::Capabilities,
     pub models_loaded: Vec<String>,
+    /// Pushed models (`coordinator:NAME`) on its disk, by its last ask.
+    pub models_held: Vec<String>,
     pub running: HashSet<String>,
     pub completed: u64,
     /// Exponentially weighted units per second over its results; None until one arrives.
@@ -204,6 +206,7 @@ impl WorkerMem {
         Self {
             id: id.to_string(),
             models_loaded: capabilities.models_loaded.clone(),
+            models_held: Vec::new(),
             memory_free_bytes: capabilities.memory_free_bytes,
             paused: String::new(),
             capabilities,
@@ -386,6 +389,7 @@ impl Scheduler {
             return out;
         }
         let loaded: HashSet<&str> = worker.models_loaded.iter().map(String::as_str).collect();
+        let held: HashSet<&str> = worker.models_held.iter().map(String::as_str).collect();
         let faster = self.faster_idle(worker);
         // A GPU worker with a free slot takes document-length prompts before a CPU worker.
         let gpu_free = !memory::is_gpu(worker)
@@ -395,8 +399,9 @@ impl Scheduler {
                 .any(|w| w.connected && memory::is_gpu(w) && (w.running.len() as u32) < w.slots());
         let mut budget = worker.memory_free_bytes;
         let mut picked_models: HashSet<String> = HashSet::new();
-        // Candidate jobs in sweep and DAG order; those with the model loaded first.
-        let mut candidates: Vec<(bool, usize, String)> = Vec::new();
+        // Candidate jobs in sweep and DAG order; those with the model loaded first, then
+        // those whose pushed model is on its disk (nothing to fetch).
+        let mut candidates: Vec<(bool, bool, usize, String)> = Vec::new();
         let mut i = 0;
         for sid in &self.order {
             let Some(sweep) = self.sweeps.get(sid) else {
@@ -421,7 +426,13 @@ impl Scheduler {
                 if gpu_free && job.prompt_tokens >= memory::DOCUMENT_TOKENS {
                     continue;
                 }
-                candidates.push((!loaded.contains(job.head.model.as_str()), i, jid.clone()));
+                let model = job.head.model.as_str();
+                candidates.push((
+                    !loaded.contains(model),
+                    !held.contains(model),
+                    i,
+                    jid.clone(),
+                ));
                 i += 1;
             }
         }
@@ -430,8 +441,8 @@ impl Scheduler {
         // training rounds size shards for workers).
         let kept: HashSet<String> = candidates
             .iter()
-            .filter(|(_, _, jid)| self.jobs[jid].head.kind == JobKind::TrainRound)
-            .flat_map(|(_, _, jid)| self.jobs[jid].ready.iter())
+            .filter(|(_, _, _, jid)| self.jobs[jid].head.kind == JobKind::TrainRound)
+            .flat_map(|(_, _, _, jid)| self.jobs[jid].ready.iter())
             .filter(|sid| {
                 self.shards
                     .get(*sid)
@@ -445,7 +456,7 @@ impl Scheduler {
             })
             .cloned()
             .collect();
-        'jobs: for (_, _, jid) in candidates {
+        'jobs: for (_, _, _, jid) in candidates {
             loop {
                 if out.len() as u32 >= n {
                     break 'jobs;

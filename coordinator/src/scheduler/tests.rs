@@ -80,6 +80,22 @@ fn workers_get_shards_of_models_they_have_loaded_first() {
 }
 
 #[test]
+fn workers_get_shards_of_pushed_models_on_their_disk_before_others() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    s.add_job("sw", job("a", "coordinator:big", 1, &[]));
+    s.add_job("sw", job("b", "coordinator:small", 1, &[]));
+    s.add_job("sw", job("c", "smollm2", 1, &[]));
+    worker(&mut s, "w1", &["smollm2"], 1);
+    s.workers.get_mut("w1").unwrap().models_held = vec!["coordinator:small".into()];
+    let mut ch = Vec::new();
+    let got = s.pick("w1", 3, &mut ch);
+    let ids: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    // Loaded first, then held (nothing to fetch), then the rest in order.
+    assert_eq!(ids, ["c.s0", "b.s0", "a.s0"]);
+}
+
+#[test]
 fn fencing_refuses_superseded_attempts_and_ignores_duplicates() {
     let mut s = Scheduler::new();
     sweep(&mut s, "sw", (0, 5));

@@ -99,6 +99,7 @@ pub(crate) fn model_syntax(spec: &str) -> Result<(), String> {
 fn is_model_path(spec: &str, sweep_dir: &Path) -> bool {
     if spec.starts_with("hf:")
         || spec.starts_with("openai:")
+        || spec.starts_with(crate::models::PREFIX)
         || DEMO_ALIASES.iter().any(|(a, _)| *a == spec)
     {
         return false;
@@ -141,6 +142,9 @@ pub(crate) fn model_syntax_in(spec: &str, sweep_dir: &Path) -> Result<(), String
         }
         return Ok(());
     }
+    if let Some(name) = spec.strip_prefix(crate::models::PREFIX) {
+        return crate::models::check_name(name).map_err(|e| format!("`{spec}`: {e}"));
+    }
     if DEMO_ALIASES.iter().any(|(a, _)| *a == spec) {
         return Ok(());
     }
@@ -182,6 +186,17 @@ impl Sweep {
                 .iter()
                 .filter(|m| !m.model.starts_with("openai:"))
             {
+                if m.model.starts_with(crate::models::PREFIX) {
+                    err(
+                        m.line,
+                        format!(
+                            "model `{}` is pushed to a cluster's coordinator; `flotilla run` \
+                             loads models from this machine (give its path instead)",
+                            m.model
+                        ),
+                    );
+                    continue;
+                }
                 if let Err(e) = resolve(&m.model) {
                     err(m.line, format!("model `{}`: {e}", m.model));
                 }

@@ -218,7 +218,8 @@ impl Sweep {
     /// path joined to the sweep's folder; demo aliases, `hf:` ids, `self` and `openai:`
     /// judges as written. (`models[].model` is already resolved so by [`parse`].)
     pub fn model_spec(&self, spec: &str) -> String {
-        if spec == "self" || spec.starts_with("openai:") {
+        if spec == "self" || spec.starts_with("openai:") || spec.starts_with(crate::models::PREFIX)
+        {
             return spec.to_string();
         }
         model_path(spec, self.dir())

@@ -90,6 +90,7 @@ impl TestWorker {
             models_loaded: Vec::new(),
             memory_free_bytes: 0,
             paused: String::new(),
+            models_held: Vec::new(),
         }));
     }
 

@@ -42,6 +42,7 @@ fn run(kind: &str, spec: &str, cancel: bool) -> Result<Completed, ShardError> {
         embeddings_cache: None,
         cancel: &flag,
         progress: &|_, _| {},
+        pushed_models: None,
     };
     let fields = spec.trim().strip_prefix('{').unwrap_or(spec).trim_start();
     let sep = if fields.starts_with('}') { "" } else { "," };
