@@ -256,6 +256,14 @@ def test_probes():
     assert etcd["livenessProbe"]["httpGet"]["path"] == "/livez"
     worker = container(one(objs, "Deployment"))
     assert not any(p in worker for p in ("startupProbe", "readinessProbe", "livenessProbe"))
+    assert "--cache-budget-gb=15" in worker["args"], worker["args"]
+    # With metrics on, a worker serves /healthz and /readyz, and its probes ask them.
+    objs = objects(render({"metrics": {"enabled": True},
+                           "workers": {"poolDefaults": {"cacheBudgetGB": 0}}}))
+    worker = container(one(objs, "Deployment"))
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert not any(a.startswith("--cache-budget-gb") for a in worker["args"]), worker["args"]
     objs = objects(render({"coordinator": {"probes": {"type": "grpc"}}, "workers": {
         "poolDefaults": {"probes": {"liveness": {"exec": {"command": ["/usr/local/bin/flotilla",
                                                                       "--version"]}}}}}}))

@@ -60,6 +60,7 @@ CASES = {
     "slots 0": (bad("workers.pools.0.slots", 0), "/workers/pools/0/slots"),
     "keepModels -1": (bad("workers.pools.0.keepModels", -1), "/workers/pools/0/keepModels"),
     "keepModels 1.5": (bad("workers.pools.0.keepModels", 1.5), "/workers/pools/0/keepModels"),
+    "cacheBudgetGB -1": (bad("workers.pools.0.cacheBudgetGB", -1), "/workers/pools/0/cacheBudgetGB"),
     "threads string": (bad("workers.pools.0.threads", "4"), "/workers/pools/0/threads"),
     "pool without replicas": (bad("workers.pools.1", {"name": "gpu", "gpus": 1}), "replicas"),
     "pool without name": (bad("workers.pools.1", {"replicas": 1}), "name"),
