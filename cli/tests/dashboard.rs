@@ -193,6 +193,37 @@ fn the_dashboard_and_the_reports_render_in_chromium() {
         401
     );
 
+    // A worker is ready while it has a coordinator; one without is alive and not ready.
+    let w1 = cluster.http.lock().unwrap()["w1"];
+    assert_eq!(http(w1, "GET", "/readyz", &[]).0, 200);
+    let lonely_port = flotilla_tests::etcd::free_port();
+    let lonely_http = format!("127.0.0.1:{lonely_port}");
+    let _lonely = Proc::spawn(
+        "lonely",
+        &dir,
+        &[
+            "worker",
+            "--coordinator",
+            "127.0.0.1:1",
+            "--token-file",
+            cluster.token_file.to_str().unwrap(),
+            "--id",
+            "lonely",
+            "--work-dir",
+            dir.join("work-lonely").to_str().unwrap(),
+            "--http",
+            &lonely_http,
+        ],
+    );
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the lonely worker's --http",
+        &[&_lonely],
+        || std::net::TcpStream::connect(("127.0.0.1", lonely_port)).ok(),
+    );
+    assert_eq!(http(lonely_port, "GET", "/healthz", &[]).0, 200);
+    assert_eq!(http(lonely_port, "GET", "/readyz", &[]).0, 503);
+
     // The page, in Chromium.
     let (dom, console) = chromium(
         &format!("http://127.0.0.1:{port}/"),
@@ -280,21 +311,15 @@ fn copy_dir(from: &Path, to: &Path) {
 fn the_observe_overhead_benchmark_runs_all_three_ways() {
     let dir = tmp("observe-overhead");
     let report = dir.join("runs.jsonl");
-    let out = Command::new("bash")
-        .arg(common::repo().join("scripts/bench/observe-overhead.sh"))
-        .env("FLOTILLA_BIN", env!("CARGO_BIN_EXE_flotilla"))
-        .env("ROUNDS", "1")
-        .env("WORKERS", "4")
-        .env("SHARDS", "300")
-        .env("SLOTS", "2")
-        .env("OUT", &report)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run_bench_script(
+        "observe-overhead.sh",
+        &[
+            ("ROUNDS", "1".as_ref()),
+            ("WORKERS", "4".as_ref()),
+            ("SHARDS", "300".as_ref()),
+            ("SLOTS", "2".as_ref()),
+            ("OUT", report.as_os_str()),
+        ],
     );
     let runs: Vec<serde_json::Value> = std::fs::read_to_string(&report)
         .unwrap()

@@ -317,20 +317,14 @@ fn flotilla_train_submit_trains_on_the_cluster_and_downloads_the_adapter() {
 fn the_train_dist_benchmark_runs_and_sync_matches_one_worker() {
     let dir = tmp("bench-train-dist");
     let report = dir.join("train-dist.json");
-    let out = std::process::Command::new("bash")
-        .arg(common::repo().join("scripts/bench/train-dist.sh"))
-        .env("QUICK", "1")
-        .env("FLOTILLA_BIN", env!("CARGO_BIN_EXE_flotilla"))
-        .env("THREADS", "1")
-        .env("WORK", &dir)
-        .env("OUT", &report)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    common::run_bench_script(
+        "train-dist.sh",
+        &[
+            ("QUICK", "1".as_ref()),
+            ("THREADS", "1".as_ref()),
+            ("WORK", dir.as_os_str()),
+            ("OUT", report.as_os_str()),
+        ],
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();

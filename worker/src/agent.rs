@@ -227,7 +227,9 @@ impl Agent {
                     }
                 }
             };
-            self.current.send_replace(None);
+            if self.current.send_replace(None).is_some() {
+                crate::metrics::global().connection(false);
+            }
             self.abandon_all();
             match end {
                 SessionEnd::Shutdown => break,
@@ -322,7 +324,9 @@ impl Agent {
             id = welcome.coordinator_id,
             "connected"
         );
-        self.current.send_replace(Some(client.clone()));
+        if self.current.send_replace(Some(client.clone())).is_none() {
+            crate::metrics::global().connection(true);
+        }
 
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

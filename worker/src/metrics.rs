@@ -33,6 +33,7 @@ pub struct WorkerMetrics {
     train_loss: Gauge<f64, AtomicU64>,
     memory: Gauge,
     gpu_memory_used: Gauge,
+    connected: Gauge,
     /// Engine totals already added to the counters.
     seen: std::sync::Mutex<(u64, f64, u64, f64)>,
 }
@@ -108,9 +109,28 @@ impl WorkerMetrics {
                 "Memory in use on the worker's GPU (nvidia-smi; 0 without one)",
                 Gauge::default()
             ),
+            connected: reg!(
+                "worker_connected",
+                "Workers of this process with a live Work stream to the coordinator",
+                Gauge::default()
+            ),
             registry: r,
             seen: std::sync::Mutex::new((0, 0.0, 0, 0.0)),
         }
+    }
+
+    /// A worker of this process got (`true`) or lost its Work stream.
+    pub fn connection(&self, up: bool) {
+        if up {
+            self.connected.inc();
+        } else {
+            self.connected.dec();
+        }
+    }
+
+    /// Whether a worker of this process is connected (`/readyz`).
+    pub fn is_connected(&self) -> bool {
+        self.connected.get() > 0
     }
 
     fn shard(&self, kind: &str, outcome: &str, seconds: f64) {

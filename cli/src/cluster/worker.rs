@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub lease_ttl_s: u64,
     /// Serve this worker's Prometheus metrics (/metrics), liveness (/healthz) and readiness
-    /// (/readyz) over HTTP here, e.g. 0.0.0.0:9091.
+    /// (/readyz: 200 while connected to a coordinator) over HTTP here, e.g. 0.0.0.0:9091.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
     /// Take shards only while this PC's user is away: no keyboard or mouse input for
@@ -152,7 +152,8 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
                 let device_name = a.device.clone();
                 let router = flotilla_client::observe::router(
                     Arc::new(move || flotilla_worker::metrics::global().render(&device_name)),
-                    Arc::new(|| true),
+                    // Ready while connected to a coordinator (a Work stream is open).
+                    Arc::new(|| flotilla_worker::metrics::global().is_connected()),
                 );
                 let (bound, task) = flotilla_client::observe::serve(at, router)
                     .await

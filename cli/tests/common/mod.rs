@@ -111,3 +111,21 @@ pub fn models_dir() -> PathBuf {
             .join(".cache/flotilla/models"),
     }
 }
+
+/// Run a benchmark script of the repository (`scripts/bench/NAME`) on this build's binary
+/// with `env` (the short versions CI runs so the scripts cannot rot); it must succeed.
+pub fn run_bench_script(name: &str, env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/bench").join(name))
+        .env("FLOTILLA_BIN", env!("CARGO_BIN_EXE_flotilla"))
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
