@@ -1,7 +1,8 @@
 //! Models from the coordinator, as an operator uses them: `flotilla model push` uploads
 //! SmolLM2's GGUF to a coordinator process; a worker process whose model cache is empty runs
 //! a sweep naming `coordinator:tiny`, fetching the file by hash, loading it once for its
-//! answers and its judging, and keeping it; a sweep naming a model never pushed is refused.
+//! answers and its judging, and keeping it; a sweep naming a model never pushed is refused;
+//! `sweep submit --push-models` pushes a model file the sweep names on the submitting machine.
 
 mod common;
 
@@ -54,7 +55,7 @@ generation:
 shard_size: 1
 "
     );
-    let path = dir.join(format!("sweep-{}.yaml", model.replace(':', "-")));
+    let path = dir.join(format!("sweep-{}.yaml", model.replace([':', '/'], "-")));
     std::fs::write(&path, yaml).unwrap();
     path
 }
@@ -127,9 +128,29 @@ fn a_worker_without_the_model_fetches_a_pushed_one_and_keeps_it() {
     let log = std::fs::read_to_string(dir.join("w1.log")).unwrap();
     assert_eq!(log.matches("loading model").count(), 1, "{log}");
     let workers = cluster.workers_json().unwrap();
-    let w1 = workers
-        .iter()
-        .find(|w| w["worker_id"] == "w1" || w["id"] == "w1")
-        .unwrap();
+    let w1 = workers.iter().find(|w| w["worker_id"] == "w1").unwrap();
     assert!(w1.to_string().contains("coordinator:tiny"), "{w1:#}");
+
+    // A sweep naming a model file on the submitting machine, pushed with the submission.
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::hard_link(&gguf, dir.join("models/local-tiny.gguf")).unwrap();
+    let sweep = write_sweep(&dir, "models/local-tiny.gguf");
+    let v = ok_json(&cluster.cli(&["sweep", "submit", sweep.to_str().unwrap(), "--push-models"]));
+    let id = v["sweep_id"].as_str().unwrap().to_string();
+    cluster.watch(&id);
+    let listed = ok_json(&cluster.cli(&["model", "pushed"]));
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["local-tiny", "tiny"], "{listed:#}");
+    let r = cluster.results(&id, &dir.join("results-2"));
+    assert_eq!(r["configurations"][0]["model"], "tiny");
+    assert_eq!(r["configurations"][0]["n"], 2, "{r:#}");
+    assert!(std::fs::read_dir(cache.join("pushed-models"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("local-tiny-")));
 }

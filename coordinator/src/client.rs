@@ -33,6 +33,19 @@ pub trait SubmitSweep {
         yaml: &str,
         path: &Path,
         models: ModelCheck,
+    ) -> CoordinatorResult<pb::SweepStatus> {
+        self.submit_pushed(yaml, path, models, Default::default())
+            .await
+    }
+
+    /// [`SubmitSweep::submit_text`], with models already pushed for it (`pushed`: the
+    /// sweep's model name -> the pushed model's name), which then load as `coordinator:NAME`.
+    async fn submit_pushed(
+        &self,
+        yaml: &str,
+        path: &Path,
+        models: ModelCheck,
+        pushed: std::collections::HashMap<String, String>,
     ) -> CoordinatorResult<pb::SweepStatus>;
 }
 
@@ -47,11 +60,12 @@ impl SubmitSweep for Client {
         self.submit_text(&yaml, path, models).await
     }
 
-    async fn submit_text(
+    async fn submit_pushed(
         &self,
         yaml: &str,
         path: &Path,
         models: ModelCheck,
+        pushed: std::collections::HashMap<String, String>,
     ) -> CoordinatorResult<pb::SweepStatus> {
         let sweep = Sweep::load_text(yaml, path, models)?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -72,6 +86,7 @@ impl SubmitSweep for Client {
                 yaml: yaml.to_string(),
                 source_path: path.display().to_string(),
                 files: refs,
+                pushed_models: pushed,
             })
             .await
             .map_err(|s| CoordinatorError::Invalid(explain(&s)))?;

@@ -27,7 +27,21 @@ pub async fn submit_sweep(
     } else {
         req.source_path.clone()
     };
-    let parsed = sweep::parse(&req.yaml, Path::new(&source)).map_err(refused)?;
+    let mut parsed = sweep::parse(&req.yaml, Path::new(&source)).map_err(refused)?;
+    // Models pushed with this submission load from the coordinator.
+    for (name, pushed) in &req.pushed_models {
+        let m = parsed
+            .models
+            .iter_mut()
+            .find(|m| &m.name == name)
+            .ok_or_else(|| {
+                CoordinatorError::Invalid(format!(
+                    "pushed model for `{name}`: the sweep names no such model"
+                ))
+            })?;
+        crate::models::check_name(pushed).map_err(CoordinatorError::Invalid)?;
+        m.model = format!("{}{pushed}", crate::models::PREFIX);
+    }
     let seq = core
         .next_sweep_seq()
         .await

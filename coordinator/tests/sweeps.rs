@@ -394,6 +394,7 @@ async fn a_sweep_with_problems_is_refused_whole_with_every_problem() {
             yaml: "models: [smollm2]\nvariants: [nope]\ndatasets:\n  - cases: c.jsonl\n".into(),
             source_path: "s.yaml".into(),
             files: Vec::new(),
+            pushed_models: Default::default(),
         })
         .await
         .unwrap_err();

@@ -10,7 +10,7 @@ use super::render::{
     fetch_results, results_json, status_json, status_text, sweep_state, sweeps_text, write_results,
 };
 use crate::output::{print_json, spinner, OutputFormat};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use flotilla_coordinator::client::SubmitSweep;
 use flotilla_coordinator::sweep::{ModelCheck, Sweep};
 use flotilla_proto::v1 as pb;
@@ -38,6 +38,10 @@ pub enum Command {
         /// Follow it until it ends: progress bars on a terminal, plain lines otherwise.
         #[arg(long)]
         watch: bool,
+        /// Upload each model the sweep names as a file or folder on this machine to the
+        /// coordinator (as `flotilla model push` does), so workers that lack it fetch it.
+        #[arg(long)]
+        push_models: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -115,17 +119,34 @@ pub fn run(command: Command, out: OutputFormat) -> Result<()> {
             Command::Submit {
                 file,
                 watch,
+                push_models,
                 connect,
             } => {
                 // Checked here first, with every problem named as the user wrote the path,
                 // before anything is uploaded (the same check `sweep check` runs).
                 Sweep::load(&file, ModelCheck::Syntax).map_err(|e| anyhow::anyhow!("{e}"))?;
                 let client = connect.connect().await?;
-                let pb = spinner(format!("uploading the files of {}", file.display()));
                 // Submitted under its absolute path: a model given as a relative path is sent
                 // to the workers as the absolute path beside the sweep file on this machine.
                 let absolute = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
-                let submitted = client.submit_file(&absolute).await;
+                let yaml = std::fs::read_to_string(&absolute)
+                    .with_context(|| format!("{}: cannot read it", file.display()))?;
+                let mut pushed = std::collections::HashMap::new();
+                if push_models {
+                    let sweep = Sweep::load_text(&yaml, &absolute, ModelCheck::Syntax)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    for m in &sweep.models {
+                        if !std::path::Path::new(&m.model).exists() {
+                            continue;
+                        }
+                        let entry = crate::model::push::push_model(&client, &m.model, None).await?;
+                        pushed.insert(m.name.clone(), entry.name);
+                    }
+                }
+                let pb = spinner(format!("uploading the files of {}", file.display()));
+                let submitted = client
+                    .submit_pushed(&yaml, &absolute, ModelCheck::Syntax, pushed)
+                    .await;
                 pb.finish_and_clear();
                 let status = submitted?;
                 if !watch {

@@ -93,48 +93,60 @@ fn entry_json(m: &pb::ModelEntry) -> Value {
     })
 }
 
-pub fn push(a: PushArgs, out: OutputFormat) -> Result<()> {
-    let source = resolve(&a.path).with_context(|| format!("model {}", a.path))?;
+/// Upload the model `spec` (a GGUF file, a Hugging Face folder or a demo alias) and name it
+/// `name` (default: its file's or folder's name) on the coordinator, with a progress bar.
+pub async fn push_model(
+    client: &flotilla_coordinator::client::Client,
+    spec: &str,
+    name: Option<&str>,
+) -> Result<pb::ModelEntry> {
+    let source = resolve(spec).with_context(|| format!("model {spec}"))?;
     let (root, files): (PathBuf, Vec<(String, PathBuf)>) = match &source {
         ModelSource::Gguf(p) => {
-            let name = p
+            let file = p
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            (p.clone(), vec![(name, p.clone())])
+            (p.clone(), vec![(file, p.clone())])
         }
         ModelSource::HfDir(d) => (d.clone(), files_under(d)?),
     };
     if files.is_empty() {
-        bail!("model {}: {} holds no files", a.path, root.display());
+        bail!("model {spec}: {} holds no files", root.display());
     }
-    let name = a.name.clone().unwrap_or_else(|| default_name(&root));
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| default_name(&root));
     flotilla_coordinator::models::check_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     let total: u64 = files
         .iter()
         .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum();
+    let pb = bar(
+        files.len() as u64,
+        format!("uploading {name} ({:.1} GB)", total as f64 / 1e9),
+    );
+    let mut refs = Vec::new();
+    for (rel, path) in &files {
+        pb.set_message(format!("uploading {name}: {rel}"));
+        let art = client
+            .upload_file(path)
+            .await
+            .with_context(|| format!("uploading {}", path.display()))?;
+        refs.push(pb::FileRef {
+            path: rel.clone(),
+            artifact: Some(art),
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(client.push_model(&name, refs).await?)
+}
+
+pub fn push(a: PushArgs, out: OutputFormat) -> Result<()> {
     crate::cluster::runtime()?.block_on(async move {
         let client = a.connect.connect().await?;
-        let pb = bar(
-            files.len() as u64,
-            format!("uploading {name} ({:.1} GB)", total as f64 / 1e9),
-        );
-        let mut refs = Vec::new();
-        for (rel, path) in &files {
-            pb.set_message(format!("uploading {rel}"));
-            let art = client
-                .upload_file(path)
-                .await
-                .with_context(|| format!("uploading {}", path.display()))?;
-            refs.push(pb::FileRef {
-                path: rel.clone(),
-                artifact: Some(art),
-            });
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        let entry = client.push_model(&name, refs).await?;
+        let entry = push_model(&client, &a.path, a.name.as_deref()).await?;
         match out {
             OutputFormat::Json => print_json(&entry_json(&entry)),
             OutputFormat::Text => {
