@@ -363,6 +363,19 @@ async fn artifacts_round_trip_in_chunks_resume_when_cut_and_corrupt_uploads_are_
         big.len() as u64 - kept,
         "only the rest was sent again"
     );
+    // Two downloads of one file at once (two workers sharing a cache folder) both end whole:
+    // the second writes beside the first instead of into its partial file.
+    let both = dir.path().join("down/both");
+    let (x, y) = tokio::join!(client.download(&art, &both), client.download(&art, &both));
+    x.unwrap();
+    y.unwrap();
+    assert_eq!(std::fs::read(&both).unwrap(), big);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("down"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("both.partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // Bytes that do not add up are thrown away, and the next download starts afresh.
     let again = dir.path().join("down/again");
     std::fs::write(dir.path().join("down/.again.partial"), vec![7u8; 1000]).unwrap();

@@ -328,15 +328,28 @@ impl Client {
             std::fs::create_dir_all(p)
                 .map_err(Error::io(format!("cannot create {}", p.display())))?;
         }
-        let tmp = partial_path(dest);
-        match self.download_into(art, &tmp, cut_after).await {
+        // The partial file is this download's alone while it runs: another download of the
+        // same file (a second worker sharing the folder) writes to a private one instead.
+        let mut tmp = partial_path(dest);
+        let mut file = open_partial(&tmp)?;
+        if !lock_exclusive(&file) {
+            tmp = private_path(dest);
+            file = open_partial(&tmp)?;
+        }
+        match self.download_into(art, &tmp, file, cut_after).await {
             Ok(()) => std::fs::rename(&tmp, dest)
                 .map_err(Error::io(format!("cannot write {}", dest.display()))),
             Err(e @ Error::Corrupt(_)) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(e)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // Only the shared partial file is resumed; a private one is not kept.
+                if tmp != partial_path(dest) {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                Err(e)
+            }
         }
     }
 
@@ -344,6 +357,7 @@ impl Client {
         &self,
         art: &pb::ArtifactRef,
         tmp: &Path,
+        mut file: std::fs::File,
         cut_after: Option<u64>,
     ) -> Result<()> {
         // What an earlier, cut download left: hashed again, then continued from its end.
@@ -362,7 +376,8 @@ impl Client {
                 size += n as u64;
             }
             if size > art.size {
-                let _ = std::fs::remove_file(tmp);
+                file.set_len(0)
+                    .map_err(Error::io(format!("cannot write {}", tmp.display())))?;
                 hasher = Sha256::new();
                 size = 0;
             }
@@ -391,11 +406,6 @@ impl Client {
                 ))
             })?
             .into_inner();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(tmp)
-            .map_err(Error::io(format!("cannot write {}", tmp.display())))?;
         while let Some(chunk) = stream.message().await.map_err(|s| {
             Error::Refused(format!(
                 "download of artifact {} failed: {}",
@@ -466,6 +476,39 @@ fn partial_path(dest: &Path) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     dest.with_file_name(format!(".{name}.partial"))
+}
+
+/// A partial file of this download only (when another holds [`partial_path`]): not resumed.
+fn private_path(dest: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mut p = partial_path(dest).into_os_string();
+    p.push(format!("-{}-{n}", std::process::id()));
+    PathBuf::from(p)
+}
+
+fn open_partial(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(Error::io(format!("cannot write {}", path.display())))
+}
+
+/// Take `file`'s advisory lock without waiting; false when another holds it. It is let go
+/// when the file is closed.
+#[cfg(unix)]
+fn lock_exclusive(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this process holds open; no memory is involved.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+#[cfg(not(unix))]
+fn lock_exclusive(_: &std::fs::File) -> bool {
+    false
 }
 
 fn check_stored(stored: &pb::ArtifactRef, sent: &pb::ArtifactRef, what: &str) -> Result<()> {

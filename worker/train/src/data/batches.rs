@@ -387,6 +387,18 @@ mod tests {
     }
 
     #[test]
+    fn two_workers_taking_turns_on_one_loader_draw_the_stream() {
+        // Two in-process workers share one loader and ask for the indices of a round in
+        // either order.
+        let mut a = DataLoader::new(examples(32), 1, 64, false, 7).unwrap();
+        let stream: Vec<Batch> = (0..8).map(|_| a.next_batch()).collect();
+        let mut b = DataLoader::new(examples(32), 1, 64, false, 7).unwrap();
+        for i in [0u64, 1, 3, 2, 5, 4, 7, 6] {
+            assert_eq!(b.batch_at(i), stream[i as usize], "i={i}");
+        }
+    }
+
+    #[test]
     fn padded_batches_shift_targets_and_mask_padding() {
         let a = TokenizedExample {
             ids: vec![10, 11, 12, 13],
