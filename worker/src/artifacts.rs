@@ -65,9 +65,7 @@ pub fn pushed_model(
             if let Some(p) = dst.parent() {
                 std::fs::create_dir_all(p).map_err(io(p))?;
             }
-            if std::fs::hard_link(&src, &dst).is_err() {
-                std::fs::copy(&src, &dst).map_err(io(&dst))?;
-            }
+            link_or_copy(&src, &dst)?;
         }
         let shas: Vec<&str> = mine.iter().map(|(_, s)| *s).collect();
         let manifest = tmp.join(MODEL_MANIFEST);
@@ -125,8 +123,6 @@ pub struct ArtifactCache {
     dir: PathBuf,
     /// Evict least-recently-used files past this many bytes (None: keep everything).
     budget: Option<u64>,
-    /// One download at a time per artifact (two shards needing the same file share it).
-    fetching: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The manifest a pushed model's folder keeps: the artifacts its files are links of.
@@ -143,11 +139,7 @@ impl ArtifactCache {
     pub fn with_budget(dir: impl Into<PathBuf>, budget: Option<u64>) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(Self {
-            dir,
-            budget,
-            fetching: Default::default(),
-        })
+        Ok(Self { dir, budget })
     }
 
     /// Where pushed models are laid out as loadable folders (beside the files).
@@ -200,24 +192,26 @@ impl ArtifactCache {
     /// hashed as it arrives and kept only if hash and size match.
     pub async fn fetch(&self, client: &Client, artifact: &ArtifactRef) -> Result<PathBuf> {
         let dest = self.path(artifact)?;
-        let lock = self
-            .fetching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(artifact.sha256.clone())
-            .or_default()
-            .clone();
-        let _one = lock.lock().await;
-        if self.has(artifact) {
-            // Recently used: the last to be evicted.
-            touch(&dest);
-        } else {
-            // A cut download resumes from what it left (`Client::download`).
-            client.download(artifact, &dest).await?;
-            if let Some(budget) = self.budget {
-                self.evict(budget, &[artifact.sha256.as_str()]);
+        let lock = fetch_lock(&dest);
+        let fetched = {
+            let _one = lock.lock().await;
+            if self.has(artifact) {
+                // Recently used: the last to be evicted.
+                touch(&dest);
+                Ok(())
+            } else {
+                // A cut download resumes from what it left (`Client::download`).
+                let got = client.download(artifact, &dest).await;
+                if got.is_ok() {
+                    if let Some(budget) = self.budget {
+                        self.evict(budget, &[artifact.sha256.as_str()]);
+                    }
+                }
+                got
             }
-        }
+        };
+        release_fetch_lock(&dest, lock);
+        fetched?;
         Ok(dest)
     }
 
@@ -313,13 +307,43 @@ impl ArtifactCache {
                 std::fs::create_dir_all(parent).map_err(io(&parent))?;
             }
             let _ = std::fs::remove_file(&dest);
-            if std::fs::hard_link(&src, &dest).is_err() {
-                std::fs::copy(&src, &dest).map_err(io(&dest))?;
-            }
+            link_or_copy(&src, &dest)?;
         }
         Ok(())
     }
 }
+
+/// `dst` as a hard link of `src` (no copy of the bytes), or a copy where links are
+/// impossible (another file system).
+fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst).map_err(io(dst))?;
+    }
+    Ok(())
+}
+
+/// One download at a time per cached file in this process: the workers of `flotilla run`
+/// each have a cache over one folder, and a second asker waits for the first's file instead
+/// of fetching it again. Entries go when nobody waits on them.
+fn fetch_lock(dest: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    FETCHING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(dest.to_path_buf())
+        .or_default()
+        .clone()
+}
+
+fn release_fetch_lock(dest: &Path, lock: Arc<tokio::sync::Mutex<()>>) {
+    let mut all = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
+    // Ours and the map's: nobody else holds or waits for it.
+    if Arc::strong_count(&lock) == 2 {
+        all.remove(dest);
+    }
+}
+
+type FetchLocks = std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>;
+static FETCHING: std::sync::LazyLock<FetchLocks> = std::sync::LazyLock::new(Default::default);
 
 #[cfg(test)]
 mod tests {
