@@ -247,5 +247,20 @@ async fn metrics_follow_a_sweep_and_the_health_services_answer() {
     let commits = value(&samples, "flotilla_sqlite_commit_seconds_count", &[]).unwrap();
     assert!(commits >= 13.0, "group commits observed: {commits}");
     assert!(value(&samples, "flotilla_process_resident_memory_bytes", &[]).unwrap() > 1e6);
+
+    // The dashboard's state lists that failed attempt, with who ran it and why.
+    let (status, body) = get(http, "/api/state");
+    assert_eq!(status, 200);
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let failures = state["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{state:#}");
+    let f = &failures[0];
+    assert_eq!(f["shard_id"], first.shard_id.as_str());
+    assert_eq!(
+        (f["worker_id"].as_str(), f["kind"].as_str()),
+        (Some("w1"), Some("infrastructure"))
+    );
+    assert_eq!(f["message"], "cut off");
+    assert_eq!(state["sweeps"][0]["shards_done"], 12);
     c.shutdown().await;
 }
