@@ -24,9 +24,11 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 ARG RUSTFLAGS=""
 ARG FLOTILLA_COMMIT=unknown
-# protoc: prost-build and etcd-client's build script compile the .proto files.
+# protoc: prost-build and etcd-client's build script compile the .proto files; etcd-client's
+# import google/protobuf/*.proto, which are in libprotobuf-dev (only a Recommends of
+# protobuf-compiler, which --no-install-recommends leaves out).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -47,6 +49,7 @@ ARG FLOTILLA_COMMIT=unknown
 # https:// endpoints come from ca-certificates.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 flotilla \
  && useradd --uid 10001 --gid 10001 --home-dir /home/flotilla --create-home \

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# etcd-client's protos import google/protobuf/*.proto (a Recommends of protobuf-compiler).
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # The chart tests make TLS certificates; model conversion and the chart tests use venvs.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)

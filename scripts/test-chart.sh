@@ -28,4 +28,6 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}
 fi
 
 export PYTHONDONTWRITEBYTECODE=1
-exec "$venv/bin/python" -m pytest tests/chart -p no:cacheprovider -q "$@"
+# FLOTILLA_TEST_PATHS: what pytest collects (scripts/test-images.sh names its own).
+read -r -a paths <<<"${FLOTILLA_TEST_PATHS:-tests/chart}"
+exec "$venv/bin/python" -m pytest "${paths[@]}" -p no:cacheprovider -q "$@"

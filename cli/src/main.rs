@@ -20,10 +20,19 @@ mod train;
 use clap::{Parser, Subcommand};
 use output::OutputFormat;
 
+/// `flotilla --version`: the release and the commit it was built from (an image's build
+/// argument, or git's HEAD; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLOTILLA_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "flotilla",
-    version,
+    version = VERSION,
     about = "A bench for small open LLMs on the PCs you already have"
 )]
 struct Cli {

@@ -6,15 +6,24 @@ the worker must join with the TLS files the chart mounts.
 
 Needs target/debug/flotilla (or FLOTILLA_BIN), etcd (PATH, /usr/bin/etcd or
 FLOTILLA_ETCD_BIN) and the demo models in $FLOTILLA_HOME/models (scripts/fetch-models.sh);
-it fails, never skips, without them."""
+it fails, never skips, without them.
+
+With FLOTILLA_IMAGE set (scripts/test-images.sh) the coordinator, the worker and the CLI run
+in that container image instead, as the chart's securityContext says (its user and group,
+read-only root file system, no capabilities, no privilege escalation), each volume mounted
+at the chart's mount path, on the host's network. FLOTILLA_PODMAN is the podman command
+(default `podman`; scripts/images/podman.sh adapts it to sandboxes that refuse its
+defaults)."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -29,6 +38,9 @@ from chartlib import NAMESPACE, REPO, by_component, container, find, objects, re
 BIN = Path(os.environ.get("FLOTILLA_BIN", REPO / "target" / "debug" / "flotilla"))
 ETCD = os.environ.get("FLOTILLA_ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
 MODELS = Path(os.environ.get("FLOTILLA_HOME", Path.home() / ".cache" / "flotilla")) / "models"
+IMAGE = os.environ.get("FLOTILLA_IMAGE")
+PODMAN = shlex.split(os.environ.get("FLOTILLA_PODMAN", "podman"))
+CONTAINERS = itertools.count()
 POD = "demo-flotilla-worker-cpu-7d9f8b6c5d-x2x4q"
 VALUES = {"workers": {"pools": [{"name": "cpu", "replicas": 1, "threads": 1}]},
           "coordinator": {"heartbeatTimeoutSeconds": 20}}
@@ -52,17 +64,23 @@ def wait_until(what: str, seconds: float, check, logs=lambda: ""):
 
 
 class Pod:
-    """One container of a rendered workload as a local process: each volume mount becomes a
-    folder (Secret volumes filled with the Secret's data), hosts and ports are mapped."""
+    """One container of a rendered workload as a local process (or, with FLOTILLA_IMAGE, as
+    a container): each volume mount becomes a folder (Secret volumes filled with the Secret's
+    data), hosts and ports are mapped; a process also sees mount paths mapped to the folders."""
 
     def __init__(self, workload: dict, secrets: dict[str, dict], root: Path,
                  replace: list[tuple[str, str]], pod_name: str) -> None:
         self.name = workload["metadata"]["name"]
+        # Two runs of the chart can overlap (the module's cluster and a test's own).
+        self.container_name = f"{self.name}-{os.getpid()}-{next(CONTAINERS)}"
         self.container = container(workload)
+        self.pod_security = workload["spec"]["template"]["spec"].get("securityContext", {})
         self.dir = root / self.name
         self.replace = list(replace)
         volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
         self.mounts = {}
+        self.read_only = set()
+        self.extra_mounts: list[tuple[Path, str]] = []
         for mount in self.container["volumeMounts"]:
             local = self.dir / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
@@ -72,10 +90,14 @@ class Pod:
                 for key, value in data.items():
                     (local / key).write_bytes(base64.b64decode(value))
             self.mounts[mount["mountPath"]] = local
-            self.replace.append((mount["mountPath"], str(local)))
+            if mount.get("readOnly"):
+                self.read_only.add(mount["mountPath"])
+            if not IMAGE:
+                self.replace.append((mount["mountPath"], str(local)))
         # Longest first, so /models/flotilla maps through /models, not a shorter match.
         self.replace.sort(key=lambda pair: -len(pair[0]))
-        self.env = {"PATH": os.environ["PATH"], "HOME": str(self.mounts["/home/flotilla"])}
+        self.env = {} if IMAGE else {"PATH": os.environ["PATH"],
+                                     "HOME": str(self.mounts["/home/flotilla"])}
         for e in self.container.get("env", []):
             if "value" in e:
                 self.env[e["name"]] = self.localize(e["value"])
@@ -96,19 +118,62 @@ class Pod:
                            for old, _ in self.replace)
         return re.sub(pattern, lambda m: table[m.group(0)], text)
 
+    def local(self, path: str) -> Path:
+        """The folder behind a path inside the container (under one of its mounts)."""
+        mount = max((m for m in self.mounts if path == m or path.startswith(m + "/")), key=len)
+        return self.mounts[mount] / path[len(mount):].lstrip("/")
+
+    def container_command(self) -> list[str]:
+        """`podman run` as the rendered pod would run: its user, group and fsGroup, read-only
+        root, dropped capabilities, no privilege escalation, its volumes at their paths."""
+        sc, pod = self.container.get("securityContext", {}), self.pod_security
+        user = sc.get("runAsUser", pod.get("runAsUser"))
+        group = sc.get("runAsGroup", pod.get("runAsGroup", user))
+        command = [*PODMAN, "run", "--rm", "--pull=never", "--name", self.container_name,
+                   "--network", "host", "--stop-timeout", "20"]
+        if user is not None:
+            command += ["--user", f"{user}:{group}"]
+        if "fsGroup" in pod:
+            command += ["--group-add", str(pod["fsGroup"])]
+        if sc.get("readOnlyRootFilesystem"):
+            # As Kubernetes does: no tmpfs of podman's own on /tmp, /run, /var/tmp.
+            command += ["--read-only", "--read-only-tmpfs=false"]
+        for cap in sc.get("capabilities", {}).get("drop", []):
+            command += ["--cap-drop", cap]
+        if sc.get("allowPrivilegeEscalation") is False:
+            command += ["--security-opt", "no-new-privileges"]
+        for path, local in self.mounts.items():
+            if "fsGroup" in pod:
+                for d in [local, *local.rglob("*")]:
+                    os.chown(d, user if d == local else os.stat(d).st_uid, pod["fsGroup"])
+            command += ["-v", f"{local}:{path}" + (":ro" if path in self.read_only else "")]
+        for local, path in self.extra_mounts:
+            command += ["-v", f"{local}:{path}:ro"]
+        for name, value in self.env.items():
+            command += ["-e", f"{name}={value}"]
+        return [*command, IMAGE, *self.args]
+
     def start(self) -> None:
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([str(BIN), *self.args], env=self.env, cwd=self.dir,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            if IMAGE:
+                self.proc = subprocess.Popen(self.container_command(), cwd=self.dir,
+                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            else:
+                self.proc = subprocess.Popen([str(BIN), *self.args], env=self.env,
+                                             cwd=self.dir, stdin=subprocess.DEVNULL,
+                                             stdout=log, stderr=log)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if IMAGE:
+            subprocess.run([*PODMAN, "rm", "--force", "--ignore", self.container_name],
+                           capture_output=True, timeout=60)
 
     def output(self) -> str:
         return f"--- {self.name}: {self.args}\n" + self.log.read_text(errors="replace")
@@ -145,7 +210,8 @@ class Etcd:
 def run_chart(root: Path, values: dict, extra_secrets: dict | None = None,
               cli_flags: tuple[str, ...] = ()):
     """Renders the chart with `values` and runs its coordinator and first worker pool."""
-    assert BIN.is_file(), f"{BIN} is missing: build it first (cargo build -p flotilla-cli)"
+    assert IMAGE or BIN.is_file(), \
+        f"{BIN} is missing: build it first (cargo build -p flotilla-cli)"
     assert Path(ETCD).is_file(), f"{ETCD} is missing: install etcd (Debian etcd-server)"
     root.mkdir(parents=True, exist_ok=True)
     objs = objects(render(values, name="demo"))
@@ -169,11 +235,16 @@ def run_chart(root: Path, values: dict, extra_secrets: dict | None = None,
     pods = {"coordinator": Pod(coord, secrets, root, replace, "demo-flotilla-coordinator-0"),
             "worker": Pod(worker, secrets, root, replace, POD)}
     # The worker's model volume holds the demo models (FLOTILLA_HOME=/models/flotilla).
-    home = Path(pods["worker"].env["FLOTILLA_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
     assert (MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file(), \
         f"the demo models are not in {MODELS}: run scripts/fetch-models.sh"
-    (home / "models").symlink_to(MODELS, target_is_directory=True)
+    worker_home = pods["worker"].env["FLOTILLA_HOME"]
+    if IMAGE:
+        pods["worker"].local(worker_home + "/models").mkdir(parents=True, exist_ok=True)
+        pods["worker"].extra_mounts.append((MODELS, worker_home + "/models"))
+    else:
+        home = Path(worker_home)
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "models").symlink_to(MODELS, target_is_directory=True)
     token_file = next(root.glob("*/token/*"))
 
     def logs() -> str:
@@ -181,10 +252,22 @@ def run_chart(root: Path, values: dict, extra_secrets: dict | None = None,
             etcd.log.read_text()
 
     def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN), *args, "--etcd", f"http://127.0.0.1:{etcd.port}",
-             "--token-file", str(token_file), *cli_flags, "--output", "json"],
-            capture_output=True, text=True, timeout=timeout, cwd=root)
+        command = [*args, "--etcd", f"http://127.0.0.1:{etcd.port}",
+                   "--token-file", str(token_file), *cli_flags, "--output", "json"]
+        if IMAGE:
+            # The image's own CLI, as its user, with the test's folder (sweep files, results,
+            # TLS files) at the same path.
+            share = root.parent
+            for d in [share, *share.rglob("*")]:
+                if not d.is_symlink():
+                    os.chown(d, 10001, 10001)
+            command = [*PODMAN, "run", "--rm", "--pull=never", "--network", "host",
+                       "-v", f"{share}:{share}",
+                       "-w", str(root), IMAGE, *command]
+        else:
+            command = [str(BIN), *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              cwd=root)
 
     try:
         for p in pods.values():

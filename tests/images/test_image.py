@@ -1,0 +1,106 @@
+"""The built container image itself (scripts/test-images.sh builds it and runs these with
+FLOTILLA_IMAGE set; the chart's coordinator, worker and CLI run in it through
+tests/chart/test_binaries.py in the same run).
+
+Fails, never skips, without FLOTILLA_IMAGE or podman."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("FLOTILLA_IMAGE", "")
+PODMAN = shlex.split(os.environ.get("FLOTILLA_PODMAN", "podman"))
+BINARY = "/usr/local/bin/flotilla"
+
+
+def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def run(*args: str, entrypoint: str | None = None, user: str | None = None) -> str:
+    command = ["run", "--rm", "--pull=never", "--network", "none"]
+    if entrypoint:
+        command += ["--entrypoint", entrypoint]
+    if user:
+        command += ["--user", user]
+    out = podman(*command, IMAGE, *args)
+    assert out.returncode == 0, f"{args}: {out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def inspect() -> dict:
+    assert IMAGE, "FLOTILLA_IMAGE is not set: run scripts/test-images.sh"
+    out = podman("image", "inspect", IMAGE)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)[0]
+
+
+def workspace_version() -> str:
+    return tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+
+
+def test_the_image_runs_flotilla_as_an_unprivileged_numeric_user():
+    config = inspect()["Config"]
+    assert config["User"] == "10001:10001", config["User"]
+    assert config["Entrypoint"] == [BINARY], config["Entrypoint"]
+    assert "7070/tcp" in config.get("ExposedPorts", {}), config.get("ExposedPorts")
+    assert config["WorkingDir"] == "/home/flotilla"
+    assert "HOME=/home/flotilla" in config["Env"], config["Env"]
+    assert run("id", "-u", entrypoint="/usr/bin/env").strip() == "10001"
+
+
+def test_version_and_labels_name_this_build():
+    version = workspace_version()
+    out = run("--version")
+    assert re.fullmatch(rf"flotilla {re.escape(version)} \(commit (?:[0-9a-f]{{40}}|unknown)\)\n",
+                        out), out
+    labels = inspect()["Config"]["Labels"]
+    assert labels["org.opencontainers.image.title"].startswith("flotilla"), labels
+    revision = labels["org.opencontainers.image.revision"]
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", revision), revision
+    # The commit given to the build is the binary's (and so results' provenance's).
+    assert f"(commit {revision})" in out, (revision, out)
+
+
+def test_the_binary_is_stripped_and_links_only_what_the_image_has():
+    libs = run(BINARY, entrypoint="/usr/bin/ldd")
+    assert "not found" not in libs, libs
+    names = {line.split()[0] for line in libs.splitlines() if line.strip()}
+    expected = {"libc.so.6", "libm.so.6", "libgcc_s.so.1", "linux-vdso.so.1"}
+    if "cuda" in inspect()["Config"]["Labels"].get("org.opencontainers.image.title", ""):
+        expected |= {"libcuda.so.1", "libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13",
+                     "libcurand.so.10", "libnvrtc.so.13", "libstdc++.so.6", "libdl.so.2",
+                     "libpthread.so.0", "librt.so.1"}
+    extra = {n for n in names if not n.startswith("/")} - expected
+    assert not extra, f"the binary links {sorted(extra)}, which the image was not meant to need"
+    # `file` is not in the slim image; a stripped ELF has no .symtab section.
+    sections = subprocess.run(
+        [*PODMAN, "run", "--rm", "--pull=never", "--network", "none", "--entrypoint", "/bin/sh",
+         IMAGE, "-c",
+         f"grep -c .symtab {BINARY} || true"], capture_output=True, text=True, timeout=120)
+    assert sections.stdout.strip() == "0", "the binary still has a symbol table (not stripped)"
+
+
+def test_the_state_folder_belongs_to_the_user_and_the_root_is_read_only_safe():
+    out = run("-c", "stat -c '%u:%g %a %n' /var/lib/flotilla /home/flotilla",
+              entrypoint="/bin/sh")
+    assert out.splitlines() == ["10001:10001 750 /var/lib/flotilla",
+                                "10001:10001 755 /home/flotilla"], out
+    # The user owns nothing else (and not the binary): a read-only root loses nothing.
+    owned = run("-c", "find / -xdev -user 10001 2>/dev/null; true", entrypoint="/bin/sh").split()
+    assert set(owned) <= {"/var/lib/flotilla", "/home/flotilla", "/home/flotilla/.bashrc",
+                          "/home/flotilla/.profile", "/home/flotilla/.bash_logout"}, owned
+
+
+def test_a_command_with_bad_input_fails_cleanly_in_the_image():
+    out = podman("run", "--rm", "--pull=never", "--network", "none", IMAGE, "sweep", "check",
+                 "/nonexistent/sweep.yaml")
+    assert out.returncode != 0
+    assert "/nonexistent/sweep.yaml" in out.stderr and "panicked" not in out.stderr, out.stderr
