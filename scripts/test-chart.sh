@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/chart-venv
-pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.2 pytest==8.3.5)
+pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.2 pytest==8.3.5 h2==4.3.0)
 stamp="$venv/.flotilla-pins"
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \

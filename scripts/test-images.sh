@@ -13,6 +13,12 @@
 #   bash scripts/test-images.sh              # build flotilla:<version> and test it
 #   FLOTILLA_IMAGE_BASES=registry bash scripts/test-images.sh
 #   bash scripts/test-images.sh -k sweep     # arguments go to pytest
+#   bash scripts/test-images.sh --cuda       # Dockerfile.cuda: flotilla:<version>-cuda
+#
+# --cuda builds with CUDA_COMPUTE_CAP (default 90) and tests the image itself (tests/images),
+# with scripts/build-cuda.sh's libcuda link stub mounted where the NVIDIA container toolkit
+# puts the host's driver library (/usr/local/nvidia/lib64): no GPU here, so nothing runs on
+# one. Its stand-in bases need scripts/build-cuda.sh's unpacked toolkit. Not in CI: ~35 min.
 #
 # Needs what scripts/test-chart.sh needs (etcd, the demo models, python3) and root (buildah's
 # chroot isolation). Takes ~20 min from cold on 2 cores (the release build); a rebuild after
@@ -23,6 +29,15 @@ cd "$(dirname "$0")/.."
 bases=${FLOTILLA_IMAGE_BASES:-stand-in}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 image=localhost/flotilla:$version
+dockerfile=Dockerfile stand_in_args=() build_args=()
+if [ "${1:-}" = --cuda ]; then
+  shift
+  image=$image-cuda dockerfile=Dockerfile.cuda stand_in_args=(--cuda)
+  build_args=(--build-arg "CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}")
+  stub=${FLOTILLA_HOME:-$HOME/.cache/flotilla}/cuda/13.0/lib/stubs/libcuda.so
+  [ -f "$stub" ] || { echo "test-images: no $stub: run scripts/build-cuda.sh first" >&2; exit 1; }
+  export FLOTILLA_IMAGE_DRIVER=$stub
+fi
 
 [ "$(id -u)" -eq 0 ] || { echo "test-images: run as root (buildah's chroot isolation)" >&2; exit 1; }
 missing=()
@@ -37,7 +52,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 case $bases in
-  stand-in) bash scripts/images/stand-in-bases.sh; pull=never ;;
+  stand-in) bash scripts/images/stand-in-bases.sh "${stand_in_args[@]}"; pull=never ;;
   registry) pull=missing ;;
   *) echo "test-images: FLOTILLA_IMAGE_BASES must be stand-in or registry, not '$bases'" >&2
      exit 2 ;;
@@ -47,11 +62,16 @@ mkdir -p target/images
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 echo "test-images: building $image (commit $commit, $bases bases)" >&2
 start=$SECONDS
+log=target/images/build-$(basename "$image" | tr ':' '-').log
 buildah bud --isolation chroot --pull=$pull --layers --build-arg FLOTILLA_COMMIT="$commit" \
-  -t "$image" -f Dockerfile . >target/images/build.log 2>&1 \
-  || { tail -40 target/images/build.log >&2; echo "test-images: the build failed (log: target/images/build.log)" >&2; exit 1; }
+  "${build_args[@]}" -t "$image" -f "$dockerfile" . >"$log" 2>&1 \
+  || { tail -40 "$log" >&2; echo "test-images: the build failed (log: $log)" >&2; exit 1; }
 echo "test-images: built in $((SECONDS - start)) s; $(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.1f MB", $1 / 1e6}')" >&2
 
 export FLOTILLA_IMAGE=$image FLOTILLA_PODMAN="$PWD/scripts/images/podman.sh"
-export FLOTILLA_TEST_PATHS="tests/images tests/chart/test_binaries.py"
+if [ "$dockerfile" = Dockerfile ]; then
+  export FLOTILLA_TEST_PATHS="tests/images tests/chart/test_binaries.py"
+else
+  export FLOTILLA_TEST_PATHS="tests/images"
+fi
 exec bash scripts/test-chart.sh "$@"

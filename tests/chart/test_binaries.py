@@ -220,20 +220,31 @@ def run_chart(root: Path, values: dict, extra_secrets: dict | None = None,
     coord = by_component(objs, "StatefulSet", "coordinator")[0]
     worker = find(objs, "Deployment")[0]
     etcd = Etcd(root)
-    coord_port = free_port()
-    local = {"etcd": etcd.port, "coordinator": coord_port}
+    workloads = {"coordinator": coord, "worker": worker}
+    # Every container port of each pod gets a loopback port of its own (by name and number).
+    ports = {"etcd": {"client": etcd.port}}
+    for component, workload in workloads.items():
+        ports[component] = {}
+        for port in container(workload).get("ports", []):
+            ports[component][port["name"]] = ports[component][port["containerPort"]] = \
+                free_port()
     replace = []
     for svc in find(objs, "Service"):
-        target = local[svc["metadata"]["labels"]["app.kubernetes.io/component"]]
+        component = svc["metadata"]["labels"]["app.kubernetes.io/component"]
         name = svc["metadata"]["name"]
         for port in svc["spec"]["ports"]:
+            target = ports[component][port["targetPort"]]
             for host in (f"{name}.{NAMESPACE}.svc.cluster.local", f"{name}.{NAMESPACE}.svc",
                          name):
                 replace.append((f"{host}:{port['port']}", f"127.0.0.1:{target}"))
-    for port in container(coord)["ports"]:
-        replace.append((f"0.0.0.0:{port['containerPort']}", f"127.0.0.1:{coord_port}"))
-    pods = {"coordinator": Pod(coord, secrets, root, replace, "demo-flotilla-coordinator-0"),
-            "worker": Pod(worker, secrets, root, replace, POD)}
+    pods = {}
+    for component, pod_name in (("coordinator", "demo-flotilla-coordinator-0"),
+                                ("worker", POD)):
+        binds = [(f"0.0.0.0:{port['containerPort']}",
+                  f"127.0.0.1:{ports[component][port['containerPort']]}")
+                 for port in container(workloads[component]).get("ports", [])]
+        pods[component] = Pod(workloads[component], secrets, root, replace + binds, pod_name)
+        pods[component].ports = ports[component]
     # The worker's model volume holds the demo models (FLOTILLA_HOME=/models/flotilla).
     assert (MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file(), \
         f"the demo models are not in {MODELS}: run scripts/fetch-models.sh"
@@ -296,6 +307,93 @@ def wait_connected(cluster) -> dict:
         return workers[0] if workers else None
 
     return wait_until("the worker to connect", 120, connected, cluster["logs"])
+
+
+def grpc_health(port: int, service: str = "") -> int | None:
+    """grpc.health.v1.Health/Check over plaintext HTTP/2, as the kubelet's gRPC probe asks:
+    the ServingStatus (1 = SERVING), or None when there is no answer."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
+                               (":path", "/grpc.health.v1.Health/Check"),
+                               (":authority", f"127.0.0.1:{port}"),
+                               ("content-type", "application/grpc"), ("te", "trailers")])
+    request = (b"\x0a" + bytes([len(service)]) + service.encode()) if service else b""
+    conn.send_data(stream, b"\x00" + len(request).to_bytes(4, "big") + request,
+                   end_stream=True)
+    body, ended = b"", False
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(conn.data_to_send())
+            while not ended:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                for event in conn.receive_data(chunk):
+                    if isinstance(event, h2.events.DataReceived):
+                        body += event.data
+                        conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        ended = True
+                sock.sendall(conn.data_to_send())
+    except OSError:
+        return None
+    message = body[5:]
+    if not ended or len(body) < 5:
+        return None
+    # HealthCheckResponse { status = 1 (varint) }; an empty message is status 0 (UNKNOWN).
+    return message[1] if message[:1] == b"\x08" else 0
+
+
+def probe_passes(pod: Pod, probe: dict) -> bool:
+    """One run of a rendered probe against the pod, judged as the kubelet judges it."""
+    if "tcpSocket" in probe:
+        try:
+            socket.create_connection(("127.0.0.1", pod.ports[probe["tcpSocket"]["port"]]),
+                                     timeout=2).close()
+            return True
+        except OSError:
+            return False
+    if "grpc" in probe:
+        return grpc_health(pod.ports[probe["grpc"]["port"]],
+                           probe["grpc"].get("service", "")) == 1
+    if "httpGet" in probe:
+        url = f"http://127.0.0.1:{pod.ports[probe['httpGet']['port']]}{probe['httpGet']['path']}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return 200 <= response.status < 400
+        except OSError:
+            return False
+    raise AssertionError(f"{pod.name}: a probe this test cannot run: {probe}")
+
+
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def test_the_rendered_probes_pass_on_the_running_pods_and_readiness_means_connected(tmp_path):
+    values = {**VALUES, "metrics": {"enabled": True},
+              "coordinator": {**VALUES["coordinator"], "probes": {"type": "grpc"}}}
+    with run_chart(tmp_path / "run", values) as c:
+        wait_connected(c)
+        coordinator, worker = c["pods"]["coordinator"], c["pods"]["worker"]
+        assert "grpc" in coordinator.container["livenessProbe"], coordinator.container
+        assert "httpGet" in worker.container["readinessProbe"], worker.container
+        for pod in (coordinator, worker):
+            for kind in (k for k in PROBES if k in pod.container):
+                wait_until(f"{pod.name}'s {kind} to pass", 30,
+                           lambda: probe_passes(pod, pod.container[kind]), c["logs"])
+        # Without its coordinator a worker is alive but not ready.
+        coordinator.stop()
+        wait_until("the worker's readiness probe to fail", 30,
+                   lambda: not probe_passes(worker, worker.container["readinessProbe"]),
+                   c["logs"])
+        assert probe_passes(worker, worker.container["livenessProbe"]), c["logs"]()
+        assert not probe_passes(coordinator, coordinator.container["livenessProbe"])
 
 
 def test_every_path_the_containers_use_is_a_mounted_volume(cluster):

@@ -2,6 +2,10 @@
 FLOTILLA_IMAGE set; the chart's coordinator, worker and CLI run in it through
 tests/chart/test_binaries.py in the same run).
 
+For the CUDA image (`scripts/test-images.sh --cuda`), FLOTILLA_IMAGE_DRIVER names a
+libcuda.so.1 to mount where the NVIDIA container toolkit mounts the host's driver library;
+the binary cannot start without one.
+
 Fails, never skips, without FLOTILLA_IMAGE or podman."""
 
 from __future__ import annotations
@@ -17,15 +21,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("FLOTILLA_IMAGE", "")
 PODMAN = shlex.split(os.environ.get("FLOTILLA_PODMAN", "podman"))
+DRIVER = os.environ.get("FLOTILLA_IMAGE_DRIVER")
 BINARY = "/usr/local/bin/flotilla"
+# Where the NVIDIA container toolkit puts the driver library (on the image's LD_LIBRARY_PATH).
+DRIVER_PATH = "/usr/local/nvidia/lib64/libcuda.so.1"
 
 
 def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def run(*args: str, entrypoint: str | None = None, user: str | None = None) -> str:
+def run(*args: str, entrypoint: str | None = None, user: str | None = None,
+        driver: bool = True) -> str:
     command = ["run", "--rm", "--pull=never", "--network", "none"]
+    if DRIVER and driver:
+        command += ["-v", f"{DRIVER}:{DRIVER_PATH}:ro"]
     if entrypoint:
         command += ["--entrypoint", entrypoint]
     if user:
@@ -40,6 +50,10 @@ def inspect() -> dict:
     out = podman("image", "inspect", IMAGE)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)[0]
+
+
+def is_cuda() -> bool:
+    return inspect()["Config"]["Labels"]["org.opencontainers.image.title"] == "flotilla-cuda"
 
 
 def workspace_version() -> str:
@@ -74,18 +88,15 @@ def test_the_binary_is_stripped_and_links_only_what_the_image_has():
     assert "not found" not in libs, libs
     names = {line.split()[0] for line in libs.splitlines() if line.strip()}
     expected = {"libc.so.6", "libm.so.6", "libgcc_s.so.1", "linux-vdso.so.1"}
-    if "cuda" in inspect()["Config"]["Labels"].get("org.opencontainers.image.title", ""):
+    if is_cuda():
         expected |= {"libcuda.so.1", "libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13",
                      "libcurand.so.10", "libnvrtc.so.13", "libstdc++.so.6", "libdl.so.2",
                      "libpthread.so.0", "librt.so.1"}
     extra = {n for n in names if not n.startswith("/")} - expected
     assert not extra, f"the binary links {sorted(extra)}, which the image was not meant to need"
     # `file` is not in the slim image; a stripped ELF has no .symtab section.
-    sections = subprocess.run(
-        [*PODMAN, "run", "--rm", "--pull=never", "--network", "none", "--entrypoint", "/bin/sh",
-         IMAGE, "-c",
-         f"grep -c .symtab {BINARY} || true"], capture_output=True, text=True, timeout=120)
-    assert sections.stdout.strip() == "0", "the binary still has a symbol table (not stripped)"
+    sections = run("-c", f"grep -c .symtab {BINARY} || true", entrypoint="/bin/sh")
+    assert sections.strip() == "0", "the binary still has a symbol table (not stripped)"
 
 
 def test_the_state_folder_belongs_to_the_user_and_the_root_is_read_only_safe():
@@ -100,7 +111,26 @@ def test_the_state_folder_belongs_to_the_user_and_the_root_is_read_only_safe():
 
 
 def test_a_command_with_bad_input_fails_cleanly_in_the_image():
-    out = podman("run", "--rm", "--pull=never", "--network", "none", IMAGE, "sweep", "check",
-                 "/nonexistent/sweep.yaml")
+    driver = ["-v", f"{DRIVER}:{DRIVER_PATH}:ro"] if DRIVER else []
+    out = podman("run", "--rm", "--pull=never", "--network", "none", *driver, IMAGE, "sweep",
+                 "check", "/nonexistent/sweep.yaml")
     assert out.returncode != 0
     assert "/nonexistent/sweep.yaml" in out.stderr and "panicked" not in out.stderr, out.stderr
+
+
+def test_a_cuda_image_says_which_gpus_it_serves_and_needs_the_driver():
+    labels = inspect()["Config"]["Labels"]
+    if not is_cuda():
+        assert "dev.flotilla.cuda-compute-cap" not in labels, labels
+        assert not DRIVER, "FLOTILLA_IMAGE_DRIVER is for the CUDA image"
+        return
+    cap = labels["dev.flotilla.cuda-compute-cap"]
+    assert re.fullmatch(r"\d{2,3}", cap), cap
+    assert cap in labels["org.opencontainers.image.description"], labels
+    recorded = run("/usr/local/share/flotilla/compute-cap", entrypoint="/bin/cat").strip()
+    assert recorded == cap, (recorded, cap)
+    assert DRIVER, "set FLOTILLA_IMAGE_DRIVER (scripts/test-images.sh --cuda does)"
+    # Without the host's driver (no --gpus / NVIDIA runtime) the binary cannot start, even
+    # for --device cpu: the loader names the missing library.
+    out = podman("run", "--rm", "--pull=never", "--network", "none", IMAGE, "--version")
+    assert out.returncode != 0 and "libcuda.so.1" in out.stderr, out.stdout + out.stderr
