@@ -18,11 +18,13 @@
 # --cuda builds with CUDA_COMPUTE_CAP (default 90) and tests the image itself (tests/images),
 # with scripts/build-cuda.sh's libcuda link stub mounted where the NVIDIA container toolkit
 # puts the host's driver library (/usr/local/nvidia/lib64): no GPU here, so nothing runs on
-# one. Its stand-in bases need scripts/build-cuda.sh's unpacked toolkit. Not in CI: ~35 min.
+# one. Its stand-in bases need scripts/build-cuda.sh's unpacked toolkit. Not in CI: it needs
+# the CUDA wheels (~680 MB to download) and 12.5 min of build from cold on 2 cores.
 #
 # Needs what scripts/test-chart.sh needs (etcd, the demo models, python3) and root (buildah's
-# chroot isolation). Takes ~20 min from cold on 2 cores (the release build); a rebuild after
-# a change reuses the build's cargo caches.
+# chroot isolation; sudo otherwise). About 12 min from cold on 2 cores (the release build),
+# 1-5 min after a change (the build's cargo caches are kept); `podman image prune` reclaims
+# the layers of earlier builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +41,12 @@ if [ "${1:-}" = --cuda ]; then
   export FLOTILLA_IMAGE_DRIVER=$stub
 fi
 
-[ "$(id -u)" -eq 0 ] || { echo "test-images: run as root (buildah's chroot isolation)" >&2; exit 1; }
+# buildah's chroot isolation and podman's rootful store need root.
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "test-images: run as root (or install sudo)" >&2; exit 1; }
+  exec sudo --preserve-env=FLOTILLA_HOME,FLOTILLA_IMAGE_BASES,CUDA_COMPUTE_CAP,PATH \
+    bash "$0" "$@"
+fi
 missing=()
 for tool in buildah podman crun debootstrap; do
   command -v "$tool" >/dev/null || missing+=("$tool")
@@ -52,7 +59,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 case $bases in
-  stand-in) bash scripts/images/stand-in-bases.sh "${stand_in_args[@]}"; pull=never ;;
+  stand-in)
+    bash scripts/images/stand-in-bases.sh "${stand_in_args[@]}"
+    pull=never
+    # The stand-in Rust image carries this machine's toolchain, under its version.
+    build_args+=(--build-arg "RUST_VERSION=$(rustc --version | sed -n 's/^rustc \([0-9]*\.[0-9]*\).*/\1/p')")
+    ;;
   registry) pull=missing ;;
   *) echo "test-images: FLOTILLA_IMAGE_BASES must be stand-in or registry, not '$bases'" >&2
      exit 2 ;;
