@@ -142,10 +142,11 @@ class Pod:
             command += ["--cap-drop", cap]
         if sc.get("allowPrivilegeEscalation") is False:
             command += ["--security-opt", "no-new-privileges"]
+        # A volume's folder is the user's; with fsGroup, everything in it is that group's.
+        owner, fs_group = (-1 if user is None else user), pod.get("fsGroup", -1)
         for path, local in self.mounts.items():
-            if "fsGroup" in pod:
-                for d in [local, *local.rglob("*")]:
-                    os.chown(d, user if d == local else os.stat(d).st_uid, pod["fsGroup"])
+            for d in [local, *local.rglob("*")]:
+                os.chown(d, owner if d == local else -1, fs_group)
             command += ["-v", f"{local}:{path}" + (":ro" if path in self.read_only else "")]
         for local, path in self.extra_mounts:
             command += ["-v", f"{local}:{path}:ro"]
