@@ -13,6 +13,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # The chart tests make TLS certificates; model conversion and the chart tests use venvs.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+# `worker install`'s unit is checked with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # A real Japanese PDF for the document-extraction tests.
 [ -f /usr/share/doc/maint-guide-ja/maint-guide.ja.pdf ] || need+=(maint-guide-ja)
 if [ ${#need[@]} -gt 0 ]; then

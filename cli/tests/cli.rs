@@ -130,6 +130,17 @@ fn worker_install_writes_a_systemd_unit_that_runs_this_worker() {
         "{exec}"
     );
     assert!(unit.contains("Restart=always") && unit.contains("WantedBy=default.target"));
+    // systemd's own checker: every key known, ExecStart's binary there and executable.
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(units.join("flotilla-worker.service"))
+        .output()
+        .expect("systemd-analyze (Debian's systemd; scripts/setup.sh installs it)");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     // --print shows the same unit and writes nothing.
     let printed = flotilla(&[
         "worker",
