@@ -22,7 +22,8 @@
 # the certificate authorities this machine adds to Debian's (/usr/local/share/ca-certificates),
 # so a build behind an intercepting proxy reaches the crate registry as this machine does.
 #
-# Where the registry is reachable, don't use these: build on the official images.
+# Images built on them are for testing on this machine: they carry its added certificate
+# authorities. Never push them; where the registry is reachable, build on the official images.
 #
 #   scripts/images/stand-in-bases.sh [--force] [--cuda]   (root; apt-get installs what it needs)
 set -euo pipefail
@@ -99,7 +100,6 @@ rust=docker.io/library/rust:$rust_version-$release
 if have "$rust"; then
   echo "stand-in-bases: $rust is there" >&2
 else
-  rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
   toolchain_dir=$(rustc --print sysroot)
   toolchain=$(rustc --version | awk '{print $2}')
   bootstrap rust gcc,g++,libc6-dev,make,pkg-config,ca-certificates,git,curl,xz-utils,file
@@ -118,7 +118,7 @@ else
     --change 'ENV RUSTUP_HOME=/usr/local/rustup' --change 'ENV CARGO_HOME=/usr/local/cargo' \
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change "ENV RUST_VERSION=$toolchain" --change 'CMD ["bash"]' - "$rust" >/dev/null
-  echo "stand-in-bases: made $rust (rustc $toolchain from $rustup_home)" >&2
+  echo "stand-in-bases: made $rust (rustc $toolchain from $toolchain_dir)" >&2
 fi
 rm -rf "$work/slim" "$work/rust"
 [ $cuda = 1 ] || exit 0
