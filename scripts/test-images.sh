@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the container image from Dockerfile and tests it: the image itself
-# (tests/images: user, entrypoint, labels, version, linked libraries) and the Helm chart's
+# (tests/images: user, entrypoint, labels, version, linked libraries; its binary installed as
+# a systemd worker on an "office PC" container whose PID 1 is systemd) and the Helm chart's
 # coordinator, worker and CLI running in it as the chart configures them (read-only root,
 # non-root user, dropped capabilities, the chart's volumes; tests/chart/test_binaries.py with
 # FLOTILLA_IMAGE), with a real etcd and a small sweep.
@@ -82,8 +83,20 @@ echo "test-images: built in $((SECONDS - start)) s; $(podman image inspect --for
 
 export FLOTILLA_IMAGE=$image FLOTILLA_PODMAN="$PWD/scripts/images/podman.sh"
 if [ "$dockerfile" = Dockerfile ]; then
+  # An "office PC" for tests/images/test_office_pc.py: Debian slim whose PID 1 is systemd.
+  pc_image=localhost/flotilla-office-pc:test
+  if ! podman image exists "$pc_image"; then
+    echo "test-images: making $pc_image (Debian slim with systemd)" >&2
+    pc=$(buildah from --pull=$pull "docker.io/library/debian:bookworm-slim")
+    buildah run --isolation chroot "$pc" sh -c 'apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        systemd systemd-sysv dbus >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*' \
+      >>"$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
+    buildah commit -q --rm "$pc" "$pc_image" >/dev/null
+  fi
+  export FLOTILLA_PC_IMAGE=$pc_image
   export FLOTILLA_TEST_PATHS="tests/images tests/chart/test_binaries.py"
 else
-  export FLOTILLA_TEST_PATHS="tests/images"
+  export FLOTILLA_TEST_PATHS="tests/images/test_image.py"
 fi
 exec bash scripts/test-chart.sh "$@"

@@ -170,6 +170,33 @@ fn worker_install_writes_a_systemd_unit_that_runs_this_worker() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--token-file /nowhere/token"));
 }
 
+/// Without $HOME (a `podman exec`, some service managers) the unit's FLOTILLA_HOME is still
+/// absolute: the user's home from the password database, never `.cache/flotilla`, which
+/// systemd would resolve from / (found by tests/images/test_office_pc.py).
+#[test]
+fn worker_install_without_home_writes_an_absolute_flotilla_home() {
+    let dir = common::tmp("install-no-home");
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["worker", "install", "--etcd", "http://e:2379", "--token-file"])
+        .arg(&token)
+        .arg("--print")
+        .env_remove("HOME")
+        .env_remove("FLOTILLA_HOME")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unit = String::from_utf8_lossy(&out.stdout).to_string();
+    let home = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment=FLOTILLA_HOME="))
+        .expect("a FLOTILLA_HOME line");
+    let home = std::path::Path::new(home);
+    assert!(home.is_absolute() && home.ends_with(".cache/flotilla"), "{unit}");
+}
+
 /// `flotilla ... | head`: a reader that went away ends the command quietly with SIGPIPE's
 /// status, as Unix tools do, while SIGPIPE itself stays ignored (a closed socket must be an
 /// error a coordinator handles, not its end).

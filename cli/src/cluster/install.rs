@@ -80,10 +80,13 @@ pub fn unit(a: &Args, exe: &Path) -> Result<String> {
     }
     args.extend(a.extra.split_whitespace().map(str::to_string));
     let exec: Vec<String> = args.iter().map(|s| quote(s)).collect();
+    // systemd runs the worker from /: a relative FLOTILLA_HOME would point somewhere else.
     let home = a
         .home
         .clone()
         .unwrap_or_else(flotilla_engine::loader::flotilla_home);
+    let home = std::path::absolute(&home)
+        .with_context(|| format!("--home {}: cannot make it absolute", home.display()))?;
     Ok(format!(
         "# Written by `flotilla worker install`; `systemctl {scope}status flotilla-worker` shows it.\n\
          [Unit]\n\

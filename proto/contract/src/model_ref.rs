@@ -21,13 +21,19 @@ impl ModelSource {
     }
 }
 
-/// `$FLOTILLA_HOME`, default `~/.cache/flotilla`.
+/// `$FLOTILLA_HOME`, default `~/.cache/flotilla`. Without `$HOME` (a `podman exec`, some
+/// service managers) the user's home comes from the password database, so the default never
+/// becomes a path relative to wherever the process happens to run.
 pub fn flotilla_home() -> PathBuf {
     if let Some(h) = std::env::var_os("FLOTILLA_HOME") {
         return PathBuf::from(h);
     }
+    // `home_dir`: $HOME, else getpwuid_r (deprecated before Rust 1.86 for Windows' sake only).
+    #[allow(deprecated)]
     let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
         .map(PathBuf::from)
+        .or_else(std::env::home_dir)
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("flotilla")
 }
