@@ -124,7 +124,7 @@ def test_worker_install_makes_a_systemd_worker_that_joins_works_and_comes_back(o
     # Killed, it comes back: systemd restarts it (Restart=always) and it joins again.
     first = main_pid(office)
     assert first > 0, office["logs"]()
-    assert pc("kill", "-9", str(first)).returncode == 0
+    assert pc("sh", "-c", f"kill -9 {first}").returncode == 0
     wait_until("systemd to restart the worker", 60,
                lambda: main_pid(office) not in (0, first), office["logs"])
     time.sleep(1)
