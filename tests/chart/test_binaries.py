@@ -480,9 +480,8 @@ retrieval:
 """
 
 
-def test_a_small_sweep_runs_on_the_chart_configured_worker(cluster):
-    wait_connected(cluster)
-    root = cluster["root"]
+def write_one_case_sweep(root: Path) -> Path:
+    """SWEEP with its one document case written under `root`; the sweep file's path."""
     (root / "docs").mkdir(exist_ok=True)
     (root / "docs" / "ferry.txt").write_text(
         "The ferry Aurora crosses the bay six times a day. It carries 120 passengers.\n")
@@ -491,7 +490,13 @@ def test_a_small_sweep_runs_on_the_chart_configured_worker(cluster):
         "query": "How many times a day does the Aurora cross the bay?",
         "reference_answer": "Six times a day.", "documents": ["docs/ferry.txt"]}) + "\n")
     (root / "sweep.yaml").write_text(SWEEP)
-    out = cluster["cli"]("sweep", "submit", str(root / "sweep.yaml"))
+    return root / "sweep.yaml"
+
+
+def test_a_small_sweep_runs_on_the_chart_configured_worker(cluster):
+    wait_connected(cluster)
+    root = cluster["root"]
+    out = cluster["cli"]("sweep", "submit", str(write_one_case_sweep(root)))
     assert out.returncode == 0, out.stderr + cluster["logs"]()
     sweep_id = json.loads(out.stdout)["sweep_id"]
     out = cluster["cli"]("sweep", "watch", sweep_id, timeout=600)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
-from test_binaries import MODELS, SWEEP, Etcd, free_port, wait_until  # noqa: E402
+from test_binaries import MODELS, Etcd, free_port, wait_until, write_one_case_sweep  # noqa: E402
 
 IMAGE = os.environ.get("FLOTILLA_IMAGE", "")
 PC_IMAGE = os.environ.get("FLOTILLA_PC_IMAGE", "")
@@ -109,16 +109,8 @@ def test_worker_install_makes_a_systemd_worker_that_joins_works_and_comes_back(o
     assert len(workers) == 1, workers
 
     # It works: a one-case sweep runs on it.
-    root = office["root"]
-    (root / "docs").mkdir()
-    (root / "docs" / "ferry.txt").write_text(
-        "The ferry Aurora crosses the bay six times a day. It carries 120 passengers.\n")
-    (root / "cases.jsonl").write_text(json.dumps({
-        "id": "ferry-trips", "task": "document", "language": "en",
-        "query": "How many times a day does the Aurora cross the bay?",
-        "reference_answer": "Six times a day.", "documents": ["docs/ferry.txt"]}) + "\n")
-    (root / "sweep.yaml").write_text(SWEEP)
-    out = cli("sweep", "submit", str(root / "sweep.yaml"), "--watch", timeout=600)
+    sweep = write_one_case_sweep(office["root"])
+    out = cli("sweep", "submit", str(sweep), "--watch", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr + office["logs"]()
 
     # Killed, it comes back: systemd restarts it (Restart=always) and it joins again.
