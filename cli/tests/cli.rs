@@ -179,7 +179,13 @@ fn worker_install_without_home_writes_an_absolute_flotilla_home() {
     let token = dir.join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["worker", "install", "--etcd", "http://e:2379", "--token-file"])
+        .args([
+            "worker",
+            "install",
+            "--etcd",
+            "http://e:2379",
+            "--token-file",
+        ])
         .arg(&token)
         .arg("--print")
         .env_remove("HOME")
@@ -187,14 +193,21 @@ fn worker_install_without_home_writes_an_absolute_flotilla_home() {
         .current_dir(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let unit = String::from_utf8_lossy(&out.stdout).to_string();
     let home = unit
         .lines()
         .find_map(|l| l.strip_prefix("Environment=FLOTILLA_HOME="))
         .expect("a FLOTILLA_HOME line");
     let home = std::path::Path::new(home);
-    assert!(home.is_absolute() && home.ends_with(".cache/flotilla"), "{unit}");
+    assert!(
+        home.is_absolute() && home.ends_with(".cache/flotilla"),
+        "{unit}"
+    );
 }
 
 /// `flotilla ... | head`: a reader that went away ends the command quietly with SIGPIPE's
