@@ -270,9 +270,6 @@ def run_chart(root: Path, values: dict, extra_secrets: dict | None = None,
             # The image's own CLI, as its user, with the test's folder (sweep files, results,
             # TLS files) at the same path.
             share = root.parent
-            for d in [share, *share.rglob("*")]:
-                if not d.is_symlink():
-                    os.chown(d, 10001, 10001)
             command = [*PODMAN, "run", "--rm", "--pull=never", "--network", "host",
                        "-v", f"{share}:{share}",
                        "-w", str(root), IMAGE, *command]
@@ -281,6 +278,12 @@ def run_chart(root: Path, values: dict, extra_secrets: dict | None = None,
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               cwd=root)
 
+    if IMAGE:
+        # The image's CLI runs as its user over the test's folder (above): it reads what the
+        # test writes there and writes its results into `root`.
+        for d in [root.parent, *root.parent.rglob("*")]:
+            if not d.is_symlink():
+                os.chown(d, 10001, 10001)
     try:
         for p in pods.values():
             p.start()

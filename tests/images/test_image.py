@@ -13,33 +13,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import tomllib
 from pathlib import Path
 
+from imagelib import BINARY, IMAGE, copy_out, podman
+
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("FLOTILLA_IMAGE", "")
-PODMAN = shlex.split(os.environ.get("FLOTILLA_PODMAN", "podman"))
 DRIVER = os.environ.get("FLOTILLA_IMAGE_DRIVER")
-BINARY = "/usr/local/bin/flotilla"
 # Where the NVIDIA container toolkit puts the driver library (on the image's LD_LIBRARY_PATH).
 DRIVER_PATH = "/usr/local/nvidia/lib64/libcuda.so.1"
+# What a container needs to start the CUDA image's binary: the driver library mounted in.
+WITH_DRIVER = ["-v", f"{DRIVER}:{DRIVER_PATH}:ro"] if DRIVER else []
 
 
-def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def run(*args: str, entrypoint: str | None = None, user: str | None = None,
-        driver: bool = True) -> str:
-    command = ["run", "--rm", "--pull=never", "--network", "none"]
-    if DRIVER and driver:
-        command += ["-v", f"{DRIVER}:{DRIVER_PATH}:ro"]
+def run(*args: str, entrypoint: str | None = None) -> str:
+    command = ["run", "--rm", "--pull=never", "--network", "none", *WITH_DRIVER]
     if entrypoint:
         command += ["--entrypoint", entrypoint]
-    if user:
-        command += ["--user", user]
     out = podman(*command, IMAGE, *args)
     assert out.returncode == 0, f"{args}: {out.stdout}{out.stderr}"
     return out.stdout
@@ -95,15 +86,8 @@ def test_the_binary_is_stripped_and_links_only_what_the_image_has(tmp_path):
     extra = {n for n in names if not n.startswith("/")} - expected
     assert not extra, f"the binary links {sorted(extra)}, which the image was not meant to need"
     # A stripped ELF has no .symtab section (the image has no binutils: read it out here).
-    created = podman("create", "--pull=never", IMAGE)
-    assert created.returncode == 0, created.stderr
-    cid = created.stdout.strip()
-    try:
-        copied = podman("cp", f"{cid}:{BINARY}", str(tmp_path / "flotilla"))
-        assert copied.returncode == 0, copied.stderr
-    finally:
-        podman("rm", "--force", cid)
-    sections = subprocess.run(["readelf", "--section-headers", "--wide", tmp_path / "flotilla"],
+    binary = copy_out(BINARY, tmp_path / "flotilla")
+    sections = subprocess.run(["readelf", "--section-headers", "--wide", binary],
                               capture_output=True, text=True, check=True).stdout
     assert " .text " in sections, sections[:2000]
     assert " .symtab " not in sections, "the binary still has a symbol table (not stripped)"
@@ -121,9 +105,8 @@ def test_the_state_folder_belongs_to_the_user_and_the_root_is_read_only_safe():
 
 
 def test_a_command_with_bad_input_fails_cleanly_in_the_image():
-    driver = ["-v", f"{DRIVER}:{DRIVER_PATH}:ro"] if DRIVER else []
-    out = podman("run", "--rm", "--pull=never", "--network", "none", *driver, IMAGE, "sweep",
-                 "check", "/nonexistent/sweep.yaml")
+    out = podman("run", "--rm", "--pull=never", "--network", "none", *WITH_DRIVER, IMAGE,
+                 "sweep", "check", "/nonexistent/sweep.yaml")
     assert out.returncode != 0
     assert "/nonexistent/sweep.yaml" in out.stderr and "panicked" not in out.stderr, out.stderr
 

@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from imagelib import BINARY, IMAGE, copy_out, podman
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
 from test_binaries import MODELS, Etcd, free_port, wait_until, write_one_case_sweep  # noqa: E402
 
-IMAGE = os.environ.get("FLOTILLA_IMAGE", "")
 PC_IMAGE = os.environ.get("FLOTILLA_PC_IMAGE", "")
-PODMAN = shlex.split(os.environ.get("FLOTILLA_PODMAN", "podman"))
-
-
-def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -36,12 +30,7 @@ def office(tmp_path):
     assert IMAGE and PC_IMAGE, "FLOTILLA_IMAGE and FLOTILLA_PC_IMAGE: run scripts/test-images.sh"
     assert (MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file(), \
         f"the demo models are not in {MODELS}: run scripts/fetch-models.sh"
-    binary = tmp_path / "flotilla"
-    created = podman("create", "--pull=never", IMAGE)
-    assert created.returncode == 0, created.stderr
-    podman("cp", f"{created.stdout.strip()}:/usr/local/bin/flotilla", str(binary))
-    podman("rm", "--force", created.stdout.strip())
-    assert binary.is_file(), f"could not copy the binary out of {IMAGE}"
+    binary = copy_out(BINARY, tmp_path / "flotilla")
     (tmp_path / "token").write_text("office-pc-secret\n")
     etcd = Etcd(tmp_path)
     url = f"http://127.0.0.1:{etcd.port}"
