@@ -64,7 +64,7 @@ fn generate(a: GenerateArgs, out: OutputFormat, threads: usize) -> anyhow::Resul
     anyhow::ensure!(a.prompt_tokens >= 1, "--prompt-tokens must be at least 1");
     anyhow::ensure!(a.decode_tokens >= 2, "--decode-tokens must be at least 2");
     let device = device::parse_device(&a.device)?;
-    let lm = LanguageModel::load(&a.model, &LoadOptions { device })
+    let lm = LanguageModel::load(&a.model, &LoadOptions::on(device))
         .with_context(|| format!("--model {}", a.model))?;
     let mut ids = Vec::new();
     while ids.len() < a.prompt_tokens {

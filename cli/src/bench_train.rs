@@ -41,8 +41,8 @@ pub struct TrainArgs {
     pub device: String,
     /// Precision of the frozen weights and activations: f32, bf16, or auto (bf16 on a CUDA
     /// GPU with bf16, f32 elsewhere). LoRA weights and optimizer state are f32 always.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
-    pub precision: String,
+    #[arg(long, default_value = "auto")]
+    pub precision: Precision,
     /// QLoRA: keep the GGUF model's projections quantized.
     #[arg(long)]
     pub qlora: bool,
@@ -76,9 +76,9 @@ fn run_estimate(a: &TrainArgs, spec: &str, out: OutputFormat) -> anyhow::Result<
     // The device is only described (an estimate for a GPU runs anywhere): attention keeps its
     // probabilities off the CPU, and auto precision is bf16 on CUDA.
     let on_cpu = a.device == "cpu";
-    let dtype = match a.precision.as_str() {
-        "f32" => candle_core::DType::F32,
-        "bf16" => candle_core::DType::BF16,
+    let dtype = match a.precision {
+        Precision::F32 => candle_core::DType::F32,
+        Precision::Bf16 => candle_core::DType::BF16,
         _ if a.device.starts_with("cuda") => candle_core::DType::BF16,
         _ => candle_core::DType::F32,
     };
@@ -165,12 +165,7 @@ pub fn run(a: TrainArgs, out: OutputFormat, threads: usize) -> anyhow::Result<()
         alpha: a.alpha,
         ..Default::default()
     };
-    let precision = match a.precision.as_str() {
-        "f32" => Precision::F32,
-        "bf16" => Precision::Bf16,
-        _ => Precision::Auto,
-    };
-    let dtype = training_dtype(precision, &device);
+    let dtype = training_dtype(a.precision, &device);
     let model = TrainModel::with_dtype(base, &lora, a.seed, dtype)?;
     let frozen_bytes = model.frozen_bytes();
     let load_s = t0.elapsed().as_secs_f64();

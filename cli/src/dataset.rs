@@ -150,9 +150,7 @@ fn from_benchmark(a: FromBenchmarkArgs, out: OutputFormat) -> anyhow::Result<()>
         })
         .collect();
 
-    let opts = LoadOptions {
-        device: device::parse_device(&a.device)?,
-    };
+    let opts = LoadOptions::on(device::parse_device(&a.device)?);
     let embedder = if usable.iter().any(|c| c.task == Task::Rag) {
         let pb = spinner(format!("loading {}", a.retrieval.embedder));
         let e = EmbeddingModel::load(&a.retrieval.embedder, &opts)

@@ -34,7 +34,7 @@ pub enum RoleArg {
 pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     let device = device::parse_device(&a.device)?;
     let pb = spinner(format!("loading {}", a.model));
-    let model = EmbeddingModel::load(&a.model, &LoadOptions { device })
+    let model = EmbeddingModel::load(&a.model, &LoadOptions::on(device))
         .with_context(|| format!("--model {}", a.model))?;
     let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
     let vectors = match a.role {

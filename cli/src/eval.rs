@@ -196,7 +196,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
     );
 
     let device = device::parse_device(&a.device)?;
-    let opts = LoadOptions { device };
+    let opts = LoadOptions::on(device);
     // The model under test: a local model, or one behind an OpenAI-compatible endpoint.
     let api = EndpointModel::parse(&a.model)
         .transpose()

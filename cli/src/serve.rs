@@ -167,7 +167,7 @@ async fn chat(
 pub fn run(a: Args) -> anyhow::Result<()> {
     use anyhow::Context;
     let device = device::parse_device(&a.device)?;
-    let mut model = LanguageModel::load(&a.model, &LoadOptions { device })
+    let mut model = LanguageModel::load(&a.model, &LoadOptions::on(device))
         .with_context(|| format!("--model {}", a.model))?;
     if let Some(dir) = &a.adapter {
         model = flotilla_train::load_with_adapter(&model, dir)

@@ -158,3 +158,51 @@ fn tokenizer_round_trips_english_and_japanese() {
     let digits = lm.tokenizer.encode("2024", false).unwrap();
     assert_eq!(digits.len(), 4, "{digits:?}");
 }
+
+#[test]
+fn generated_tokens_carry_the_model_s_own_logprobs() {
+    // The numeric agreement of the decode loop's values with teacher forcing is checked on
+    // the dense model (tests/models.rs): here quantized activations make any two paths differ
+    // by a few hundredths.
+    let lm = smollm2();
+    let prompt = [Prompt::Text(
+        "The harbor library opens at nine. Its oldest book is".into(),
+    )];
+    let params = SamplingParams {
+        max_tokens: 12,
+        repetition_penalty: 1.3,
+        ..Default::default()
+    };
+    let (c, _) = lm.generate_with_logprobs(&prompt, &params, 3).unwrap();
+    let (plain, _) = lm.generate(&prompt, &params).unwrap();
+    assert_eq!(
+        c[0].token_ids, plain[0].token_ids,
+        "asking for logprobs changed the text"
+    );
+    assert_eq!(plain[0].logprobs, None);
+    let lps = c[0].logprobs.as_ref().expect("asked for logprobs");
+    assert_eq!(lps.len(), c[0].token_ids.len());
+    for (t, &id) in lps.iter().zip(&c[0].token_ids) {
+        assert_eq!(t.token_id, id);
+        assert_eq!(t.top.len(), 3);
+        assert!(t.logprob < 0.0 && t.logprob <= t.top[0].logprob, "{t:?}");
+        assert!(
+            t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob),
+            "{t:?}"
+        );
+        if let Some(c) = t.top.iter().find(|c| c.token_id == id) {
+            assert_eq!(c.logprob, t.logprob);
+        }
+    }
+    // The penalty steers the choice but the values reported are the model's own: somewhere
+    // the penalised pick is not the model's most likely token.
+    assert!(
+        lps.iter().any(|t| t.top[0].token_id != t.token_id),
+        "the penalty never changed a pick: {lps:?}"
+    );
+    let e = lm
+        .generate_with_logprobs(&prompt, &params, 21)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 20"), "{e}");
+}

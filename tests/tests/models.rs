@@ -3,10 +3,12 @@
 
 use candle_core::{Device, Tensor};
 use flotilla_engine::convert::{gguf_to_hf, OutDType};
+use flotilla_engine::device::Precision;
 use flotilla_engine::models::llama::KvCache;
-use flotilla_engine::{LanguageModel, LoadOptions, Prompt, SamplingParams};
+use flotilla_engine::{LanguageModel, LoadOptions, Prompt, SamplingParams, TokenLogprob};
 use flotilla_tests::{smollm2, smollm2_path, temp_dir};
 use std::path::Path;
+use std::sync::OnceLock;
 
 const TEXT: &str = "The rhinoceros is a large mammal that lives in Africa and Asia. It has thick \
 grey skin and one or two horns on its nose. Rhinos eat grass and leaves, and they spend much \
@@ -31,6 +33,23 @@ fn top1_per_position(lm: &LanguageModel, ids: &[u32]) -> Vec<u32> {
 
 fn load(path: &Path) -> flotilla_engine::Result<LanguageModel> {
     LanguageModel::load(path.to_str().unwrap(), &LoadOptions::default())
+}
+
+/// SmolLM2 converted to a dense f32 Hugging Face directory, loaded in f32 and with
+/// `precision: bf16`; converted once per test binary, and the files removed once loaded.
+fn dense() -> &'static (LanguageModel, LanguageModel) {
+    static MODELS: OnceLock<(LanguageModel, LanguageModel)> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let dir = temp_dir("convert-dense");
+        gguf_to_hf(&smollm2_path(), dir.path(), OutDType::F32).unwrap();
+        let f32 = load(dir.path()).unwrap();
+        let opts = LoadOptions {
+            device: Device::Cpu,
+            precision: Precision::Bf16,
+        };
+        let bf16 = LanguageModel::load(dir.path().to_str().unwrap(), &opts).unwrap();
+        (f32, bf16)
+    })
 }
 
 #[test]
@@ -215,9 +234,7 @@ fn inspect_reports_the_demo_model() {
 /// device check, reproduced here on CPU with the converted dense model.
 #[test]
 fn a_dense_model_answers_padded_batched_prompts_as_one_by_one() {
-    let dir = temp_dir("convert-batch");
-    gguf_to_hf(&smollm2_path(), dir.path(), OutDType::F32).unwrap();
-    let hf = load(dir.path()).unwrap();
+    let hf = &dense().0;
     let prompts: Vec<Prompt> = [
         "Tokyo is the capital city of the country called",
         "Water boils at",
@@ -244,4 +261,118 @@ fn a_dense_model_answers_padded_batched_prompts_as_one_by_one() {
             b.token_ids
         );
     }
+}
+
+fn ids_of(t: &TokenLogprob) -> Vec<u32> {
+    t.top.iter().map(|c| c.token_id).collect()
+}
+
+/// Three paths to one token's log-probability: the decode loop (one row at a time from the
+/// KV cache), a teacher-forced pass over prompt and continuation, and the judge's continuation
+/// scorer. On the dense model (no quantized activations to round differently per path) they
+/// agree to float noise.
+#[test]
+fn a_dense_model_gives_the_same_logprobs_decoding_and_teacher_forced() {
+    let lm = &dense().0;
+    let prompt = Prompt::Text("The harbor library opens at nine. Its oldest book is".into());
+    let params = SamplingParams {
+        max_tokens: 12,
+        repetition_penalty: 1.3,
+        ..Default::default()
+    };
+    let (c, _) = lm
+        .generate_with_logprobs(std::slice::from_ref(&prompt), &params, 3)
+        .unwrap();
+    let lps = c[0].logprobs.as_ref().unwrap();
+    let mut ids = lm.prompt_ids(&prompt).unwrap();
+    let n_prompt = ids.len();
+    ids.extend_from_slice(&c[0].token_ids);
+    let forced = lm.prompt_logprobs(&ids, 3).unwrap();
+    assert_eq!(forced.len(), ids.len() - 1);
+    for (k, t) in lps.iter().enumerate() {
+        let f = &forced[n_prompt - 1 + k];
+        assert_eq!(f.token_id, t.token_id);
+        assert!(
+            (f.logprob - t.logprob).abs() < 1e-3,
+            "token {k}: decode {} vs teacher-forced {}",
+            t.logprob,
+            f.logprob
+        );
+        assert_eq!(ids_of(f), ids_of(t), "token {k}: the top 3 differ");
+    }
+    let sum: f64 = lps.iter().map(|t| t.logprob as f64).sum();
+    let scored = lm
+        .continuation_logprobs(&ids[..n_prompt], std::slice::from_ref(&c[0].token_ids))
+        .unwrap();
+    assert!((scored[0] - sum).abs() < 1e-2, "{} vs {sum}", scored[0]);
+
+    // A prompt longer than one scoring chunk (128 positions): the cache carries across
+    // chunks, so its first part scores as it does alone.
+    let text = "Tide tables list the high and low water for each day of the month.".repeat(16);
+    let ids = lm.prompt_ids(&Prompt::Text(text)).unwrap();
+    assert!(ids.len() > 200, "{} tokens", ids.len());
+    let all = lm.prompt_logprobs(&ids, 1).unwrap();
+    let head = lm.prompt_logprobs(&ids[..100], 1).unwrap();
+    for (k, (a, b)) in head.iter().zip(&all).enumerate() {
+        assert!(
+            (a.logprob - b.logprob).abs() < 1e-3,
+            "position {k}: {a:?} vs {b:?}"
+        );
+    }
+    // A repeated sentence is predictable: its late repeats are near certain.
+    let late = &all[all.len() - 20..];
+    assert!(late.iter().all(|t| t.logprob > -0.5), "{late:?}");
+    assert!(lm.prompt_logprobs(&[], 1).is_err());
+    let e = lm.prompt_logprobs(&ids, 21).unwrap_err().to_string();
+    assert!(e.contains("at most 20"), "{e}");
+    assert!(lm.prompt_logprobs(&ids[..1], 0).unwrap().is_empty());
+}
+
+/// bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per value): over 30 layers the
+/// log-probabilities move by a few hundredths, the size of the gap between two correct 8-bit
+/// activation kernels on the quantized model (0.06 mean, docs/GPU.md).
+const BF16_MEAN_TOL: f32 = 0.1;
+
+/// `precision: bf16` on a dense model: half the weight memory, and teacher-forced
+/// log-probabilities within bf16's rounding of the f32 ones. A GGUF model refuses it.
+#[test]
+fn bf16_precision_halves_a_dense_model_and_stays_close_to_f32() {
+    let (f32, bf16) = dense();
+    assert_eq!(f32.model.dtype, candle_core::DType::F32);
+    assert_eq!(bf16.model.dtype, candle_core::DType::BF16);
+    let ids = f32.tokenizer.encode(TEXT, true).unwrap();
+    let a = f32.prompt_logprobs(&ids, 1).unwrap();
+    let b = bf16.prompt_logprobs(&ids, 1).unwrap();
+    let diffs: Vec<f32> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x.logprob - y.logprob).abs())
+        .collect();
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    let same_top = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.top[0].token_id == y.top[0].token_id)
+        .count();
+    eprintln!(
+        "bf16 vs f32 over {} positions: mean |d logprob| {mean:.4}, max {:.4}, same top-1 {same_top}",
+        diffs.len(),
+        diffs.iter().copied().fold(0.0, f32::max)
+    );
+    assert!(mean > 0.0, "bf16 gave f32's values exactly: not bf16");
+    assert!(mean < BF16_MEAN_TOL, "mean |d logprob| {mean}");
+    assert!(
+        same_top * 10 >= diffs.len() * 9,
+        "same top-1 at {same_top} of {}",
+        diffs.len()
+    );
+
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        precision: Precision::Bf16,
+    };
+    let e = LanguageModel::load(smollm2_path().to_str().unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("GGUF") && e.contains("bf16"), "{e}");
 }

@@ -58,8 +58,10 @@ pub struct Footprint {
 impl Footprint {
     /// The footprint of the language model at `spec` on `device` (`None` for embedders and
     /// anything unreadable). GGUF weights stay quantized, so they take their file's size; a
-    /// Hugging Face folder's f16/bf16 weights are widened to f32 on the CPU. The KV cache is
-    /// f32: layers x 2 x kv heads x head size x 4 bytes per token.
+    /// Hugging Face folder's weights load in the `auto` precision's dtype
+    /// ([`flotilla_engine::device::precision_dtype`]: bf16 on a CUDA build for bf16 GPUs, f32
+    /// elsewhere), whatever their dtype on disk. The KV cache is f32: layers x 2 x kv heads x
+    /// head size x 4 bytes per token.
     pub fn of(spec: &str, path: &Path, device: &str) -> Option<Self> {
         let c = flotilla_engine::loader::model_config(&path.display().to_string()).ok()?;
         let weights_bytes = if path.is_file() {
@@ -73,11 +75,9 @@ impl Footprint {
                 .sum();
             let config = std::fs::read_to_string(path.join("config.json")).unwrap_or_default();
             let half = config.contains("bfloat16") || config.contains("float16");
-            if half && device == "cpu" {
-                on_disk * 2
-            } else {
-                on_disk
-            }
+            let elements = if half { on_disk / 2 } else { on_disk / 4 };
+            let bf16 = device.starts_with("cuda") && flotilla_engine::device::built_for_bf16_gpus();
+            elements * if bf16 { 2 } else { 4 }
         };
         Some(Self {
             spec: spec.to_string(),
@@ -397,6 +397,36 @@ mod tests {
             caps.model_footprints.iter().all(|f| f.spec != "minilm"),
             "embedders have none"
         );
+    }
+
+    #[test]
+    fn a_hugging_face_folder_counts_its_weights_in_the_dtype_it_loads_in() {
+        let dir = std::env::temp_dir().join(format!("flotilla-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = |dtype: &str| {
+            format!(
+                r#"{{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+                "vocab_size": 100, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
+                "torch_dtype": "{dtype}"}}"#
+            )
+        };
+        std::fs::write(dir.join("model.safetensors"), vec![0u8; 4000]).unwrap();
+        // auto precision: bf16 on CUDA only in a build for bf16 GPUs, f32 elsewhere.
+        let cuda_elem = if flotilla_engine::device::built_for_bf16_gpus() {
+            2
+        } else {
+            4
+        };
+        for (dtype, elements) in [("bfloat16", 2000), ("float32", 1000)] {
+            std::fs::write(dir.join("config.json"), config(dtype)).unwrap();
+            let cpu = Footprint::of("m", &dir, "cpu").expect("a footprint");
+            assert_eq!(cpu.weights_bytes, elements * 4, "{dtype} on cpu");
+            let gpu = Footprint::of("m", &dir, "cuda:0").expect("a footprint");
+            assert_eq!(gpu.weights_bytes, elements * cuda_elem, "{dtype} on cuda");
+            assert_eq!(cpu.kv_bytes_per_token, 2 * 2 * 2 * 16 * 4);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -182,7 +182,7 @@ pub fn run(mut a: Args, out: OutputFormat) -> Result<()> {
         tracing::info!(%address, "embedded coordinator");
 
         // The workers share one model cache: N workers on one machine load each model once.
-        let models = Arc::new(ModelCache::new(LoadOptions { device: device.clone() }, a.keep_models));
+        let models = Arc::new(ModelCache::new(LoadOptions::on(device.clone()), a.keep_models));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
         for i in 1..=a.workers {

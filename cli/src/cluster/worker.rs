@@ -136,7 +136,7 @@ pub fn run(a: Args, out: OutputFormat) -> Result<()> {
             slots: a.slots,
             device_name: a.device.clone(),
             device: device.clone(),
-            models: Arc::new(ModelCache::new(LoadOptions { device }, a.keep_models)),
+            models: Arc::new(ModelCache::new(LoadOptions::on(device), a.keep_models)),
             cache_budget_bytes: a.cache_budget_gb.map(|gb| (gb.max(0.0) * 1e9) as u64),
             cache_dir: work_dir.join("cache"),
             work_dir: work_dir.join("shards").join(&id),

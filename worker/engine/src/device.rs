@@ -5,7 +5,8 @@
 //! collapses throughput, so by default flotilla leaves one core free.
 
 use crate::error::{Error, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
+pub use flotilla_contract::train_config::Precision;
 
 /// Parse a `--device` value: `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
@@ -92,4 +93,28 @@ pub fn device_name(device: &Device) -> String {
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),
     }
+}
+
+/// The dtype of a model's dense (unquantized) weights and activations for `precision` on
+/// `device`: `auto` is bf16 on CUDA when this binary was built for compute capability 8.0 or
+/// later (Ampere on: bf16 arithmetic; `CUDA_COMPUTE_CAP` at build time, as
+/// scripts/build-cuda.sh sets it) and f32 elsewhere: older GPUs lack bf16 kernels, and on a
+/// CPU candle's bf16 matmuls are slower than its f32 ones, so there bf16 is asked for
+/// explicitly. Generation and training share this rule.
+pub fn precision_dtype(precision: Precision, device: &Device) -> DType {
+    match precision {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::Auto if device.is_cuda() && built_for_bf16_gpus() => DType::BF16,
+        Precision::Auto => DType::F32,
+    }
+}
+
+/// Whether the CUDA kernels were compiled for a compute capability with bf16 (>= 80): then
+/// `auto` precision is bf16 on CUDA.
+pub fn built_for_bf16_gpus() -> bool {
+    option_env!("CUDA_COMPUTE_CAP")
+        .map(|c| c.trim_end_matches(['a', 'f']))
+        .and_then(|c| c.parse::<u32>().ok())
+        .is_some_and(|c| c >= 80)
 }

@@ -5,6 +5,7 @@
 use crate::chat::ChatMessage;
 use crate::error::{Error, Result};
 use crate::loader::LanguageModel;
+use crate::logprobs::{check_top, token_logprob, TokenLogprob};
 use crate::models::llama::KvCache;
 use crate::sampling::{Sampler, SamplingParams};
 use candle_core::Tensor;
@@ -37,6 +38,9 @@ pub struct Completion {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
+    /// Per generated token, when asked for (`generate_with_logprobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// Every generation of this process added up (for a worker's metrics): tokens and seconds of
@@ -86,6 +90,7 @@ struct Sequence {
     sampler: Sampler,
     finish: Option<FinishReason>,
     text: String,
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl LanguageModel {
@@ -141,19 +146,36 @@ impl LanguageModel {
         self.generate_ids(&ids, params)
     }
 
+    /// [`generate`](Self::generate), and for every generated token its log-probability and
+    /// the `top` most likely tokens at that position ([`Completion::logprobs`]).
+    pub fn generate_with_logprobs(
+        &self,
+        prompts: &[Prompt],
+        params: &SamplingParams,
+        top: usize,
+    ) -> Result<(Vec<Completion>, GenerationStats)> {
+        check_top(top, "the number of alternatives")?;
+        let ids = prompts
+            .iter()
+            .map(|p| self.prompt_ids(p))
+            .collect::<Result<Vec<_>>>()?;
+        crate::device::in_engine_pool(|| self.generate_ids_in_pool(&ids, params, Some(top)))
+    }
+
     /// Generate from prompts already tokenized.
     pub fn generate_ids(
         &self,
         prompts: &[Vec<u32>],
         params: &SamplingParams,
     ) -> Result<(Vec<Completion>, GenerationStats)> {
-        crate::device::in_engine_pool(|| self.generate_ids_in_pool(prompts, params))
+        crate::device::in_engine_pool(|| self.generate_ids_in_pool(prompts, params, None))
     }
 
     fn generate_ids_in_pool(
         &self,
         prompts: &[Vec<u32>],
         params: &SamplingParams,
+        logprobs: Option<usize>,
     ) -> Result<(Vec<Completion>, GenerationStats)> {
         params.validate()?;
         if prompts.is_empty() {
@@ -190,6 +212,7 @@ impl LanguageModel {
                 sampler: Sampler::new(params, i),
                 finish: None,
                 text: String::new(),
+                logprobs: Vec::new(),
             })
             .collect();
         let mut cache = KvCache::new(self.model.config.num_layers, pads);
@@ -203,7 +226,7 @@ impl LanguageModel {
         let input = Tensor::from_vec(flat, (b, longest), &device)?;
         let logits = self.model.forward(&input, &mut cache, false)?;
         let mut active: Vec<usize> = (0..b).collect();
-        self.step(&logits, &mut seqs, &active, params, max_new)?;
+        self.step(&logits, &mut seqs, &active, params, max_new, logprobs)?;
         stats.prefill_seconds = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
@@ -223,7 +246,7 @@ impl LanguageModel {
             let input = Tensor::from_vec(last, (active.len(), 1), &device)?;
             let logits = self.model.forward(&input, &mut cache, false)?;
             stats.decode_tokens += active.len();
-            self.step(&logits, &mut seqs, &active, params, max_new)?;
+            self.step(&logits, &mut seqs, &active, params, max_new, logprobs)?;
         }
         stats.decode_seconds = t1.elapsed().as_secs_f64();
         stats.prefill_tokens_per_s = rate(stats.prefill_tokens, stats.prefill_seconds);
@@ -238,6 +261,7 @@ impl LanguageModel {
                 completion_tokens: s.generated.len(),
                 token_ids: s.generated,
                 finish_reason: s.finish.unwrap_or(FinishReason::Length),
+                logprobs: logprobs.map(|_| s.logprobs),
             })
             .collect();
         Ok((completions, stats))
@@ -312,12 +336,19 @@ impl LanguageModel {
         active: &[usize],
         params: &SamplingParams,
         max_new: usize,
+        logprobs: Option<usize>,
     ) -> Result<()> {
         let rows = logits.to_vec2::<f32>()?;
         for (row, &i) in rows.into_iter().zip(active) {
             let seq = &mut seqs[i];
+            // The sampler edits the row (repetition penalty): log-probabilities are of the
+            // model's own logits, so keep them.
+            let raw = logprobs.map(|_| row.clone());
             let mut row = row;
             let tok = seq.sampler.sample(&mut row, &seq.history);
+            if let (Some(top), Some(raw)) = (logprobs, raw) {
+                seq.logprobs.push(token_logprob(&raw, tok, top));
+            }
             seq.history.push(tok);
             seq.generated.push(tok);
             if !params.ignore_eos && self.tokenizer.eos_ids.contains(&tok) {

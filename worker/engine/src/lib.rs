@@ -10,7 +10,8 @@
 //! - [`models`] holds the inference forward passes (llama / qwen2), one file per family.
 //! - [`kernels`] is flotilla's own quantized matmul (Q4_0 / Q4_1 / Q8_0, SIMD chosen at run
 //!   time).
-//! - [`generate`] and [`sampling`] turn prompts into completions, batched.
+//! - [`generate`] and [`sampling`] turn prompts into completions, batched; [`logprobs`] gives
+//!   the log-probabilities of generated and prompt tokens.
 //! - [`embed`] computes sentence embeddings (BERT family).
 //! - [`convert`] writes a GGUF model out as a dequantized Hugging Face directory.
 //! - [`device`] parses `--device` and owns the engine's thread pool.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod generate;
 pub mod kernels;
 pub mod loader;
+pub mod logprobs;
 pub mod models;
 pub mod sampling;
 pub mod tokenizer;
@@ -36,4 +38,5 @@ pub use embed::EmbeddingModel;
 pub use error::{Error, Result};
 pub use generate::{Completion, FinishReason, GenerationStats, Prompt};
 pub use loader::{LanguageModel, LoadOptions, ModelInfo};
+pub use logprobs::{Candidate, TokenLogprob};
 pub use sampling::SamplingParams;

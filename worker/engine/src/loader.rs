@@ -6,6 +6,7 @@
 //! that says how to fetch it.
 
 use crate::chat::ChatTemplate;
+use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::models::config::{Architecture, ModelConfig};
 use crate::models::llama::{Block, Linear, Llama};
@@ -104,13 +105,25 @@ impl std::fmt::Debug for LanguageModel {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
+    /// The dtype of a Hugging Face directory's weights and activations
+    /// ([`crate::device::precision_dtype`]). A GGUF model keeps its quantized weights and
+    /// computes in f32 around them, so only `auto` and `f32` apply to it.
+    pub precision: Precision,
+}
+
+impl LoadOptions {
+    /// Load on `device` with `precision: auto`.
+    pub fn on(device: Device) -> Self {
+        Self {
+            device,
+            precision: Precision::Auto,
+        }
+    }
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            device: Device::Cpu,
-        }
+        Self::on(Device::Cpu)
     }
 }
 
@@ -167,6 +180,13 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     let config = ModelConfig::from_gguf(&content, path)?;
     let tokenizer = TextTokenizer::from_gguf(&content, path)?;
     let device = &opts.device;
+    if opts.precision == Precision::Bf16 {
+        return Err(Error::input(format!(
+            "precision bf16 applies to Hugging Face directories; {} is a GGUF model, which \
+             keeps its quantized weights and computes in f32 around them (use auto or f32)",
+            path.display()
+        )));
+    }
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for info in content.tensor_infos.values() {
         *dtypes.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
@@ -395,11 +415,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     let (tokenizer, template_src) = load_hf_tokenizer(dir)?;
     let files = safetensors_files(dir)?;
     let device = &opts.device;
-    let dtype = if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
+    let dtype = crate::device::precision_dtype(opts.precision, device);
     // Read headers first so a corrupt or truncated file is named before anything is mapped.
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     let mut parameters = 0u64;

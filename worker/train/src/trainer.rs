@@ -143,28 +143,11 @@ pub fn prepare_data(
     Ok((train, eval))
 }
 
-/// The dtype of the frozen weights and activations for `precision` on `device`: `auto` is
-/// bf16 on CUDA when this binary was built for compute capability 8.0 or later (Ampere on:
-/// bf16 arithmetic; `CUDA_COMPUTE_CAP` at build time, as scripts/build-cuda.sh sets it) and f32
-/// elsewhere (older GPUs; on CPU bf16 halves the weights' memory, but candle's CPU matmuls are
-/// slower in bf16 than in f32, so it is asked for explicitly). LoRA weights and optimizer
-/// state are f32 always.
+/// The dtype of the frozen weights and activations for `precision` on `device`: the engine's
+/// rule ([`flotilla_engine::device::precision_dtype`]: `auto` is bf16 on CUDA built for compute
+/// capability 8.0 or later, f32 elsewhere). LoRA weights and optimizer state are f32 always.
 pub fn training_dtype(precision: super::config::Precision, device: &Device) -> DType {
-    use super::config::Precision;
-    match precision {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-        Precision::Auto if device.is_cuda() && built_for_bf16_gpus() => DType::BF16,
-        Precision::Auto => DType::F32,
-    }
-}
-
-/// Whether the CUDA kernels were compiled for a compute capability with bf16 (>= 80).
-fn built_for_bf16_gpus() -> bool {
-    option_env!("CUDA_COMPUTE_CAP")
-        .map(|c| c.trim_end_matches(['a', 'f']))
-        .and_then(|c| c.parse::<u32>().ok())
-        .is_some_and(|c| c >= 80)
+    flotilla_engine::device::precision_dtype(precision, device)
 }
 
 impl Trainer {
