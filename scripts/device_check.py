@@ -514,8 +514,9 @@ class Check:
             json.dump(s, f, indent=2, ensure_ascii=False)
         os.replace(tmp, os.path.join(self.out, "device-check.json"))
 
-    def flotilla(self, args, timeout):
-        """Run the binary; returns stdout (parsed as JSON when `--output json` is among args)."""
+    def flotilla(self, args, timeout, env=None):
+        """Run the binary; returns stdout (parsed as JSON when `--output json` is among args).
+        `env`: variables to set for this run only."""
         left = self.deadline - time.time()
         if left < 5:
             raise Skip("out of time")
@@ -525,7 +526,8 @@ class Check:
         self.log.flush()
         t = time.time()
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env)
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                               env={**self.env, **(env or {})})
         except subprocess.TimeoutExpired as e:
             self.log.write((e.stderr or b"").decode(errors="replace")
                            if isinstance(e.stderr, bytes) else (e.stderr or ""))
@@ -545,6 +547,9 @@ class Check:
         t = time.time()
         self.say(f"{name} ...")
         try:
+            stop = self.a.stop_after
+            if stop and any(x["name"] == stop for x in self.summary["steps"]):
+                raise Skip(f"--stop-after {stop}")
             for dep in needs:
                 if not self.ok(dep):
                     raise Skip(f"needs {dep}")
@@ -594,6 +599,35 @@ BATCH = ["Tokyo is the capital of", "Water boils at", "The three primary colours
          "A haiku has"]
 TEXTS = ["The ferry leaves from pier three.", "Boats depart from the third pier.",
          "富士山は日本で一番高い山です。", "Cheese is aged in caves."]
+
+
+# Teacher-forced text for the log-probability comparison: ordinary prose, so the positions
+# are not the near-ties of a degenerate loop.
+PARAGRAPH = ("The harbor library opens at nine. Its oldest book is a ship's log from 1802, kept "
+             "by a captain who sailed between the islands and the mainland. Every morning the "
+             "librarian unlocks the reading room, checks the humidity, and sets out the day's "
+             "newspapers. Children come after school to read picture books, while fishermen "
+             "look up tide tables and old charts.")
+# Bounds of the log-probability comparison against the CPU's dense f32 model, in nats.
+# Dense f32 on the device differs from the CPU only in summation order.
+DENSE_F32_MAX = 0.01
+# The CPU's own 8-bit paths (flotilla's kernels, candle's) sit ~0.06 mean from the dense
+# reference on the slimmed model (docs/GPU.md): on the CPU each must stay within this.
+CPU_MEAN_MAX = 0.1
+# A device path may be this many times further from the reference than the same path on the
+# CPU in the same run (bf16), or than the further of the CPU's two quantized paths.
+DEVICE_VS_CPU_FACTOR = 2.0
+
+
+def compare_logprobs(got, ref):
+    """Position-by-position comparison of two `--prompt-logprobs 1` lists of one text."""
+    if len(got) != len(ref) or any(g["token_id"] != r["token_id"] for g, r in zip(got, ref)):
+        raise Failure("the two runs tokenized the text differently")
+    d = [abs(g["logprob"] - r["logprob"]) for g, r in zip(got, ref)]
+    same = sum(g["top_logprobs"][0]["token_id"] == r["top_logprobs"][0]["token_id"]
+               for g, r in zip(got, ref))
+    return {"positions": len(d), "mean_abs": round(sum(d) / len(d), 5),
+            "max_abs": round(max(d), 5), "same_top1": same}
 
 
 def common_prefix(a, b):
@@ -743,6 +777,42 @@ def cmd_run(a):
                 ref["decode_tokens_per_s"],
                 "_checks": {f"first {want} greedy tokens agree with cpu": n >= want}}
     c.step("greedy_agreement_with_cpu", agree_step, needs=["generate_quantized"])
+
+    def logprob_step():
+        # The reference: the language model dequantized to dense f32, teacher forced on the CPU.
+        dense = os.path.join(c.work, "dense-f32")
+        c.flotilla(["model", "convert", llm, dense, "--dtype", "f32"], a.step_timeout)
+
+        def score(device, model, precision="auto", env=None):
+            v = c.flotilla(["generate", "--model", model, "--device", device, "--precision",
+                            precision, "--prompt", PARAGRAPH, "--max-tokens", "1",
+                            "--prompt-logprobs", "1", "--output", "json"], a.step_timeout, env)
+            return v["prompt_logprobs"]
+        ref = score("cpu", dense, "f32")
+        rows = {"cpu_quantized": compare_logprobs(score("cpu", llm), ref),
+                "cpu_quantized_candle": compare_logprobs(
+                    score("cpu", llm, env={"FLOTILLA_KERNELS": "off"}), ref),
+                "cpu_dense_bf16": compare_logprobs(score("cpu", dense, "bf16"), ref)}
+        cpu_q = max(rows["cpu_quantized"]["mean_abs"], rows["cpu_quantized_candle"]["mean_abs"])
+        checks = {f"cpu quantized paths within {CPU_MEAN_MAX} nats (mean) of dense f32":
+                  cpu_q <= CPU_MEAN_MAX}
+        if cuda:
+            rows["device_dense_f32"] = compare_logprobs(score(dev, dense, "f32"), ref)
+            rows["device_dense_bf16"] = compare_logprobs(score(dev, dense, "bf16"), ref)
+            rows["device_quantized"] = compare_logprobs(score(dev, llm), ref)
+            f = DEVICE_VS_CPU_FACTOR
+            checks.update({
+                f"device dense f32 within {DENSE_F32_MAX} nats (max) of the cpu":
+                    rows["device_dense_f32"]["max_abs"] <= DENSE_F32_MAX,
+                f"device bf16 within {f}x the cpu bf16's distance (mean)":
+                    rows["device_dense_bf16"]["mean_abs"]
+                    <= f * rows["cpu_dense_bf16"]["mean_abs"],
+                f"device quantized within {f}x the cpu quantized paths' distance (mean)":
+                    rows["device_quantized"]["mean_abs"] <= f * cpu_q,
+            })
+        return {"reference": "the language model dequantized to dense f32, on the cpu, teacher forced",
+                **rows, "_checks": checks}
+    c.step("logprob_agreement", logprob_step, needs=["version"])
 
     def embed_step():
         def sims(device):
@@ -897,6 +967,8 @@ def main():
     r.add_argument("--repo", default=".")
     r.add_argument("--work", help="scratch folder (default: a new temp dir)")
     r.add_argument("--budget", type=float, default=420, help="seconds for all steps")
+    r.add_argument("--stop-after", metavar="STEP",
+                   help="skip every step after STEP (e.g. logprob_agreement)")
     r.add_argument("--step-timeout", type=float, default=90)
     r.add_argument("--train-timeout", type=float, default=180)
     r.add_argument("--eval-timeout", type=float, default=150)
