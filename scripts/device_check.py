@@ -810,8 +810,8 @@ def cmd_run(a):
                 f"device quantized within {f}x the cpu quantized paths' distance (mean)":
                     rows["device_quantized"]["mean_abs"] <= f * cpu_q,
             })
-        return {"reference": "the language model dequantized to dense f32, on the cpu, teacher forced",
-                **rows, "_checks": checks}
+        return {"reference": "the language model dequantized to dense f32, on the cpu, "
+                             "teacher forced", **rows, "_checks": checks}
     c.step("logprob_agreement", logprob_step, needs=["version"])
 
     def embed_step():

@@ -188,8 +188,8 @@ fn token_text(lm: &LanguageModel, id: u32) -> String {
     lm.tokenizer.decode(&[id], false).unwrap_or_default()
 }
 
-/// One position as JSON, in the shape of OpenAI's `logprobs.content` entries.
-fn logprob_json(lm: &LanguageModel, t: &TokenLogprob) -> serde_json::Value {
+/// One position as JSON, in the shape of OpenAI's `logprobs.content` entries (plus the ids).
+pub(crate) fn logprob_json(lm: &LanguageModel, t: &TokenLogprob) -> serde_json::Value {
     let top: Vec<serde_json::Value> = t
         .top
         .iter()

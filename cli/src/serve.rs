@@ -7,7 +7,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flotilla_engine::{device, ChatMessage, LanguageModel, LoadOptions, Prompt, SamplingParams};
+use flotilla_engine::{
+    device, logprobs, ChatMessage, LanguageModel, LoadOptions, Prompt, SamplingParams,
+};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -55,6 +57,12 @@ struct ChatRequest {
     seed: Option<u64>,
     #[serde(default)]
     stop: Option<serde_json::Value>,
+    /// Return each generated token's log-probability (OpenAI's `logprobs`).
+    #[serde(default)]
+    logprobs: Option<bool>,
+    /// With `logprobs`, the most likely tokens at each position, 0-20.
+    #[serde(default)]
+    top_logprobs: Option<usize>,
 }
 
 type ApiError = (StatusCode, Json<serde_json::Value>);
@@ -135,11 +143,30 @@ async fn chat(
         stop,
         ..Default::default()
     };
+    let top = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (false, Some(_)) => {
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                "`top_logprobs` needs `logprobs: true`",
+            ))
+        }
+        (false, None) => None,
+        (true, k) => {
+            let k = k.unwrap_or(0);
+            logprobs::check_top(k, "`top_logprobs`")
+                .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+            Some(k)
+        }
+    };
     let _guard = s.busy.lock().await;
     let state = s.clone();
     let messages = req.messages;
     let result = tokio::task::spawn_blocking(move || {
-        state.model.generate(&[Prompt::Chat(messages)], &params)
+        let prompt = [Prompt::Chat(messages)];
+        match top {
+            Some(k) => state.model.generate_with_logprobs(&prompt, &params, k),
+            None => state.model.generate(&prompt, &params),
+        }
     })
     .await
     .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
@@ -149,6 +176,14 @@ async fn chat(
         flotilla_engine::FinishReason::Length => "length",
         _ => "stop",
     };
+    // OpenAI's shape: {"content": [{token, logprob, top_logprobs: [...]}]}, null when not asked.
+    let logprobs_content = c.logprobs.as_ref().map(|lps| {
+        let content: Vec<serde_json::Value> = lps
+            .iter()
+            .map(|t| crate::generate::logprob_json(&s.model, t))
+            .collect();
+        serde_json::json!({ "content": content })
+    });
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -158,7 +193,8 @@ async fn chat(
         "object": "chat.completion",
         "created": created,
         "model": s.name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                     "logprobs": logprobs_content, "finish_reason": finish}],
         "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                   "total_tokens": c.prompt_tokens + c.completion_tokens},
     })))

@@ -115,8 +115,15 @@ fn the_device_check_passes_on_the_cpu_and_catches_a_device_in_the_wrong_precisio
         Some(&fake),
     );
     let s = summary(&out);
-    assert!(!run.status.success(), "the wrong-precision device passed: {s:#}");
-    assert_eq!(step(&s, "greedy_agreement_with_cpu")["status"], "ok", "{s:#}");
+    assert!(
+        !run.status.success(),
+        "the wrong-precision device passed: {s:#}"
+    );
+    assert_eq!(
+        step(&s, "greedy_agreement_with_cpu")["status"],
+        "ok",
+        "{s:#}"
+    );
     let lp = step(&s, "logprob_agreement");
     assert_eq!(lp["status"], "failed", "{lp:#}");
     let checks = lp["checks"].as_object().expect("checks");

@@ -139,6 +139,45 @@ fn serve_answers_chat_completions_and_judges_for_eval() {
         "{v}"
     );
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+    // Log-probabilities as OpenAI returns them: one entry per generated token.
+    let with = req.replace(
+        "\"max_tokens\": 16",
+        "\"max_tokens\": 16, \"logprobs\": true, \"top_logprobs\": 2",
+    );
+    let (status, body) = post(&server.base, "/chat/completions", &with, Some("s3cret"));
+    assert_eq!(status, 200, "{body}");
+    let w: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(
+        w["choices"][0]["message"], v["choices"][0]["message"],
+        "same greedy answer"
+    );
+    let content = w["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("content");
+    assert_eq!(
+        content.len() as u64,
+        w["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    for t in content {
+        assert!(
+            t["token"].is_string() && t["logprob"].as_f64().unwrap() <= 0.0,
+            "{t}"
+        );
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2, "{t}");
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(top[0]["token_id"], t["token_id"], "{t}");
+    }
+    for (bad, why) in [
+        ("\"top_logprobs\": 2", "needs `logprobs: true`"),
+        ("\"logprobs\": true, \"top_logprobs\": 21", "at most 20"),
+    ] {
+        let r = req.replace("\"max_tokens\": 16", &format!("\"max_tokens\": 16, {bad}"));
+        let (status, body) = post(&server.base, "/chat/completions", &r, Some("s3cret"));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains(why), "{bad}: {body}");
+    }
     let (status, _) = post(
         &server.base,
         "/chat/completions",
