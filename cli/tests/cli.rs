@@ -24,6 +24,38 @@ fn generate_prints_the_documented_json_fields() {
     assert_eq!(v["completion_tokens"], 8);
     assert!(v["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        v.get("logprobs").is_none() && v.get("prompt_logprobs").is_none(),
+        "{v}"
+    );
+
+    let v = json(&flotilla(&[
+        "generate",
+        "--model",
+        "smollm2",
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "4",
+        "--logprobs",
+        "2",
+        "--prompt-logprobs",
+        "1",
+        "--output",
+        "json",
+    ]));
+    let lps = v["logprobs"].as_array().expect("logprobs");
+    assert_eq!(lps.len(), 4);
+    assert!(lps[0]["token"].as_str().unwrap().contains("Paris"), "{v}");
+    assert_eq!(lps[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    // The prompt's 5 tokens: 4 positions, from the second token; each names its token.
+    let p = v["prompt_logprobs"].as_array().expect("prompt_logprobs");
+    assert_eq!(p.len(), 4);
+    assert_eq!(p[3]["token"], " is", "{v}");
+    assert!(
+        p.iter().all(|t| t["logprob"].as_f64().unwrap() < 0.0),
+        "{v}"
+    );
 }
 
 #[test]
@@ -85,6 +117,26 @@ fn bad_flags_and_files_fail_with_one_clear_line() {
     let out = flotilla(&["generate", "--model", "smollm2", "--prompt", ""]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("empty"), "{err}");
+
+    for (args, want) in [
+        (&["--logprobs", "21"][..], "--logprobs is 21"),
+        (&["--prompt-logprobs", "99"][..], "--prompt-logprobs is 99"),
+        (&["--precision", "fp8"][..], "`fp8` is not a precision"),
+        (
+            &["--precision", "bf16"][..],
+            "precision bf16 applies to Hugging Face",
+        ),
+    ] {
+        let mut all = vec!["generate", "--model", "smollm2", "--prompt", "hi"];
+        all.extend_from_slice(args);
+        let out = flotilla(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 #[test]
