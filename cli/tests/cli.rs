@@ -4,20 +4,26 @@ mod common;
 
 use common::{flotilla, ok_json as json};
 
-#[test]
-fn generate_prints_the_documented_json_fields() {
-    let out = flotilla(&[
+/// `flotilla generate` on SmolLM2 with "The capital of France is", as JSON.
+fn generate_json(max_tokens: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "generate",
         "--model",
         "smollm2",
         "--prompt",
         "The capital of France is",
         "--max-tokens",
-        "8",
+        max_tokens,
         "--output",
         "json",
-    ]);
-    let v = json(&out);
+    ];
+    args.extend_from_slice(extra);
+    json(&flotilla(&args))
+}
+
+#[test]
+fn generate_prints_the_documented_json_fields() {
+    let v = generate_json("8", &[]);
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
     assert_eq!(v["token_ids"].as_array().unwrap().len(), 8);
     assert_eq!(v["prompt_tokens"], 5);
@@ -29,21 +35,7 @@ fn generate_prints_the_documented_json_fields() {
         "{v}"
     );
 
-    let v = json(&flotilla(&[
-        "generate",
-        "--model",
-        "smollm2",
-        "--prompt",
-        "The capital of France is",
-        "--max-tokens",
-        "4",
-        "--logprobs",
-        "2",
-        "--prompt-logprobs",
-        "1",
-        "--output",
-        "json",
-    ]));
+    let v = generate_json("4", &["--logprobs", "2", "--prompt-logprobs", "1"]);
     let lps = v["logprobs"].as_array().expect("logprobs");
     assert_eq!(lps.len(), 4);
     assert!(lps[0]["token"].as_str().unwrap().contains("Paris"), "{v}");
