@@ -54,13 +54,17 @@ pub fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
             .get(id as usize)
             .map_or(f32::NEG_INFINITY, |&l| (l as f64 - lse) as f32)
     };
-    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     let order = |a: &u32, b: &u32| {
         logits[*b as usize]
             .total_cmp(&logits[*a as usize])
             .then(a.cmp(b))
     };
-    let k = top.min(ids.len());
+    let k = top.min(logits.len());
+    let mut ids: Vec<u32> = if k == 0 {
+        Vec::new()
+    } else {
+        (0..logits.len() as u32).collect()
+    };
     if k > 0 && k < ids.len() {
         ids.select_nth_unstable_by(k - 1, order);
     }
