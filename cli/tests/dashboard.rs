@@ -175,6 +175,21 @@ fn the_dashboard_and_the_reports_render_in_chromium() {
     assert_eq!(code, 200, "{body}");
     let state: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(state["workers"][0]["id"], "w1", "{state:#}");
+    // The worker's asks carry the prefill speed its engine measured (the scheduler gives
+    // document-length prompts to the fastest); its next ask after the sweep has one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let prefill = loop {
+        let (_, body) = http(port, "GET", "/api/state", &[]);
+        let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let v = state["workers"][0]["prefill_tokens_per_s"]
+            .as_f64()
+            .unwrap_or(0.0);
+        if v > 0.0 || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(prefill > 10.0, "measured prefill speed {prefill}");
     assert_eq!(state["sweeps"][0]["id"], id.as_str());
     assert_eq!(state["sweeps"][0]["state"], "succeeded");
     let (code, body) = http(port, "GET", &format!("/api/sweeps/{id}/report"), &[]);

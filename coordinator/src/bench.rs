@@ -129,6 +129,7 @@ async fn worker(
                 memory_free_bytes: 0,
                 paused: String::new(),
                 models_held: Vec::new(),
+                prefill_tokens_per_s: 0.0,
             }));
         }
     };
@@ -177,7 +178,7 @@ async fn worker(
             _ = heartbeat.tick() => {
                 // Idle workers re-ask: that is their heartbeat.
                 if outstanding < slots {
-                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new(), memory_free_bytes: 0, paused: String::new(), models_held: Vec::new() }));
+                    send(In::Ask(pb::WorkRequest { free_slots: slots - outstanding, models_loaded: Vec::new(), memory_free_bytes: 0, paused: String::new(), models_held: Vec::new(), prefill_tokens_per_s: 0.0 }));
                 }
             }
         }

@@ -124,6 +124,7 @@ fn worker_json(w: &pb::WorkerInfo) -> Value {
         "running": w.running, "current_shards": w.running_shards,
         "models_loaded": c.models_loaded, "connected": w.connected, "paused": w.paused,
         "shards_completed": w.shards_completed, "units_per_second": w.units_per_second,
+        "prefill_tokens_per_s": w.prefill_tokens_per_s,
         "last_seen_unix_ms": w.last_seen_unix_ms, "version": c.version,
     })
 }

@@ -389,6 +389,7 @@ impl Agent {
             models_loaded: self.config.models.loaded(),
             models_held: self.cache.models_held(),
             memory_free_bytes: crate::capabilities::free_memory_bytes(&self.config.device_name),
+            prefill_tokens_per_s: measured_prefill_speed(),
             paused: self
                 .paused
                 .as_ref()
@@ -576,5 +577,16 @@ fn refused_or_dropped(status: tonic::Status) -> Result<SessionEnd> {
             tracing::warn!(error = %status.message(), code = ?status.code(), "Work stream failed");
             Ok(SessionEnd::Dropped(false))
         }
+    }
+}
+
+/// The prefill speed this process's engine has measured so far (tokens per second over every
+/// generation), or 0 before the first prefill.
+fn measured_prefill_speed() -> f64 {
+    let (tokens, seconds, _, _) = flotilla_engine::generate::totals::snapshot();
+    if tokens > 0 && seconds > 0.0 {
+        tokens as f64 / seconds
+    } else {
+        0.0
     }
 }

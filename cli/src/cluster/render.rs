@@ -144,6 +144,7 @@ pub fn workers_json(workers: &[pb::WorkerInfo]) -> Value {
                     "running_shards": w.running_shards,
                     "shards_completed": w.shards_completed,
                     "units_per_second": w.units_per_second,
+                    "prefill_tokens_per_s": w.prefill_tokens_per_s,
                     "last_seen_unix_ms": w.last_seen_unix_ms,
                     "paused": w.paused,
                     "capabilities": {
@@ -171,7 +172,7 @@ pub fn workers_text(workers: &[pb::WorkerInfo]) -> String {
         return "no workers\n".into();
     }
     let mut out = format!(
-        "{:<24} {:<16} {:<8} {:<22} {:>9} {:>9} {:>5} {:>7} {:>6} {:>8}  {}\n",
+        "{:<24} {:<16} {:<8} {:<22} {:>9} {:>9} {:>5} {:>7} {:>6} {:>8} {:>9}  {}\n",
         "WORKER",
         "HOST",
         "DEVICE",
@@ -182,6 +183,7 @@ pub fn workers_text(workers: &[pb::WorkerInfo]) -> String {
         "RUNNING",
         "DONE",
         "UNITS/S",
+        "PREFILL/S",
         "LOADED"
     );
     for w in workers {
@@ -202,7 +204,7 @@ pub fn workers_text(workers: &[pb::WorkerInfo]) -> String {
             gib(c.memory_free_bytes)
         };
         out.push_str(&format!(
-            "{:<24} {:<16} {:<8} {:<22} {:>9} {:>9} {:>5} {:>7} {:>6} {:>8.2}  {}{}\n",
+            "{:<24} {:<16} {:<8} {:<22} {:>9} {:>9} {:>5} {:>7} {:>6} {:>8.2} {:>9.0}  {}{}\n",
             w.worker_id,
             c.hostname,
             c.device,
@@ -213,6 +215,7 @@ pub fn workers_text(workers: &[pb::WorkerInfo]) -> String {
             w.running,
             w.shards_completed,
             w.units_per_second,
+            w.prefill_tokens_per_s,
             if c.models_loaded.is_empty() {
                 "-".to_string()
             } else {

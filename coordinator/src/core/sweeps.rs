@@ -264,6 +264,7 @@ impl Core {
                 running: w.running.len() as u32,
                 shards_completed: w.completed,
                 units_per_second: w.units_per_second.unwrap_or(0.0),
+                prefill_tokens_per_s: w.prefill_tokens_per_s.unwrap_or(0.0),
                 last_seen_unix_ms: w.last_seen_unix_ms,
                 paused: w.paused.clone(),
                 running_shards: {

@@ -79,6 +79,7 @@ impl Core {
             memory_free_bytes,
             paused,
             models_held,
+            prefill_tokens_per_s,
         } = ask;
         {
             let mut s = lock(&self.sched);
@@ -93,6 +94,9 @@ impl Core {
             }
             w.models_held = models_held;
             w.paused = paused;
+            if prefill_tokens_per_s > 0.0 && prefill_tokens_per_s.is_finite() {
+                w.prefill_tokens_per_s = Some(prefill_tokens_per_s);
+            }
             if memory_free_bytes > 0 {
                 w.memory_free_bytes = memory_free_bytes;
                 w.capabilities.memory_free_bytes = memory_free_bytes;

@@ -188,6 +188,8 @@ pub struct WorkerMem {
     pub completed: u64,
     /// Exponentially weighted units per second over its results; None until one arrives.
     pub units_per_second: Option<f64>,
+    /// Prefill speed its engine measured (tokens/s), by its last ask; None until it has one.
+    pub prefill_tokens_per_s: Option<f64>,
     pub last_seen: Instant,
     pub last_seen_unix_ms: i64,
     /// Free slots announced by its last ask and not filled yet.
@@ -213,6 +215,7 @@ impl WorkerMem {
             running: HashSet::new(),
             completed: 0,
             units_per_second: None,
+            prefill_tokens_per_s: None,
             last_seen: Instant::now(),
             last_seen_unix_ms: crate::store::now_ms(),
             waiting: 0,
@@ -373,6 +376,21 @@ impl Scheduler {
             .count()
     }
 
+    /// Whether another connected worker with a free slot should take document-length prompts
+    /// before `worker`: it prefills at least twice as fast, by both workers' measured prefill
+    /// speeds; while either has not measured one, when it is a GPU worker and `worker` is not.
+    fn prefills_faster_idle(&self, worker: &WorkerMem) -> bool {
+        self.workers.values().any(|w| {
+            w.connected
+                && w.id != worker.id
+                && (w.running.len() as u32) < w.slots()
+                && match (w.prefill_tokens_per_s, worker.prefill_tokens_per_s) {
+                    (Some(theirs), Some(mine)) => theirs >= 2.0 * mine,
+                    _ => memory::is_gpu(w) && !memory::is_gpu(worker),
+                }
+        })
+    }
+
     /// Up to `n` shards for `worker_id`: `(shard, attempt, job)`. The shards are marked
     /// running under their new attempt numbers.
     pub fn pick(
@@ -391,12 +409,7 @@ impl Scheduler {
         let loaded: HashSet<&str> = worker.models_loaded.iter().map(String::as_str).collect();
         let held: HashSet<&str> = worker.models_held.iter().map(String::as_str).collect();
         let faster = self.faster_idle(worker);
-        // A GPU worker with a free slot takes document-length prompts before a CPU worker.
-        let gpu_free = !memory::is_gpu(worker)
-            && self
-                .workers
-                .values()
-                .any(|w| w.connected && memory::is_gpu(w) && (w.running.len() as u32) < w.slots());
+        let documents_elsewhere = self.prefills_faster_idle(worker);
         let mut budget = worker.memory_free_bytes;
         let mut picked_models: HashSet<String> = HashSet::new();
         // Candidate jobs in sweep and DAG order; those with the model loaded first, then
@@ -423,7 +436,7 @@ impl Scheduler {
                 if faster > 0 && job.head.kind != JobKind::TrainRound && job.ready.len() <= faster {
                     continue;
                 }
-                if gpu_free && job.prompt_tokens >= memory::DOCUMENT_TOKENS {
+                if documents_elsewhere && job.prompt_tokens >= memory::DOCUMENT_TOKENS {
                     continue;
                 }
                 let model = job.head.model.as_str();

@@ -347,6 +347,37 @@ fn long_prompts_wait_for_a_free_gpu_worker_and_short_ones_do_not() {
 }
 
 #[test]
+fn measured_prefill_speeds_decide_who_takes_long_prompts() {
+    let mut s = Scheduler::new();
+    sweep(&mut s, "sw", (0, 0));
+    sized_worker(&mut s, "cpu", "cpu", 64_000_000_000, "m.gguf");
+    sized_worker(&mut s, "gpu", "cuda:0", 16_000_000_000, "m.gguf");
+    let mut ch = Vec::new();
+    // An old GPU that prefills at a quarter of a big CPU box's speed: the GPU leaves the
+    // document to the CPU, which is not held back.
+    s.workers.get_mut("cpu").unwrap().prefill_tokens_per_s = Some(800.0);
+    s.workers.get_mut("gpu").unwrap().prefill_tokens_per_s = Some(200.0);
+    s.add_job("sw", job_with_prompts("doc", "m.gguf", 6_000));
+    s.add_job("sw", job_with_prompts("rag", "m.gguf", 900));
+    assert_eq!(s.pick("gpu", 1, &mut ch)[0].0, "rag.s0");
+    assert_eq!(s.pick("cpu", 1, &mut ch)[0].0, "doc.s0");
+    // Within 2x of each other nobody waits: the CPU (GPU busy or not) takes a document.
+    for w in ["cpu", "gpu"] {
+        s.workers.get_mut(w).unwrap().running.clear();
+    }
+    s.workers.get_mut("gpu").unwrap().prefill_tokens_per_s = Some(1_500.0);
+    s.add_job("sw", job_with_prompts("doc2", "m.gguf", 6_000));
+    assert_eq!(s.pick("cpu", 1, &mut ch)[0].0, "doc2.s0");
+    // A GPU measured 10x faster gets documents first again; short prompts still go anywhere.
+    s.workers.get_mut("cpu").unwrap().running.clear();
+    s.workers.get_mut("gpu").unwrap().prefill_tokens_per_s = Some(8_000.0);
+    s.add_job("sw", job_with_prompts("doc3", "m.gguf", 6_000));
+    s.add_job("sw", job_with_prompts("rag3", "m.gguf", 900));
+    assert_eq!(s.pick("cpu", 1, &mut ch)[0].0, "rag3.s0");
+    assert_eq!(s.pick("gpu", 1, &mut ch)[0].0, "doc3.s0");
+}
+
+#[test]
 fn a_judge_job_reads_its_generate_jobs_prompt_length() {
     let mut s = Scheduler::new();
     sweep(&mut s, "sw", (0, 0));

@@ -91,6 +91,7 @@ impl TestWorker {
             memory_free_bytes: 0,
             paused: String::new(),
             models_held: Vec::new(),
+            prefill_tokens_per_s: 0.0,
         }));
     }
 
