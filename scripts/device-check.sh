@@ -2,7 +2,8 @@
 # The device check: one prepared run on a GPU machine that has the NVIDIA driver and CUDA 13
 # (toolkit or PyTorch cu130's nvidia-* wheels) but no Rust and no network. It runs the
 # prebuilt binary from scripts/build-cuda.sh on slimmed copies of the demo models and writes
-# a JSON summary; see scripts/device_check.py for the steps and the slimming.
+# a JSON summary; see scripts/device_check.py for the steps and scripts/device_slim.py for the
+# slimming.
 #
 # Here (where the binary is built):
 #   scripts/build-cuda.sh
