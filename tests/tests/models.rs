@@ -35,28 +35,39 @@ fn load(path: &Path) -> flotilla_engine::Result<LanguageModel> {
     LanguageModel::load(path.to_str().unwrap(), &LoadOptions::default())
 }
 
-/// SmolLM2 converted to a dense f32 Hugging Face directory, loaded in f32 and with
-/// `precision: bf16`; converted once per test binary, and the files removed once loaded.
-fn dense() -> &'static (LanguageModel, LanguageModel) {
-    static MODELS: OnceLock<(LanguageModel, LanguageModel)> = OnceLock::new();
+/// SmolLM2 converted to a dense f32 Hugging Face directory: the names of the files the
+/// conversion wrote, and the model loaded in f32 and with `precision: bf16`. Converted once per
+/// test binary; the files are removed once loaded.
+struct Dense {
+    files: Vec<String>,
+    f32: LanguageModel,
+    bf16: LanguageModel,
+}
+
+fn dense() -> &'static Dense {
+    static MODELS: OnceLock<Dense> = OnceLock::new();
     MODELS.get_or_init(|| {
         let dir = temp_dir("convert-dense");
-        gguf_to_hf(&smollm2_path(), dir.path(), OutDType::F32).unwrap();
+        let written = gguf_to_hf(&smollm2_path(), dir.path(), OutDType::F32).unwrap();
+        let files = written
+            .iter()
+            .filter(|f| f.parent() == Some(dir.path()))
+            .filter_map(|f| f.file_name()?.to_str().map(str::to_string))
+            .collect();
         let f32 = load(dir.path()).unwrap();
         let opts = LoadOptions {
             device: Device::Cpu,
             precision: Precision::Bf16,
         };
         let bf16 = LanguageModel::load(dir.path().to_str().unwrap(), &opts).unwrap();
-        (f32, bf16)
+        Dense { files, f32, bf16 }
     })
 }
 
 #[test]
 fn converted_hf_directory_agrees_with_the_gguf() {
     let gguf = smollm2();
-    let dir = temp_dir("convert");
-    let files = gguf_to_hf(&smollm2_path(), dir.path(), OutDType::F32).unwrap();
+    let Dense { files, f32: hf, .. } = dense();
     for name in [
         "config.json",
         "model.safetensors",
@@ -64,9 +75,8 @@ fn converted_hf_directory_agrees_with_the_gguf() {
         "tokenizer_config.json",
         "generation_config.json",
     ] {
-        assert!(files.contains(&dir.path().join(name)), "{name} not written");
+        assert!(files.iter().any(|f| f == name), "{name} not written");
     }
-    let hf = load(dir.path()).unwrap();
     assert_eq!(hf.info.format, "safetensors");
     assert_eq!(hf.info.architecture, "llama");
     assert_eq!(hf.model.config.num_layers, gguf.model.config.num_layers);
@@ -86,7 +96,7 @@ fn converted_hf_directory_agrees_with_the_gguf() {
 
     // Dequantized weights, rotate-half RoPE: the top-1 next token agrees almost everywhere.
     let a = top1_per_position(gguf, &ids);
-    let b = top1_per_position(&hf, &ids);
+    let b = top1_per_position(hf, &ids);
     let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count();
     let share = agree as f64 / a.len() as f64;
     assert!(
@@ -234,7 +244,7 @@ fn inspect_reports_the_demo_model() {
 /// device check, reproduced here on CPU with the converted dense model.
 #[test]
 fn a_dense_model_answers_padded_batched_prompts_as_one_by_one() {
-    let hf = &dense().0;
+    let hf = &dense().f32;
     let prompts: Vec<Prompt> = [
         "Tokyo is the capital city of the country called",
         "Water boils at",
@@ -273,7 +283,7 @@ fn ids_of(t: &TokenLogprob) -> Vec<u32> {
 /// agree to float noise.
 #[test]
 fn a_dense_model_gives_the_same_logprobs_decoding_and_teacher_forced() {
-    let lm = &dense().0;
+    let lm = &dense().f32;
     let prompt = Prompt::Text("The harbor library opens at nine. Its oldest book is".into());
     let params = SamplingParams {
         max_tokens: 12,
@@ -337,7 +347,7 @@ const BF16_MEAN_TOL: f32 = 0.1;
 /// log-probabilities within bf16's rounding of the f32 ones. A GGUF model refuses it.
 #[test]
 fn bf16_precision_halves_a_dense_model_and_stays_close_to_f32() {
-    let (f32, bf16) = dense();
+    let Dense { f32, bf16, .. } = dense();
     assert_eq!(f32.model.dtype, candle_core::DType::F32);
     assert_eq!(bf16.model.dtype, candle_core::DType::BF16);
     let ids = f32.tokenizer.encode(TEXT, true).unwrap();
