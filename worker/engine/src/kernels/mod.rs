@@ -1,4 +1,6 @@
-//! flotilla's own quantized matmul for the hot GGUF formats (Q4_0, Q4_1, Q8_0) on CPU.
+//! flotilla's own quantized matmul on CPU for the GGUF formats people download: Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, and the K-quants Q4_K, Q5_K, Q6_K (`kquant.rs`). Other formats (Q2_K,
+//! Q3_K, IQ*) stay on candle's `QMatMul`.
 //!
 //! The weights keep their ggml quantization (4 or 8 bits per value, one scale per 32-block)
 //! in a layout repacked for SIMD: per block, quants in one array and f32 scales (and mins) in
@@ -14,11 +16,17 @@
 //! and of activation rows; each weight block loaded is reused for a tile of up to four
 //! activation rows, which is what makes prefill and batched decoding fast.
 
+mod kquant;
+#[cfg(target_arch = "x86_64")]
+mod kquant_x86;
 mod scalar;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use kquant::KFormat;
+use kquant::{KActs, KTile, QK_K};
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -39,8 +47,13 @@ const ROW_GROUP: usize = 16;
 pub enum QFormat {
     /// 4-bit unsigned quants, value = q * d + m (Q4_1, and Q4_0 with m = -8 d).
     Q4,
-    /// 8-bit signed quants, value = q * d (Q8_0).
+    /// 8-bit signed quants, value = q * d (Q8_0, and Q5_0 unpacked to q - 16).
     Q8,
+    /// 8-bit unsigned quants with a min, value = q * d + m (Q5_1 unpacked): Q4's arithmetic
+    /// on whole bytes.
+    U8,
+    /// K-quant super-blocks of 256, kept as stored in the GGUF.
+    K(KFormat),
 }
 
 /// The instruction set a kernel runs with.
@@ -101,12 +114,13 @@ pub struct QuantMatrix {
     k: usize,
     /// Blocks per row (k / 32).
     nb: usize,
-    /// Q4: 16 bytes per block (low nibbles = elements 0..16, high = 16..32); Q8: 32 i8.
+    /// Q4: 16 bytes per block (low nibbles = elements 0..16, high = 16..32); Q8: 32 i8; U8:
+    /// 32 u8; K: the GGUF's super-blocks (no `d` or `m` beside them).
     qs: Vec<u8>,
     /// Scale per block (f16 bits, as in the GGUF: the weights stream from memory in decode,
     /// so every byte counts), n_out * nb.
     d: Vec<u16>,
-    /// Q4 only: min per block (f16 bits), n_out * nb.
+    /// Q4 and U8: min per block (f16 bits), n_out * nb.
     m: Vec<u16>,
 }
 
@@ -133,7 +147,17 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
 impl QuantMatrix {
     /// Whether this module has a kernel for `dtype`.
     pub fn supports(dtype: GgmlDType) -> bool {
-        matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0)
+        matches!(
+            dtype,
+            GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q5_0
+                | GgmlDType::Q5_1
+                | GgmlDType::Q8_0
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K
+        )
     }
 
     /// Repack a 2-D GGUF tensor (n_out, k); `None` for other dtypes or shapes, so the caller
@@ -160,6 +184,41 @@ impl QuantMatrix {
         }
         let nb = k / QK;
         let blocks = n_out * nb;
+        if let Some(kf) = KFormat::from_dtype(dtype) {
+            if !k.is_multiple_of(QK_K) || data.len() != n_out * (k / QK_K) * kf.block_bytes() {
+                return None;
+            }
+            let (d, m) = (Vec::new(), Vec::new());
+            let (format, source, qs) = (QFormat::K(kf), dtype, data.to_vec());
+            return Some(Self {
+                format,
+                source,
+                n_out,
+                k,
+                nb,
+                qs,
+                d,
+                m,
+            });
+        }
+        if let Some((qs, d, m)) = kquant::unpack_q5(dtype, blocks, data) {
+            let format = if dtype == GgmlDType::Q5_1 {
+                QFormat::U8
+            } else {
+                QFormat::Q8
+            };
+            let source = dtype;
+            return Some(Self {
+                format,
+                source,
+                n_out,
+                k,
+                nb,
+                qs,
+                d,
+                m,
+            });
+        }
         let block_bytes = match dtype {
             GgmlDType::Q4_0 => 18,
             GgmlDType::Q4_1 => 20,
@@ -227,6 +286,11 @@ impl QuantMatrix {
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.n_out * self.k];
         out.par_chunks_mut(self.k).enumerate().for_each(|(r, row)| {
+            if let QFormat::K(kf) = self.format {
+                let bytes = self.k / QK_K * kf.block_bytes();
+                kquant::dequantize_row(kf, &self.qs[r * bytes..(r + 1) * bytes], row);
+                return;
+            }
             for b in 0..self.nb {
                 let i = r * self.nb + b;
                 let d = f16_to_f32(self.d[i]);
@@ -246,6 +310,14 @@ impl QuantMatrix {
                             dst[j] = q[j] as i8 as f32 * d;
                         }
                     }
+                    QFormat::U8 => {
+                        let m = f16_to_f32(self.m[i]);
+                        let q = &self.qs[i * QK..(i + 1) * QK];
+                        for j in 0..QK {
+                            dst[j] = q[j] as f32 * d + m;
+                        }
+                    }
+                    QFormat::K(_) => unreachable!("K formats return above"),
                 }
             }
         });
@@ -265,14 +337,22 @@ impl QuantMatrix {
     ///
     /// Returns the instruction set that ran: `isa`, or scalar code where this CPU lacks it.
     pub fn matmul_with(&self, isa: Isa, x: &[f32], out: &mut [f32]) -> Isa {
-        let isa = if isa.supported() { isa } else { Isa::Scalar };
+        let isa = match (isa.supported(), isa, self.format) {
+            (false, _, _) => Isa::Scalar,
+            // K-quants have AVX2 kernels only (AVX-512 machines run them).
+            (true, Isa::Avx512Vnni, QFormat::K(_)) => Isa::Avx2,
+            (true, isa, _) => isa,
+        };
         assert_eq!(x.len() % self.k, 0, "input length is not a multiple of k");
         let m = x.len() / self.k;
         assert_eq!(out.len(), m * self.n_out, "output length is not m * n_out");
         if m == 0 || self.n_out == 0 {
             return isa;
         }
-        let acts = QActs::quantize(isa, x, m, self.k);
+        let acts = match self.format {
+            QFormat::K(_) => Acts::K(KActs::quantize(x, m, self.k)),
+            _ => Acts::Blocks(QActs::quantize(isa, x, m, self.k)),
+        };
         let work = m * self.n_out * self.nb;
         let threads = rayon::current_num_threads();
         let out_ptr = OutPtr(out.as_mut_ptr());
@@ -298,11 +378,16 @@ impl QuantMatrix {
     fn run_task(
         &self,
         isa: Isa,
-        acts: &QActs,
+        acts: &Acts,
         rows: std::ops::Range<usize>,
         ms: std::ops::Range<usize>,
         out: OutPtr,
     ) {
+        let acts = match (acts, self.format) {
+            (Acts::Blocks(a), _) => a,
+            (Acts::K(a), QFormat::K(kf)) => return self.run_task_k(isa, kf, a, rows, ms, out),
+            (Acts::K(_), _) => unreachable!("K activations are made for K formats only"),
+        };
         let mut r = rows.start;
         while r < rows.end {
             let r_end = (r + ROW_GROUP).min(rows.end);
@@ -312,6 +397,7 @@ impl QuantMatrix {
                 let mut row = r;
                 #[cfg(target_arch = "x86_64")]
                 if n == 1
+                    && matches!(self.format, QFormat::Q4 | QFormat::Q8)
                     && (isa == Isa::Avx2 || isa == Isa::Avx512Vnni && self.nb.is_multiple_of(2))
                 {
                     while row + 4 <= r_end {
@@ -330,6 +416,55 @@ impl QuantMatrix {
                     for (j, v) in res[..n].iter().enumerate() {
                         // SAFETY: (i + j, row) is inside the m × n_out output, and tasks
                         // cover disjoint (row, activation row) ranges.
+                        unsafe { *out.0.add((i + j) * self.n_out + row) = *v };
+                    }
+                }
+                i += n;
+            }
+            r = r_end;
+        }
+    }
+
+    /// [`Self::run_task`] for K-quant weights: tiles of up to four activation rows per weight
+    /// row, weight rows in groups that stay in cache while the tiles pass.
+    fn run_task_k(
+        &self,
+        isa: Isa,
+        kf: KFormat,
+        acts: &KActs,
+        rows: std::ops::Range<usize>,
+        ms: std::ops::Range<usize>,
+        out: OutPtr,
+    ) {
+        let nsb = acts.nsb;
+        let row_bytes = nsb * kf.block_bytes();
+        let mut r = rows.start;
+        while r < rows.end {
+            let r_end = (r + ROW_GROUP).min(rows.end);
+            let mut i = ms.start;
+            while i < ms.end {
+                let n = (ms.end - i).min(TILE);
+                for row in r..r_end {
+                    let t = KTile {
+                        w: &self.qs[row * row_bytes..(row + 1) * row_bytes],
+                        qs: &acts.qs[i * self.k..(i + n) * self.k],
+                        d: &acts.d[i * nsb..(i + n) * nsb],
+                        bsums: &acts.bsums[i * nsb * 16..(i + n) * nsb * 16],
+                        nsb,
+                        n,
+                    };
+                    let mut res = [0f32; TILE];
+                    match isa {
+                        // SAFETY: the ISA was detected (AVX-512 implies AVX2 here), and `t`
+                        // holds whole super-blocks for n rows.
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+                            kquant_x86::dot_tile(kf, &t, &mut res)
+                        },
+                        _ => kquant::dot_tile(kf, &t, &mut res),
+                    }
+                    for (j, v) in res[..n].iter().enumerate() {
+                        // SAFETY: as in `run_task`.
                         unsafe { *out.0.add((i + j) * self.n_out + row) = *v };
                     }
                 }
@@ -382,23 +517,18 @@ impl QuantMatrix {
     fn dot_tile(&self, isa: Isa, a: &QActs, row: usize, i: usize, n: usize, res: &mut [f32; 4]) {
         let nb = self.nb;
         let wb = row * nb;
-        let qb = match self.format {
-            QFormat::Q4 => wb * 16,
-            QFormat::Q8 => wb * 32,
-        };
+        let bb = if self.format == QFormat::Q4 { 16 } else { 32 };
+        let qb = wb * bb;
+        let with_min = matches!(self.format, QFormat::Q4 | QFormat::U8);
         let w = WRow {
-            qs: &self.qs[qb..qb + nb * if self.format == QFormat::Q4 { 16 } else { 32 }],
+            qs: &self.qs[qb..qb + nb * bb],
             d: &self.d[wb..wb + nb],
-            m: if self.format == QFormat::Q4 {
-                &self.m[wb..wb + nb]
-            } else {
-                &[]
-            },
+            m: if with_min { &self.m[wb..wb + nb] } else { &[] },
         };
         let x = ARows {
             qs: &a.qs[i * self.k..(i + n) * self.k],
             d: &a.d[i * nb..(i + n) * nb],
-            s: if self.format == QFormat::Q4 {
+            s: if with_min {
                 &a.s[i * nb..(i + n) * nb]
             } else {
                 &a.sq[i * nb..(i + n) * nb]
@@ -420,8 +550,14 @@ impl QuantMatrix {
             (Isa::Avx2, QFormat::Q4) => unsafe { x86::q4_avx2(&w, &x, res) },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, QFormat::Q8) => unsafe { x86::q8_avx2(&w, &x, res) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, QFormat::U8) => unsafe { x86::u8_vnni(&w, &x, res) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, QFormat::U8) => unsafe { x86::u8_avx2(&w, &x, res) },
             (_, QFormat::Q4) => scalar::q4(&w, &x, res),
             (_, QFormat::Q8) => scalar::q8(&w, &x, res),
+            (_, QFormat::U8) => scalar::u8m(&w, &x, res),
+            (_, QFormat::K(_)) => unreachable!("K formats run in run_task_k"),
         }
     }
 }
@@ -510,6 +646,12 @@ pub(crate) struct RowBufs<'a> {
     pub sq: &'a mut [f32],
     /// Empty, or 8 * nb (AVX-512).
     pub dx: &'a mut [f32],
+}
+
+/// Quantized activations: per 32-block for the block formats, per 256 for K-quants.
+enum Acts {
+    Blocks(QActs),
+    K(KActs),
 }
 
 #[derive(Clone, Copy)]

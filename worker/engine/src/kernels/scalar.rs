@@ -63,6 +63,27 @@ pub(crate) fn q4(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
     }
 }
 
+/// Unsigned 8-bit weights with a min (`q * d + m`, Q5_1 unpacked) against Q8_1 activations:
+/// [`q4`]'s arithmetic on whole bytes.
+pub(crate) fn u8m(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
+    let nb = x.nb;
+    for i in 0..x.n {
+        let (xq, xd, xs) = (
+            &x.qs[i * nb * QK..(i + 1) * nb * QK],
+            &x.d[i * nb..(i + 1) * nb],
+            &x.s[i * nb..(i + 1) * nb],
+        );
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let wq = &w.qs[b * QK..(b + 1) * QK];
+            let yq = &xq[b * QK..(b + 1) * QK];
+            let dot: i32 = wq.iter().zip(yq).map(|(&a, &y)| a as i32 * y as i32).sum();
+            acc += dot as f32 * (f16_to_f32(w.d[b]) * xd[b]) + f16_to_f32(w.m[b]) * xs[b];
+        }
+        res[i] = acc;
+    }
+}
+
 /// Q8_0 weights against Q8_0 activations.
 pub(crate) fn q8(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
     let nb = x.nb;

@@ -136,6 +136,25 @@ tile_kernel!(
     dot_vnni,
     |wm, dw| Some(h2f(wm))
 );
+// Unsigned bytes with a min (Q5_1 unpacked): Q4's arithmetic without the nibble split.
+tile_kernel!(
+    u8_avx2_t,
+    "avx2,fma,f16c",
+    QK,
+    |wp| ld256!(wp),
+    |wv, y| y,
+    dot_avx2,
+    |wm, dw| Some(h2f(wm))
+);
+tile_kernel!(
+    u8_vnni_t,
+    "avx2,fma,f16c,avx512vl,avx512vnni",
+    QK,
+    |wp| ld256!(wp),
+    |wv, y| y,
+    dot_vnni,
+    |wm, dw| Some(h2f(wm))
+);
 // Q8_0 with AVX2: the sign trick (|w| as u8, y with w's sign).
 tile_kernel!(
     q8_avx2_t,
@@ -179,6 +198,8 @@ macro_rules! q4_entry {
 
 q4_entry!(q4_avx2_n, "avx2,fma,f16c", q4_avx2_t);
 q4_entry!(q4_vnni256_n, "avx2,fma,f16c,avx512vl,avx512vnni", q4_vnni_t);
+q4_entry!(u8_avx2_n, "avx2,fma,f16c", u8_avx2_t);
+q4_entry!(u8_vnni_n, "avx2,fma,f16c,avx512vl,avx512vnni", u8_vnni_t);
 
 /// 512-bit VNNI tile kernel, two blocks per step (nb must be even): half the instructions of
 /// the 256-bit kernel per block, which is what bounds prefill. `$load_w` gives the 64 weight
@@ -478,6 +499,18 @@ pub(crate) unsafe fn q8_avx2(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
 /// As [`q4_vnni`].
 pub(crate) unsafe fn q8_vnni(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
     dispatch_n!(q8_vnni_n, w, x, res)
+}
+
+/// # Safety
+/// As [`q4_avx2`].
+pub(crate) unsafe fn u8_avx2(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
+    dispatch_n!(u8_avx2_n, w, x, res)
+}
+
+/// # Safety
+/// As [`q4_vnni`].
+pub(crate) unsafe fn u8_vnni(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
+    dispatch_n!(u8_vnni_n, w, x, res)
 }
 
 /// NaN lanes to 0.
