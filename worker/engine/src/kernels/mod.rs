@@ -105,6 +105,33 @@ impl Isa {
     }
 }
 
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+        }
+    }
+}
+
+/// Which code multiplies a GGUF weight of `dtype` on this machine's CPU (`model inspect`
+/// shows it per tensor type): `dense`, `flotilla <isa>` or `candle QMatMul`.
+pub fn cpu_path(dtype: GgmlDType) -> String {
+    let off = std::env::var("FLOTILLA_KERNELS").is_ok_and(|v| v == "off" || v == "0");
+    match dtype {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => "dense".into(),
+        dt if QuantMatrix::supports(dt) && !off => {
+            let isa = match (Isa::detect(), KFormat::from_dtype(dt)) {
+                (Isa::Avx512Vnni, Some(_)) => Isa::Avx2,
+                (isa, _) => isa,
+            };
+            format!("flotilla {}", isa.name())
+        }
+        _ => "candle QMatMul".into(),
+    }
+}
+
 /// A quantized weight matrix of shape (n_out, k), multiplied as `x @ W^T`.
 #[derive(Clone)]
 pub struct QuantMatrix {
