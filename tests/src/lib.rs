@@ -82,8 +82,8 @@ fn one_row(ids: &[u32]) -> Tensor {
 /// must switch off).
 pub fn inference_logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
     let mut model = (*lm.model).clone();
-    model.f16_attention = false;
-    let mut cache = KvCache::new(model.config.num_layers, vec![0]);
+    model.set_f16_attention(false);
+    let mut cache = KvCache::new(model.config().num_layers, vec![0]);
     model
         .forward(&one_row(ids), &mut cache, true)
         .unwrap()
@@ -93,7 +93,7 @@ pub fn inference_logits(lm: &LanguageModel, ids: &[u32]) -> Tensor {
 
 /// Next-token logits after `ids`, as the model computes them for generation.
 pub fn next_logits(lm: &LanguageModel, ids: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
+    let mut cache = KvCache::new(lm.model.config().num_layers, vec![0]);
     lm.model
         .forward(&one_row(ids), &mut cache, false)
         .unwrap()

@@ -19,8 +19,8 @@ fn check_arch(arch: &str) {
     let b = load_model(&hf_dir);
     assert_eq!(a.info.architecture, arch);
     assert_eq!(b.info.architecture, arch);
-    assert_eq!(a.model.config.attention_bias, arch == "qwen2");
-    assert_eq!(b.model.config.attention_bias, arch == "qwen2");
+    assert_eq!(a.model.config().attention_bias, arch == "qwen2");
+    assert_eq!(b.model.config().attention_bias, arch == "qwen2");
     let ids = a
         .tokenizer
         .encode("Rhinos eat grass and leaves in the savanna at dawn.", false)
@@ -71,7 +71,7 @@ fn hub_ids_resolve_from_the_local_hugging_face_cache_only() {
         lm.info.weight_dtypes.get("BF16").copied(),
         Some(2 + 1 + LAYERS * 9)
     );
-    assert_eq!(lm.model.dtype, DType::F32, "bf16 weights run in f32 on CPU");
+    assert_eq!(lm.model.dtype(), DType::F32, "bf16 weights run in f32 on CPU");
     let by_hash = LanguageModel::load(
         "hf:tiny-org/tiny-llama@0123456789abcdef0123456789abcdef01234567",
         &LoadOptions::default(),

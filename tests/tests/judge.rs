@@ -60,7 +60,7 @@ fn batched_continuation_scores_equal_teacher_forcing() {
     for (c, b) in candidates.iter().zip(&batched) {
         let mut ids = prompt.clone();
         ids.extend(c);
-        let mut cache = KvCache::new(lm.model.config.num_layers, vec![0]);
+        let mut cache = KvCache::new(lm.model.config().num_layers, vec![0]);
         let x = Tensor::new(ids.as_slice(), &Device::Cpu)
             .unwrap()
             .unsqueeze(0)

@@ -16,7 +16,7 @@ of the day resting in mud to keep cool.";
 
 fn top1_per_position(lm: &LanguageModel, ids: &[u32]) -> Vec<u32> {
     let m = &lm.model;
-    let mut cache = KvCache::new(m.config.num_layers, vec![0]);
+    let mut cache = KvCache::new(m.config().num_layers, vec![0]);
     let input = Tensor::new(ids, &Device::Cpu)
         .unwrap()
         .unsqueeze(0)
@@ -79,7 +79,7 @@ fn converted_hf_directory_agrees_with_the_gguf() {
     }
     assert_eq!(hf.info.format, "safetensors");
     assert_eq!(hf.info.architecture, "llama");
-    assert_eq!(hf.model.config.num_layers, gguf.model.config.num_layers);
+    assert_eq!(hf.model.config().num_layers, gguf.model.config().num_layers);
     assert_eq!(hf.info.chat_template, gguf.info.chat_template);
     assert_eq!(hf.tokenizer.eos_ids, gguf.tokenizer.eos_ids);
 
@@ -348,8 +348,8 @@ const BF16_MEAN_TOL: f32 = 0.1;
 #[test]
 fn bf16_precision_halves_a_dense_model_and_stays_close_to_f32() {
     let Dense { f32, bf16, .. } = dense();
-    assert_eq!(f32.model.dtype, candle_core::DType::F32);
-    assert_eq!(bf16.model.dtype, candle_core::DType::BF16);
+    assert_eq!(f32.model.dtype(), candle_core::DType::F32);
+    assert_eq!(bf16.model.dtype(), candle_core::DType::BF16);
     let ids = f32.tokenizer.encode(TEXT, true).unwrap();
     let a = f32.prompt_logprobs(&ids, 1).unwrap();
     let b = bf16.prompt_logprobs(&ids, 1).unwrap();

@@ -327,7 +327,7 @@ impl LocalJudge<'_> {
         build: impl Fn(usize) -> Result<(Vec<ChatMessage>, Option<String>)>,
     ) -> Result<(String, Vec<u32>, Option<String>)> {
         let lm = self.model;
-        let window = lm.model.config.max_position_embeddings;
+        let window = lm.model.config().max_position_embeddings;
         let room = window.saturating_sub(self.explanation_tokens + 32);
         let mut limit = usize::MAX;
         for _ in 0..6 {

@@ -417,7 +417,7 @@ impl<'a> Runner<'a> {
             // endpoint that refuses it fails the case with its own error.
             Answerer::Endpoint(_) => return Ok((text.to_string(), None)),
         };
-        let ctx = lm.model.config.max_position_embeddings;
+        let ctx = lm.model.config().max_position_embeddings;
         let inputs = PromptInputs {
             question: &case.query,
             context: "",

@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.trim().parse::<u32>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("token ids must be numbers: {e}"))?;
-    let mut c = KvCache::new(lm.model.config.num_layers, vec![0]);
+    let mut c = KvCache::new(lm.model.config().num_layers, vec![0]);
     let l = lm.model.forward(
         &Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?,
         &mut c,

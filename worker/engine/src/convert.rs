@@ -64,6 +64,7 @@ pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn gguf_hf_tensors(gguf: &Path) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let (content, mut reader) = read_gguf(gguf)?;
     let config = ModelConfig::from_gguf(&content, gguf)?;
+    config.require_llama_layout(gguf, "conversion to a Hugging Face folder")?;
     let cpu = Device::Cpu;
     let mut read = |name: &str| -> Result<Tensor> {
         let q = content

@@ -181,7 +181,7 @@ impl LanguageModel {
         if prompts.is_empty() {
             return Ok((Vec::new(), GenerationStats::default()));
         }
-        let ctx = self.model.config.max_position_embeddings;
+        let ctx = self.model.config().max_position_embeddings;
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if prompts.iter().any(Vec::is_empty) {
             return Err(Error::input("a prompt has no tokens"));
@@ -215,7 +215,7 @@ impl LanguageModel {
                 logprobs: Vec::new(),
             })
             .collect();
-        let mut cache = KvCache::new(self.model.config.num_layers, pads);
+        let mut cache = KvCache::new(self.model.config().num_layers, pads);
         let mut stats = GenerationStats {
             batch_size: b,
             prefill_tokens: prompts.iter().map(Vec::len).sum(),
@@ -287,7 +287,7 @@ impl LanguageModel {
                 "continuation scoring needs a prompt and non-empty candidates",
             ));
         }
-        let ctx = self.model.config.max_position_embeddings;
+        let ctx = self.model.config().max_position_embeddings;
         let longest = candidates.iter().map(Vec::len).max().unwrap_or(0);
         if prompt.len() + longest > ctx {
             return Err(Error::input(format!(
@@ -296,7 +296,7 @@ impl LanguageModel {
             )));
         }
         let device = self.model.device().clone();
-        let mut cache = KvCache::new(self.model.config.num_layers, vec![0]);
+        let mut cache = KvCache::new(self.model.config().num_layers, vec![0]);
         let input = Tensor::new(prompt, &device)?.unsqueeze(0)?;
         let first =
             candle_nn::ops::log_softmax(&self.model.forward(&input, &mut cache, false)?, 1)?

@@ -9,7 +9,9 @@ use crate::chat::ChatTemplate;
 use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::models::config::{Architecture, ModelConfig};
+use crate::models::gemma3::{self, Gemma3};
 use crate::models::llama::{Block, Linear, Llama};
+use crate::models::Model;
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -19,6 +21,8 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+mod weights;
 
 pub use flotilla_contract::model_ref::{
     flotilla_home, model_cache, resolve, ModelSource, DEMO_ALIASES,
@@ -40,7 +44,7 @@ fn chat_template(src: Option<&str>, tokenizer: &TextTokenizer) -> Result<Option<
 /// the last step of loading, the same for every format. `source` is (path, format, parameter
 /// count, weight dtypes with tensor counts).
 fn assemble(
-    model: Llama,
+    model: Model,
     tokenizer: TextTokenizer,
     template_src: Option<String>,
     source: (&Path, &str, u64, BTreeMap<String, usize>),
@@ -87,7 +91,7 @@ pub struct ModelInfo {
 /// A language model with everything needed to talk to it. Cloning shares the weights.
 #[derive(Clone)]
 pub struct LanguageModel {
-    pub model: Arc<Llama>,
+    pub model: Arc<Model>,
     pub tokenizer: TextTokenizer,
     pub template: Option<ChatTemplate>,
     pub info: ModelInfo,
@@ -177,9 +181,9 @@ pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
 
 fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     let (content, mut reader) = read_gguf(path)?;
+    // Architecture and tokenizer are checked before any weight is read.
     let config = ModelConfig::from_gguf(&content, path)?;
     let tokenizer = TextTokenizer::from_gguf(&content, path)?;
-    let device = &opts.device;
     if opts.precision == Precision::Bf16 {
         return Err(Error::input(format!(
             "precision bf16 applies to Hugging Face directories; {} is a GGUF model, which \
@@ -191,13 +195,67 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     for info in content.tensor_infos.values() {
         *dtypes.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
     }
+    let model = match config.architecture {
+        Architecture::Gemma3 => {
+            let mut source = weights::GgufWeights {
+                content: &content,
+                reader: &mut reader,
+                path,
+                device: &opts.device,
+            };
+            Model::Gemma3(Gemma3::load(config.clone(), &mut source, DType::F32)?)
+        }
+        Architecture::Llama | Architecture::Qwen2 => Model::Llama(llama_from_gguf(
+            &content,
+            &mut reader,
+            path,
+            &config,
+            &opts.device,
+        )?),
+    };
+    let template_src = content
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .or_else(|| builtin_template(config.architecture));
+    let parameters = content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count() as u64)
+        .sum();
+    assemble(
+        model,
+        tokenizer,
+        template_src,
+        (path, "gguf", parameters, dtypes),
+        config,
+    )
+}
 
+/// The chat template of a family whose GGUF files may ship none (llama.cpp has the same
+/// built in): Gemma's turns.
+fn builtin_template(arch: Architecture) -> Option<String> {
+    match arch {
+        Architecture::Gemma3 => Some(gemma3::CHAT_TEMPLATE.to_string()),
+        Architecture::Llama | Architecture::Qwen2 => None,
+    }
+}
+
+/// The llama / qwen2 weights of an open GGUF file.
+fn llama_from_gguf(
+    content: &gguf_file::Content,
+    reader: &mut BufReader<File>,
+    path: &Path,
+    config: &ModelConfig,
+    device: &Device,
+) -> Result<Llama> {
     let mut qtensor = |name: &str| -> Result<QTensor> {
         if !content.tensor_infos.contains_key(name) {
             return Err(Error::model(path, format!("tensor `{name}` is missing")));
         }
         content
-            .tensor(&mut reader, name, device)
+            .tensor(reader, name, device)
             .map_err(|e| Error::model(path, format!("tensor `{name}`: {e}")))
     };
     let dtype = DType::F32;
@@ -261,23 +319,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
         dtype,
     )?;
     model.f16_attention = true;
-    let template_src = content
-        .metadata
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok())
-        .cloned();
-    let parameters = content
-        .tensor_infos
-        .values()
-        .map(|t| t.shape.elem_count() as u64)
-        .sum();
-    assemble(
-        model,
-        tokenizer,
-        template_src,
-        (path, "gguf", parameters, dtypes),
-        config,
-    )
+    Ok(model)
 }
 
 fn eos_texts(t: &TextTokenizer) -> Vec<String> {
@@ -429,6 +471,31 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     }
     let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
         .map_err(|e| Error::model(dir, format!("cannot map safetensors: {e}")))?;
+    let model = match config.architecture {
+        Architecture::Gemma3 => {
+            let mut source = weights::HfWeights { vb, dir };
+            Model::Gemma3(Gemma3::load(config.clone(), &mut source, dtype)?)
+        }
+        Architecture::Llama | Architecture::Qwen2 => {
+            Model::Llama(llama_from_hf(vb, dir, &config, dtype)?)
+        }
+    };
+    assemble(
+        model,
+        tokenizer,
+        template_src,
+        (dir, "safetensors", parameters, dtypes),
+        config,
+    )
+}
+
+/// The llama / qwen2 weights of a Hugging Face folder.
+fn llama_from_hf(
+    vb: candle_nn::VarBuilder,
+    dir: &Path,
+    config: &ModelConfig,
+    dtype: DType,
+) -> Result<Llama> {
     let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
         vb.get(shape, name)
             .map_err(|e| Error::model(dir, format!("tensor `{name}`: {e}")))
@@ -469,7 +536,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     } else {
         lin("lm_head", config.vocab_size, h, false)?
     };
-    let model = Llama::new(
+    Llama::new(
         config.clone(),
         embed,
         blocks,
@@ -478,13 +545,6 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
         false,
         None,
         dtype,
-    )?;
-    assemble(
-        model,
-        tokenizer,
-        template_src,
-        (dir, "safetensors", parameters, dtypes),
-        config,
     )
 }
 

@@ -106,7 +106,7 @@ impl LanguageModel {
         if prompt.is_empty() {
             return Err(Error::input("the prompt has no tokens"));
         }
-        let ctx = self.model.config.max_position_embeddings;
+        let ctx = self.model.config().max_position_embeddings;
         if prompt.len() > ctx {
             return Err(Error::input(format!(
                 "the prompt has {} tokens but the model's context is {ctx} tokens",
@@ -114,7 +114,7 @@ impl LanguageModel {
             )));
         }
         let device = self.model.device().clone();
-        let mut cache = KvCache::new(self.model.config.num_layers, vec![0]);
+        let mut cache = KvCache::new(self.model.config().num_layers, vec![0]);
         let mut out = Vec::with_capacity(prompt.len().saturating_sub(1));
         // Every position but the last predicts the next prompt token.
         let inputs = &prompt[..prompt.len() - 1];

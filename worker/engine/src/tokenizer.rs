@@ -4,6 +4,11 @@
 //! text is split before BPE. candle's `TokenizerFromGguf` knows only a few of those names and
 //! falls back to a GPT-2 pipeline that adds a prefix space (SmolLM2's "The" becomes id 378
 //! instead of 504), so flotilla maps each `pre` value to the split llama.cpp uses for it.
+//!
+//! SentencePiece vocabularies (`tokenizer.ggml.model = llama`: Gemma, Llama 2, Mistral) carry
+//! scores instead of merges; [`spm`] turns them into the equivalent BPE.
+
+mod spm;
 
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
@@ -81,17 +86,7 @@ impl TextTokenizer {
                 "GGUF metadata has no tokenizer (tokenizer.ggml.model)",
             )
         })?;
-        if model != "gpt2" {
-            return Err(Error::model(
-                path,
-                format!(
-                    "tokenizer.ggml.model = `{model}` is not supported from GGUF (only gpt2-style \
-                     BPE: Llama 3, Qwen2, SmolLM2); load the model's Hugging Face directory instead"
-                ),
-            ));
-        }
         let tokens = string_array(content, "tokenizer.ggml.tokens", path)?;
-        let merges = string_array(content, "tokenizer.ggml.merges", path)?;
         let token_types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()
@@ -107,55 +102,46 @@ impl TextTokenizer {
                 .collect(),
             None => vec![1; tokens.len()],
         };
-        let pre = get_str("tokenizer.ggml.pre").unwrap_or_else(|| "default".to_string());
-        let (regexes, ignore_merges) = split_for_pre(&pre).ok_or_else(|| {
-            Error::model(
-                path,
-                format!("tokenizer.ggml.pre = `{pre}` is not a pre-tokenizer flotilla knows"),
-            )
-        })?;
+        let mut tk = match model.as_str() {
+            "gpt2" => gpt2_bpe(content, &tokens, path)?,
+            "llama" => {
+                let scores = float_array(content, "tokenizer.ggml.scores", path)?;
+                if scores.len() != tokens.len() {
+                    return Err(Error::model(
+                        path,
+                        format!(
+                            "tokenizer.ggml.scores has {} entries for {} tokens",
+                            scores.len(),
+                            tokens.len()
+                        ),
+                    ));
+                }
+                let unk = get_u32("tokenizer.ggml.unknown_token_id")
+                    .and_then(|i| tokens.get(i as usize))
+                    .map(String::as_str);
+                // llama.cpp adds the prefix space unless the file says otherwise.
+                let prefix = get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                spm::build(&tokens, &scores, unk, prefix, path)?
+            }
+            other => {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "tokenizer.ggml.model = `{other}` is not supported from GGUF (flotilla \
+                         reads `gpt2` byte-level BPE: Llama 3, Qwen2, SmolLM2; and `llama` \
+                         SentencePiece: Gemma, Llama 2, Mistral); load the model's Hugging Face \
+                         directory instead"
+                    ),
+                ))
+            }
+        };
 
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let merges = merges
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| {
-                        Error::model(path, format!("tokenizer.ggml.merges: bad entry `{m}`"))
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(ignore_merges)
-            .build()
-            .map_err(|e| Error::model(path, format!("tokenizer: {e}")))?;
-        let mut tk = tokenizers::Tokenizer::new(bpe);
-
-        let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
-        for re in regexes {
-            let split = Split::new(
-                SplitPattern::Regex(re.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| Error::model(path, format!("tokenizer regex: {e}")))?;
-            steps.push(split.into());
-        }
-        steps.push(ByteLevel::new(false, false, false).into());
-        tk.with_pre_tokenizer(Some(Sequence::new(steps)));
-        tk.with_decoder(Some(ByteLevel::new(false, false, false)));
-
-        // Control (3) and user-defined (4) tokens are matched whole in the text, never split.
+        // Unknown (2), control (3) and user-defined (4) tokens are matched whole in the text,
+        // never split, as llama.cpp's special-token pass does.
         let mut special_ids = HashSet::new();
         let mut added = Vec::new();
         for (id, (text, ty)) in tokens.iter().zip(token_types.iter()).enumerate() {
-            if *ty == 3 || *ty == 4 {
+            if (2..=4).contains(ty) {
                 added.push(AddedToken::from(text.clone(), true).normalized(false));
                 if *ty == 3 {
                     special_ids.insert(id as u32);
@@ -294,6 +280,78 @@ impl TextTokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// A gpt2-style byte-level BPE (`tokenizer.ggml.model = gpt2`) with the split llama.cpp uses
+/// for the file's `tokenizer.ggml.pre`.
+fn gpt2_bpe(
+    content: &gguf_file::Content,
+    tokens: &[String],
+    path: &Path,
+) -> Result<tokenizers::Tokenizer> {
+    let merges = string_array(content, "tokenizer.ggml.merges", path)?;
+    let pre = content
+        .metadata
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_else(|| "default".to_string());
+    let (regexes, ignore_merges) = split_for_pre(&pre).ok_or_else(|| {
+        Error::model(
+            path,
+            format!("tokenizer.ggml.pre = `{pre}` is not a pre-tokenizer flotilla knows"),
+        )
+    })?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let merges = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    Error::model(path, format!("tokenizer.ggml.merges: bad entry `{m}`"))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(|e| Error::model(path, format!("tokenizer: {e}")))?;
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+    for re in regexes {
+        let split = Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| Error::model(path, format!("tokenizer regex: {e}")))?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+    tk.with_pre_tokenizer(Some(Sequence::new(steps)));
+    tk.with_decoder(Some(ByteLevel::new(false, false, false)));
+    Ok(tk)
+}
+
+fn float_array(content: &gguf_file::Content, key: &str, path: &Path) -> Result<Vec<f32>> {
+    let v = content
+        .metadata
+        .get(key)
+        .ok_or_else(|| Error::model(path, format!("GGUF metadata has no `{key}`")))?;
+    v.to_vec()
+        .map_err(|e| Error::model(path, format!("{key}: {e}")))?
+        .iter()
+        .map(|x| {
+            x.to_f32()
+                .map_err(|e| Error::model(path, format!("{key}: {e}")))
+        })
+        .collect()
 }
 
 fn string_array(content: &gguf_file::Content, key: &str, path: &Path) -> Result<Vec<String>> {

@@ -12,6 +12,7 @@ use flotilla_engine::convert::{gguf_to_hf, OutDType};
 use flotilla_engine::error::{Error, Result};
 use flotilla_engine::loader::{resolve, safetensors_files, LanguageModel, ModelSource};
 use flotilla_engine::models::llama::Linear;
+use flotilla_engine::models::Projection;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,34 +31,43 @@ fn permute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
 /// `lm` with `adapter` riding on its projections, unmerged. The base weights are shared, not
 /// copied.
 pub fn apply_adapter(lm: &LanguageModel, adapter: &LoraAdapter) -> Result<LanguageModel> {
-    let cfg = &lm.model.config;
+    let cfg = lm.model.config();
     adapter.check_fits(cfg, &lm.info.path)?;
     let mut model = (*lm.model).clone();
     let device = model.device().clone();
     let dtype = if device.is_cpu() {
         DType::F32
     } else {
-        model.dtype
+        model.dtype()
     };
+    let interleaved = model.rope_interleaved();
     for (key, (a, b)) in &adapter.weights {
         let mut b = b.clone();
-        if model.rope_interleaved {
+        if interleaved {
             match key.module {
                 TargetModule::QProj => b = permute_rows(&b, cfg.num_heads)?,
                 TargetModule::KProj => b = permute_rows(&b, cfg.num_kv_heads)?,
                 _ => {}
             }
         }
-        let blk = &mut model.blocks[key.layer];
-        let slot = match key.module {
-            TargetModule::QProj => &mut blk.q_proj,
-            TargetModule::KProj => &mut blk.k_proj,
-            TargetModule::VProj => &mut blk.v_proj,
-            TargetModule::OProj => &mut blk.o_proj,
-            TargetModule::GateProj => &mut blk.gate_proj,
-            TargetModule::UpProj => &mut blk.up_proj,
-            TargetModule::DownProj => &mut blk.down_proj,
+        let which = match key.module {
+            TargetModule::QProj => Projection::Q,
+            TargetModule::KProj => Projection::K,
+            TargetModule::VProj => Projection::V,
+            TargetModule::OProj => Projection::O,
+            TargetModule::GateProj => Projection::Gate,
+            TargetModule::UpProj => Projection::Up,
+            TargetModule::DownProj => Projection::Down,
         };
+        let slot = model.projection_mut(key.layer, which).ok_or_else(|| {
+            Error::model(
+                &lm.info.path,
+                format!(
+                    "the adapter names layer {}, past the model's last",
+                    key.layer
+                ),
+            )
+        })?;
         let base = std::mem::replace(slot, Linear::Dense(candle_nn::Linear::new(a.clone(), None)));
         *slot = Linear::Lora {
             base: Box::new(base),

@@ -174,6 +174,7 @@ pub fn known_shape(name: &str) -> Option<ModelConfig> {
         tie_word_embeddings: tied,
         attention_bias: bias,
         rope_scaling: None,
+        gemma3: None,
     };
     Some(match name {
         "smollm2-135m" => base(Architecture::Llama, 576, 1536, 30, 9, 3, 49152, true, false),

@@ -57,6 +57,7 @@ impl BaseWeights {
         };
         let (content, mut reader) = read_gguf(&p)?;
         let config = ModelConfig::from_gguf(&content, &p)?;
+        config.require_llama_layout(&p, "LoRA training")?;
         let permuted = config.architecture == flotilla_engine::models::config::Architecture::Llama;
         let mut tensors = HashMap::new();
         let mut quantized = HashMap::new();
@@ -141,6 +142,8 @@ impl BaseWeights {
 
     /// Resolve `spec` (path, `hf:` id, demo alias) and read its weights as f32 on `device`.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
+        flotilla_engine::loader::model_config(spec)?
+            .require_llama_layout(std::path::Path::new(spec), "LoRA training")?;
         match resolve(spec)? {
             ModelSource::Gguf(p) => {
                 let (config, tensors) = gguf_hf_tensors(&p)?;
