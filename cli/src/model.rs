@@ -76,7 +76,10 @@ pub fn run(cmd: Command, out: OutputFormat) -> anyhow::Result<()> {
                     let dt: Vec<String> = i
                         .weight_dtypes
                         .iter()
-                        .map(|(k, v)| format!("{k} x{v}"))
+                        .map(|(k, v)| match i.kernels.get(k) {
+                            Some(path) => format!("{k} x{v} ({path})"),
+                            None => format!("{k} x{v}"),
+                        })
                         .collect();
                     println!("weight dtypes: {}", dt.join(", "));
                     println!("context:       {}", i.context_length);

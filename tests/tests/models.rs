@@ -6,7 +6,7 @@ use flotilla_engine::convert::{gguf_to_hf, OutDType};
 use flotilla_engine::device::Precision;
 use flotilla_engine::models::llama::KvCache;
 use flotilla_engine::{LanguageModel, LoadOptions, Prompt, SamplingParams, TokenLogprob};
-use flotilla_tests::{smollm2, smollm2_path, temp_dir};
+use flotilla_tests::{demo_model, smollm2, smollm2_path, temp_dir};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -159,6 +159,43 @@ fn truncated_and_corrupt_gguf_files_are_named_in_clear_errors() {
     );
 }
 
+/// A K-quant file cut short, or whose header gives a tensor rows that are not whole 256-value
+/// blocks, is refused with the tensor named, before anything is multiplied.
+#[test]
+fn broken_k_quant_files_name_the_tensor() {
+    let dir = temp_dir("bad-kquant");
+    let bytes = std::fs::read(demo_model("gemma-3-270m-Q4_K_M.gguf")).unwrap();
+
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() * 3 / 4]).unwrap();
+    let e = err_of(&cut);
+    assert!(
+        e.contains("cut.gguf") && e.contains("truncated") && e.contains("tensor `"),
+        "{e}"
+    );
+
+    // The tensor's header entry: name, then the number of dimensions (u32) and the row
+    // length (u64, ggml's ne[0]) of this Q4_K / Q6_K weight.
+    let name = b"blk.0.ffn_down.weight";
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("tensor name in the header")
+        + name.len()
+        + 4;
+    let row = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    assert_eq!(row, 2048);
+    let mut bad = bytes;
+    bad[at..at + 8].copy_from_slice(&2000u64.to_le_bytes());
+    let corrupt = dir.path().join("rows.gguf");
+    std::fs::write(&corrupt, &bad).unwrap();
+    let e = err_of(&corrupt);
+    assert!(
+        e.contains("rows.gguf") && e.contains("blk.0.ffn_down.weight") && e.contains("2000"),
+        "{e}"
+    );
+}
+
 #[test]
 fn broken_hf_directories_are_named_in_clear_errors() {
     let dir = temp_dir("bad-hf");
@@ -224,6 +261,10 @@ fn inspect_reports_the_demo_model() {
     assert_eq!(i.architecture, "llama");
     assert_eq!(i.context_length, 8192);
     assert_eq!(i.weight_dtypes.get("Q4_1"), Some(&210));
+    // Which code multiplies each weight type on this CPU: flotilla's kernels for the
+    // quantized ones (with the instruction set they run), dense for the norms.
+    assert!(i.kernels["Q4_1"].starts_with("flotilla "), "{:?}", i.kernels);
+    assert_eq!(i.kernels["F32"], "dense");
     // 134.5 M parameters: 30 layers of 576 wide, a 49152-token vocabulary, tied embeddings.
     assert!(
         (134_000_000..136_000_000).contains(&i.parameters),

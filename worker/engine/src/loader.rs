@@ -52,12 +52,14 @@ fn assemble(
 ) -> Result<LanguageModel> {
     let (path, format, parameters, weight_dtypes) = source;
     let template = chat_template(template_src.as_deref(), &tokenizer)?;
+    let kernels = kernel_paths(format, &weight_dtypes);
     let info = ModelInfo {
         path: path.to_path_buf(),
         format: format.into(),
         architecture: config.architecture.name().into(),
         parameters,
         weight_dtypes,
+        kernels,
         context_length: config.max_position_embeddings,
         chat_template: template_src,
         bos_token: tokenizer.bos_token.clone(),
@@ -81,6 +83,10 @@ pub struct ModelInfo {
     pub parameters: u64,
     /// Weight dtypes with tensor counts, e.g. `{"Q4_1": 210, "F32": 61}`.
     pub weight_dtypes: BTreeMap<String, usize>,
+    /// For a GGUF model on the CPU, the code that multiplies each quantized weight dtype:
+    /// `flotilla avx2` (flotilla's kernels and the instruction set they run with), `candle
+    /// QMatMul` (candle's portable path), or `dense`.
+    pub kernels: BTreeMap<String, String>,
     pub context_length: usize,
     pub config: ModelConfig,
     pub chat_template: Option<String>,
@@ -165,6 +171,19 @@ pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
     for (name, info) in &content.tensor_infos {
         let elems = info.shape.elem_count();
         let block = info.ggml_dtype.block_size();
+        // A row of a quantized tensor is whole blocks (256 values for K-quants): a header
+        // that says otherwise is corrupt, and its data cannot be read as that type.
+        let row = info.shape.dims().last().copied().unwrap_or(0);
+        if !row.is_multiple_of(block) {
+            return Err(Error::model(
+                path,
+                format!(
+                    "tensor `{name}` is corrupt: its rows of {row} values are not whole {:?} \
+                     blocks of {block}",
+                    info.ggml_dtype
+                ),
+            ));
+        }
         let bytes = elems / block * info.ggml_dtype.type_size();
         let end = content.tensor_data_offset + info.offset + bytes as u64;
         if end > file_len {
@@ -320,6 +339,22 @@ fn llama_from_gguf(
     )?;
     model.f16_attention = true;
     Ok(model)
+}
+
+/// [`ModelInfo::kernels`]: per GGUF dtype (named as in `weight_dtypes`), the CPU path.
+fn kernel_paths(format: &str, dtypes: &BTreeMap<String, usize>) -> BTreeMap<String, String> {
+    use GgmlDType::*;
+    let all = [
+        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K,
+    ];
+    if format != "gguf" {
+        return BTreeMap::new();
+    }
+    all.into_iter()
+        .map(|dt| (format!("{dt:?}"), dt))
+        .filter(|(name, _)| dtypes.contains_key(name))
+        .map(|(name, dt)| (name, crate::kernels::cpu_path(dt)))
+        .collect()
 }
 
 fn eos_texts(t: &TextTokenizer) -> Vec<String> {
