@@ -244,12 +244,12 @@ pub(crate) fn dot_tile(fmt: KFormat, t: &KTile, res: &mut [f32; 4]) {
     }
 }
 
-/// Legacy 5-bit blocks (32 values, 22 or 24 bytes) unpacked to one byte per value: Q5_0 as
-/// signed `q - 16` (served by the Q8_0 kernels, exactly: llama.cpp multiplies Q5_0 by Q8_0
-/// activations too), Q5_1 as unsigned `q` with its min (served like Q4_1, against Q8_1
-/// activations). Returns (quants, d, m) with m empty for Q5_0; `None` if `data` is not
-/// `blocks` whole blocks.
-pub(crate) fn unpack_q5(
+/// Legacy 5-bit blocks (32 values, 22 or 24 bytes) repacked for the kernels: per block 20
+/// bytes, the 32 fifth bits (little-endian u32, bit i for value i) then the 16 bytes of nibbles
+/// (low nibbles values 0..16, high 16..32), as stored; scales (and Q5_1's mins) beside them as
+/// f16 bits. Returns (quants, d, m) with m empty for Q5_0; `None` if `data` is not `blocks`
+/// whole blocks.
+pub(crate) fn repack_q5(
     dtype: GgmlDType,
     blocks: usize,
     data: &[u8],
@@ -262,28 +262,24 @@ pub(crate) fn unpack_q5(
     if data.len() != blocks * bb {
         return None;
     }
-    let mut qs = Vec::with_capacity(blocks * 32);
+    let mut qs = Vec::with_capacity(blocks * 20);
     let mut d = Vec::with_capacity(blocks);
     let mut m = Vec::with_capacity(if q5_1 { blocks } else { 0 });
-    let at = if q5_1 { 4 } else { 2 };
     for b in data.chunks_exact(bb) {
         d.push(u16::from_le_bytes([b[0], b[1]]));
         if q5_1 {
             m.push(u16::from_le_bytes([b[2], b[3]]));
         }
-        let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        let nib = &b[at + 4..at + 20];
-        let mut vals = [0u8; 32];
-        for j in 0..16 {
-            vals[j] = (nib[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-            vals[j + 16] = (nib[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-        }
-        if !q5_1 {
-            for v in vals.iter_mut() {
-                *v = (*v as i8 - 16) as u8;
-            }
-        }
-        qs.extend_from_slice(&vals);
+        qs.extend_from_slice(&b[bb - 20..]);
     }
     Some((qs, d, m))
+}
+
+/// Value `j` (0..32) of a repacked 5-bit block (see [`repack_q5`]), unsigned (0..31).
+#[inline]
+pub(crate) fn q5_value(block: &[u8], j: usize) -> u8 {
+    let qh = u32::from_le_bytes([block[0], block[1], block[2], block[3]]);
+    let nib = block[4 + j % 16];
+    let lo = if j < 16 { nib & 0x0F } else { nib >> 4 };
+    lo | ((((qh >> j) & 1) as u8) << 4)
 }

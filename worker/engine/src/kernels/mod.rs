@@ -47,13 +47,26 @@ const ROW_GROUP: usize = 16;
 pub enum QFormat {
     /// 4-bit unsigned quants, value = q * d + m (Q4_1, and Q4_0 with m = -8 d).
     Q4,
-    /// 8-bit signed quants, value = q * d (Q8_0, and Q5_0 unpacked to q - 16).
+    /// 8-bit signed quants, value = q * d (Q8_0).
     Q8,
-    /// 8-bit unsigned quants with a min, value = q * d + m (Q5_1 unpacked): Q4's arithmetic
-    /// on whole bytes.
-    U8,
+    /// 5-bit quants, value = (q - 16) * d (Q5_0): 20 bytes per block, fifth bits then
+    /// nibbles, against Q8_0 activations (exact, as llama.cpp).
+    Q5,
+    /// 5-bit quants with a min, value = q * d + m (Q5_1), against Q8_1 activations.
+    Q5M,
     /// K-quant super-blocks of 256, kept as stored in the GGUF.
     K(KFormat),
+}
+
+impl QFormat {
+    /// Quant bytes per 32-value block in [`QuantMatrix`]'s `qs` (not for K formats).
+    fn block_bytes(self) -> usize {
+        match self {
+            QFormat::Q4 => 16,
+            QFormat::Q5 | QFormat::Q5M => 20,
+            QFormat::Q8 | QFormat::K(_) => 32,
+        }
+    }
 }
 
 /// The instruction set a kernel runs with.
@@ -122,9 +135,10 @@ pub fn cpu_path(dtype: GgmlDType) -> String {
     match dtype {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => "dense".into(),
         dt if QuantMatrix::supports(dt) && !off => {
-            let isa = match (Isa::detect(), KFormat::from_dtype(dt)) {
-                (Isa::Avx512Vnni, Some(_)) => Isa::Avx2,
-                (isa, _) => isa,
+            let has_vnni = matches!(dt, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0);
+            let isa = match Isa::detect() {
+                Isa::Avx512Vnni if !has_vnni => Isa::Avx2,
+                isa => isa,
             };
             format!("flotilla {}", isa.name())
         }
@@ -141,13 +155,14 @@ pub struct QuantMatrix {
     k: usize,
     /// Blocks per row (k / 32).
     nb: usize,
-    /// Q4: 16 bytes per block (low nibbles = elements 0..16, high = 16..32); Q8: 32 i8; U8:
-    /// 32 u8; K: the GGUF's super-blocks (no `d` or `m` beside them).
+    /// Q4: 16 bytes per block (low nibbles = elements 0..16, high = 16..32); Q8: 32 i8; Q5 /
+    /// Q5M: 20 bytes (the 32 fifth bits, then nibbles as Q4); K: the GGUF's super-blocks (no
+    /// `d` or `m` beside them).
     qs: Vec<u8>,
     /// Scale per block (f16 bits, as in the GGUF: the weights stream from memory in decode,
     /// so every byte counts), n_out * nb.
     d: Vec<u16>,
-    /// Q4 and U8: min per block (f16 bits), n_out * nb.
+    /// Q4 and Q5M: min per block (f16 bits), n_out * nb.
     m: Vec<u16>,
 }
 
@@ -228,11 +243,11 @@ impl QuantMatrix {
                 m,
             });
         }
-        if let Some((qs, d, m)) = kquant::unpack_q5(dtype, blocks, data) {
+        if let Some((qs, d, m)) = kquant::repack_q5(dtype, blocks, data) {
             let format = if dtype == GgmlDType::Q5_1 {
-                QFormat::U8
+                QFormat::Q5M
             } else {
-                QFormat::Q8
+                QFormat::Q5
             };
             let source = dtype;
             return Some(Self {
@@ -337,11 +352,14 @@ impl QuantMatrix {
                             dst[j] = q[j] as i8 as f32 * d;
                         }
                     }
-                    QFormat::U8 => {
-                        let m = f16_to_f32(self.m[i]);
-                        let q = &self.qs[i * QK..(i + 1) * QK];
+                    QFormat::Q5 | QFormat::Q5M => {
+                        let block = &self.qs[i * 20..(i + 1) * 20];
                         for j in 0..QK {
-                            dst[j] = q[j] as f32 * d + m;
+                            let q = kquant::q5_value(block, j) as f32;
+                            dst[j] = match self.format {
+                                QFormat::Q5M => q * d + f16_to_f32(self.m[i]),
+                                _ => (q - 16.0) * d,
+                            };
                         }
                     }
                     QFormat::K(_) => unreachable!("K formats return above"),
@@ -366,8 +384,8 @@ impl QuantMatrix {
     pub fn matmul_with(&self, isa: Isa, x: &[f32], out: &mut [f32]) -> Isa {
         let isa = match (isa.supported(), isa, self.format) {
             (false, _, _) => Isa::Scalar,
-            // K-quants have AVX2 kernels only (AVX-512 machines run them).
-            (true, Isa::Avx512Vnni, QFormat::K(_)) => Isa::Avx2,
+            // 5-bit and K-quants have AVX2 kernels only (AVX-512 machines run them).
+            (true, Isa::Avx512Vnni, QFormat::K(_) | QFormat::Q5 | QFormat::Q5M) => Isa::Avx2,
             (true, isa, _) => isa,
         };
         assert_eq!(x.len() % self.k, 0, "input length is not a multiple of k");
@@ -424,7 +442,6 @@ impl QuantMatrix {
                 let mut row = r;
                 #[cfg(target_arch = "x86_64")]
                 if n == 1
-                    && matches!(self.format, QFormat::Q4 | QFormat::Q8)
                     && (isa == Isa::Avx2 || isa == Isa::Avx512Vnni && self.nb.is_multiple_of(2))
                 {
                     while row + 4 <= r_end {
@@ -506,17 +523,18 @@ impl QuantMatrix {
     fn rows4(&self, isa: Isa, a: &QActs, row: usize, i: usize, res: &mut [f32; 4]) {
         let nb = self.nb;
         let q4 = self.format == QFormat::Q4;
-        let bb = if q4 { 16 } else { 32 };
+        let with_min = matches!(self.format, QFormat::Q4 | QFormat::Q5M);
+        let bb = self.format.block_bytes();
         let (wb, we) = (row * nb, (row + 4) * nb);
         let w = WRow {
             qs: &self.qs[wb * bb..we * bb],
             d: &self.d[wb..we],
-            m: if q4 { &self.m[wb..we] } else { &[] },
+            m: if with_min { &self.m[wb..we] } else { &[] },
         };
         let x = ARows {
             qs: &a.qs[i * self.k..(i + 1) * self.k],
             d: &a.d[i * nb..(i + 1) * nb],
-            s: if q4 {
+            s: if with_min {
                 &a.s[i * nb..(i + 1) * nb]
             } else {
                 &a.sq[i * nb..(i + 1) * nb]
@@ -529,12 +547,15 @@ impl QuantMatrix {
             nb,
             n: 1,
         };
-        // SAFETY: the ISA was detected; VNNI is only asked for with nb even (and so dx filled).
+        // SAFETY: the ISA was detected; VNNI is only asked for with nb even (and so dx filled),
+        // and never for 5-bit weights (matmul_with runs those with AVX2).
         unsafe {
-            if isa == Isa::Avx512Vnni {
-                x86::rows4_vnni(q4, &w, &x, res)
-            } else {
-                x86::rows4_avx2(q4, &w, &x, res)
+            match (isa, self.format) {
+                (_, QFormat::Q5 | QFormat::Q5M) => {
+                    x86::rows4_q5_avx2(self.format == QFormat::Q5M, &w, &x, res)
+                }
+                (Isa::Avx512Vnni, _) => x86::rows4_vnni(q4, &w, &x, res),
+                _ => x86::rows4_avx2(q4, &w, &x, res),
             }
         }
     }
@@ -544,9 +565,9 @@ impl QuantMatrix {
     fn dot_tile(&self, isa: Isa, a: &QActs, row: usize, i: usize, n: usize, res: &mut [f32; 4]) {
         let nb = self.nb;
         let wb = row * nb;
-        let bb = if self.format == QFormat::Q4 { 16 } else { 32 };
+        let bb = self.format.block_bytes();
         let qb = wb * bb;
-        let with_min = matches!(self.format, QFormat::Q4 | QFormat::U8);
+        let with_min = matches!(self.format, QFormat::Q4 | QFormat::Q5M);
         let w = WRow {
             qs: &self.qs[qb..qb + nb * bb],
             d: &self.d[wb..wb + nb],
@@ -577,13 +598,14 @@ impl QuantMatrix {
             (Isa::Avx2, QFormat::Q4) => unsafe { x86::q4_avx2(&w, &x, res) },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, QFormat::Q8) => unsafe { x86::q8_avx2(&w, &x, res) },
+            // (matmul_with runs 5-bit weights with AVX2 on AVX-512 machines.)
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512Vnni, QFormat::U8) => unsafe { x86::u8_vnni(&w, &x, res) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, QFormat::U8) => unsafe { x86::u8_avx2(&w, &x, res) },
+            (Isa::Avx2 | Isa::Avx512Vnni, QFormat::Q5 | QFormat::Q5M) => unsafe {
+                x86::q5_avx2(self.format == QFormat::Q5M, &w, &x, res)
+            },
             (_, QFormat::Q4) => scalar::q4(&w, &x, res),
             (_, QFormat::Q8) => scalar::q8(&w, &x, res),
-            (_, QFormat::U8) => scalar::u8m(&w, &x, res),
+            (_, QFormat::Q5 | QFormat::Q5M) => scalar::q5(self.format == QFormat::Q5M, &w, &x, res),
             (_, QFormat::K(_)) => unreachable!("K formats run in run_task_k"),
         }
     }

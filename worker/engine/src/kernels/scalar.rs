@@ -63,9 +63,9 @@ pub(crate) fn q4(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
     }
 }
 
-/// Unsigned 8-bit weights with a min (`q * d + m`, Q5_1 unpacked) against Q8_1 activations:
-/// [`q4`]'s arithmetic on whole bytes.
-pub(crate) fn u8m(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
+/// 5-bit weights (repacked, see [`super::kquant::repack_q5`]): Q5_0 as `(q - 16) * d`
+/// against Q8_0 activations, Q5_1 (`min`) as `q * d + m` against Q8_1 activations.
+pub(crate) fn q5(min: bool, w: &WRow, x: &ARows, res: &mut [f32; 4]) {
     let nb = x.nb;
     for i in 0..x.n {
         let (xq, xd, xs) = (
@@ -75,10 +75,16 @@ pub(crate) fn u8m(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
         );
         let mut acc = 0f32;
         for b in 0..nb {
-            let wq = &w.qs[b * QK..(b + 1) * QK];
+            let block = &w.qs[b * 20..(b + 1) * 20];
             let yq = &xq[b * QK..(b + 1) * QK];
-            let dot: i32 = wq.iter().zip(yq).map(|(&a, &y)| a as i32 * y as i32).sum();
-            acc += dot as f32 * (f16_to_f32(w.d[b]) * xd[b]) + f16_to_f32(w.m[b]) * xs[b];
+            let off = if min { 0 } else { 16 };
+            let dot: i32 = (0..QK)
+                .map(|j| (super::kquant::q5_value(block, j) as i32 - off) * yq[j] as i32)
+                .sum();
+            acc += dot as f32 * (f16_to_f32(w.d[b]) * xd[b]);
+            if min {
+                acc += f16_to_f32(w.m[b]) * xs[b];
+            }
         }
         res[i] = acc;
     }

@@ -59,11 +59,12 @@ fn fits(dtype: GgmlDType, k: usize) -> bool {
     k.is_multiple_of(dtype.block_size())
 }
 
-/// The instruction set a kernel for `dtype` runs when `isa` is asked for: K-quants have AVX2
-/// kernels only, which AVX-512 machines run.
+/// The instruction set a kernel for `dtype` runs when `isa` is asked for: 5-bit and K-quants
+/// have AVX2 kernels only, which AVX-512 machines run.
 fn ran(dtype: GgmlDType, isa: Isa) -> Isa {
-    match (KFormat::from_dtype(dtype), isa) {
-        (Some(_), Isa::Avx512Vnni) => Isa::Avx2,
+    let has_vnni = matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0);
+    match isa {
+        Isa::Avx512Vnni if !has_vnni => Isa::Avx2,
         _ => isa,
     }
 }

@@ -136,23 +136,62 @@ tile_kernel!(
     dot_vnni,
     |wm, dw| Some(h2f(wm))
 );
-// Unsigned bytes with a min (Q5_1 unpacked): Q4's arithmetic without the nibble split.
+/// 32 bytes, 0xFF where bit i of the u32 at `p` is set (byte i), else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bytes_from_bits(p: *const u8) -> __m256i {
+    let bits = u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+    let v = _mm256_set1_epi32(bits as i32);
+    // Byte i takes source byte i / 8, then every bit but bit i % 8 is set: all ones iff bit i.
+    let spread = _mm256_setr_epi64x(
+        0x0000_0000_0000_0000,
+        0x0101_0101_0101_0101,
+        0x0202_0202_0202_0202,
+        0x0303_0303_0303_0303,
+    );
+    let b = _mm256_shuffle_epi8(v, spread);
+    let b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64));
+    _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1))
+}
+
+/// A repacked Q5_0 block (fifth bits, then nibbles) as 32 signed bytes `q - 16`: a value
+/// whose fifth bit is clear gets 0xF0 ORed in (nibble - 16 as i8).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_load(p: *const u8) -> __m256i {
+    let nib = nibbles!(p.add(4), _mm_set1_epi8(0x0f));
+    let clear = _mm256_andnot_si256(bytes_from_bits(p), _mm256_set1_epi8(0xF0u8 as i8));
+    _mm256_or_si256(nib, clear)
+}
+
+/// A repacked Q5_1 block as 32 unsigned bytes `q` (0..31).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_1_load(p: *const u8) -> __m256i {
+    let nib = nibbles!(p.add(4), _mm_set1_epi8(0x0f));
+    _mm256_or_si256(
+        nib,
+        _mm256_and_si256(bytes_from_bits(p), _mm256_set1_epi8(0x10)),
+    )
+}
+
+// 5-bit weights, 20 bytes a block (AVX2 only: AVX-512 machines run these too).
 tile_kernel!(
-    u8_avx2_t,
+    q5_0_avx2_t,
     "avx2,fma,f16c",
-    QK,
-    |wp| ld256!(wp),
+    20,
+    |wp| q5_0_load(wp),
     |wv, y| y,
-    dot_avx2,
-    |wm, dw| Some(h2f(wm))
+    dot_avx2_signed,
+    |wm, dw| None
 );
 tile_kernel!(
-    u8_vnni_t,
-    "avx2,fma,f16c,avx512vl,avx512vnni",
-    QK,
-    |wp| ld256!(wp),
+    q5_1_avx2_t,
+    "avx2,fma,f16c",
+    20,
+    |wp| q5_1_load(wp),
     |wv, y| y,
-    dot_vnni,
+    dot_avx2,
     |wm, dw| Some(h2f(wm))
 );
 // Q8_0 with AVX2: the sign trick (|w| as u8, y with w's sign).
@@ -198,8 +237,8 @@ macro_rules! q4_entry {
 
 q4_entry!(q4_avx2_n, "avx2,fma,f16c", q4_avx2_t);
 q4_entry!(q4_vnni256_n, "avx2,fma,f16c,avx512vl,avx512vnni", q4_vnni_t);
-q4_entry!(u8_avx2_n, "avx2,fma,f16c", u8_avx2_t);
-q4_entry!(u8_vnni_n, "avx2,fma,f16c,avx512vl,avx512vnni", u8_vnni_t);
+q4_entry!(q5_0_avx2_n, "avx2,fma,f16c", q5_0_avx2_t);
+q4_entry!(q5_1_avx2_n, "avx2,fma,f16c", q5_1_avx2_t);
 
 /// 512-bit VNNI tile kernel, two blocks per step (nb must be even): half the instructions of
 /// the 256-bit kernel per block, which is what bounds prefill. `$load_w` gives the 64 weight
@@ -369,6 +408,37 @@ rows256!(
     |_wm, dw| None
 );
 
+rows256!(
+    q5_0_rows4_avx2,
+    20,
+    |wp| q5_0_load(wp),
+    dot_avx2_signed,
+    |_wm, dw| None
+);
+rows256!(
+    q5_1_rows4_avx2,
+    20,
+    |wp| q5_1_load(wp),
+    dot_avx2,
+    |wm, dw| Some(h2f(wm))
+);
+
+/// [`rows4_avx2`] for 5-bit weights (`min`: Q5_1, else Q5_0).
+///
+/// # Safety
+/// As [`rows4_avx2`]; `w.qs` holds 20 bytes per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rows4_q5_avx2(min: bool, w: &WRow, x: &ARows, res: &mut [f32; 4]) {
+    let (acc, mins) = if min {
+        q5_1_rows4_avx2(w, x)
+    } else {
+        q5_0_rows4_avx2(w, x)
+    };
+    for r in 0..R4 {
+        res[r] = hsum(acc[r]) + mins[r];
+    }
+}
+
 /// Four consecutive weight rows (`w` spans them) against one activation row, AVX2.
 ///
 /// # Safety
@@ -501,16 +571,16 @@ pub(crate) unsafe fn q8_vnni(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
     dispatch_n!(q8_vnni_n, w, x, res)
 }
 
+/// 5-bit weights (`min`: Q5_1, else Q5_0) against up to four activation rows.
+///
 /// # Safety
-/// As [`q4_avx2`].
-pub(crate) unsafe fn u8_avx2(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
-    dispatch_n!(u8_avx2_n, w, x, res)
-}
-
-/// # Safety
-/// As [`q4_vnni`].
-pub(crate) unsafe fn u8_vnni(w: &WRow, x: &ARows, res: &mut [f32; 4]) {
-    dispatch_n!(u8_vnni_n, w, x, res)
+/// As [`q4_avx2`]; `w.qs` holds 20 bytes per block.
+pub(crate) unsafe fn q5_avx2(min: bool, w: &WRow, x: &ARows, res: &mut [f32; 4]) {
+    if min {
+        dispatch_n!(q5_1_avx2_n, w, x, res)
+    } else {
+        dispatch_n!(q5_0_avx2_n, w, x, res)
+    }
 }
 
 /// NaN lanes to 0.
