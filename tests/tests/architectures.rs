@@ -1,7 +1,9 @@
-//! Tiny random llama and qwen2 models written as GGUF (with SmolLM2's real tokenizer), then
-//! converted to Hugging Face directories: both loaders must compute the same logits. This pins
-//! the two RoPE layouts (llama GGUF rows are permuted for interleaved rotation, qwen2's are
-//! not), qwen2's q/k/v biases, and the hub-cache lookup of `hf:` ids.
+//! Tiny random llama, qwen2, qwen3 and gemma3 models written as GGUF (with SmolLM2's real
+//! tokenizer), then converted to Hugging Face directories: both loaders must compute the same
+//! logits. This pins the two RoPE layouts (llama GGUF rows are permuted for interleaved
+//! rotation, the others' are not), qwen2's q/k/v biases, the q/k norms and wide heads of qwen3
+//! and gemma3, Gemma's `1 + w` norms (stored shifted in GGUF, not in Hugging Face weights) and
+//! its sliding window, and the hub-cache lookup of `hf:` ids.
 
 use candle_core::{DType, Device, Tensor};
 use flotilla_engine::convert::{gguf_to_hf, OutDType};
@@ -47,6 +49,16 @@ fn tiny_qwen2_gguf_and_hf_directory_compute_the_same_logits() {
 }
 
 #[test]
+fn tiny_qwen3_gguf_and_hf_directory_compute_the_same_logits() {
+    check_arch("qwen3");
+}
+
+#[test]
+fn tiny_gemma3_gguf_and_hf_directory_compute_the_same_logits() {
+    check_arch("gemma3");
+}
+
+#[test]
 fn hub_ids_resolve_from_the_local_hugging_face_cache_only() {
     let home = temp_dir("hf-home");
     let repo = home.path().join("hub").join("models--tiny-org--tiny-llama");
@@ -71,7 +83,11 @@ fn hub_ids_resolve_from_the_local_hugging_face_cache_only() {
         lm.info.weight_dtypes.get("BF16").copied(),
         Some(2 + 1 + LAYERS * 9)
     );
-    assert_eq!(lm.model.dtype(), DType::F32, "bf16 weights run in f32 on CPU");
+    assert_eq!(
+        lm.model.dtype(),
+        DType::F32,
+        "bf16 weights run in f32 on CPU"
+    );
     let by_hash = LanguageModel::load(
         "hf:tiny-org/tiny-llama@0123456789abcdef0123456789abcdef01234567",
         &LoadOptions::default(),
