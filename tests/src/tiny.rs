@@ -31,6 +31,15 @@ fn ones_ish(n: usize) -> QTensor {
 
 /// Write a tiny random model of `arch` to `path`, reusing SmolLM2's tokenizer metadata.
 pub fn write_tiny_gguf(arch: &str, path: &Path) {
+    write_tiny_gguf_with(arch, path, |_| {});
+}
+
+/// [`write_tiny_gguf`] with the metadata edited by `edit` before writing (a bad file).
+pub fn write_tiny_gguf_with(
+    arch: &str,
+    path: &Path,
+    edit: impl Fn(&mut Vec<(String, gguf_file::Value)>),
+) {
     let (smol, _) = read_gguf(&smollm2_path()).unwrap();
     let vocab = smol.metadata["tokenizer.ggml.tokens"]
         .to_vec()
@@ -117,6 +126,7 @@ pub fn write_tiny_gguf(arch: &str, path: &Path) {
             tensors.push((format!("{p}.attn_v.bias"), rand(&[KV_HEADS * hd], 0.5)));
         }
     }
+    edit(&mut md);
     let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(path).unwrap();

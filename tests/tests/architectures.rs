@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Tensor};
 use flotilla_engine::convert::{gguf_to_hf, OutDType};
 use flotilla_engine::{LanguageModel, LoadOptions};
-use flotilla_tests::tiny::{write_tiny_gguf, LAYERS};
+use flotilla_tests::tiny::{write_tiny_gguf, write_tiny_gguf_with, LAYERS};
 use flotilla_tests::{inference_logits, load_model, max_abs, temp_dir};
 
 fn check_arch(arch: &str) {
@@ -154,5 +154,41 @@ fn sharded_safetensors_directories_load_like_single_files() {
     assert!(
         err.to_string().contains("model-00002-of-00002.safetensors"),
         "{err}"
+    );
+}
+
+/// The error of loading `path`, as the user reads it.
+fn load_error(path: &std::path::Path) -> String {
+    match LanguageModel::load(path.to_str().unwrap(), &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_unknown_architecture_or_tokenizer_is_refused_by_name_before_loading() {
+    let dir = temp_dir("tiny-refused");
+    let arch = dir.path().join("phi3.gguf");
+    write_tiny_gguf("phi3", &arch);
+    let e = load_error(&arch);
+    assert!(
+        e.contains("general.architecture = `phi3`") && e.contains("llama, qwen2, qwen3 and gemma3"),
+        "{e}"
+    );
+
+    let tok = dir.path().join("bert-vocab.gguf");
+    write_tiny_gguf_with("llama", &tok, |md| {
+        for (k, v) in md.iter_mut() {
+            if k == "tokenizer.ggml.model" {
+                *v = candle_core::quantized::gguf_file::Value::String("bert".into());
+            }
+        }
+    });
+    let e = load_error(&tok);
+    assert!(
+        e.contains("tokenizer.ggml.model = `bert`")
+            && e.contains("`gpt2`")
+            && e.contains("`llama`"),
+        "{e}"
     );
 }
