@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Tensor};
 use flotilla_engine::convert::{gguf_to_hf, OutDType};
 use flotilla_engine::{LanguageModel, LoadOptions};
-use flotilla_tests::tiny::{write_tiny_gguf, write_tiny_gguf_with, LAYERS};
+use flotilla_tests::tiny::{write_tiny_gguf, write_tiny_gguf_with, LAYERS, WINDOW};
 use flotilla_tests::{inference_logits, load_model, max_abs, temp_dir};
 
 fn check_arch(arch: &str) {
@@ -191,4 +191,60 @@ fn an_unknown_architecture_or_tokenizer_is_refused_by_name_before_loading() {
             && e.contains("`llama`"),
         "{e}"
     );
+}
+
+/// Last-position logits of `steps` fed one after the other (a prompt, then decode tokens) to a
+/// one-sequence cache.
+fn one_by_one(model: &flotilla_engine::models::Model, steps: &[Vec<u32>]) -> Vec<Tensor> {
+    let mut cache = model.new_cache(vec![0]);
+    steps
+        .iter()
+        .map(|ids| {
+            let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            model
+                .forward(&x, &mut cache, false)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_gemma3_left_padded_batch_matches_one_by_one_past_the_sliding_window() {
+    let dir = temp_dir("tiny-gemma3-batch");
+    let gguf = dir.path().join("tiny.gguf");
+    write_tiny_gguf("gemma3", &gguf);
+    let lm = load_model(&gguf);
+    let mut model = (*lm.model).clone();
+    model.set_f16_attention(false);
+    let tok = |s: &str| lm.tokenizer.encode(s, false).unwrap();
+    let long = tok("Rhinos eat grass and leaves in the savanna at dawn.");
+    let short = tok("Zebras drink at noon, then rest.");
+    assert!(short.len() > WINDOW && long.len() > short.len());
+    let pad = long.len() - short.len();
+
+    let mut rows = vec![0u32; pad];
+    rows.extend(&short);
+    rows.extend(&long);
+    let x = Tensor::from_vec(rows, (2, long.len()), &Device::Cpu).unwrap();
+    let mut cache = model.new_cache(vec![pad, 0]);
+    let prefill = model.forward(&x, &mut cache, false).unwrap();
+    let step = Tensor::new(&[[42u32], [42u32]], &Device::Cpu).unwrap();
+    let decode = model.forward(&step, &mut cache, false).unwrap();
+
+    for (row, ids) in [short, long].into_iter().enumerate() {
+        let single = one_by_one(&model, &[ids, vec![42]]);
+        for (batched, alone) in [&prefill, &decode].into_iter().zip(&single) {
+            let b = batched.get(row).unwrap();
+            let diff = max_abs(&(&b - alone).unwrap());
+            assert!(
+                diff < 1e-4 * max_abs(alone).max(1.0),
+                "sequence {row}: batched and alone differ by {diff}"
+            );
+        }
+    }
 }
