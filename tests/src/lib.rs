@@ -28,6 +28,20 @@ pub fn smollm2_path() -> PathBuf {
     demo_model("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Gemma 3 270M (GGUF Q4_K_M: Q5_0, Q4_K, Q6_K and Q8_0 tensors, a SentencePiece vocabulary).
+pub fn gemma3_path() -> PathBuf {
+    demo_model("gemma-3-270m-Q4_K_M.gguf")
+}
+
+/// Gemma 3 270M, loaded once per test binary.
+pub fn gemma3() -> &'static LanguageModel {
+    static MODEL: OnceLock<LanguageModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        LanguageModel::load(gemma3_path().to_str().unwrap(), &LoadOptions::default())
+            .expect("load Gemma 3 270M")
+    })
+}
+
 pub fn minilm_path() -> PathBuf {
     demo_model("all-MiniLM-L6-v2")
 }

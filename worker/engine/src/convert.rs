@@ -4,7 +4,7 @@
 //! This gives the safetensors path, and training, real weights.
 
 use crate::error::{Error, Result};
-use crate::loader::{read_gguf, BLOCK_TENSORS};
+use crate::loader::{builtin_template, read_gguf, BLOCK_TENSORS};
 use crate::models::config::{Architecture, ModelConfig};
 use crate::tokenizer::TextTokenizer;
 use candle_core::{DType, Device, Tensor};
@@ -64,7 +64,6 @@ pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn gguf_hf_tensors(gguf: &Path) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let (content, mut reader) = read_gguf(gguf)?;
     let config = ModelConfig::from_gguf(&content, gguf)?;
-    config.require_llama_layout(gguf, "conversion to a Hugging Face folder")?;
     let cpu = Device::Cpu;
     let mut read = |name: &str| -> Result<Tensor> {
         let q = content
@@ -74,9 +73,18 @@ pub fn gguf_hf_tensors(gguf: &Path) -> Result<(ModelConfig, HashMap<String, Tens
     };
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let permuted = config.architecture == Architecture::Llama;
+    // Gemma's norm is x * (1 + w): llama.cpp's converter stored 1 + w, Hugging Face keeps w.
+    let gemma = config.architecture == Architecture::Gemma3;
+    let unshift = |name: &str, w: Tensor| -> Result<Tensor> {
+        Ok(if gemma && name.ends_with("norm") {
+            (w - 1.0)?
+        } else {
+            w
+        })
+    };
     for i in 0..config.num_layers {
-        for (g, h) in BLOCK_TENSORS {
-            let mut w = read(&format!("blk.{i}.{g}.weight"))?;
+        for (g, h) in block_tensors(config.architecture) {
+            let mut w = unshift(g, read(&format!("blk.{i}.{g}.weight"))?)?;
             if permuted && *g == "attn_q" {
                 w = unpermute(&w, config.num_heads)?;
             }
@@ -94,11 +102,23 @@ pub fn gguf_hf_tensors(gguf: &Path) -> Result<(ModelConfig, HashMap<String, Tens
         "model.embed_tokens.weight".into(),
         read("token_embd.weight")?,
     );
-    tensors.insert("model.norm.weight".into(), read("output_norm.weight")?);
+    tensors.insert(
+        "model.norm.weight".into(),
+        unshift("output_norm", read("output_norm.weight")?)?,
+    );
     if !config.tie_word_embeddings {
         tensors.insert("lm_head.weight".into(), read("output.weight")?);
     }
     Ok((config, tensors))
+}
+
+/// The GGUF / Hugging Face names of a block's tensors for each family.
+fn block_tensors(arch: Architecture) -> &'static [(&'static str, &'static str)] {
+    match arch {
+        Architecture::Llama | Architecture::Qwen2 => BLOCK_TENSORS,
+        Architecture::Qwen3 => crate::models::qwen3::BLOCK_TENSORS,
+        Architecture::Gemma3 => crate::models::gemma3::BLOCK_TENSORS,
+    }
 }
 
 /// Convert `gguf` into a Hugging Face directory at `out`; returns the files written.
@@ -146,7 +166,9 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<Vec<PathBu
         .unwrap_or(false);
     let template = md
         .get("tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok());
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .or_else(|| builtin_template(config.architecture));
     let tok_cfg = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": tokenizer.bos_token,

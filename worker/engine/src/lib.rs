@@ -4,10 +4,11 @@
 //! - [`loader`] finds a model (GGUF file, Hugging Face directory, `hf:` hub id in the local
 //!   cache, or a demo alias; the resolution itself is `flotilla_contract::model_ref`) and loads
 //!   weights, tokenizer and chat template.
-//! - [`tokenizer`] builds tokenizers from `tokenizer.json` or GGUF metadata, splitting text the
-//!   way llama.cpp does for each GGUF pre-tokenizer.
+//! - [`tokenizer`] builds tokenizers from `tokenizer.json` or GGUF metadata (gpt2-style BPE
+//!   split the way llama.cpp does for each GGUF pre-tokenizer, or SentencePiece joined by score).
 //! - [`chat`] renders chat templates with minijinja.
-//! - [`models`] holds the inference forward passes (llama / qwen2), one file per family.
+//! - [`models`] holds the inference forward passes (llama / qwen2, qwen3, gemma3), one file per
+//!   family, and [`models::Model`], the enum the generation path runs.
 //! - [`kernels`] is flotilla's own quantized matmul (Q4_0 / Q4_1 / Q8_0, SIMD chosen at run
 //!   time).
 //! - [`generate`] and [`sampling`] turn prompts into completions, batched; [`logprobs`] gives

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::models::config::{Architecture, ModelConfig};
 use crate::models::gemma3::{self, Gemma3};
 use crate::models::llama::{Block, Linear, Llama};
+use crate::models::qwen3::Qwen3;
 use crate::models::Model;
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
@@ -214,19 +215,20 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     for info in content.tensor_infos.values() {
         *dtypes.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
     }
+    let mut source = weights::GgufWeights {
+        content: &content,
+        reader: &mut reader,
+        path,
+        device: &opts.device,
+    };
     let model = match config.architecture {
         Architecture::Gemma3 => {
-            let mut source = weights::GgufWeights {
-                content: &content,
-                reader: &mut reader,
-                path,
-                device: &opts.device,
-            };
             Model::Gemma3(Gemma3::load(config.clone(), &mut source, DType::F32)?)
         }
+        Architecture::Qwen3 => Model::Qwen3(Qwen3::load(config.clone(), &mut source, DType::F32)?),
         Architecture::Llama | Architecture::Qwen2 => Model::Llama(llama_from_gguf(
             &content,
-            &mut reader,
+            source.reader,
             path,
             &config,
             &opts.device,
@@ -254,10 +256,10 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
 
 /// The chat template of a family whose GGUF files may ship none (llama.cpp has the same
 /// built in): Gemma's turns.
-fn builtin_template(arch: Architecture) -> Option<String> {
+pub(crate) fn builtin_template(arch: Architecture) -> Option<String> {
     match arch {
         Architecture::Gemma3 => Some(gemma3::CHAT_TEMPLATE.to_string()),
-        Architecture::Llama | Architecture::Qwen2 => None,
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 => None,
     }
 }
 
@@ -510,6 +512,10 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
         Architecture::Gemma3 => {
             let mut source = weights::HfWeights { vb, dir };
             Model::Gemma3(Gemma3::load(config.clone(), &mut source, dtype)?)
+        }
+        Architecture::Qwen3 => {
+            let mut source = weights::HfWeights { vb, dir };
+            Model::Qwen3(Qwen3::load(config.clone(), &mut source, dtype)?)
         }
         Architecture::Llama | Architecture::Qwen2 => {
             Model::Llama(llama_from_hf(vb, dir, &config, dtype)?)

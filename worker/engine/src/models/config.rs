@@ -12,17 +12,19 @@ use std::path::Path;
 pub enum Architecture {
     Llama,
     Qwen2,
+    Qwen3,
     Gemma3,
 }
 
 /// What `Architecture::parse` accepts, for error messages.
-const SUPPORTED: &str = "llama, qwen2 and gemma3 (Hugging Face `gemma3_text`)";
+const SUPPORTED: &str = "llama, qwen2, qwen3 and gemma3 (Hugging Face `gemma3_text`)";
 
 impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Llama => "llama",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
             Architecture::Gemma3 => "gemma3",
         }
     }
@@ -33,6 +35,7 @@ impl Architecture {
         match name {
             "llama" => Ok(Architecture::Llama),
             "qwen2" => Ok(Architecture::Qwen2),
+            "qwen3" => Ok(Architecture::Qwen3),
             "gemma3" if field == "general.architecture" => Ok(Architecture::Gemma3),
             "gemma3_text" => Ok(Architecture::Gemma3),
             "gemma3" => Err(Error::model(
@@ -51,6 +54,7 @@ impl Architecture {
         match self {
             Architecture::Llama => "LlamaForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
             Architecture::Gemma3 => "Gemma3ForCausalLM",
         }
     }
@@ -316,7 +320,7 @@ impl ModelConfig {
                 .unwrap_or(architecture == Architecture::Gemma3),
             attention_bias: match architecture {
                 Architecture::Qwen2 => true,
-                Architecture::Llama | Architecture::Gemma3 => v
+                Architecture::Llama | Architecture::Qwen3 | Architecture::Gemma3 => v
                     .get("attention_bias")
                     .and_then(|x| x.as_bool())
                     .unwrap_or(false),
@@ -352,7 +356,7 @@ impl ModelConfig {
             "bos_token_id": bos,
             "eos_token_id": eos,
         });
-        if self.architecture == Architecture::Llama {
+        if matches!(self.architecture, Architecture::Llama | Architecture::Qwen3) {
             v["attention_bias"] = serde_json::json!(self.attention_bias);
             v["mlp_bias"] = serde_json::json!(false);
         }
@@ -367,6 +371,7 @@ impl ModelConfig {
                 })
                 .collect();
             v["hidden_activation"] = serde_json::json!("gelu_pytorch_tanh");
+            v["hidden_act"] = serde_json::json!("gelu_pytorch_tanh");
             v["sliding_window"] = serde_json::json!(g.sliding_window);
             v["layer_types"] = serde_json::json!(layer_types);
             v["rope_local_base_freq"] = serde_json::json!(g.rope_local_theta);
@@ -409,11 +414,12 @@ impl ModelConfig {
         let kv = (self.num_kv_heads * self.head_dim) as u64;
         let ff = self.intermediate_size as u64;
         let bias = if self.attention_bias { q + 2 * kv } else { 0 };
-        // Gemma 3 adds two norms after attention and MLP, and q/k norms.
-        let norms = if self.gemma3.is_some() {
-            4 * h + 2 * self.head_dim as u64
-        } else {
-            2 * h
+        // Gemma 3 adds two norms after attention and MLP, and q/k norms; Qwen3 q/k norms.
+        let qk_norms = 2 * self.head_dim as u64;
+        let norms = match self.architecture {
+            Architecture::Gemma3 => 4 * h + qk_norms,
+            Architecture::Qwen3 => 2 * h + qk_norms,
+            Architecture::Llama | Architecture::Qwen2 => 2 * h,
         };
         let per_layer = h * q + 2 * h * kv + q * h + bias + 3 * h * ff + norms;
         let embed = self.vocab_size as u64 * h;

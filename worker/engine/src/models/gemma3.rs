@@ -43,13 +43,35 @@ pub struct Block {
     pub post_ffw_norm: Tensor,
 }
 
-/// The GGUF / Hugging Face names of a block's norms.
-const NORMS: [(&str, &str); 4] = [
+/// The GGUF / Hugging Face name of each Gemma 3 block tensor, in one table so loading and
+/// converting cannot drift apart. (llama.cpp's `ffn_norm` is Gemma's pre-feedforward norm.)
+pub const BLOCK_TENSORS: &[(&str, &str)] = &[
     ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
     ("post_attention_norm", "post_attention_layernorm"),
     ("ffn_norm", "pre_feedforward_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
     ("post_ffw_norm", "post_feedforward_layernorm"),
 ];
+
+/// The (GGUF, Hugging Face) names of tensor `gguf` of block `i`.
+fn names(i: usize, gguf: &str) -> (String, String) {
+    let hf = BLOCK_TENSORS
+        .iter()
+        .find(|(g, _)| *g == gguf)
+        .map_or(gguf, |(_, h)| h);
+    (
+        format!("blk.{i}.{gguf}.weight"),
+        format!("model.layers.{i}.{hf}.weight"),
+    )
+}
 
 /// A loaded Gemma 3 model, ready to run.
 #[derive(Debug, Clone)]
@@ -87,62 +109,55 @@ impl Gemma3 {
                 Ok((w.to_dtype(DType::F32)? + 1.0)?.to_dtype(dtype)?)
             }
         };
-        let mut norms = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let (gp, hp) = (format!("blk.{i}"), format!("model.layers.{i}"));
-            let mut four = Vec::with_capacity(4);
-            for (gn, hn) in NORMS {
-                four.push(norm(
-                    &format!("{gp}.{gn}.weight"),
-                    &format!("{hp}.{hn}.weight"),
-                    h,
-                )?);
-            }
-            let q_norm = norm(
-                &format!("{gp}.attn_q_norm.weight"),
-                &format!("{hp}.self_attn.q_norm.weight"),
-                hd,
-            )?;
-            let k_norm = norm(
-                &format!("{gp}.attn_k_norm.weight"),
-                &format!("{hp}.self_attn.k_norm.weight"),
-                hd,
-            )?;
-            norms.push((four, q_norm, k_norm));
-        }
-        let final_norm = norm("output_norm.weight", "model.norm.weight", h)?;
-
         let mut blocks = Vec::with_capacity(config.num_layers);
-        for (i, (four, q_norm, k_norm)) in norms.into_iter().enumerate() {
-            let (gp, hp) = (format!("blk.{i}"), format!("model.layers.{i}"));
-            let mut lin = |gn: &str, hn: &str, out: usize, inp: usize| {
-                weights.linear(
-                    &format!("{gp}.{gn}.weight"),
-                    &format!("{hp}.{hn}.weight"),
-                    out,
-                    inp,
-                    false,
-                )
+        for i in 0..config.num_layers {
+            let mut n = |g: &str, len: usize| {
+                let (gn, hn) = names(i, g);
+                norm(&gn, &hn, len)
             };
-            let [attn_norm, post_attention_norm, ffn_norm, post_ffw_norm]: [Tensor; 4] = four
-                .try_into()
-                .map_err(|_| Error::input("gemma3: four norms per block"))?;
-            blocks.push(Block {
+            let attn_norm = n("attn_norm", h)?;
+            let q_norm = n("attn_q_norm", hd)?;
+            let k_norm = n("attn_k_norm", hd)?;
+            let post_attention_norm = n("post_attention_norm", h)?;
+            let ffn_norm = n("ffn_norm", h)?;
+            let post_ffw_norm = n("post_ffw_norm", h)?;
+            blocks.push((
                 attn_norm,
-                q_proj: lin("attn_q", "self_attn.q_proj", qd, h)?,
-                k_proj: lin("attn_k", "self_attn.k_proj", kvd, h)?,
-                v_proj: lin("attn_v", "self_attn.v_proj", kvd, h)?,
-                o_proj: lin("attn_output", "self_attn.o_proj", h, qd)?,
                 q_norm,
                 k_norm,
                 post_attention_norm,
                 ffn_norm,
-                gate_proj: lin("ffn_gate", "mlp.gate_proj", ff, h)?,
-                up_proj: lin("ffn_up", "mlp.up_proj", ff, h)?,
-                down_proj: lin("ffn_down", "mlp.down_proj", h, ff)?,
                 post_ffw_norm,
-            });
+            ));
         }
+        let final_norm = norm("output_norm.weight", "model.norm.weight", h)?;
+        let blocks = blocks
+            .into_iter()
+            .enumerate()
+            .map(
+                |(i, (attn_norm, q_norm, k_norm, post_attention_norm, ffn_norm, post_ffw_norm))| {
+                    let mut lin = |g: &str, out: usize, inp: usize| {
+                        let (gn, hn) = names(i, g);
+                        weights.linear(&gn, &hn, out, inp, false)
+                    };
+                    Ok(Block {
+                        attn_norm,
+                        q_proj: lin("attn_q", qd, h)?,
+                        k_proj: lin("attn_k", kvd, h)?,
+                        v_proj: lin("attn_v", kvd, h)?,
+                        o_proj: lin("attn_output", h, qd)?,
+                        q_norm,
+                        k_norm,
+                        post_attention_norm,
+                        ffn_norm,
+                        gate_proj: lin("ffn_gate", ff, h)?,
+                        up_proj: lin("ffn_up", ff, h)?,
+                        down_proj: lin("ffn_down", h, ff)?,
+                        post_ffw_norm,
+                    })
+                },
+            )
+            .collect::<Result<Vec<_>>>()?;
         let (embed, lm_head) =
             weights.embedding_and_head(config.vocab_size, h, config.tie_word_embeddings)?;
         let device = embed.device().clone();

@@ -334,6 +334,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sliding_window_hides_far_keys_as_well_as_pads_and_the_future() {
+        // One left pad, four queries, a window of 2: a query sees itself and one key back.
+        let c = KvCache::new(1, vec![1]);
+        let m = attention_mask(&c, 4, Some(2), &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let seen: Vec<Vec<usize>> = m
+            .chunks(4)
+            .map(|row| (0..4).filter(|&s| row[s] == 0.0).collect())
+            .collect();
+        assert_eq!(seen, vec![vec![0], vec![1], vec![1, 2], vec![2, 3]]);
+        let global = attention_mask(&c, 4, None, &Device::Cpu).unwrap().unwrap();
+        let row = global.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(row[12..16], [f32::NEG_INFINITY, 0.0, 0.0, 0.0]);
+        // One decode step past the window still needs the sliding mask, not the global one.
+        let mut c = KvCache::new(1, vec![0]);
+        c.len = 5;
+        assert!(attention_mask(&c, 1, None, &Device::Cpu).unwrap().is_none());
+        assert!(attention_mask(&c, 1, Some(2), &Device::Cpu)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
     fn retain_reorders_drops_and_forks_sequences() {
         let mut c = KvCache::new(1, vec![0, 3, 5]);
         let k = Tensor::arange(0f32, 3.0, &Device::Cpu)

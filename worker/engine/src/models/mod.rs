@@ -1,11 +1,12 @@
 //! Model families, one file each, in candle's layout: a config and a forward pass per family
-//! ([`llama`]: llama and qwen2; [`gemma3`]), the pieces they share in [`layers`], and [`Model`],
+//! ([`llama`]: llama and qwen2; [`qwen3`]; [`gemma3`]), the pieces they share in [`layers`], and [`Model`],
 //! the one type the generation path runs.
 
 pub mod config;
 pub mod gemma3;
 pub mod layers;
 pub mod llama;
+pub mod qwen3;
 
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
@@ -17,6 +18,7 @@ use layers::{KvCache, Linear};
 pub enum Model {
     /// llama and qwen2.
     Llama(llama::Llama),
+    Qwen3(qwen3::Qwen3),
     Gemma3(gemma3::Gemma3),
 }
 
@@ -36,6 +38,7 @@ impl Model {
     pub fn config(&self) -> &ModelConfig {
         match self {
             Model::Llama(m) => &m.config,
+            Model::Qwen3(m) => &m.config,
             Model::Gemma3(m) => &m.config,
         }
     }
@@ -43,6 +46,7 @@ impl Model {
     pub fn device(&self) -> &Device {
         match self {
             Model::Llama(m) => m.device(),
+            Model::Qwen3(m) => m.device(),
             Model::Gemma3(m) => m.device(),
         }
     }
@@ -51,6 +55,7 @@ impl Model {
     pub fn dtype(&self) -> DType {
         match self {
             Model::Llama(m) => m.dtype,
+            Model::Qwen3(m) => m.dtype,
             Model::Gemma3(m) => m.dtype,
         }
     }
@@ -71,6 +76,7 @@ impl Model {
     ) -> Result<Tensor> {
         match self {
             Model::Llama(m) => m.forward(tokens, cache, all_positions),
+            Model::Qwen3(m) => m.forward(tokens, cache, all_positions),
             Model::Gemma3(m) => m.forward(tokens, cache, all_positions),
         }
     }
@@ -80,6 +86,7 @@ impl Model {
     pub fn f16_attention(&self) -> bool {
         match self {
             Model::Llama(m) => m.f16_attention,
+            Model::Qwen3(m) => m.f16_attention,
             Model::Gemma3(m) => m.f16_attention,
         }
     }
@@ -87,6 +94,7 @@ impl Model {
     pub fn set_f16_attention(&mut self, on: bool) {
         match self {
             Model::Llama(m) => m.f16_attention = on,
+            Model::Qwen3(m) => m.f16_attention = on,
             Model::Gemma3(m) => m.f16_attention = on,
         }
     }
@@ -96,7 +104,7 @@ impl Model {
     pub fn rope_interleaved(&self) -> bool {
         match self {
             Model::Llama(m) => m.rope_interleaved,
-            Model::Gemma3(_) => false,
+            Model::Qwen3(_) | Model::Gemma3(_) => false,
         }
     }
 
@@ -104,6 +112,18 @@ impl Model {
     pub fn projection_mut(&mut self, layer: usize, which: Projection) -> Option<&mut Linear> {
         match self {
             Model::Llama(m) => {
+                let b = m.blocks.get_mut(layer)?;
+                Some(match which {
+                    Projection::Q => &mut b.q_proj,
+                    Projection::K => &mut b.k_proj,
+                    Projection::V => &mut b.v_proj,
+                    Projection::O => &mut b.o_proj,
+                    Projection::Gate => &mut b.gate_proj,
+                    Projection::Up => &mut b.up_proj,
+                    Projection::Down => &mut b.down_proj,
+                })
+            }
+            Model::Qwen3(m) => {
                 let b = m.blocks.get_mut(layer)?;
                 Some(match which {
                     Projection::Q => &mut b.q_proj,
