@@ -62,3 +62,15 @@ fn the_quickstart_plan_counts_its_jobs_shards_answers_and_verdicts() {
     assert!(plan.files.contains_key("train/en-ja-lora.jsonl"));
     assert!(plan.upload_bytes() > 0);
 }
+
+#[test]
+fn the_two_model_example_puts_gemma3_beside_smollm2_and_validates_with_local_models() {
+    let path = examples().join("two-models.yaml");
+    let s = Sweep::load(&path, ModelCheck::Local).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = s.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["smollm2", "gemma3"]);
+    let plan = sweep::preview(&s, &FileRoot::local(examples())).unwrap();
+    // 6 cases (limit 3 x 2 languages) x 2 models x 2 variants, every answer judged.
+    assert_eq!(plan.totals.generations, 24);
+    assert_eq!(plan.totals.judgements, 24);
+}

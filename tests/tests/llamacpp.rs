@@ -109,3 +109,16 @@ fn gemma3_prompt_token_ids_equal_llama_cpp() {
 fn gemma3_greedy_ids_agree_with_llama_cpp() {
     greedy_ids_agree(gemma3(), "llamacpp-gemma3.json", 0.25);
 }
+
+/// SmolLM2 requantized to Q4_K_M by llama.cpp's own quantizer (mostly Q5_0 and Q4_K / Q6_K,
+/// flotilla's 5-bit and K-quant kernels). Making the file needs llama-cpp-python, which takes
+/// ~13 minutes to build, so CI does not: `bash scripts/make-smollm2-q4km.sh`, then
+/// `cargo test -p flotilla-tests --test llamacpp -- --ignored`.
+#[test]
+#[ignore = "needs scripts/make-smollm2-q4km.sh (llama.cpp's quantizer)"]
+fn smollm2_q4_k_m_agrees_with_llama_cpp() {
+    let path = flotilla_tests::demo_model("SmolLM2-135M-Instruct.Q4_K_M.gguf");
+    let lm = LanguageModel::load(path.to_str().unwrap(), &Default::default()).unwrap();
+    prompt_ids_equal(&lm, "llamacpp-smollm2-q4km.json");
+    greedy_ids_agree(&lm, "llamacpp-smollm2-q4km.json", 0.25);
+}
