@@ -4,9 +4,10 @@
 //! of its matmul and drops it, so the dense model never exists whole. candle's own quantized
 //! matmul records no backward (the gradient would silently vanish), hence this op.
 //!
-//! On the CPU, Q4_0 / Q4_1 / Q8_0 weights are repacked for flotilla's own integer kernels
-//! (`flotilla_engine::kernels`, fast on a batch of rows; the GGUF copy is dropped); other
-//! formats, and every format on a GPU, run through candle's quantized matmul.
+//! On the CPU, Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 and the K-quants Q4_K / Q5_K / Q6_K run on
+//! flotilla's own integer kernels (`flotilla_engine::kernels`, fast on a batch of rows; the
+//! GGUF copy is dropped); other formats, and every format on a GPU, run through candle's
+//! quantized matmul.
 
 use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 pub enum QuantStore {
     /// candle's `QTensor` (any GGUF format, any device).
     Candle(Arc<QTensor>),
-    /// flotilla's CPU kernels (Q4_0, Q4_1, Q8_0; f32 input).
+    /// flotilla's CPU kernels (see `QuantMatrix::supports`; f32 input).
     Cpu(Arc<QuantMatrix>),
 }
 
@@ -165,6 +166,56 @@ impl FrozenWeight {
                 store: QuantStore::Cpu(m),
                 ..
             } => Ok((m.n_out(), m.k())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::{Device, Var};
+
+    /// A Q4_K_M file's frozen projections (K-quants and Q5_0) run on flotilla's kernels in
+    /// QLoRA, and the input's gradient is the dense weight's, exactly.
+    #[test]
+    fn k_quant_and_5_bit_weights_train_through_flotillas_kernels() {
+        let dev = Device::Cpu;
+        for dtype in [
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+        ] {
+            let w = Tensor::randn(0f32, 1.0, (48, 512), &dev).unwrap();
+            let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
+            let frozen = FrozenWeight::quantized(q.clone(), None).unwrap();
+            assert!(
+                matches!(
+                    &frozen,
+                    FrozenWeight::Quantized {
+                        store: QuantStore::Cpu(_),
+                        ..
+                    }
+                ),
+                "{dtype:?} is not on flotilla's kernels"
+            );
+            let dense = q.dequantize(&dev).unwrap();
+            let x = Var::randn(0f32, 1.0, (3, 512), &dev).unwrap();
+            let y = frozen.matmul(x.as_tensor()).unwrap();
+            let want = x.as_tensor().matmul(&dense.t().unwrap()).unwrap();
+            let err = (&y - &want).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap();
+            let (err, scale) = (err.to_scalar::<f32>().unwrap(), scale.to_scalar::<f32>().unwrap());
+            assert!(err < 3e-2 * scale, "{dtype:?}: forward {err} vs {scale}");
+            // d sum(x W^T) / dx = ones (3, out) @ W.
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            let gx = grads.get(x.as_tensor()).expect("x has a gradient");
+            let ones = Tensor::ones((3, 48), DType::F32, &dev).unwrap();
+            let want_g = ones.matmul(&dense).unwrap();
+            let gerr = (gx - &want_g).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(gerr.to_scalar::<f32>().unwrap() < 1e-4, "{dtype:?}: gradient");
         }
     }
 }
