@@ -56,10 +56,6 @@ impl WeightSource for GgufWeights<'_> {
         true
     }
 
-    fn contains(&self, gguf: &str, _hf: &str) -> bool {
-        self.content.tensor_infos.contains_key(gguf)
-    }
-
     fn dense(&mut self, gguf: &str, _hf: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.qtensor(gguf)?;
         self.check_shape(gguf, shape)?;
@@ -112,10 +108,6 @@ pub(crate) struct HfWeights<'a> {
 impl WeightSource for HfWeights<'_> {
     fn is_gguf(&self) -> bool {
         false
-    }
-
-    fn contains(&self, _gguf: &str, hf: &str) -> bool {
-        self.vb.contains_tensor(hf)
     }
 
     fn dense(&mut self, _gguf: &str, hf: &str, shape: &[usize]) -> Result<Tensor> {

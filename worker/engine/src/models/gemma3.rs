@@ -99,65 +99,27 @@ impl Gemma3 {
         let qd = config.num_heads * hd;
         let kvd = config.num_kv_heads * hd;
         let ff = config.intermediate_size;
-        let gguf = weights.is_gguf();
-        // Gemma's norm is x * (1 + w): GGUF stores 1 + w, Hugging Face stores w.
-        let mut norm = |gguf_name: &str, hf_name: &str, n: usize| -> Result<Tensor> {
-            let w = weights.dense(gguf_name, hf_name, &[n])?;
-            if gguf {
-                Ok(w.to_dtype(dtype)?)
-            } else {
-                Ok((w.to_dtype(DType::F32)? + 1.0)?.to_dtype(dtype)?)
-            }
-        };
         let mut blocks = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let mut n = |g: &str, len: usize| {
-                let (gn, hn) = names(i, g);
-                norm(&gn, &hn, len)
-            };
-            let attn_norm = n("attn_norm", h)?;
-            let q_norm = n("attn_q_norm", hd)?;
-            let k_norm = n("attn_k_norm", hd)?;
-            let post_attention_norm = n("post_attention_norm", h)?;
-            let ffn_norm = n("ffn_norm", h)?;
-            let post_ffw_norm = n("post_ffw_norm", h)?;
-            blocks.push((
-                attn_norm,
-                q_norm,
-                k_norm,
-                post_attention_norm,
-                ffn_norm,
-                post_ffw_norm,
-            ));
+            let w = &mut *weights;
+            blocks.push(Block {
+                attn_norm: norm_weight(w, names(i, "attn_norm"), h, dtype)?,
+                q_proj: linear(w, names(i, "attn_q"), qd, h)?,
+                k_proj: linear(w, names(i, "attn_k"), kvd, h)?,
+                v_proj: linear(w, names(i, "attn_v"), kvd, h)?,
+                o_proj: linear(w, names(i, "attn_output"), h, qd)?,
+                q_norm: norm_weight(w, names(i, "attn_q_norm"), hd, dtype)?,
+                k_norm: norm_weight(w, names(i, "attn_k_norm"), hd, dtype)?,
+                post_attention_norm: norm_weight(w, names(i, "post_attention_norm"), h, dtype)?,
+                ffn_norm: norm_weight(w, names(i, "ffn_norm"), h, dtype)?,
+                gate_proj: linear(w, names(i, "ffn_gate"), ff, h)?,
+                up_proj: linear(w, names(i, "ffn_up"), ff, h)?,
+                down_proj: linear(w, names(i, "ffn_down"), h, ff)?,
+                post_ffw_norm: norm_weight(w, names(i, "post_ffw_norm"), h, dtype)?,
+            });
         }
-        let final_norm = norm("output_norm.weight", "model.norm.weight", h)?;
-        let blocks = blocks
-            .into_iter()
-            .enumerate()
-            .map(
-                |(i, (attn_norm, q_norm, k_norm, post_attention_norm, ffn_norm, post_ffw_norm))| {
-                    let mut lin = |g: &str, out: usize, inp: usize| {
-                        let (gn, hn) = names(i, g);
-                        weights.linear(&gn, &hn, out, inp, false)
-                    };
-                    Ok(Block {
-                        attn_norm,
-                        q_proj: lin("attn_q", qd, h)?,
-                        k_proj: lin("attn_k", kvd, h)?,
-                        v_proj: lin("attn_v", kvd, h)?,
-                        o_proj: lin("attn_output", h, qd)?,
-                        q_norm,
-                        k_norm,
-                        post_attention_norm,
-                        ffn_norm,
-                        gate_proj: lin("ffn_gate", ff, h)?,
-                        up_proj: lin("ffn_up", ff, h)?,
-                        down_proj: lin("ffn_down", h, ff)?,
-                        post_ffw_norm,
-                    })
-                },
-            )
-            .collect::<Result<Vec<_>>>()?;
+        let names = ("output_norm.weight".into(), "model.norm.weight".into());
+        let final_norm = norm_weight(weights, names, h, dtype)?;
         let (embed, lm_head) =
             weights.embedding_and_head(config.vocab_size, h, config.tie_word_embeddings)?;
         let device = embed.device().clone();
@@ -184,7 +146,7 @@ impl Gemma3 {
             global_rope,
             local_rope,
             dtype,
-            f16_attention: gguf,
+            f16_attention: weights.is_gguf(),
         })
     }
 
@@ -312,6 +274,32 @@ impl Gemma3 {
         let y = rms(&y, &blk.post_ffw_norm)?;
         Ok((x + y)?)
     }
+}
+
+/// A norm's multiplier: Gemma's norm is `x * (1 + w)`; llama.cpp's converter stored `1 + w`
+/// in the GGUF, a Hugging Face folder stores `w` (the 1 is added in f32, then cast).
+fn norm_weight(
+    weights: &mut dyn WeightSource,
+    (gguf, hf): (String, String),
+    n: usize,
+    dtype: DType,
+) -> Result<Tensor> {
+    let w = weights.dense(&gguf, &hf, &[n])?;
+    if weights.is_gguf() {
+        Ok(w.to_dtype(dtype)?)
+    } else {
+        Ok((w.to_dtype(DType::F32)? + 1.0)?.to_dtype(dtype)?)
+    }
+}
+
+/// A bias-free projection `(out, in)`.
+fn linear(
+    weights: &mut dyn WeightSource,
+    (gguf, hf): (String, String),
+    out: usize,
+    inp: usize,
+) -> Result<Linear> {
+    weights.linear(&gguf, &hf, out, inp, false)
 }
 
 fn gemma(config: &ModelConfig) -> Result<&Gemma3Attention> {

@@ -158,8 +158,6 @@ impl Model {
 pub trait WeightSource {
     /// True for GGUF (quantized projections, llama.cpp's tensor conventions).
     fn is_gguf(&self) -> bool;
-    /// Whether the tensor exists.
-    fn contains(&self, gguf: &str, hf: &str) -> bool;
     /// A dense tensor (norms, embeddings) with the given shape, in the source's dtype for
     /// Hugging Face weights and f32 for GGUF.
     fn dense(&mut self, gguf: &str, hf: &str, shape: &[usize]) -> Result<Tensor>;
