@@ -1,6 +1,10 @@
 //! Chat templates: the Jinja text a model ships (in `tokenizer_config.json` or GGUF
 //! `tokenizer.chat_template`) rendered with minijinja, with the helpers real templates use
 //! (`raise_exception`, `tojson`, Python string methods, loop controls).
+//!
+//! Thinking models (Qwen3) write a `<think>...</think>` block before their answer unless their
+//! template is rendered with `enable_thinking = false`; [`ChatTemplate::with_thinking`] sets
+//! that variable and [`strip_thinking`] takes the block off an answer.
 
 use crate::error::{Error, Result};
 use minijinja::{Environment, ErrorKind};
@@ -29,6 +33,8 @@ pub struct ChatTemplate {
     source: String,
     bos_token: String,
     eos_token: String,
+    /// The template's `enable_thinking` variable; undefined (the template's default) when None.
+    enable_thinking: Option<bool>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -60,7 +66,15 @@ impl ChatTemplate {
             source: source.to_string(),
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
+            enable_thinking: None,
         })
+    }
+
+    /// This template with `enable_thinking` defined as `on` (Qwen3's switch: `false` renders an
+    /// empty think block so the model answers directly), or left undefined with `None`.
+    pub fn with_thinking(mut self, on: Option<bool>) -> Self {
+        self.enable_thinking = on;
+        self
     }
 
     /// The template text as the model ships it.
@@ -77,13 +91,17 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| Error::Template(e.to_string()))?;
-        tmpl.render(minijinja::context! {
+        let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-        })
-        .map_err(|e| {
+        };
+        let ctx = match self.enable_thinking {
+            Some(on) => minijinja::context! { enable_thinking => on, ..ctx },
+            None => ctx,
+        };
+        tmpl.render(ctx).map_err(|e| {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
@@ -92,6 +110,18 @@ impl ChatTemplate {
             }
             Error::Template(msg)
         })
+    }
+}
+
+/// An answer without the thinking a reasoning model wrote before it: the text after the first
+/// `</think>` (the template may have opened the block itself), leading whitespace dropped. An
+/// answer that opens `<think>` and never closes it (the token budget ran out) is all thinking,
+/// so nothing is left. Text without a think block is returned as it is.
+pub fn strip_thinking(text: &str) -> &str {
+    match text.find("</think>") {
+        Some(end) => text[end + "</think>".len()..].trim_start(),
+        None if text.trim_start().starts_with("<think>") => "",
+        None => text,
     }
 }
 
@@ -145,6 +175,33 @@ mod tests {
             .render(&[ChatMessage::new("user", "a\"b")], false)
             .unwrap();
         assert!(out.contains(r#""content":"a\"b""#), "{out}");
+    }
+
+    /// Qwen3's switch, as its template writes it.
+    const THINKING: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}";
+
+    #[test]
+    fn enable_thinking_is_undefined_unless_set() {
+        let t = ChatTemplate::new(THINKING, None, None).unwrap();
+        let chat = single_turn(None, "hi");
+        let default = t.render(&chat, true).unwrap();
+        assert!(default.ends_with("assistant\n"), "{default:?}");
+        let on = t
+            .clone()
+            .with_thinking(Some(true))
+            .render(&chat, true)
+            .unwrap();
+        assert_eq!(on, default);
+        let off = t.with_thinking(Some(false)).render(&chat, true).unwrap();
+        assert!(off.ends_with("<think>\n\n</think>\n\n"), "{off:?}");
+    }
+
+    #[test]
+    fn thinking_is_stripped_from_answers() {
+        assert_eq!(strip_thinking("<think>\n2 + 2 is 4\n</think>\n\n4"), "4");
+        assert_eq!(strip_thinking("so 4.\n</think>\n4"), "4");
+        assert_eq!(strip_thinking("  <think>still going"), "");
+        assert_eq!(strip_thinking("4, no thinking"), "4, no thinking");
     }
 
     #[test]

@@ -115,6 +115,13 @@ impl LanguageModel {
         Ok(ids)
     }
 
+    /// This model with its chat template's `enable_thinking` set (Qwen3: `Some(false)` answers
+    /// without a think block); the weights are shared, not copied.
+    pub fn with_thinking(mut self, on: Option<bool>) -> Self {
+        self.template = self.template.map(|t| t.with_thinking(on));
+        self
+    }
+
     /// Render a conversation with the model's chat template.
     pub fn render_chat(
         &self,

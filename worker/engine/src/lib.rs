@@ -34,7 +34,7 @@ pub mod models;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{strip_thinking, ChatMessage, ChatTemplate};
 pub use embed::EmbeddingModel;
 pub use error::{Error, Result};
 pub use generate::{Completion, FinishReason, GenerationStats, Prompt};
