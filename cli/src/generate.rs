@@ -103,6 +103,7 @@ pub fn run(a: Args, out: OutputFormat) -> anyhow::Result<()> {
         stop: a.stop.clone(),
         ignore_eos: false,
         samples: 1,
+        enable_thinking: None,
     };
     let (completions, stats) = match a.logprobs {
         Some(k) => lm.generate_with_logprobs(&prompts, &params, k)?,

@@ -443,4 +443,6 @@ fn parse_datasets(
 }
 
 #[cfg(test)]
+mod generation_tests;
+#[cfg(test)]
 mod retrieval_tests;

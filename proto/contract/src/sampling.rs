@@ -28,6 +28,11 @@ pub struct SamplingParams {
     /// `i` drawn with seed `seed + i`; more than one needs `temperature > 0`. The engine
     /// itself generates one sequence per prompt and ignores it.
     pub samples: usize,
+    /// A thinking model's switch (Qwen3): rendered into the chat template as `enable_thinking`
+    /// when set (`false` answers without a think block); `None` leaves the template's default.
+    /// Answers are judged with any `<think>` block stripped either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_thinking: Option<bool>,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +47,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             ignore_eos: false,
             samples: 1,
+            enable_thinking: None,
         }
     }
 }

@@ -392,16 +392,19 @@ impl<'a> Runner<'a> {
             Answerer::Local(m) => m,
             Answerer::Endpoint(e) => return answer_over_api(e, built, &self.settings.sampling),
         };
-        let mut prompt = model.render_chat(&built.messages, true)?;
+        let mut params = self.settings.sampling.clone();
+        let mut prompt = model.render_chat_with(&built.messages, true, params.enable_thinking)?;
         if let Some(p) = &built.assistant_prefix {
             prompt.push_str(p);
         }
         let ids = model.tokenizer.encode(&prompt, false)?;
-        let mut params = self.settings.sampling.clone();
         params.stop.extend(built.stop.iter().cloned());
         let (out, _) = model.generate_ids(std::slice::from_ref(&ids), &params)?;
         let c = &out[0];
-        Ok((prompt, c.text.clone(), c.prompt_tokens, c.completion_tokens))
+        // A thinking model's reasoning is not its answer: the judge and the metrics see the
+        // text after `</think>`.
+        let answer = flotilla_engine::strip_thinking(&c.text).to_string();
+        Ok((prompt, answer, c.prompt_tokens, c.completion_tokens))
     }
 
     /// The document text that fits the context next to the prompt and the answer budget.

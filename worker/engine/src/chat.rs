@@ -3,8 +3,8 @@
 //! (`raise_exception`, `tojson`, Python string methods, loop controls).
 //!
 //! Thinking models (Qwen3) write a `<think>...</think>` block before their answer unless their
-//! template is rendered with `enable_thinking = false`; [`ChatTemplate::with_thinking`] sets
-//! that variable and [`strip_thinking`] takes the block off an answer.
+//! template is rendered with `enable_thinking = false`; [`ChatTemplate::render_with`] sets that
+//! variable and [`strip_thinking`] takes the block off an answer.
 
 use crate::error::{Error, Result};
 use minijinja::{Environment, ErrorKind};
@@ -33,8 +33,6 @@ pub struct ChatTemplate {
     source: String,
     bos_token: String,
     eos_token: String,
-    /// The template's `enable_thinking` variable; undefined (the template's default) when None.
-    enable_thinking: Option<bool>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -66,15 +64,7 @@ impl ChatTemplate {
             source: source.to_string(),
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
-            enable_thinking: None,
         })
-    }
-
-    /// This template with `enable_thinking` defined as `on` (Qwen3's switch: `false` renders an
-    /// empty think block so the model answers directly), or left undefined with `None`.
-    pub fn with_thinking(mut self, on: Option<bool>) -> Self {
-        self.enable_thinking = on;
-        self
     }
 
     /// The template text as the model ships it.
@@ -84,6 +74,18 @@ impl ChatTemplate {
 
     /// Render a conversation. `add_generation_prompt` appends the assistant turn's opening.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, None)
+    }
+
+    /// [`render`](Self::render) with the template's `enable_thinking` variable defined as given
+    /// (Qwen3's switch: `false` renders an empty think block so the model answers directly), or
+    /// left undefined (the template's default) with `None`.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+    ) -> Result<String> {
         if messages.is_empty() {
             return Err(Error::input("a chat needs at least one message"));
         }
@@ -97,7 +99,7 @@ impl ChatTemplate {
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         };
-        let ctx = match self.enable_thinking {
+        let ctx = match enable_thinking {
             Some(on) => minijinja::context! { enable_thinking => on, ..ctx },
             None => ctx,
         };
@@ -186,13 +188,9 @@ mod tests {
         let chat = single_turn(None, "hi");
         let default = t.render(&chat, true).unwrap();
         assert!(default.ends_with("assistant\n"), "{default:?}");
-        let on = t
-            .clone()
-            .with_thinking(Some(true))
-            .render(&chat, true)
-            .unwrap();
+        let on = t.render_with(&chat, true, Some(true)).unwrap();
         assert_eq!(on, default);
-        let off = t.with_thinking(Some(false)).render(&chat, true).unwrap();
+        let off = t.render_with(&chat, true, Some(false)).unwrap();
         assert!(off.ends_with("<think>\n\n</think>\n\n"), "{off:?}");
     }
 

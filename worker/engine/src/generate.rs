@@ -97,6 +97,16 @@ impl LanguageModel {
     /// The token ids a prompt becomes. Raw text gets the special tokens the tokenizer's own
     /// config adds (e.g. BOS); a chat is rendered with the template, which writes its own.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        self.prompt_ids_with(prompt, None)
+    }
+
+    /// [`prompt_ids`](Self::prompt_ids) with a chat template's `enable_thinking` defined as
+    /// given (`SamplingParams::enable_thinking`).
+    pub fn prompt_ids_with(
+        &self,
+        prompt: &Prompt,
+        enable_thinking: Option<bool>,
+    ) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Text(text) => {
                 if text.is_empty() {
@@ -105,7 +115,7 @@ impl LanguageModel {
                 self.tokenizer.encode(text, true)?
             }
             Prompt::Chat(messages) => {
-                let rendered = self.render_chat(messages, true)?;
+                let rendered = self.render_chat_with(messages, true, enable_thinking)?;
                 self.tokenizer.encode(&rendered, false)?
             }
         };
@@ -115,18 +125,22 @@ impl LanguageModel {
         Ok(ids)
     }
 
-    /// This model with its chat template's `enable_thinking` set (Qwen3: `Some(false)` answers
-    /// without a think block); the weights are shared, not copied.
-    pub fn with_thinking(mut self, on: Option<bool>) -> Self {
-        self.template = self.template.map(|t| t.with_thinking(on));
-        self
-    }
-
     /// Render a conversation with the model's chat template.
     pub fn render_chat(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.render_chat_with(messages, add_generation_prompt, None)
+    }
+
+    /// [`render_chat`](Self::render_chat) with the template's `enable_thinking` defined as given
+    /// (Qwen3: `Some(false)` answers without a think block), or left to its default with `None`.
+    pub fn render_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
     ) -> Result<String> {
         let template = self.template.as_ref().ok_or_else(|| {
             Error::model(
@@ -137,7 +151,7 @@ impl LanguageModel {
         if messages.iter().all(|m| m.content.is_empty()) {
             return Err(Error::input("the chat has no text"));
         }
-        template.render(messages, add_generation_prompt)
+        template.render_with(messages, add_generation_prompt, enable_thinking)
     }
 
     /// Generate for each prompt, all prompts run together as one batch.
@@ -148,7 +162,7 @@ impl LanguageModel {
     ) -> Result<(Vec<Completion>, GenerationStats)> {
         let ids = prompts
             .iter()
-            .map(|p| self.prompt_ids(p))
+            .map(|p| self.prompt_ids_with(p, params.enable_thinking))
             .collect::<Result<Vec<_>>>()?;
         self.generate_ids(&ids, params)
     }
@@ -164,7 +178,7 @@ impl LanguageModel {
         check_top(top, "the number of alternatives")?;
         let ids = prompts
             .iter()
-            .map(|p| self.prompt_ids(p))
+            .map(|p| self.prompt_ids_with(p, params.enable_thinking))
             .collect::<Result<Vec<_>>>()?;
         crate::device::in_engine_pool(|| self.generate_ids_in_pool(&ids, params, Some(top)))
     }

@@ -77,6 +77,7 @@ pub(super) fn parse_generation(
         "repetition_penalty",
         "samples",
         "truncation",
+        "enable_thinking",
     ];
     let Some(f) = r.map(node, "generation", &keys) else {
         return (p, truncation);
@@ -128,6 +129,18 @@ pub(super) fn parse_generation(
             ),
             Some(k) => p.samples = k as usize,
             None => {}
+        }
+    }
+    if let Some(n) = f.get("enable_thinking") {
+        match &n.value {
+            crate::sweep::yaml::Value::Bool(b) => p.enable_thinking = Some(*b),
+            other => r.error(
+                n.line,
+                format!(
+                    "`generation.enable_thinking` must be true or false, found {}",
+                    other.kind()
+                ),
+            ),
         }
     }
     if let Some(n) = f.get("truncation") {
