@@ -10,7 +10,7 @@ use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::models::config::{Architecture, ModelConfig};
 use crate::models::gemma3::{self, Gemma3};
-use crate::models::llama::{Block, Linear, Llama};
+use crate::models::llama::{Block, Embedding, Linear, Llama};
 use crate::models::qwen3::Qwen3;
 use crate::models::Model;
 use crate::tokenizer::TextTokenizer;
@@ -309,13 +309,12 @@ fn llama_from_gguf(
             down_proj: lin("ffn_down", false)?,
         });
     }
-    let embed_q = qtensor("token_embd.weight")?;
-    let embed = embed_q.dequantize(device)?;
+    let embed = Embedding::from_qtensor(qtensor("token_embd.weight")?, device)?;
     let norm = qtensor("output_norm.weight")?.dequantize(device)?;
     let lm_head = if content.tensor_infos.contains_key("output.weight") {
         linear_from_qtensor(qtensor("output.weight")?, None, device)?
     } else {
-        linear_from_qtensor(embed_q, None, device)?
+        linear_from_qtensor(qtensor("token_embd.weight")?, None, device)?
     };
     let freq_factors = if content.tensor_infos.contains_key("rope_freqs.weight") {
         Some(
@@ -579,7 +578,7 @@ fn llama_from_hf(
     };
     Llama::new(
         config.clone(),
-        embed,
+        Embedding::Dense(embed),
         blocks,
         norm,
         lm_head,

@@ -4,7 +4,7 @@
 
 use super::linear_from_qtensor;
 use crate::error::{Error, Result};
-use crate::models::layers::Linear;
+use crate::models::layers::{Embedding, Linear};
 use crate::models::WeightSource;
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{Device, Tensor};
@@ -86,12 +86,12 @@ impl WeightSource for GgufWeights<'_> {
         vocab: usize,
         hidden: usize,
         tied: bool,
-    ) -> Result<(Tensor, Linear)> {
-        let embed_q = self.qtensor("token_embd.weight")?;
+    ) -> Result<(Embedding, Linear)> {
         self.check_shape("token_embd.weight", &[vocab, hidden])?;
-        let embed = embed_q.dequantize(self.device)?;
+        let embed = Embedding::from_qtensor(self.qtensor("token_embd.weight")?, self.device)?;
         let head = if tied {
-            linear_from_qtensor(embed_q, None, self.device)?
+            // A second copy: the head's matmul may repack its blocks.
+            linear_from_qtensor(self.qtensor("token_embd.weight")?, None, self.device)?
         } else {
             self.linear("output.weight", "", vocab, hidden, false)?
         };
@@ -138,13 +138,13 @@ impl WeightSource for HfWeights<'_> {
         vocab: usize,
         hidden: usize,
         tied: bool,
-    ) -> Result<(Tensor, Linear)> {
+    ) -> Result<(Embedding, Linear)> {
         let embed = self.dense("", "model.embed_tokens.weight", &[vocab, hidden])?;
         let head = if tied {
             Linear::Dense(candle_nn::Linear::new(embed.clone(), None))
         } else {
             self.linear("", "lm_head.weight", vocab, hidden, false)?
         };
-        Ok((embed, head))
+        Ok((Embedding::Dense(embed), head))
     }
 }

@@ -18,8 +18,8 @@
 
 use super::config::{Gemma3Attention, ModelConfig};
 use super::layers::{
-    append_kv, attention, attention_mask, positions, rope_rows, rope_table, round_f16, KvCache,
-    Linear,
+    append_kv, attention, attention_mask, positions, rope_rows, rope_table, round_f16, Embedding,
+    KvCache, Linear,
 };
 use super::WeightSource;
 use crate::error::{Error, Result};
@@ -77,8 +77,8 @@ fn names(i: usize, gguf: &str) -> (String, String) {
 #[derive(Debug, Clone)]
 pub struct Gemma3 {
     pub config: ModelConfig,
-    /// Token embeddings, dense (vocab, hidden), unscaled.
-    pub embed: Tensor,
+    /// Token embeddings (vocab, hidden), unscaled.
+    pub embed: Embedding,
     pub blocks: Vec<Block>,
     pub norm: Tensor,
     pub lm_head: Linear,
@@ -193,7 +193,7 @@ impl Gemma3 {
         let flat = tokens.flatten_all()?;
         let mut x = (self
             .embed
-            .index_select(&flat, 0)?
+            .lookup(&flat)?
             .reshape((b, t, cfg.hidden_size))?
             .to_dtype(self.dtype)?
             * scale)?;

@@ -15,7 +15,7 @@ use crate::error::Result;
 use candle_core::{DType, Device, IndexOp, Tensor};
 
 // The shared pieces, where callers have always found them.
-pub use super::layers::{argmax_last, rope_tables, KvCache, Linear};
+pub use super::layers::{argmax_last, rope_tables, Embedding, KvCache, Linear};
 
 /// One transformer block's weights.
 #[derive(Debug, Clone)]
@@ -35,8 +35,8 @@ pub struct Block {
 #[derive(Debug, Clone)]
 pub struct Llama {
     pub config: ModelConfig,
-    /// Token embeddings, dense (vocab, hidden).
-    pub embed: Tensor,
+    /// Token embeddings (vocab, hidden).
+    pub embed: Embedding,
     pub blocks: Vec<Block>,
     pub norm: Tensor,
     pub lm_head: Linear,
@@ -58,7 +58,7 @@ impl Llama {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: ModelConfig,
-        embed: Tensor,
+        embed: Embedding,
         blocks: Vec<Block>,
         norm: Tensor,
         lm_head: Linear,
@@ -114,7 +114,7 @@ impl Llama {
         let flat = tokens.flatten_all()?;
         let mut x = self
             .embed
-            .index_select(&flat, 0)?
+            .lookup(&flat)?
             .reshape((b, t, cfg.hidden_size))?
             .to_dtype(self.dtype)?;
         for (i, block) in self.blocks.iter().enumerate() {

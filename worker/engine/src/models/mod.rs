@@ -11,7 +11,7 @@ pub mod qwen3;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 use config::ModelConfig;
-use layers::{KvCache, Linear};
+use layers::{Embedding, KvCache, Linear};
 
 /// A loaded model of any family flotilla runs.
 #[derive(Debug, Clone)]
@@ -171,11 +171,11 @@ pub trait WeightSource {
         bias: bool,
     ) -> Result<Linear>;
     /// The token embedding (vocab, hidden) and the output head; `tied` means the head is the
-    /// embedding (kept quantized for GGUF where the kernels take it).
+    /// embedding (both kept quantized for GGUF).
     fn embedding_and_head(
         &mut self,
         vocab: usize,
         hidden: usize,
         tied: bool,
-    ) -> Result<(Tensor, Linear)>;
+    ) -> Result<(Embedding, Linear)>;
 }

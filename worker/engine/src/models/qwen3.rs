@@ -6,8 +6,8 @@
 
 use super::config::ModelConfig;
 use super::layers::{
-    append_kv, attention, attention_mask, positions, rope_rows, rope_tables, round_f16, KvCache,
-    Linear,
+    append_kv, attention, attention_mask, positions, rope_rows, rope_tables, round_f16, Embedding,
+    KvCache, Linear,
 };
 use super::WeightSource;
 use crate::error::{Error, Result};
@@ -48,8 +48,8 @@ pub struct Block {
 #[derive(Debug, Clone)]
 pub struct Qwen3 {
     pub config: ModelConfig,
-    /// Token embeddings, dense (vocab, hidden).
-    pub embed: Tensor,
+    /// Token embeddings (vocab, hidden).
+    pub embed: Embedding,
     pub blocks: Vec<Block>,
     pub norm: Tensor,
     pub lm_head: Linear,
@@ -159,7 +159,7 @@ impl Qwen3 {
         let flat = tokens.flatten_all()?;
         let mut x = self
             .embed
-            .index_select(&flat, 0)?
+            .lookup(&flat)?
             .reshape((b, t, cfg.hidden_size))?
             .to_dtype(self.dtype)?;
         for (i, block) in self.blocks.iter().enumerate() {
