@@ -263,7 +263,11 @@ fn inspect_reports_the_demo_model() {
     assert_eq!(i.weight_dtypes.get("Q4_1"), Some(&210));
     // Which code multiplies each weight type on this CPU: flotilla's kernels for the
     // quantized ones (with the instruction set they run), dense for the norms.
-    assert!(i.kernels["Q4_1"].starts_with("flotilla "), "{:?}", i.kernels);
+    assert!(
+        i.kernels["Q4_1"].starts_with("flotilla "),
+        "{:?}",
+        i.kernels
+    );
     assert_eq!(i.kernels["F32"], "dense");
     // 134.5 M parameters: 30 layers of 576 wide, a 49152-token vocabulary, tied embeddings.
     assert!(

@@ -207,7 +207,10 @@ mod tests {
             let want = x.as_tensor().matmul(&dense.t().unwrap()).unwrap();
             let err = (&y - &want).unwrap().abs().unwrap().max_all().unwrap();
             let scale = want.abs().unwrap().max_all().unwrap();
-            let (err, scale) = (err.to_scalar::<f32>().unwrap(), scale.to_scalar::<f32>().unwrap());
+            let (err, scale) = (
+                err.to_scalar::<f32>().unwrap(),
+                scale.to_scalar::<f32>().unwrap(),
+            );
             assert!(err < 3e-2 * scale, "{dtype:?}: forward {err} vs {scale}");
             // d sum(x W^T) / dx = ones (3, out) @ W.
             let grads = y.sum_all().unwrap().backward().unwrap();
@@ -215,7 +218,10 @@ mod tests {
             let ones = Tensor::ones((3, 48), DType::F32, &dev).unwrap();
             let want_g = ones.matmul(&dense).unwrap();
             let gerr = (gx - &want_g).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(gerr.to_scalar::<f32>().unwrap() < 1e-4, "{dtype:?}: gradient");
+            assert!(
+                gerr.to_scalar::<f32>().unwrap() < 1e-4,
+                "{dtype:?}: gradient"
+            );
         }
     }
 }
