@@ -63,8 +63,13 @@ fn model_list_shows_the_demo_aliases_whether_fetched_and_every_other_model_with_
         (&e5["fetched"], &e5["kind"]),
         (&false.into(), &"embedding".into())
     );
-    // Three demo aliases and the two models put there.
-    assert_eq!(models.len(), 5, "the notes folder is no model: {v:#}");
+    let g = by_name("gemma3");
+    assert_eq!(
+        (&g["fetched"], &g["kind"]),
+        (&false.into(), &"language".into())
+    );
+    // Four demo aliases and the two models put there.
+    assert_eq!(models.len(), 6, "the notes folder is no model: {v:#}");
 
     let out = flotilla_home(&home, &["model", "list"]);
     assert!(out.status.success());

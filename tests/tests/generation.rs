@@ -40,13 +40,22 @@ fn chat_answers_and_stops_at_end_of_turn() {
     assert_eq!(c[0].token_ids.last(), Some(&2), "ends on <|im_end|>");
     assert!(c[0].text.contains('4'), "{:?}", c[0].text);
     assert!(!c[0].text.contains("<|im_end|>"));
-    // A system prompt of the user's own replaces the template's default.
-    let prompt = [Prompt::Chat(single_turn(
+    // A system prompt of the user's own replaces the template's default. (Whether SmolLM2
+    // then answers "Paris" hangs on a near-tie at its first token, 0.065 nats between "L" and
+    // "B" with the AVX2 kernels, which the scalar ones order the other way: both are within
+    // 1e-5 of each other per matmul, and 30 layers amplify that. So the prompt is checked, not
+    // the small model's choice.)
+    let turn = single_turn(
         Some("You are a geography teacher. Answer in one sentence."),
         "What is the capital of France?",
-    ))];
-    let (c, _) = lm.generate(&prompt, &greedy(48)).unwrap();
-    assert!(c[0].text.contains("Paris"), "{:?}", c[0].text);
+    );
+    let rendered = lm.render_chat(&turn, true).unwrap();
+    assert!(rendered.contains("<|im_start|>system\nYou are a geography teacher."));
+    assert!(!rendered.contains("SmolLM"), "the default system prompt stays out: {rendered}");
+    assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
+    let (c, _) = lm.generate(&[Prompt::Chat(turn)], &greedy(48)).unwrap();
+    assert!(!c[0].text.trim().is_empty());
+    assert!(!c[0].text.contains("<|im_"), "{:?}", c[0].text);
 }
 
 #[test]
