@@ -51,7 +51,10 @@ fn chat_answers_and_stops_at_end_of_turn() {
     );
     let rendered = lm.render_chat(&turn, true).unwrap();
     assert!(rendered.contains("<|im_start|>system\nYou are a geography teacher."));
-    assert!(!rendered.contains("SmolLM"), "the default system prompt stays out: {rendered}");
+    assert!(
+        !rendered.contains("SmolLM"),
+        "the default system prompt stays out: {rendered}"
+    );
     assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
     let (c, _) = lm.generate(&[Prompt::Chat(turn)], &greedy(48)).unwrap();
     assert!(!c[0].text.trim().is_empty());
